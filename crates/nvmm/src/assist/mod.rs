@@ -1,0 +1,5 @@
+//! Assists: pure logic that interprets guest instructions, with no KVM and
+//! no `unsafe`. The full MMU walker, decoder and emulator build on this.
+#![forbid(unsafe_code)]
+
+pub mod io_insn;

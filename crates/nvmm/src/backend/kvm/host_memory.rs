@@ -1,0 +1,121 @@
+//! Host memory that backs guest RAM.
+
+use std::ptr::NonNull;
+
+use crate::error::{Error, Result};
+
+/// A host mapping owned by the library: anonymous, private, lazily backed
+/// (`MAP_NORESERVE`), unmapped on drop.
+///
+/// Guest code may change the bytes at any time while a VCPU runs, so the
+/// region is only ever accessed through raw copies, never through Rust
+/// references.
+pub(crate) struct HostRegion {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the region is plain memory owned by this value; all accesses are
+// raw copies bounded by `len`, valid from any thread.
+unsafe impl Send for HostRegion {}
+// SAFETY: as above; concurrent copies race only with each other or with the
+// guest, which is the nature of guest memory and cannot break Rust invariants
+// because no reference into the region is ever created.
+unsafe impl Sync for HostRegion {}
+
+impl HostRegion {
+    /// Maps `len` bytes of zero-filled anonymous memory. Nothing is
+    /// committed until touched.
+    pub(crate) fn anonymous(len: usize) -> Result<HostRegion> {
+        // SAFETY: a fresh anonymous mapping at a kernel-chosen address
+        // overlaps nothing the program owns.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = std::io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOMEM) => Error::NoMemory { what: "mapping guest memory (address space exhausted?)" },
+                _ => Error::kvm("mmap", e),
+            });
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(Error::NoMemory { what: "mapping guest memory" })?;
+        Ok(HostRegion { ptr, len })
+    }
+
+    /// Host virtual address of the first byte.
+    pub(crate) fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    /// Size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn check(&self, offset: u64, n: usize) -> usize {
+        let end = offset.checked_add(n as u64);
+        assert!(end.is_some_and(|e| e <= self.len as u64), "access outside the host region");
+        offset as usize
+    }
+
+    /// Copies `buf.len()` bytes from `offset` into `buf`.
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) {
+        let off = self.check(offset, buf.len());
+        // SAFETY: `off + buf.len() <= len` (checked), so the source lies in
+        // the mapping, which lives as long as `self`; `buf` cannot overlap it
+        // because no reference into the mapping is ever handed out.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) }
+    }
+
+    /// Copies `buf` to `offset`.
+    pub(crate) fn write(&self, offset: u64, buf: &[u8]) {
+        let off = self.check(offset, buf.len());
+        // SAFETY: as in `read`, with the roles of source and destination
+        // swapped.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.ptr.as_ptr().add(off), buf.len()) }
+    }
+}
+
+impl Drop for HostRegion {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `anonymous`, which
+        // nothing references any more (KVM slots are removed before the last
+        // reference to the region goes away).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+impl std::fmt::Debug for HostRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostRegion({:#x}+{:#x})", self.addr(), self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_write() {
+        let r = HostRegion::anonymous(8192).unwrap();
+        r.write(4090, &[1, 2, 3, 4, 5, 6]);
+        let mut b = [0u8; 8];
+        r.read(4088, &mut b);
+        assert_eq!(b, [0, 0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn bounds() {
+        let r = HostRegion::anonymous(4096).unwrap();
+        r.write(4095, &[1, 2]);
+    }
+}

@@ -1,0 +1,280 @@
+//! The KVM backend: the only code that talks to the kernel.
+//!
+//! `unsafe` is allowed here and nowhere else in the crate; every block says
+//! why it is sound.
+#![allow(unsafe_code)]
+
+pub(crate) mod convert;
+pub mod floor;
+mod host_memory;
+mod kick;
+mod publish;
+mod run_alias;
+mod vcpu;
+
+use std::io;
+
+use kvm_bindings::{
+    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES,
+    KVM_MSR_EXIT_REASON_UNKNOWN, KVM_MEM_READONLY, kvm_enable_cap, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::error::{Error, Result};
+use crate::x86::cpuid::CpuidEntry;
+
+pub(crate) use host_memory::HostRegion;
+pub(crate) use kick::{install_kick_handler, kick_thread, this_thread_id};
+pub(crate) use publish::Publisher;
+pub(crate) use run_alias::RunAlias;
+pub(crate) use vcpu::{KvmVcpu, RawExit, RunOutcome};
+
+/// KVM's special registers, as cached by the VCPU front end.
+pub(crate) type Sregs = kvm_bindings::kvm_sregs;
+/// KVM's event state, as cached by the VCPU front end.
+pub(crate) type Events = kvm_bindings::kvm_vcpu_events;
+
+/// A KVM capability: number, name, and what nvmm needs it for.
+struct Requirement {
+    cap: u32,
+    name: &'static str,
+    why: &'static str,
+}
+
+const REQUIRED: &[Requirement] = &[
+    Requirement { cap: 3, name: "KVM_CAP_USER_MEMORY", why: "guest memory" },
+    Requirement { cap: 7, name: "KVM_CAP_EXT_CPUID", why: "CPUID configuration" },
+    Requirement { cap: 41, name: "KVM_CAP_VCPU_EVENTS", why: "event injection and the interrupt state" },
+    Requirement { cap: 50, name: "KVM_CAP_DEBUGREGS", why: "the DRS state component" },
+    Requirement { cap: 55, name: "KVM_CAP_XSAVE", why: "the FPU state component (XSAVE area)" },
+    Requirement { cap: 56, name: "KVM_CAP_XCRS", why: "XCR0 in the CRS state component" },
+    Requirement { cap: 81, name: "KVM_CAP_READONLY_MEM", why: "read-only guest mappings" },
+    Requirement { cap: 136, name: "KVM_CAP_IMMEDIATE_EXIT", why: "race-free VCPU stop" },
+    Requirement { cap: 188, name: "KVM_CAP_X86_USER_SPACE_MSR", why: "RDMSR/WRMSR exits" },
+    Requirement { cap: 204, name: "KVM_CAP_EXIT_ON_EMULATION_FAILURE", why: "emulation-failure exits with instruction bytes" },
+];
+
+/// `KVM_CAP_SYNC_REGS` and the register sets we need from it.
+const CAP_SYNC_REGS: u32 = 74;
+const SYNC_ALL: i32 = 7;
+
+/// Capabilities reported by `nvmmctl identify` beyond the required ones.
+const REPORTED: &[(u32, &str)] = &[
+    (23, "KVM_CAP_SET_GUEST_DEBUG"),
+    (0, "KVM_CAP_IRQCHIP"),
+    (160, "KVM_CAP_SPLIT_IRQCHIP"),
+    (36, "KVM_CAP_IOEVENTFD"),
+    (15, "KVM_CAP_COALESCED_MMIO"),
+    (168, "KVM_CAP_COALESCED_PIO"),
+    (192, "KVM_CAP_DIRTY_LOG_RING"),
+    (164, "KVM_CAP_EXCEPTION_PAYLOAD"),
+    (208, "KVM_CAP_XSAVE2"),
+    (157, "KVM_CAP_NESTED_STATE"),
+    (234, "KVM_CAP_GUEST_MEMFD"),
+];
+
+/// What KVM told us about itself; `nvmmctl identify` prints it.
+#[derive(Clone, Debug)]
+pub struct KvmFacts {
+    /// `KVM_GET_API_VERSION`.
+    pub api_version: i32,
+    /// `KVM_CAP_MAX_VCPUS`.
+    pub max_vcpus: u32,
+    /// `KVM_CAP_MAX_VCPU_ID`.
+    pub max_vcpu_id: u32,
+    /// `KVM_CAP_NR_MEMSLOTS`.
+    pub memslots: u32,
+    /// Size of the `kvm_run` mapping.
+    pub run_size: usize,
+    /// Every capability checked, with whether KVM has it.
+    pub capabilities: Vec<(&'static str, bool)>,
+    /// Host CPU vendor string (CPUID leaf 0).
+    pub vendor: String,
+    /// Guest physical address width.
+    pub phys_addr_bits: u32,
+    /// Whether KVM is itself running nested (the host CPUID has the
+    /// hypervisor bit).
+    pub nested: bool,
+}
+
+/// An open `/dev/kvm`.
+pub(crate) struct KvmSystem {
+    kvm: Kvm,
+    facts: KvmFacts,
+    supported_cpuid: Vec<CpuidEntry>,
+    is_intel: bool,
+    mxcsr_mask: u32,
+}
+
+impl KvmSystem {
+    /// Opens `/dev/kvm` and checks everything nvmm relies on.
+    pub(crate) fn open() -> Result<KvmSystem> {
+        let kvm = Kvm::new().map_err(|e| Error::OpenKvm { source: io::Error::from_raw_os_error(e.errno()) })?;
+        let api_version = kvm.get_api_version();
+        if api_version != 12 {
+            return Err(Error::ApiVersion { found: api_version });
+        }
+        let mut capabilities = Vec::new();
+        for r in REQUIRED {
+            let has = kvm.check_extension_raw(r.cap.into()) > 0;
+            if !has {
+                return Err(Error::MissingCapability { name: r.name, why: r.why });
+            }
+            capabilities.push((r.name, true));
+        }
+        let sync = kvm.check_extension_raw(CAP_SYNC_REGS.into());
+        if sync & SYNC_ALL != SYNC_ALL {
+            return Err(Error::MissingCapability {
+                name: "KVM_CAP_SYNC_REGS (regs, sregs, events)",
+                why: "reading and writing registers around exits without ioctls",
+            });
+        }
+        capabilities.push(("KVM_CAP_SYNC_REGS", true));
+        for (cap, name) in REPORTED {
+            capabilities.push((name, kvm.check_extension_raw((*cap).into()) > 0));
+        }
+        let run_size = kvm.get_vcpu_mmap_size().map_err(|e| Error::kvm_errno("KVM_GET_VCPU_MMAP_SIZE", e))?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::kvm_errno("KVM_GET_SUPPORTED_CPUID", e))?;
+        let supported_cpuid: Vec<CpuidEntry> = supported.as_slice().iter().map(convert::cpuid_from_kvm).collect();
+        let vendor = host_vendor();
+        let is_intel = vendor == "GenuineIntel";
+        let facts = KvmFacts {
+            api_version,
+            max_vcpus: kvm.get_max_vcpus() as u32,
+            max_vcpu_id: kvm.get_max_vcpu_id() as u32,
+            memslots: kvm.get_nr_memslots() as u32,
+            run_size,
+            capabilities,
+            vendor,
+            phys_addr_bits: crate::x86::cpuid::phys_addr_bits(&supported_cpuid),
+            nested: host_is_virtualized(),
+        };
+        Ok(KvmSystem { kvm, facts, supported_cpuid, is_intel, mxcsr_mask: host_mxcsr_mask() })
+    }
+
+    pub(crate) fn facts(&self) -> &KvmFacts {
+        &self.facts
+    }
+
+    pub(crate) fn supported_cpuid(&self) -> &[CpuidEntry] {
+        &self.supported_cpuid
+    }
+
+    pub(crate) fn mxcsr_mask(&self) -> u32 {
+        self.mxcsr_mask
+    }
+
+    /// Creates a VM with the capabilities nvmm needs enabled.
+    pub(crate) fn create_vm(&self) -> Result<KvmVm> {
+        let fd = self.kvm.create_vm().map_err(|e| Error::kvm_errno("KVM_CREATE_VM", e))?;
+        let enable = |cap: u32, arg: u64, what: &'static str| {
+            let mut c = kvm_enable_cap { cap, ..Default::default() };
+            c.args[0] = arg;
+            fd.enable_cap(&c).map_err(|e| Error::kvm_errno(what, e))
+        };
+        enable(KVM_CAP_EXIT_ON_EMULATION_FAILURE, 1, "KVM_ENABLE_CAP(EXIT_ON_EMULATION_FAILURE)")?;
+        enable(KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_UNKNOWN.into(), "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)")?;
+        if self.is_intel {
+            // Real mode on VMX without unrestricted guest needs a TSS; the
+            // three pages below 0xfffc0000 are where firmware-less VMMs put it.
+            fd.set_tss_address(0xfffb_d000).map_err(|e| Error::kvm_errno("KVM_SET_TSS_ADDR", e))?;
+        }
+        Ok(KvmVm { fd, run_size: self.facts.run_size })
+    }
+}
+
+/// The host CPU vendor string.
+fn host_vendor() -> String {
+    // CPUID is available on every x86_64 CPU.
+    let r = std::arch::x86_64::__cpuid(0);
+    let mut v = Vec::with_capacity(12);
+    for reg in [r.ebx, r.edx, r.ecx] {
+        v.extend_from_slice(&reg.to_le_bytes());
+    }
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+fn host_is_virtualized() -> bool {
+    std::arch::x86_64::__cpuid(1).ecx & (1 << 31) != 0
+}
+
+/// MXCSR_MASK of the host FPU, from an FXSAVE image.
+fn host_mxcsr_mask() -> u32 {
+    #[repr(C, align(16))]
+    struct Area([u8; 512]);
+    let mut area = Area([0; 512]);
+    // SAFETY: FXSAVE writes exactly 512 bytes to a 16-byte aligned buffer,
+    // which `area` is; FXSR is part of x86_64.
+    unsafe { std::arch::x86_64::_fxsave(area.0.as_mut_ptr()) };
+    let mask = u32::from_le_bytes(area.0[28..32].try_into().expect("4 bytes"));
+    // A zero mask means the default 0xFFBF (Intel SDM 11.6.6).
+    if mask == 0 { 0xffbf } else { mask }
+}
+
+/// A KVM virtual machine.
+pub(crate) struct KvmVm {
+    fd: VmFd,
+    run_size: usize,
+}
+
+impl KvmVm {
+    /// The VM's file descriptor number (used to name it for `nvmmctl list`).
+    pub(crate) fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// Installs guest memory slot `slot`: `size` bytes at `gpa` backed by
+    /// `region[offset..]`.
+    pub(crate) fn set_slot(&self, slot: u32, gpa: u64, region: &HostRegion, offset: u64, size: u64, readonly: bool) -> Result<()> {
+        assert!(offset.checked_add(size).is_some_and(|end| end <= region.len() as u64), "slot outside its region");
+        let mem = kvm_userspace_memory_region {
+            slot,
+            flags: if readonly { KVM_MEM_READONLY } else { 0 },
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: region.addr() + offset,
+        };
+        // SAFETY: the range lies inside `region` (asserted above), which the
+        // caller keeps mapped for as long as the slot exists (the guest
+        // mapping holds a reference to it and clears the slot before
+        // dropping it).
+        unsafe { self.fd.set_user_memory_region(mem) }.map_err(|e| Error::kvm_errno("KVM_SET_USER_MEMORY_REGION", e))
+    }
+
+    /// Removes memory slot `slot`.
+    pub(crate) fn clear_slot(&self, slot: u32, gpa: u64) -> Result<()> {
+        let mem = kvm_userspace_memory_region { slot, flags: 0, guest_phys_addr: gpa, memory_size: 0, userspace_addr: 0 };
+        // SAFETY: a zero-sized region deletes the slot; no host memory is
+        // referenced.
+        unsafe { self.fd.set_user_memory_region(mem) }.map_err(|e| Error::kvm_errno("KVM_SET_USER_MEMORY_REGION", e))
+    }
+
+    /// Creates VCPU `id`.
+    pub(crate) fn create_vcpu(&self, id: u32) -> Result<KvmVcpu> {
+        let fd = self.fd.create_vcpu(id.into()).map_err(|e| Error::kvm_errno("KVM_CREATE_VCPU", e))?;
+        KvmVcpu::new(fd, self.run_size)
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (programs with many
+/// machines need a descriptor per VM and per VCPU); returns the limit now in
+/// force.
+pub(crate) fn raise_fd_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    let want = r.rlim_max.min(1 << 20);
+    if r.rlim_cur < want {
+        let new = libc::rlimit { rlim_cur: want, rlim_max: r.rlim_max };
+        // SAFETY: setrlimit reads one rlimit struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            return want;
+        }
+    }
+    r.rlim_cur
+}

@@ -1,0 +1,179 @@
+//! [`Nvmm`]: the process's connection to KVM, opened once, and what it can
+//! do ([`Capability`]).
+
+use std::sync::{Arc, Mutex};
+
+use crate::backend::kvm::{KvmFacts, KvmSystem, install_kick_handler};
+use crate::error::{Error, Result};
+use crate::machine::Machine;
+use crate::registry::{self, MachineInfo};
+use crate::x86::cpuid::{CPUID_CONF_MAX, xcr0_mask};
+use crate::x86::state::STATE_SIZE;
+
+/// `NVMM_KERN_VERSION`: the kernel API version NVMM programs expect.
+pub const NVMM_KERN_VERSION: u32 = 2;
+/// `NVMM_USER_VERSION`: the library API version.
+pub const NVMM_USER_VERSION: u32 = 2;
+
+/// Upper bound on live machines per process.
+pub const MAX_MACHINES: u32 = 4096;
+
+/// `NVMM_CAP_ARCH_VCPU_CONF_CPUID`.
+pub const CAP_ARCH_VCPU_CONF_CPUID: u64 = 1 << 0;
+/// `NVMM_CAP_ARCH_VCPU_CONF_TPR`.
+pub const CAP_ARCH_VCPU_CONF_TPR: u64 = 1 << 1;
+
+/// What this implementation supports (`struct nvmm_capability`). Every
+/// number is a limit the library enforces.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Capability {
+    /// `NVMM_KERN_VERSION` (2).
+    pub version: u32,
+    /// Size of the state structure (1008).
+    pub state_size: u32,
+    /// Live machines per process: 4096, or fewer when the open-files limit
+    /// cannot hold two descriptors per machine.
+    pub max_machines: u32,
+    /// VCPUs per machine (KVM's `KVM_CAP_MAX_VCPUS`); VCPU ids are
+    /// `0..max_vcpus`.
+    pub max_vcpus: u32,
+    /// Size of the guest physical address space: guest physical addresses
+    /// are `0..max_ram`.
+    pub max_ram: u64,
+    /// Architecture-specific part.
+    pub arch: CapabilityArch,
+}
+
+/// The x86 part of [`Capability`] (`struct nvmm_cap_md`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CapabilityArch {
+    /// Machine configuration operations (none).
+    pub mach_conf_support: u64,
+    /// VCPU configuration operations: CPUID and TPR.
+    pub vcpu_conf_support: u64,
+    /// XCR0 bits a guest may enable.
+    pub xcr0_mask: u64,
+    /// The host FPU's MXCSR mask.
+    pub mxcsr_mask: u32,
+    /// CPUID leaves a VCPU's configuration holds.
+    pub conf_cpuid_maxops: u32,
+}
+
+/// How the process opens nvmm.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Options {
+    /// The signal [`StopHandle`](crate::StopHandle)s send to kick a VCPU
+    /// thread out of the guest. nvmm installs a handler that does nothing;
+    /// the signal must not be blocked in threads that run VCPUs. Default:
+    /// `SIGRTMAX - 1`.
+    pub kick_signal: i32,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { kick_signal: libc::SIGRTMAX() - 1 }
+    }
+}
+
+pub(crate) struct System {
+    pub(crate) kvm: KvmSystem,
+    pub(crate) cap: Capability,
+    pub(crate) options: Options,
+}
+
+static SYSTEM: Mutex<Option<Arc<System>>> = Mutex::new(None);
+
+/// The connection to KVM. `/dev/kvm` is opened once per process; every
+/// `Nvmm` value shares it (cloning is cheap).
+#[derive(Clone)]
+pub struct Nvmm {
+    pub(crate) sys: Arc<System>,
+}
+
+impl std::fmt::Debug for Nvmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nvmm").field("capability", &self.sys.cap).finish()
+    }
+}
+
+impl Nvmm {
+    /// Opens KVM with default [`Options`] (or returns the process's open
+    /// connection). Fails with a message naming what is missing when KVM is
+    /// absent, inaccessible, too old, or lacks a capability nvmm needs.
+    pub fn open() -> Result<Nvmm> {
+        Self::open_with(Options::default())
+    }
+
+    /// Opens KVM with `options`. The first successful open in a process
+    /// fixes the options; a later call with different ones fails.
+    pub fn open_with(options: Options) -> Result<Nvmm> {
+        let mut global = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sys) = global.as_ref() {
+            if sys.options != options {
+                return Err(Error::AlreadyOpen);
+            }
+            return Ok(Nvmm { sys: sys.clone() });
+        }
+        let kvm = KvmSystem::open()?;
+        install_kick_handler(options.kick_signal)?;
+        let nofile = crate::backend::kvm::raise_fd_limit();
+        let facts = kvm.facts();
+        let cap = Capability {
+            version: NVMM_KERN_VERSION,
+            state_size: STATE_SIZE as u32,
+            max_machines: max_machines(nofile),
+            max_vcpus: facts.max_vcpus.min(facts.max_vcpu_id).max(1),
+            max_ram: 1u64 << facts.phys_addr_bits.clamp(32, 52),
+            arch: CapabilityArch {
+                mach_conf_support: 0,
+                vcpu_conf_support: CAP_ARCH_VCPU_CONF_CPUID | CAP_ARCH_VCPU_CONF_TPR,
+                xcr0_mask: xcr0_mask(kvm.supported_cpuid()),
+                mxcsr_mask: kvm.mxcsr_mask(),
+                conf_cpuid_maxops: CPUID_CONF_MAX,
+            },
+        };
+        let sys = Arc::new(System { kvm, cap, options });
+        *global = Some(sys.clone());
+        Ok(Nvmm { sys })
+    }
+
+    /// What this implementation supports.
+    pub fn capability(&self) -> &Capability {
+        &self.sys.cap
+    }
+
+    /// What KVM told us about itself.
+    pub fn kvm_facts(&self) -> &KvmFacts {
+        self.sys.kvm.facts()
+    }
+
+    /// Creates a machine.
+    pub fn create_machine(&self) -> Result<Machine> {
+        Machine::create(self.sys.clone())
+    }
+
+    /// Information about machine `machid` of this process
+    /// (`NVMM_CTL_MACH_INFO`).
+    pub fn machine_info(&self, machid: u32) -> Result<MachineInfo> {
+        registry::machine_info(machid, self.sys.cap.max_machines)
+    }
+}
+
+/// Machines the descriptor limit can hold: one for the VM, at least one for
+/// a VCPU, with room left for the rest of the program.
+fn max_machines(nofile: u64) -> u32 {
+    let spare = nofile.saturating_sub(256) / 2;
+    spare.clamp(1, u64::from(MAX_MACHINES)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_limit_follows_descriptors() {
+        assert_eq!(max_machines(20000), MAX_MACHINES);
+        assert_eq!(max_machines(1024), 384);
+        assert_eq!(max_machines(10), 1);
+    }
+}

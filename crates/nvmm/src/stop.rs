@@ -50,6 +50,13 @@ impl StopShared {
         self.requested.swap(false, Ordering::SeqCst)
     }
 
+    /// Sets or clears `immediate_exit` for the VCPU's own use (completing
+    /// an exit without running the guest). A stop request made meanwhile
+    /// stays pending in the flag and is reported by the next `run()`.
+    pub(crate) fn force_immediate_exit(&self, on: bool) {
+        self.alias.set_immediate_exit(on);
+    }
+
     fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
         self.alias.set_immediate_exit(true);

@@ -188,6 +188,8 @@ pub struct Vcpu {
     tsc_reported: Option<u64>,
     replay: Option<ExitKind>,
     last_exit: ExitKind,
+    /// `io_instruction`'s answer for the last exit.
+    io_insn: Option<(IoInstruction, u64)>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -228,6 +230,7 @@ impl Vcpu {
             tsc_reported: Some(0),
             replay: None,
             last_exit: ExitKind::None,
+            io_insn: None,
         };
         v.xsave.set_xstate_bv(xfeature::X87 | xfeature::SSE);
         v.apply_cpuid()?;
@@ -357,6 +360,7 @@ impl Vcpu {
     /// Commits set state and the injected event first; an invalid one fails
     /// the run with `EINVAL`.
     pub fn run(&mut self) -> Result<Exit<'_>> {
+        self.io_insn = None;
         let kind = self.run_kind()?;
         self.last_exit = kind;
         Ok(match kind {
@@ -628,6 +632,8 @@ impl Vcpu {
         }
         if parts & part::CR != 0 {
             convert::crs_into_kvm(&self.state.crs, &mut s);
+            // KVM reloads the TPR from kvm_run.cr8 after the sync registers.
+            self.kvm.set_cr8(s.cr8);
             self.last_cr8 = s.cr8;
         }
         if parts & part::EFER != 0 {
@@ -687,19 +693,58 @@ impl Vcpu {
     // --- helpers for exits ------------------------------------------------
 
     /// Decodes the instruction behind the last [`Exit::Io`]: string and REP
-    /// flags, segment, sizes and the next RIP (NVMM's `npc`). Reads RIP, CS
-    /// and the instruction bytes; the registers come from `kvm_run` when
-    /// the VCPU syncs them.
+    /// flags, segment, sizes, and the next RIP (NVMM's `npc`).
+    ///
+    /// KVM does not report where the instruction is: it leaves RIP at an IN
+    /// and at a string instruction, but may already have advanced it past a
+    /// plain OUT (when it emulated the instruction rather than intercepting
+    /// it). For a plain OUT this method therefore lets KVM finish the
+    /// instruction first (a `KVM_RUN` that does not enter the guest), which
+    /// commits pending state, then finds the instruction that ends at RIP.
+    /// The one case it cannot tell apart is a plain OUT that KVM already
+    /// finished, directly followed by an OUTS to the same port with the same
+    /// size: it then reports the OUTS.
     pub fn io_instruction(&mut self) -> Result<(IoInstruction, u64)> {
         if self.last_exit != ExitKind::Io {
             return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
         }
+        if let Some(r) = self.io_insn {
+            return Ok(r);
+        }
+        let (is_in, size, port, _) = self.kvm.io_summary();
+        let (mode, rip0, linear0) = self.code_position()?;
+        let rdx = self.state.gprs[Gpr::Rdx];
+        let matches = |d: &IoInstruction| {
+            d.is_in == is_in
+                && d.operand_size == size
+                && d.port_immediate.map_or(rdx as u16 == port, |p| u16::from(p) == port)
+        };
+        let mut bytes = [0u8; 15];
+        let n = self.read_linear(linear0, &mut bytes)?;
+        let at_rip = decode_io(&bytes[..n], mode).ok().filter(|d| matches(d));
+        let width = mode_mask(mode);
+        let answer = match at_rip {
+            Some(d) if is_in || d.string => (d, rip0.wrapping_add(d.length.into()) & width),
+            _ => {
+                self.complete_pending_io()?;
+                let (_, rip1, _) = self.code_position()?;
+                match at_rip {
+                    Some(d) if rip1 != rip0 => (d, rip1),
+                    _ => (self.io_instruction_ending_at(linear0, mode, &matches)?, rip0),
+                }
+            }
+        };
+        self.io_insn = Some(answer);
+        Ok(answer)
+    }
+
+    /// Execution mode, RIP and the linear address of RIP.
+    fn code_position(&mut self) -> Result<(CpuMode, u64, u64)> {
         self.used |= sync::REGS | sync::SREGS;
         self.fetch((part::GPRS | part::SREGS) & !self.have)?;
         let s = &self.state;
         let cs = s.segs[Seg::Cs];
-        let long = s.msrs[Msr::Efer] & efer::LMA != 0 && cs.attrib.l();
-        let mode = if long {
+        let mode = if s.msrs[Msr::Efer] & efer::LMA != 0 && cs.attrib.l() {
             CpuMode::Bits64
         } else if cs.attrib.def() && s.crs[Cr::Cr0] & cr0::PE != 0 {
             CpuMode::Bits32
@@ -707,16 +752,47 @@ impl Vcpu {
             CpuMode::Bits16
         };
         let rip = s.gprs[Gpr::Rip];
-        let linear = if long { rip } else { cs.base.wrapping_add(rip) & 0xffff_ffff };
-        let mut bytes = [0u8; 15];
-        let n = self.read_linear(linear, &mut bytes)?;
-        let insn = decode_io(&bytes[..n], mode).map_err(|_| Error::Translation { gva: linear })?;
-        let width_mask = match mode {
-            CpuMode::Bits16 => 0xffff,
-            CpuMode::Bits32 => 0xffff_ffff,
-            CpuMode::Bits64 => u64::MAX,
-        };
-        Ok((insn, rip.wrapping_add(insn.length.into()) & width_mask))
+        let linear = if mode == CpuMode::Bits64 { rip } else { cs.base.wrapping_add(rip) & 0xffff_ffff };
+        Ok((mode, rip, linear))
+    }
+
+    /// Finds an I/O instruction that ends right before `linear`.
+    fn io_instruction_ending_at(
+        &mut self,
+        linear: u64,
+        mode: CpuMode,
+        matches: &dyn Fn(&IoInstruction) -> bool,
+    ) -> Result<IoInstruction> {
+        let mut window = [0u8; 15];
+        let start = linear.wrapping_sub(15);
+        let n = self.read_linear(start, &mut window).unwrap_or(0);
+        for len in (1..=15usize).rev() {
+            if n < 15 {
+                break;
+            }
+            if let Ok(d) = decode_io(&window[15 - len..], mode)
+                && usize::from(d.length) == len
+                && matches(&d)
+            {
+                return Ok(d);
+            }
+        }
+        Err(Error::Unsupported { what: "locating the I/O instruction KVM already completed" })
+    }
+
+    /// Lets KVM finish the pending I/O instruction without entering the
+    /// guest (`KVM_RUN` with `immediate_exit`).
+    fn complete_pending_io(&mut self) -> Result<()> {
+        self.commit()?;
+        self.stop.force_immediate_exit(true);
+        let outcome = self.kvm.run();
+        self.stop.force_immediate_exit(false);
+        self.have = 0;
+        self.synced = 0;
+        match outcome? {
+            RunOutcome::Interrupted => Ok(()),
+            RunOutcome::Exited => Err(Error::Unsupported { what: "completing an I/O instruction without running the guest" }),
+        }
     }
 
     /// Reads guest memory at a linear address, page by page, translating
@@ -777,6 +853,14 @@ impl Vcpu {
             let _ = writeln!(o, "| -> {name}={:#x}", s.crs[cr]);
         }
         Ok(o)
+    }
+}
+
+fn mode_mask(mode: CpuMode) -> u64 {
+    match mode {
+        CpuMode::Bits16 => 0xffff,
+        CpuMode::Bits32 => 0xffff_ffff,
+        CpuMode::Bits64 => u64::MAX,
     }
 }
 

@@ -175,6 +175,14 @@ impl KvmVcpu {
         }
     }
 
+    /// Direction (in?), operand size, port and count of the last I/O exit.
+    pub(crate) fn io_summary(&self) -> (bool, u8, u16, u32) {
+        let r = self.run_ptr();
+        // SAFETY: only called after KVM_EXIT_IO, where `io` is live.
+        let io = unsafe { (*r).__bindgen_anon_1.io };
+        (u32::from(io.direction) == KVM_EXIT_IO_IN, io.size, io.port, io.count)
+    }
+
     /// Payload of a port I/O exit.
     pub(crate) fn io_exit(&mut self) -> IoExit<'_> {
         let r = self.run_ptr();
@@ -255,6 +263,13 @@ impl KvmVcpu {
     pub(crate) fn cr8(&self) -> u64 {
         // SAFETY: plain field of the live kvm_run page.
         unsafe { (*self.run_ptr()).cr8 }
+    }
+
+    /// Sets the TPR KVM loads at the next entry (`kvm_run.cr8`; without an
+    /// in-kernel LAPIC KVM applies it at every `KVM_RUN`).
+    pub(crate) fn set_cr8(&mut self, cr8: u64) {
+        // SAFETY: plain field of the live kvm_run page.
+        unsafe { (*self.run_ptr()).cr8 = cr8 };
     }
 
     /// RFLAGS.IF as KVM reported it after the last run.

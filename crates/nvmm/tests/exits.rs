@@ -1,0 +1,376 @@
+//! Every exit reason, with its payload and its completion.
+
+mod common;
+
+use common::*;
+use nvmm::exit::reason;
+use nvmm::x86::{CpuidAction, CpuidConf, CpuidRegs};
+use nvmm::{Event, Exit, Gpr, IoDirection, MemAccess, Prot, Seg, StateMask, VcpuConf};
+
+#[test]
+fn port_io_out_and_in() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0xba, 0xf8, 0x03, //                   mov dx,0x3f8
+        0xb0, 0x41, //                         mov al,0x41
+        0xee, //                               out dx,al
+        0xb8, 0x34, 0x12, //                   mov ax,0x1234
+        0xe7, 0x80, //                         out 0x80,ax
+        0xec, //                               in al,dx
+        0xa2, 0x00, 0x20, //                   mov ds:0x2000,al
+        0x66, 0xb8, 0xef, 0xbe, 0xad, 0xde, // mov eax,0xdeadbeef
+        0x66, 0xef, //                         out dx,eax
+        0xf4, //                               hlt
+    ]);
+    match g.vcpu.run().unwrap() {
+        Exit::Io(io) => {
+            assert_eq!((io.port(), io.direction(), io.size(), io.count()), (0x3f8, IoDirection::Out, 1, 1));
+            assert_eq!(io.data(), &[0x41]);
+        }
+        e => panic!("{e:?}"),
+    }
+    let (insn, npc) = g.vcpu.io_instruction().unwrap();
+    assert_eq!((insn.length, insn.string, insn.rep, insn.operand_size), (1, false, false, 1));
+    assert_eq!(npc, CODE + 6);
+    match g.vcpu.run().unwrap() {
+        Exit::Io(io) => assert_eq!((io.port(), io.size(), io.data()), (0x80, 2, &[0x34, 0x12][..])),
+        e => panic!("{e:?}"),
+    }
+    let (insn, npc) = g.vcpu.io_instruction().unwrap();
+    assert_eq!((insn.port_immediate, insn.length, npc), (Some(0x80), 2, CODE + 11));
+    match g.vcpu.run().unwrap() {
+        Exit::Io(mut io) => {
+            assert!(io.is_in());
+            assert_eq!(io.data(), &[0xff], "an unanswered IN reads all-ones");
+            io.data_mut()[0] = 0x5a;
+        }
+        e => panic!("{e:?}"),
+    }
+    match g.vcpu.run().unwrap() {
+        Exit::Io(io) => assert_eq!((io.size(), io.data()), (4, &[0xef, 0xbe, 0xad, 0xde][..])),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(read_u32(&g, 0x2000) & 0xff, 0x5a);
+}
+
+#[test]
+fn string_io_with_rep() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0xfc, //             cld
+        0xbe, 0x00, 0x30, // mov si,0x3000
+        0xb9, 0x05, 0x00, // mov cx,0x5
+        0xba, 0xe9, 0x00, // mov dx,0xe9
+        0xf3, 0x6e, //       rep outs dx,BYTE PTR ds:[si]
+        0xbf, 0x00, 0x40, // mov di,0x4000
+        0xb9, 0x04, 0x00, // mov cx,0x4
+        0xf3, 0x6c, //       rep ins BYTE PTR es:[di],dx
+        0xf4, //             hlt
+    ]);
+    g.machine.write_gpa(0x3000, b"hello").unwrap();
+    let mut out = Vec::new();
+    loop {
+        match g.vcpu.run().unwrap() {
+            Exit::Io(io) if !io.is_in() => out.extend_from_slice(io.data()),
+            Exit::Io(mut io) => {
+                let n = io.data().len();
+                io.data_mut().copy_from_slice(&b"WXYZ"[4 - n..]);
+                let (insn, _) = g.vcpu.io_instruction().unwrap();
+                assert!(insn.string && insn.rep && insn.is_in);
+                assert_eq!(insn.segment, Some(Seg::Es));
+            }
+            Exit::Halted => break,
+            Exit::None => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(out, b"hello");
+    let mut back = [0u8; 4];
+    g.machine.read_gpa(0x4000, &mut back).unwrap();
+    assert_eq!(&back, b"WXYZ");
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rcx) & 0xffff, 0);
+}
+
+#[test]
+fn mmio_read_and_write() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = protected_mode(&[
+        0xa1, 0x00, 0x00, 0x00, 0x10, //             mov eax,ds:0x10000000
+        0xa3, 0x04, 0x00, 0x00, 0x10, //             mov ds:0x10000004,eax
+        0xc6, 0x05, 0x08, 0x00, 0x00, 0x10, 0x7f, // mov BYTE PTR ds:0x10000008,0x7f
+        0xf4, //                                     hlt
+    ]);
+    match g.vcpu.run().unwrap() {
+        Exit::Memory(mut m) => {
+            assert_eq!((m.gpa(), m.access(), m.size()), (0x1000_0000, MemAccess::Read, 4));
+            assert_eq!(m.data(), &[0xff; 4]);
+            assert!(m.instruction_bytes().is_none());
+            m.data_mut().copy_from_slice(&0x1122_3344u32.to_le_bytes());
+        }
+        e => panic!("{e:?}"),
+    }
+    match g.vcpu.run().unwrap() {
+        Exit::Memory(m) => {
+            assert_eq!((m.gpa(), m.is_write(), m.data()), (0x1000_0004, true, &0x1122_3344u32.to_le_bytes()[..]));
+        }
+        e => panic!("{e:?}"),
+    }
+    match g.vcpu.run().unwrap() {
+        Exit::Memory(m) => assert_eq!((m.gpa(), m.data()), (0x1000_0008, &[0x7f][..])),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rax), 0x1122_3344);
+}
+
+#[test]
+fn read_only_and_inaccessible_mappings_exit() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = protected_mode(&[
+        0xa1, 0x00, 0x00, 0x00, 0x10, // mov eax,ds:0x10000000   (read-only page: reads)
+        0xa3, 0x04, 0x00, 0x00, 0x10, // mov ds:0x10000004,eax   (read-only page: exits)
+        0xa1, 0x00, 0x10, 0x00, 0x10, // mov eax,ds:0x10001000   (no access: exits)
+        0xf4, //                         hlt
+    ]);
+    g.machine.map_anonymous(0x1000_0000, 4096, Prot::READ).unwrap();
+    g.machine.map_anonymous(0x1000_1000, 4096, Prot::NONE).unwrap();
+    g.machine.write_gpa(0x1000_0000, &0xcafe_f00du32.to_le_bytes()).unwrap();
+    match g.vcpu.run().unwrap() {
+        Exit::Memory(m) => {
+            assert_eq!((m.gpa(), m.access()), (0x1000_0004, MemAccess::Write));
+            assert_eq!(m.data(), &0xcafe_f00du32.to_le_bytes());
+        }
+        e => panic!("{e:?}"),
+    }
+    let mut back = [0u8; 4];
+    g.machine.read_gpa(0x1000_0004, &mut back).unwrap();
+    assert_eq!(back, [0; 4], "a write to a read-only mapping does not land");
+    match g.vcpu.run().unwrap() {
+        Exit::Memory(m) => assert_eq!((m.gpa(), m.access()), (0x1000_1000, MemAccess::Read)),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+}
+
+fn msr_guest() -> Guest {
+    let mut g = protected_mode(&[
+        0xb9, 0xff, 0xff, 0xff, 0xff, //       mov ecx,0xffffffff
+        0x0f, 0x32, //                         rdmsr
+        0xa3, 0x00, 0x20, 0x00, 0x00, //       mov ds:0x2000,eax
+        0x89, 0x15, 0x04, 0x20, 0x00, 0x00, // mov DWORD PTR ds:0x2004,edx
+        0xb9, 0xfe, 0xff, 0xff, 0xff, //       mov ecx,0xfffffffe
+        0xb8, 0x01, 0x00, 0x00, 0x00, //       mov eax,0x1
+        0xba, 0x02, 0x00, 0x00, 0x00, //       mov edx,0x2
+        0x0f, 0x30, //                         wrmsr
+        0xf4, //                               hlt
+    ]);
+    // #GP handler at 0x1800: mov BYTE PTR ds:0x2100,0xd ; hlt
+    g.machine.write_gpa(0x1800, &[0xc6, 0x05, 0x00, 0x21, 0x00, 0x00, 0x0d, 0xf4]).unwrap();
+    idt32(&mut g, &[(13, 0x1800)]);
+    g
+}
+
+#[test]
+fn unknown_msrs_exit_and_complete() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = msr_guest();
+    match g.vcpu.run().unwrap() {
+        Exit::Rdmsr(mut r) => {
+            assert_eq!(r.msr(), 0xffff_ffff);
+            r.complete(0x1122_3344_5566_7788);
+        }
+        e => panic!("{e:?}"),
+    }
+    match g.vcpu.run().unwrap() {
+        Exit::Wrmsr(mut w) => {
+            assert_eq!((w.msr(), w.value()), (0xffff_fffe, 0x2_0000_0001));
+            w.accept();
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!((read_u32(&g, 0x2000), read_u32(&g, 0x2004)), (0x5566_7788, 0x1122_3344));
+    assert_eq!(read_u32(&g, 0x2100), 0, "no #GP");
+}
+
+#[test]
+fn unanswered_msr_access_raises_gp() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = msr_guest();
+    assert_eq!(next_reason(&mut g.vcpu), reason::RDMSR);
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(read_u32(&g, 0x2100), 0x0d, "the #GP handler ran");
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), 0x1808);
+}
+
+#[test]
+fn triple_fault_is_shutdown() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = protected_mode(&[0x0f, 0x0b]); // ud2
+    g.vcpu.update(StateMask::SEGS, |s| s.segs[Seg::Idt].limit = 0).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::SHUTDOWN);
+}
+
+#[test]
+fn interrupt_window_then_injection() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0xfb, //       sti
+        0x90, //       nop
+        0x90, //       nop
+        0xeb, 0xfe, // jmp $
+    ]);
+    // Vector 0x20 handler at 0x1800: mov BYTE PTR ds:0x2000,0x20 ; hlt
+    g.machine.write_gpa(0x1800, &[0xc6, 0x06, 0x00, 0x20, 0x20, 0xf4]).unwrap();
+    ivt(&g, 0x20, 0x1800);
+    g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_window_exiting(true)).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::INT_READY);
+    g.vcpu.get_state(StateMask::GPRS | StateMask::INTR).unwrap();
+    assert_ne!(g.vcpu.state().gprs[Gpr::Rflags] & 0x200, 0, "IF is set when the window opens");
+    assert!(!g.vcpu.state().intr.int_window_exiting(), "the window exit disarms itself");
+    g.vcpu.inject(Event::interrupt(0x20)).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(read_u32(&g, 0x2000) & 0xff, 0x20);
+}
+
+#[test]
+fn nmi_injection_and_nmi_window() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0x90, 0x90, 0xf4]); // nop ; nop ; hlt
+    // NMI handler at 0x1900: mov BYTE PTR ds:0x2000,0x20 ; iret
+    g.machine.write_gpa(0x1900, &[0xc6, 0x06, 0x00, 0x20, 0x20, 0xcf]).unwrap();
+    ivt(&g, 2, 0x1900);
+    g.vcpu.inject(Event::nmi()).unwrap();
+    let first = next_reason(&mut g.vcpu);
+    let second = next_reason(&mut g.vcpu);
+    assert_eq!((first, second), (reason::NMI_READY, reason::HALTED));
+    assert_eq!(read_u32(&g, 0x2000) & 0xff, 0x20, "the NMI handler ran");
+}
+
+#[test]
+fn exception_injection_pushes_error_code() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = protected_mode(&[0x90, 0xf4]); // nop ; hlt
+    // #GP handler at 0x1800: pop eax ; mov ds:0x2100,eax ; hlt
+    g.machine.write_gpa(0x1800, &[0x58, 0xa3, 0x00, 0x21, 0x00, 0x00, 0xf4]).unwrap();
+    idt32(&mut g, &[(13, 0x1800)]);
+    g.vcpu.inject(Event::exception(13, 0x1234)).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(read_u32(&g, 0x2100), 0x1234);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), 0x1807);
+}
+
+#[test]
+fn invalid_events_are_refused() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xf4]);
+    for v in [0u8, 2, 3, 32, 255] {
+        let e = g.vcpu.inject(Event::exception(v, 0)).unwrap_err();
+        assert_eq!(e.errno(), libc_einval(), "exception {v}");
+    }
+    assert!(Event::from_raw(7, 1, 0).is_err());
+    run_to_halt(&mut g.vcpu);
+}
+
+fn libc_einval() -> i32 {
+    22
+}
+
+#[test]
+fn tpr_changes_exit_when_configured() {
+    nvmm_testkit::kvm_or_skip!();
+    let code = [
+        0x48, 0xc7, 0xc0, 0x05, 0x00, 0x00, 0x00, // mov rax,0x5
+        0x44, 0x0f, 0x22, 0xc0, //                   mov cr8,rax
+        0x48, 0xc7, 0xc0, 0x02, 0x00, 0x00, 0x00, // mov rax,0x2
+        0x44, 0x0f, 0x22, 0xc0, //                   mov cr8,rax
+        0xf4, //                                     hlt
+    ];
+    let mut quiet = long_mode(&code);
+    assert_eq!(next_reason(&mut quiet.vcpu), reason::HALTED);
+    assert_eq!(quiet.vcpu.tpr(), 2);
+
+    let mut g = long_mode(&code);
+    g.vcpu.configure(VcpuConf::Tpr { exit_changed: true }).unwrap();
+    let mut reasons = Vec::new();
+    loop {
+        let r = next_reason(&mut g.vcpu);
+        reasons.push(r);
+        if r == reason::HALTED {
+            break;
+        }
+        assert_eq!(r, reason::TPR_CHANGED);
+    }
+    assert!(reasons.len() >= 2, "{reasons:?}");
+    assert_eq!(g.vcpu.tpr(), 2);
+    g.vcpu.get_state(StateMask::CRS).unwrap();
+    assert_eq!(g.vcpu.state().crs[nvmm::Cr::Cr8], 2);
+}
+
+#[test]
+fn emulation_failure_carries_the_bytes() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = protected_mode(&[
+        0xd9, 0x05, 0x00, 0x00, 0x00, 0x10, // fld DWORD PTR ds:0x10000000
+        0xf4, //                               hlt
+    ]);
+    match g.vcpu.run().unwrap() {
+        Exit::EmulationFailure(f) => {
+            let b = f.instruction_bytes().expect("KVM supplies the bytes");
+            assert_eq!(&b[..6], &[0xd9, 0x05, 0x00, 0x00, 0x00, 0x10]);
+        }
+        Exit::Memory(m) => {
+            // A KVM that can emulate x87 loads reports an ordinary read.
+            assert_eq!(m.gpa(), 0x1000_0000);
+            return;
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE, "RIP still at the instruction");
+}
+
+#[test]
+fn cpuid_is_nvmms_and_masks_apply() {
+    nvmm_testkit::kvm_or_skip!();
+    let code = [
+        0xb8, 0x00, 0x00, 0x00, 0x40, //       mov eax,0x40000000
+        0x0f, 0xa2, //                         cpuid
+        0x89, 0x1d, 0x00, 0x20, 0x00, 0x00, // mov DWORD PTR ds:0x2000,ebx
+        0x89, 0x0d, 0x04, 0x20, 0x00, 0x00, // mov DWORD PTR ds:0x2004,ecx
+        0x89, 0x15, 0x08, 0x20, 0x00, 0x00, // mov DWORD PTR ds:0x2008,edx
+        0xb8, 0x01, 0x00, 0x00, 0x00, //       mov eax,0x1
+        0x0f, 0xa2, //                         cpuid
+        0x89, 0x0d, 0x0c, 0x20, 0x00, 0x00, // mov DWORD PTR ds:0x200c,ecx
+        0xb8, 0x06, 0x00, 0x00, 0x00, //       mov eax,0x6
+        0x0f, 0xa2, //                         cpuid
+        0xa3, 0x10, 0x20, 0x00, 0x00, //       mov ds:0x2010,eax
+        0xf4, //                               hlt
+    ];
+    let mut plain = protected_mode(&code);
+    run_to_halt(&mut plain.vcpu);
+    let mut sig = [0u8; 12];
+    plain.machine.read_gpa(0x2000, &mut sig).unwrap();
+    assert_eq!(&sig, b"___ NVMM ___");
+    assert_ne!(read_u32(&plain, 0x200c) & (1 << 31), 0, "hypervisor bit");
+    assert_eq!(read_u32(&plain, 0x2010), 0, "leaf 6 is hidden");
+
+    // Masks: set bits of leaf 6, clear the low byte of the signature's EBX.
+    // (Some hosts force leaf 1 to the real CPU's features; leaves 6 and
+    // 0x40000000 are always ours.)
+    let mut g = protected_mode(&code);
+    let set = CpuidRegs { eax: 0x4, ..Default::default() };
+    g.vcpu.configure(VcpuConf::Cpuid(CpuidConf { leaf: 6, action: CpuidAction::Mask { set, del: CpuidRegs::default() } })).unwrap();
+    let del = CpuidRegs { ebx: 0xff, ..Default::default() };
+    g.vcpu.configure(VcpuConf::Cpuid(CpuidConf { leaf: 0x4000_0000, action: CpuidAction::Mask { set: CpuidRegs::default(), del } })).unwrap();
+    run_to_halt(&mut g.vcpu);
+    g.machine.read_gpa(0x2000, &mut sig).unwrap();
+    assert_eq!(&sig, b"\0__ NVMM ___");
+    assert_eq!(read_u32(&g, 0x2010), 4, "leaf 6 mask");
+
+    let err = g.vcpu.configure(VcpuConf::Cpuid(CpuidConf { leaf: 6, action: CpuidAction::Default })).unwrap_err();
+    assert_eq!(err.errno(), 16, "EBUSY after the first run");
+    let mut h = protected_mode(&code);
+    let err = h.vcpu.configure(VcpuConf::Cpuid(CpuidConf { leaf: 1, action: CpuidAction::Exit })).unwrap_err();
+    assert_eq!(err.errno(), 95, "ENOTSUP");
+}

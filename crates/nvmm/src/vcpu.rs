@@ -340,6 +340,12 @@ impl Vcpu {
         StopHandle { shared: self.stop.clone() }
     }
 
+    /// How many state ioctls (everything but `KVM_RUN`) this VCPU has made:
+    /// a diagnostic to check that a loop's state accesses are free.
+    pub fn state_ioctls(&self) -> u64 {
+        self.kvm.ioctl_count()
+    }
+
     /// The guest's TPR (CR8) as of the last exit; no system call.
     pub fn tpr(&self) -> u8 {
         self.kvm.cr8() as u8

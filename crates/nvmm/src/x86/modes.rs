@@ -11,6 +11,12 @@ pub const CODE32_SELECTOR: u16 = 0x08;
 pub const DATA_SELECTOR: u16 = 0x10;
 /// Selector of the 64-bit code segment in [`gdt`].
 pub const CODE64_SELECTOR: u16 = 0x18;
+/// Selector (with RPL 3) of the flat 32-bit user code segment in [`gdt`].
+pub const USER_CODE32_SELECTOR: u16 = 0x23;
+/// Selector (with RPL 3) of the flat user data segment in [`gdt`].
+pub const USER_DATA_SELECTOR: u16 = 0x2b;
+/// Selector (with RPL 3) of the 64-bit user code segment in [`gdt`].
+pub const USER_CODE64_SELECTOR: u16 = 0x33;
 
 /// CR0 bits.
 pub mod cr0 {
@@ -54,9 +60,18 @@ pub mod efer {
     pub const NXE: u64 = 1 << 11;
 }
 
-/// The GDT the modes below expect: null, flat code32, flat data, code64.
-pub fn gdt() -> [u64; 4] {
-    [0, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00af_9b00_0000_ffff]
+/// The GDT the modes below expect: null, flat code32, flat data, code64,
+/// then the same three for user mode (DPL 3).
+pub fn gdt() -> [u64; 7] {
+    [
+        0,
+        0x00cf_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00af_9b00_0000_ffff,
+        0x00cf_fb00_0000_ffff,
+        0x00cf_f300_0000_ffff,
+        0x00af_fb00_0000_ffff,
+    ]
 }
 
 /// The GDT as bytes, to copy into guest memory.
@@ -103,16 +118,35 @@ pub fn long_mode(s: &mut State, gdt_base: u64, pml4: u64) {
     s.msrs[Msr::Efer] |= efer::LME | efer::LMA | efer::SCE | efer::NXE;
 }
 
+/// Moves a state set up by [`protected_mode`] or [`long_mode`] to user
+/// mode (CPL 3) with the same flat segments, and IOPL 3 so that the guest
+/// may use port I/O.
+pub fn user_mode(s: &mut State) {
+    let long = s.segs[Seg::Cs].attrib.l();
+    let code = if long {
+        flat(USER_CODE64_SELECTOR, SegAttrib::new(11, true, 3, true, false, true, false, true))
+    } else {
+        flat(USER_CODE32_SELECTOR, SegAttrib::new(11, true, 3, true, false, false, true, true))
+    };
+    let data = flat(USER_DATA_SELECTOR, SegAttrib::new(3, true, 3, true, false, false, true, true));
+    for seg in [Seg::Ds, Seg::Es, Seg::Fs, Seg::Gs, Seg::Ss] {
+        s.segs[seg] = data;
+    }
+    s.segs[Seg::Cs] = code;
+    s.gprs[Gpr::Rflags] |= 3 << 12;
+}
+
 /// Page tables that identity-map `[0, size)` with 2 MiB pages, to be copied
 /// at guest physical address `base` (4 KiB aligned). The PML4 is at `base`.
-/// `size` is rounded up to 1 GiB and may not exceed 512 GiB.
+/// `size` is rounded up to 1 GiB and may not exceed 512 GiB. Pages are
+/// writable and user-accessible.
 pub fn identity_page_tables(base: u64, size: u64) -> Vec<u8> {
     const GIB: u64 = 1 << 30;
     assert!(base % 4096 == 0, "page tables must be page aligned");
     let gibs = size.div_ceil(GIB).clamp(1, 512);
     let mut t = vec![0u8; (2 + gibs as usize) * 4096];
     let put = |t: &mut Vec<u8>, off: usize, v: u64| t[off..off + 8].copy_from_slice(&v.to_le_bytes());
-    const P_RW: u64 = 0b11;
+    const P_RW: u64 = 0b111;
     put(&mut t, 0, (base + 0x1000) | P_RW);
     for g in 0..gibs {
         let pd = base + 0x2000 + g * 0x1000;
@@ -137,7 +171,7 @@ mod tests {
         assert!(s.segs[Seg::Cs].attrib.l());
         assert_eq!(s.crs[Cr::Cr3], 0x10000);
         assert_ne!(s.msrs[Msr::Efer] & efer::LMA, 0);
-        assert_eq!(s.segs[Seg::Gdt].limit, 31);
+        assert_eq!(s.segs[Seg::Gdt].limit, 55);
     }
 
     #[test]
@@ -145,9 +179,9 @@ mod tests {
         let t = identity_page_tables(0x10000, 3 << 30);
         assert_eq!(t.len(), 5 * 4096);
         let rd = |off: usize| u64::from_le_bytes(t[off..off + 8].try_into().unwrap());
-        assert_eq!(rd(0), 0x11003);
-        assert_eq!(rd(0x1000 + 16), 0x14003);
+        assert_eq!(rd(0), 0x11007);
+        assert_eq!(rd(0x1000 + 16), 0x14007);
         // Third GiB, entry 1: 2 GiB + 2 MiB.
-        assert_eq!(rd(0x2000 + 2 * 0x1000 + 8), (2 << 30) + (2 << 20) | 0x83);
+        assert_eq!(rd(0x2000 + 2 * 0x1000 + 8), (2 << 30) + (2 << 20) | 0x87);
     }
 }

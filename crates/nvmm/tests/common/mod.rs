@@ -78,6 +78,14 @@ pub fn long_mode(code: &[u8]) -> Guest {
     g
 }
 
+/// A 64-bit guest at CPL 3 (IOPL 3), where hosts that emulate guest
+/// kernel code run guest code natively. It ends with an OUT, not HLT.
+pub fn user_mode64(code: &[u8]) -> Guest {
+    let mut g = long_mode(code);
+    g.vcpu.update(StateMask::SEGS | StateMask::GPRS, modes::user_mode).unwrap();
+    g
+}
+
 /// Runs until HLT, failing on anything but NONE.
 pub fn run_to_halt(vcpu: &mut Vcpu) {
     for _ in 0..1000 {

@@ -48,6 +48,8 @@ pub(crate) struct KvmVcpu {
     fd: VcpuFd,
     run: NonNull<kvm_run>,
     run_size: usize,
+    /// State ioctls made so far (everything but `KVM_RUN`).
+    ioctls: u64,
 }
 
 // SAFETY: `run` points into the mapping owned by `fd`, which moves with
@@ -59,7 +61,7 @@ impl KvmVcpu {
     pub(super) fn new(mut fd: VcpuFd, run_size: usize) -> Result<KvmVcpu> {
         assert!(run_size >= std::mem::size_of::<kvm_run>(), "kvm_run mapping too small");
         let run = NonNull::from(fd.get_kvm_run());
-        Ok(KvmVcpu { fd, run, run_size })
+        Ok(KvmVcpu { fd, run, run_size, ioctls: 0 })
     }
 
     pub(crate) fn raw_fd(&self) -> RawFd {
@@ -343,31 +345,42 @@ impl KvmVcpu {
 
     // --- ioctls ---------------------------------------------------------
 
-    pub(crate) fn get_regs(&self) -> Result<kvm_regs> {
+    /// Number of state ioctls made so far.
+    pub(crate) fn ioctl_count(&self) -> u64 {
+        self.ioctls
+    }
+
+    pub(crate) fn get_regs(&mut self) -> Result<kvm_regs> {
+        self.ioctls += 1;
         self.fd.get_regs().map_err(|e| Error::kvm_errno("KVM_GET_REGS", e))
     }
 
-    pub(crate) fn get_sregs(&self) -> Result<kvm_sregs> {
+    pub(crate) fn get_sregs(&mut self) -> Result<kvm_sregs> {
+        self.ioctls += 1;
         self.fd.get_sregs().map_err(|e| Error::kvm_errno("KVM_GET_SREGS", e))
     }
 
-    pub(crate) fn get_events(&self) -> Result<kvm_vcpu_events> {
+    pub(crate) fn get_events(&mut self) -> Result<kvm_vcpu_events> {
+        self.ioctls += 1;
         self.fd.get_vcpu_events().map_err(|e| Error::kvm_errno("KVM_GET_VCPU_EVENTS", e))
     }
 
-    pub(crate) fn get_xcr0(&self) -> Result<u64> {
+    pub(crate) fn get_xcr0(&mut self) -> Result<u64> {
+        self.ioctls += 1;
         let x = self.fd.get_xcrs().map_err(|e| Error::kvm_errno("KVM_GET_XCRS", e))?;
         let n = (x.nr_xcrs as usize).min(x.xcrs.len());
         Ok(x.xcrs[..n].iter().find(|x| x.xcr == 0).map_or(1, |x| x.value))
     }
 
-    pub(crate) fn set_xcr0(&self, value: u64) -> Result<()> {
+    pub(crate) fn set_xcr0(&mut self, value: u64) -> Result<()> {
+        self.ioctls += 1;
         let mut x = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
         x.xcrs[0] = kvm_xcr { xcr: 0, reserved: 0, value };
         self.fd.set_xcrs(&x).map_err(|e| Error::kvm_errno("KVM_SET_XCRS", e))
     }
 
-    pub(crate) fn get_msrs(&self, indexes: &[u32], out: &mut [u64]) -> Result<()> {
+    pub(crate) fn get_msrs(&mut self, indexes: &[u32], out: &mut [u64]) -> Result<()> {
+        self.ioctls += 1;
         let entries: Vec<kvm_msr_entry> = indexes.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
         let mut msrs = Msrs::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building an MSR list" })?;
         let n = self.fd.get_msrs(&mut msrs).map_err(|e| Error::kvm_errno("KVM_GET_MSRS", e))?;
@@ -380,7 +393,8 @@ impl KvmVcpu {
         Ok(())
     }
 
-    pub(crate) fn set_msrs(&self, values: &[(u32, u64)]) -> Result<()> {
+    pub(crate) fn set_msrs(&mut self, values: &[(u32, u64)]) -> Result<()> {
+        self.ioctls += 1;
         if values.is_empty() {
             return Ok(());
         }
@@ -395,15 +409,18 @@ impl KvmVcpu {
         Ok(())
     }
 
-    pub(crate) fn get_debugregs(&self) -> Result<kvm_debugregs> {
+    pub(crate) fn get_debugregs(&mut self) -> Result<kvm_debugregs> {
+        self.ioctls += 1;
         self.fd.get_debug_regs().map_err(|e| Error::kvm_errno("KVM_GET_DEBUGREGS", e))
     }
 
-    pub(crate) fn set_debugregs(&self, d: &kvm_debugregs) -> Result<()> {
+    pub(crate) fn set_debugregs(&mut self, d: &kvm_debugregs) -> Result<()> {
+        self.ioctls += 1;
         self.fd.set_debug_regs(d).map_err(|e| Error::kvm_errno("KVM_SET_DEBUGREGS", e))
     }
 
-    pub(crate) fn get_xsave(&self, out: &mut [u8; XSAVE_SIZE]) -> Result<()> {
+    pub(crate) fn get_xsave(&mut self, out: &mut [u8; XSAVE_SIZE]) -> Result<()> {
+        self.ioctls += 1;
         let x = self.fd.get_xsave().map_err(|e| Error::kvm_errno("KVM_GET_XSAVE", e))?;
         for (chunk, word) in out.chunks_exact_mut(4).zip(x.region.iter()) {
             chunk.copy_from_slice(&word.to_le_bytes());
@@ -411,7 +428,8 @@ impl KvmVcpu {
         Ok(())
     }
 
-    pub(crate) fn set_xsave(&self, area: &[u8; XSAVE_SIZE]) -> Result<()> {
+    pub(crate) fn set_xsave(&mut self, area: &[u8; XSAVE_SIZE]) -> Result<()> {
+        self.ioctls += 1;
         let mut x = kvm_xsave::default();
         for (word, chunk) in x.region.iter_mut().zip(area.chunks_exact(4)) {
             *word = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
@@ -421,7 +439,8 @@ impl KvmVcpu {
         unsafe { self.fd.set_xsave(&x) }.map_err(|e| Error::kvm_errno("KVM_SET_XSAVE", e))
     }
 
-    pub(crate) fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()> {
+    pub(crate) fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()> {
+        self.ioctls += 1;
         let k: Vec<_> = entries.iter().map(convert::cpuid_to_kvm).collect();
         let c = CpuId::from_entries(&k).map_err(|_| Error::NoMemory { what: "building the CPUID table" })?;
         self.fd.set_cpuid2(&c).map_err(|e| match e.errno() {
@@ -432,7 +451,8 @@ impl KvmVcpu {
 
     /// Translates a guest virtual address with the VCPU's current paging
     /// (`KVM_TRANSLATE`); `None` when there is no valid translation.
-    pub(crate) fn translate(&self, gva: u64) -> Result<Option<u64>> {
+    pub(crate) fn translate(&mut self, gva: u64) -> Result<Option<u64>> {
+        self.ioctls += 1;
         let t = self.fd.translate_gva(gva).map_err(|e| Error::kvm_errno("KVM_TRANSLATE", e))?;
         Ok((t.valid != 0).then_some(t.physical_address))
     }

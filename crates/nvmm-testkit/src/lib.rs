@@ -19,10 +19,7 @@ pub fn kvm_available(test: &str) -> bool {
         Ok(_) => true,
         Err(e) => {
             let required = std::env::var(REQUIRE_KVM_ENV).is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "{test}: /dev/kvm is required ({REQUIRE_KVM_ENV}=1) but cannot be opened: {e}"
-            );
+            assert!(!required, "{test}: /dev/kvm is required ({REQUIRE_KVM_ENV}=1) but cannot be opened: {e}");
             println!("SKIP {test}: /dev/kvm cannot be opened ({e})");
             false
         }

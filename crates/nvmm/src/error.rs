@@ -178,9 +178,7 @@ pub enum Error {
     },
 
     /// No guest mapping with exactly this host address, guest address and size.
-    #[error(
-        "no guest mapping of {hva:#x} at {gpa:#x}+{size:#x} (unmap takes the exact triple that was mapped)"
-    )]
+    #[error("no guest mapping of {hva:#x} at {gpa:#x}+{size:#x} (unmap takes the exact triple that was mapped)")]
     NoGpaMapping {
         /// Host address given.
         hva: u64,
@@ -354,24 +352,12 @@ mod tests {
     fn errno_follows_the_spec() {
         assert_eq!(Error::TooManyMachines { max: 1 }.errno(), libc::ENOBUFS);
         assert_eq!(Error::VcpuExists { id: 0 }.errno(), libc::EBUSY);
-        assert_eq!(
-            Error::HostOverlap { hva: 0, size: 0, other: 0, other_size: 0 }.errno(),
-            libc::EEXIST
-        );
-        assert_eq!(
-            Error::GpaOverlap { gpa: 0, size: 0, other: 0, other_size: 0 }.errno(),
-            libc::EINVAL
-        );
+        assert_eq!(Error::HostOverlap { hva: 0, size: 0, other: 0, other_size: 0 }.errno(), libc::EEXIST);
+        assert_eq!(Error::GpaOverlap { gpa: 0, size: 0, other: 0, other_size: 0 }.errno(), libc::EINVAL);
         assert_eq!(Error::NoGpaMapping { hva: 0, gpa: 0, size: 0 }.errno(), libc::ENOENT);
         assert_eq!(Error::ApiVersion { found: 11 }.errno(), EPROGMISMATCH);
-        assert_eq!(
-            Error::kvm("x", io::Error::from_raw_os_error(libc::EMFILE)).errno(),
-            libc::EMFILE
-        );
-        assert_eq!(
-            Error::kvm("x", io::Error::from_raw_os_error(libc::EINVAL)).errno(),
-            libc::EINVAL
-        );
+        assert_eq!(Error::kvm("x", io::Error::from_raw_os_error(libc::EMFILE)).errno(), libc::EMFILE);
+        assert_eq!(Error::kvm("x", io::Error::from_raw_os_error(libc::EINVAL)).errno(), libc::EINVAL);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`Machine`]: a virtual machine, its guest memory and its VCPUs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::backend::kvm::{HostRegion, KvmVm};
@@ -17,6 +18,9 @@ pub(crate) struct MachineShared {
     pub(crate) record: Arc<MachineRecord>,
     memory: RwLock<MemoryMap>,
     vcpus: Mutex<BTreeSet<u32>>,
+    /// KVM VCPUs whose `Vcpu` was destroyed, kept for reuse of their id
+    /// (`None`: could not be quiesced, the id is lost).
+    parked: Mutex<HashMap<u32, Option<OwnedFd>>>,
 }
 
 impl MachineShared {
@@ -37,10 +41,21 @@ impl MachineShared {
         self.vcpu_ids().len() as u32
     }
 
-    /// Called when VCPU `id` goes away.
-    pub(crate) fn release_vcpu(&self, id: u32) {
+    /// Called when VCPU `id` goes away; `parked` keeps the KVM VCPU.
+    pub(crate) fn release_vcpu(&self, id: u32, parked: Option<OwnedFd>) {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).insert(id, parked);
         self.vcpu_ids().remove(&id);
         self.record.add_vcpus(-1);
+    }
+
+    /// The parked KVM VCPU with this id: `Ok(None)` if the id was never
+    /// used, an error if it cannot be reused.
+    pub(crate) fn take_parked(&self, id: u32) -> Result<Option<OwnedFd>> {
+        match self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            None => Ok(None),
+            Some(Some(fd)) => Ok(Some(fd)),
+            Some(None) => Err(Error::VcpuExists { id }),
+        }
     }
 }
 
@@ -71,7 +86,14 @@ impl Machine {
         let vm = sys.kvm.create_vm()?;
         let record = registry::register(sys.cap.max_machines, vm.raw_fd())?;
         let memory = MemoryMap::new(sys.cap.max_ram, sys.kvm.facts().memslots);
-        let shared = MachineShared { sys, vm, record, memory: RwLock::new(memory), vcpus: Mutex::new(BTreeSet::new()) };
+        let shared = MachineShared {
+            sys,
+            vm,
+            record,
+            memory: RwLock::new(memory),
+            vcpus: Mutex::new(BTreeSet::new()),
+            parked: Mutex::new(HashMap::new()),
+        };
         Ok(Machine { shared: Arc::new(shared) })
     }
 
@@ -92,7 +114,9 @@ impl Machine {
     /// Creates VCPU `id` in the x86 RESET state.
     ///
     /// Fails with `EINVAL` when `id` is not below `Capability::max_vcpus`
-    /// and `EBUSY` when the machine already has a VCPU `id`.
+    /// and `EBUSY` when the machine already has a VCPU `id`. An id whose
+    /// VCPU was destroyed can be used again (KVM cannot destroy a VCPU: the
+    /// library keeps it and resets it; its CPUID can then no longer change).
     pub fn create_vcpu(&self, id: u32) -> Result<Vcpu> {
         let max = self.shared.sys.cap.max_vcpus;
         if id >= max {

@@ -127,7 +127,14 @@ impl MemoryMap {
     /// An empty map for a guest physical space of `max_ram` bytes and
     /// `max_slots` KVM slots.
     pub(crate) fn new(max_ram: u64, max_slots: u32) -> MemoryMap {
-        MemoryMap { host: BTreeMap::new(), areas: BTreeMap::new(), free_slots: Vec::new(), next_slot: 0, max_slots, max_ram }
+        MemoryMap {
+            host: BTreeMap::new(),
+            areas: BTreeMap::new(),
+            free_slots: Vec::new(),
+            next_slot: 0,
+            max_slots,
+            max_ram,
+        }
     }
 
     /// Checks a host range for `hva_map`.
@@ -135,7 +142,12 @@ impl MemoryMap {
         aligned("host address", hva)?;
         aligned("size", size)?;
         if hva == 0 || size == 0 || hva.checked_add(size).is_none() {
-            return Err(Error::InvalidRange { what: "host", start: hva, size, why: "it is empty, at address 0, or wraps" });
+            return Err(Error::InvalidRange {
+                what: "host",
+                start: hva,
+                size,
+                why: "it is empty, at address 0, or wraps",
+            });
         }
         // A range entirely inside an existing mapping is accepted (NVMM
         // does the same); a partial overlap is an error.
@@ -204,9 +216,7 @@ impl MemoryMap {
             return Err(Error::GpaOverlap { gpa, size, other: a.gpa, other_size: a.size });
         }
         let slot = if prot == Prot::NONE { None } else { Some(self.take_slot()?) };
-        Ok(GpaPlan {
-            area: GpaArea { gpa, size, hva, prot, slot, region, offset: hva - host_start },
-        })
+        Ok(GpaPlan { area: GpaArea { gpa, size, hva, prot, slot, region, offset: hva - host_start } })
     }
 
     fn overlapping_area(&self, gpa: u64, size: u64) -> Option<&GpaArea> {

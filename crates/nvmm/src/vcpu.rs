@@ -190,6 +190,8 @@ pub struct Vcpu {
     last_exit: ExitKind,
     /// `io_instruction`'s answer for the last exit.
     io_insn: Option<(IoInstruction, u64)>,
+    /// Clear every pending event at the next commit (reused VCPU).
+    reset_events: bool,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -200,7 +202,10 @@ impl std::fmt::Debug for Vcpu {
 
 impl Vcpu {
     pub(crate) fn create(machine: Arc<MachineShared>, id: u32) -> Result<Vcpu> {
-        let kvm = machine.vm.create_vcpu(id)?;
+        let (kvm, reused) = match machine.take_parked(id)? {
+            Some(fd) => (machine.vm.revive_vcpu(fd)?, true),
+            None => (machine.vm.create_vcpu(id)?, false),
+        };
         let alias = RunAlias::map(kvm.raw_fd())?;
         let stop = Arc::new(StopShared::new(alias, machine.sys.options.kick_signal));
         let mut state = Box::new(reset_state());
@@ -231,9 +236,18 @@ impl Vcpu {
             replay: None,
             last_exit: ExitKind::None,
             io_insn: None,
+            reset_events: false,
         };
         v.xsave.set_xstate_bv(xfeature::X87 | xfeature::SSE);
-        v.apply_cpuid()?;
+        if reused {
+            // The KVM VCPU keeps its last state: load all of RESET.
+            v.dirty = part::ALL;
+            v.kvm_xcr0 = None;
+            v.reset_events = true;
+            v.has_run = v.apply_cpuid().is_err();
+        } else {
+            v.apply_cpuid()?;
+        }
         Ok(v)
     }
 
@@ -582,7 +596,7 @@ impl Vcpu {
             *pending &= !part::SREGS;
             self.commit_sregs(sregs).inspect_err(|_| self.have &= !sregs)?;
         }
-        if *pending & part::INTR != 0 || self.event.is_some() {
+        if *pending & part::INTR != 0 || self.event.is_some() || self.reset_events {
             let intr = *pending & part::INTR != 0;
             *pending &= !part::INTR;
             self.commit_events(intr).inspect_err(|_| self.have &= !part::INTR)?;
@@ -650,7 +664,8 @@ impl Vcpu {
     }
 
     fn commit_events(&mut self, intr: bool) -> Result<()> {
-        let mut e = self.current_events()?;
+        let mut e =
+            if std::mem::take(&mut self.reset_events) { convert::reset_events() } else { self.current_events()? };
         if intr {
             convert::intr_into_kvm(&self.state.intr, &mut e);
         }
@@ -797,7 +812,9 @@ impl Vcpu {
         self.synced = 0;
         match outcome? {
             RunOutcome::Interrupted => Ok(()),
-            RunOutcome::Exited => Err(Error::Unsupported { what: "completing an I/O instruction without running the guest" }),
+            RunOutcome::Exited => {
+                Err(Error::Unsupported { what: "completing an I/O instruction without running the guest" })
+            }
         }
     }
 
@@ -855,7 +872,14 @@ impl Vcpu {
             );
         }
         let _ = writeln!(o, "| -> MSR_EFER={:#x}", s.msrs[Msr::Efer]);
-        for (name, cr) in [("CR0", Cr::Cr0), ("CR2", Cr::Cr2), ("CR3", Cr::Cr3), ("CR4", Cr::Cr4), ("CR8", Cr::Cr8), ("XCR0", Cr::Xcr0)] {
+        for (name, cr) in [
+            ("CR0", Cr::Cr0),
+            ("CR2", Cr::Cr2),
+            ("CR3", Cr::Cr3),
+            ("CR4", Cr::Cr4),
+            ("CR8", Cr::Cr8),
+            ("XCR0", Cr::Xcr0),
+        ] {
             let _ = writeln!(o, "| -> {name}={:#x}", s.crs[cr]);
         }
         Ok(o)
@@ -872,6 +896,7 @@ fn mode_mask(mode: CpuMode) -> u64 {
 
 impl Drop for Vcpu {
     fn drop(&mut self) {
-        self.machine.release_vcpu(self.id);
+        let parked = self.kvm.park();
+        self.machine.release_vcpu(self.id, parked);
     }
 }

@@ -360,9 +360,16 @@ fn cpuid_is_nvmms_and_masks_apply() {
     // 0x40000000 are always ours.)
     let mut g = protected_mode(&code);
     let set = CpuidRegs { eax: 0x4, ..Default::default() };
-    g.vcpu.configure(VcpuConf::Cpuid(CpuidConf { leaf: 6, action: CpuidAction::Mask { set, del: CpuidRegs::default() } })).unwrap();
+    g.vcpu
+        .configure(VcpuConf::Cpuid(CpuidConf { leaf: 6, action: CpuidAction::Mask { set, del: CpuidRegs::default() } }))
+        .unwrap();
     let del = CpuidRegs { ebx: 0xff, ..Default::default() };
-    g.vcpu.configure(VcpuConf::Cpuid(CpuidConf { leaf: 0x4000_0000, action: CpuidAction::Mask { set: CpuidRegs::default(), del } })).unwrap();
+    g.vcpu
+        .configure(VcpuConf::Cpuid(CpuidConf {
+            leaf: 0x4000_0000,
+            action: CpuidAction::Mask { set: CpuidRegs::default(), del },
+        }))
+        .unwrap();
     run_to_halt(&mut g.vcpu);
     g.machine.read_gpa(0x2000, &mut sig).unwrap();
     assert_eq!(&sig, b"\0__ NVMM ___");

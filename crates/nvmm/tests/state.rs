@@ -115,7 +115,18 @@ fn every_component_round_trips() {
     assert_eq!(got.drs[Dr::Dr0], want.drs[Dr::Dr0]);
     assert_eq!(got.drs[Dr::Dr3], want.drs[Dr::Dr3]);
     assert_eq!(got.drs[Dr::Dr7], want.drs[Dr::Dr7]);
-    for m in [Msr::Efer, Msr::Star, Msr::Lstar, Msr::Cstar, Msr::Sfmask, Msr::KernelGsBase, Msr::SysenterCs, Msr::SysenterEsp, Msr::SysenterEip, Msr::Pat] {
+    for m in [
+        Msr::Efer,
+        Msr::Star,
+        Msr::Lstar,
+        Msr::Cstar,
+        Msr::Sfmask,
+        Msr::KernelGsBase,
+        Msr::SysenterCs,
+        Msr::SysenterEsp,
+        Msr::SysenterEip,
+        Msr::Pat,
+    ] {
         assert_eq!(got.msrs[m], want.msrs[m], "{m:?}");
     }
     let tsc = got.msrs[Msr::Tsc];
@@ -132,7 +143,10 @@ fn every_component_round_trips() {
         println!("NOTE every_component_round_trips: this host ignores guest TSC writes");
     }
     assert_eq!((got.fpu.fx_cw, got.fpu.fx_mxcsr, got.fpu.fx_xmm), (0x37f, want.fpu.fx_mxcsr, want.fpu.fx_xmm));
-    assert_eq!((got.fpu.fx_sw, got.fpu.fx_tw, got.fpu.fx_87_ac[0][..10].to_vec()), (want.fpu.fx_sw, want.fpu.fx_tw, want.fpu.fx_87_ac[0][..10].to_vec()));
+    assert_eq!(
+        (got.fpu.fx_sw, got.fpu.fx_tw, got.fpu.fx_87_ac[0][..10].to_vec()),
+        (want.fpu.fx_sw, want.fpu.fx_tw, want.fpu.fx_87_ac[0][..10].to_vec())
+    );
     if has_avx {
         for i in 0..16 {
             assert_eq!(g.vcpu.xsave().ymm_hi(i), [0xa0 + i as u8; 16], "YMM{i}");

@@ -94,12 +94,8 @@ impl CpuidConf {
 pub const CPUID_CONF_MAX: u32 = 32;
 
 /// XCR0 bits the library lets a guest enable (if the host has them).
-pub const XCR0_SUPPORTED: u64 = xfeature::X87
-    | xfeature::SSE
-    | xfeature::AVX
-    | xfeature::OPMASK
-    | xfeature::ZMM_HI256
-    | xfeature::HI16_ZMM;
+pub const XCR0_SUPPORTED: u64 =
+    xfeature::X87 | xfeature::SSE | xfeature::AVX | xfeature::OPMASK | xfeature::ZMM_HI256 | xfeature::HI16_ZMM;
 
 /// A VCPU's CPUID configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -129,8 +125,7 @@ const L7_EDX: u32 = bits(&[2, 3, 4, 8, 10, 14, 23]);
 const LD1_EAX: u32 = bits(&[0, 1, 2]);
 // Extended leaves.
 const E1_ECX: u32 = bits(&[0, 1, 4, 5, 6, 7, 8, 11, 16, 17, 21, 22]);
-const E1_EDX: u32 =
-    bits(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 15, 16, 17, 20, 22, 23, 24, 25, 26, 29, 30, 31]);
+const E1_EDX: u32 = bits(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 15, 16, 17, 20, 22, 23, 24, 25, 26, 29, 30, 31]);
 const E7_EDX: u32 = bits(&[8]);
 const E8_EBX: u32 = bits(&[0, 2, 9]);
 
@@ -139,19 +134,15 @@ const MAX_EXTENDED: u32 = 0x8000_001f;
 const HYPERVISOR_LEAF: u32 = 0x4000_0000;
 
 /// `"___ NVMM ___"`, in EBX, ECX, EDX order.
-const SIGNATURE: [u32; 3] = [
-    u32::from_le_bytes(*b"___ "),
-    u32::from_le_bytes(*b"NVMM"),
-    u32::from_le_bytes(*b" ___"),
-];
+const SIGNATURE: [u32; 3] = [u32::from_le_bytes(*b"___ "), u32::from_le_bytes(*b"NVMM"), u32::from_le_bytes(*b" ___")];
 
 impl CpuidConfig {
     /// Applies one configuration request with NVMM's rules.
     pub fn configure(&mut self, conf: &CpuidConf) -> Result<()> {
         match conf.action {
-            CpuidAction::Exit => Err(Error::Unsupported {
-                what: "CPUID exits (KVM answers CPUID in the kernel); use a mask instead",
-            }),
+            CpuidAction::Exit => {
+                Err(Error::Unsupported { what: "CPUID exits (KVM answers CPUID in the kernel); use a mask instead" })
+            }
             CpuidAction::Default => {
                 self.masks.retain(|(leaf, _, _)| *leaf != conf.leaf);
                 Ok(())
@@ -203,20 +194,14 @@ impl CpuidConfig {
 
 /// XCR0 bits a guest may enable on this host.
 pub fn xcr0_mask(supported: &[CpuidEntry]) -> u64 {
-    supported
-        .iter()
-        .find(|e| e.function == 0xd && e.index == 0)
-        .map_or(xfeature::X87 | xfeature::SSE, |e| {
-            (u64::from(e.regs.edx) << 32 | u64::from(e.regs.eax)) & XCR0_SUPPORTED
-        })
+    supported.iter().find(|e| e.function == 0xd && e.index == 0).map_or(xfeature::X87 | xfeature::SSE, |e| {
+        (u64::from(e.regs.edx) << 32 | u64::from(e.regs.eax)) & XCR0_SUPPORTED
+    })
 }
 
 /// Guest physical address width (CPUID 0x80000008 EAX[7:0]), 36 if absent.
 pub fn phys_addr_bits(supported: &[CpuidEntry]) -> u32 {
-    supported
-        .iter()
-        .find(|e| e.function == 0x8000_0008)
-        .map_or(36, |e| e.regs.eax & 0xff)
+    supported.iter().find(|e| e.function == 0x8000_0008).map_or(36, |e| e.regs.eax & 0xff)
 }
 
 /// NVMM's default filtering of the supported table.

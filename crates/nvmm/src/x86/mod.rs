@@ -10,5 +10,7 @@ pub mod xsave;
 
 pub use cpuid::{CpuidAction, CpuidConf, CpuidRegs};
 pub use event::{Event, EventKind};
-pub use state::{Cr, Crs, Dr, Drs, Fxsave, Gpr, Gprs, Intr, Msr, Msrs, STATE_SIZE, Seg, SegAttrib, Segment, Segs, State, StateMask};
+pub use state::{
+    Cr, Crs, Dr, Drs, Fxsave, Gpr, Gprs, Intr, Msr, Msrs, STATE_SIZE, Seg, SegAttrib, Segment, Segs, State, StateMask,
+};
 pub use xsave::Xsave;

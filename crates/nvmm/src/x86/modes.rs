@@ -182,6 +182,6 @@ mod tests {
         assert_eq!(rd(0), 0x11007);
         assert_eq!(rd(0x1000 + 16), 0x14007);
         // Third GiB, entry 1: 2 GiB + 2 MiB.
-        assert_eq!(rd(0x2000 + 2 * 0x1000 + 8), (2 << 30) + (2 << 20) | 0x87);
+        assert_eq!(rd(0x2000 + 2 * 0x1000 + 8), ((2 << 30) + (2 << 20)) | 0x87);
     }
 }

@@ -23,14 +23,8 @@ pub fn reset_state() -> State {
     let table = Segment { attrib: SegAttrib::new(2, true, 0, true, false, false, false, false), ..data };
     s.segs[Seg::Gdt] = table;
     s.segs[Seg::Idt] = table;
-    s.segs[Seg::Ldt] = Segment {
-        attrib: SegAttrib::new(2, false, 0, true, false, false, false, false),
-        ..data
-    };
-    s.segs[Seg::Tr] = Segment {
-        attrib: SegAttrib::new(3, false, 0, true, false, false, false, false),
-        ..data
-    };
+    s.segs[Seg::Ldt] = Segment { attrib: SegAttrib::new(2, false, 0, true, false, false, false, false), ..data };
+    s.segs[Seg::Tr] = Segment { attrib: SegAttrib::new(3, false, 0, true, false, false, false, false), ..data };
 
     s.gprs[Gpr::Rdx] = 0x600;
     s.gprs[Gpr::Rip] = 0xfff0;

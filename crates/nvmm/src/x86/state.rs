@@ -99,7 +99,7 @@ macro_rules! indexed_array {
     ($(#[$m:meta])* $name:ident, $idx:ident, $elem:ty, $n:expr) => {
         $(#[$m])*
         #[repr(transparent)]
-        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
         pub struct $name(pub [$elem; $n]);
 
         impl Index<$idx> for $name {
@@ -169,8 +169,8 @@ pub enum Gpr {
 impl Gpr {
     /// Names in index order.
     pub const NAMES: [&'static str; 18] = [
-        "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11", "R12",
-        "R13", "R14", "R15", "RIP", "RFLAGS",
+        "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15",
+        "RIP", "RFLAGS",
     ];
 }
 
@@ -374,11 +374,7 @@ impl Intr {
         self.0 & b != 0
     }
     fn set(&mut self, b: u64, v: bool) {
-        if v {
-            self.0 |= b
-        } else {
-            self.0 &= !b
-        }
+        if v { self.0 |= b } else { self.0 &= !b }
     }
     /// STI / MOV SS interrupt shadow.
     pub fn int_shadow(self) -> bool {
@@ -545,32 +541,6 @@ pub struct State {
     pub fpu: Fxsave,
 }
 
-impl Default for Segs {
-    fn default() -> Segs {
-        Segs([Segment::default(); 10])
-    }
-}
-impl Default for Gprs {
-    fn default() -> Gprs {
-        Gprs([0; 18])
-    }
-}
-impl Default for Crs {
-    fn default() -> Crs {
-        Crs([0; 6])
-    }
-}
-impl Default for Drs {
-    fn default() -> Drs {
-        Drs([0; 6])
-    }
-}
-impl Default for Msrs {
-    fn default() -> Msrs {
-        Msrs([0; 11])
-    }
-}
-
 /// Size of [`State`] (`nvmm_capability::state_size`).
 pub const STATE_SIZE: usize = std::mem::size_of::<State>();
 
@@ -605,7 +575,10 @@ mod tests {
     fn attrib_bitfield_matches_c() {
         let a = SegAttrib::new(0xb, true, 3, true, false, true, false, true);
         assert_eq!(a.0, 0xb | 1 << 4 | 3 << 5 | 1 << 7 | 1 << 9 | 1 << 11);
-        assert_eq!((a.typ(), a.s(), a.dpl(), a.p(), a.avl(), a.l(), a.def(), a.g()), (0xb, true, 3, true, false, true, false, true));
+        assert_eq!(
+            (a.typ(), a.s(), a.dpl(), a.p(), a.avl(), a.l(), a.def(), a.g()),
+            (0xb, true, 3, true, false, true, false, true)
+        );
     }
 
     #[test]

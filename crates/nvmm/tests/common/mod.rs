@@ -122,7 +122,8 @@ pub const IDT: u64 = 0x600;
 /// in an IDT covering vectors 0-31.
 pub fn idt32(g: &mut Guest, handlers: &[(u8, u64)]) {
     for &(v, h) in handlers {
-        let gate: u64 = (h & 0xffff) | (u64::from(modes::CODE32_SELECTOR) << 16) | (0x8e00u64 << 32) | ((h >> 16) << 48);
+        let gate: u64 =
+            (h & 0xffff) | (u64::from(modes::CODE32_SELECTOR) << 16) | (0x8e00u64 << 32) | ((h >> 16) << 48);
         g.machine.write_gpa(IDT + 8 * u64::from(v), &gate.to_le_bytes()).unwrap();
     }
     g.vcpu

@@ -181,7 +181,9 @@ pub(crate) fn drs_to_kvm(d: &Drs) -> kvm_debugregs {
 /// library's own and are left alone).
 pub(crate) fn intr_from_kvm(e: &kvm_vcpu_events, i: &mut Intr) {
     i.set_int_shadow(e.interrupt.shadow != 0);
-    i.set_evt_pending(e.exception.injected != 0 || e.exception.pending != 0 || e.interrupt.injected != 0 || e.nmi.injected != 0);
+    i.set_evt_pending(
+        e.exception.injected != 0 || e.exception.pending != 0 || e.interrupt.injected != 0 || e.nmi.injected != 0,
+    );
 }
 
 pub(crate) fn intr_into_kvm(i: &Intr, e: &mut kvm_vcpu_events) {
@@ -212,6 +214,14 @@ pub(crate) fn event_into_kvm(ev: &Event, e: &mut kvm_vcpu_events) {
             e.exception.has_error_code = ev.has_error_code() as u8;
             e.exception.error_code = if ev.has_error_code() { ev.error_code as u32 } else { 0 };
         }
+    }
+}
+
+/// Events of a VCPU at RESET: nothing pending, no shadow, NMIs unmasked.
+pub(crate) fn reset_events() -> kvm_vcpu_events {
+    kvm_vcpu_events {
+        flags: kvm_bindings::KVM_VCPUEVENT_VALID_NMI_PENDING | kvm_bindings::KVM_VCPUEVENT_VALID_SHADOW,
+        ..Default::default()
     }
 }
 
@@ -257,7 +267,10 @@ mod tests {
     fn events() {
         let mut e = kvm_vcpu_events::default();
         event_into_kvm(&Event::exception(13, 0xabc), &mut e);
-        assert_eq!((e.exception.injected, e.exception.nr, e.exception.has_error_code, e.exception.error_code), (1, 13, 1, 0xabc));
+        assert_eq!(
+            (e.exception.injected, e.exception.nr, e.exception.has_error_code, e.exception.error_code),
+            (1, 13, 1, 0xabc)
+        );
         event_into_kvm(&Event::exception(6, 0xabc), &mut e);
         assert_eq!((e.exception.has_error_code, e.exception.error_code), (0, 0));
         event_into_kvm(&Event::nmi(), &mut e);

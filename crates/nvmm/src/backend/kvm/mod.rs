@@ -13,10 +13,11 @@ mod run_alias;
 mod vcpu;
 
 use std::io;
+use std::os::fd::{IntoRawFd, OwnedFd};
 
 use kvm_bindings::{
-    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES,
-    KVM_MSR_EXIT_REASON_UNKNOWN, KVM_MEM_READONLY, kvm_enable_cap, kvm_userspace_memory_region,
+    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VmFd};
 
@@ -51,7 +52,11 @@ const REQUIRED: &[Requirement] = &[
     Requirement { cap: 81, name: "KVM_CAP_READONLY_MEM", why: "read-only guest mappings" },
     Requirement { cap: 136, name: "KVM_CAP_IMMEDIATE_EXIT", why: "race-free VCPU stop" },
     Requirement { cap: 188, name: "KVM_CAP_X86_USER_SPACE_MSR", why: "RDMSR/WRMSR exits" },
-    Requirement { cap: 204, name: "KVM_CAP_EXIT_ON_EMULATION_FAILURE", why: "emulation-failure exits with instruction bytes" },
+    Requirement {
+        cap: 204,
+        name: "KVM_CAP_EXIT_ON_EMULATION_FAILURE",
+        why: "emulation-failure exits with instruction bytes",
+    },
 ];
 
 /// `KVM_CAP_SYNC_REGS` and the register sets we need from it.
@@ -228,7 +233,15 @@ impl KvmVm {
 
     /// Installs guest memory slot `slot`: `size` bytes at `gpa` backed by
     /// `region[offset..]`.
-    pub(crate) fn set_slot(&self, slot: u32, gpa: u64, region: &HostRegion, offset: u64, size: u64, readonly: bool) -> Result<()> {
+    pub(crate) fn set_slot(
+        &self,
+        slot: u32,
+        gpa: u64,
+        region: &HostRegion,
+        offset: u64,
+        size: u64,
+        readonly: bool,
+    ) -> Result<()> {
         assert!(offset.checked_add(size).is_some_and(|end| end <= region.len() as u64), "slot outside its region");
         let mem = kvm_userspace_memory_region {
             slot,
@@ -246,7 +259,8 @@ impl KvmVm {
 
     /// Removes memory slot `slot`.
     pub(crate) fn clear_slot(&self, slot: u32, gpa: u64) -> Result<()> {
-        let mem = kvm_userspace_memory_region { slot, flags: 0, guest_phys_addr: gpa, memory_size: 0, userspace_addr: 0 };
+        let mem =
+            kvm_userspace_memory_region { slot, flags: 0, guest_phys_addr: gpa, memory_size: 0, userspace_addr: 0 };
         // SAFETY: a zero-sized region deletes the slot; no host memory is
         // referenced.
         unsafe { self.fd.set_user_memory_region(mem) }.map_err(|e| Error::kvm_errno("KVM_SET_USER_MEMORY_REGION", e))
@@ -255,6 +269,16 @@ impl KvmVm {
     /// Creates VCPU `id`.
     pub(crate) fn create_vcpu(&self, id: u32) -> Result<KvmVcpu> {
         let fd = self.fd.create_vcpu(id.into()).map_err(|e| Error::kvm_errno("KVM_CREATE_VCPU", e))?;
+        KvmVcpu::new(fd, self.run_size)
+    }
+
+    /// Takes back a VCPU parked with [`KvmVcpu::park`] (KVM cannot destroy
+    /// a VCPU short of destroying the VM, so a destroyed VCPU id is reused).
+    pub(crate) fn revive_vcpu(&self, parked: OwnedFd) -> Result<KvmVcpu> {
+        let raw = parked.into_raw_fd();
+        // SAFETY: `raw` is a VCPU descriptor of this VM, owned by us (it was
+        // duplicated by `KvmVcpu::park`); ownership passes to the VcpuFd.
+        let fd = unsafe { self.fd.create_vcpu_from_rawfd(raw) }.map_err(|e| Error::kvm_errno("mmap(kvm_run)", e))?;
         KvmVcpu::new(fd, self.run_size)
     }
 }

@@ -1,7 +1,7 @@
 //! A KVM VCPU: `KVM_RUN`, the `kvm_run` page, sync regs and the state
 //! ioctls.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::{NonNull, addr_of, addr_of_mut};
 
 use kvm_bindings::{
@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::exit::{EmulationFailure, InvalidExit, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit};
 use crate::x86::cpuid::CpuidEntry;
 use crate::x86::xsave::XSAVE_SIZE;
+
+/// How many pending exits [`KvmVcpu::park`] completes before giving up.
+const PARK_ATTEMPTS: usize = 4096;
 
 /// A summary of the last exit that borrows nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -62,6 +65,30 @@ impl KvmVcpu {
         assert!(run_size >= std::mem::size_of::<kvm_run>(), "kvm_run mapping too small");
         let run = NonNull::from(fd.get_kvm_run());
         Ok(KvmVcpu { fd, run, run_size, ioctls: 0 })
+    }
+
+    /// Readies the VCPU for reuse after its owner is gone: lets KVM finish
+    /// any instruction it left pending (a later owner must not see it
+    /// completed over a fresh state), then returns a descriptor that keeps
+    /// the KVM VCPU. `None` when the VCPU cannot be quiesced (e.g. a REP
+    /// string instruction with billions of iterations left).
+    pub(crate) fn park(&mut self) -> Option<OwnedFd> {
+        for _ in 0..PARK_ATTEMPTS {
+            self.fd.set_kvm_immediate_exit(1);
+            let r = self.run();
+            self.fd.set_kvm_immediate_exit(0);
+            match r {
+                Ok(RunOutcome::Interrupted) => {
+                    // SAFETY: the descriptor is open for as long as `self.fd`,
+                    // which outlives this borrow.
+                    let fd = unsafe { BorrowedFd::borrow_raw(self.fd.as_raw_fd()) };
+                    return fd.try_clone_to_owned().ok();
+                }
+                Ok(RunOutcome::Exited) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     pub(crate) fn raw_fd(&self) -> RawFd {
@@ -231,7 +258,8 @@ impl KvmVcpu {
         unsafe {
             let ef = addr_of!((*r).__bindgen_anon_1.emulation_failure);
             let internal = addr_of!((*r).__bindgen_anon_1.internal);
-            let has_bytes = (*ef).ndata >= 3 && (*ef).flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0;
+            let has_bytes =
+                (*ef).ndata >= 3 && (*ef).flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0;
             let start = if has_bytes { 3 } else { 1 };
             let mut info = [0u64; 5];
             let n = ((*internal).ndata as usize).min(16);
@@ -381,7 +409,8 @@ impl KvmVcpu {
 
     pub(crate) fn get_msrs(&mut self, indexes: &[u32], out: &mut [u64]) -> Result<()> {
         self.ioctls += 1;
-        let entries: Vec<kvm_msr_entry> = indexes.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+        let entries: Vec<kvm_msr_entry> =
+            indexes.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
         let mut msrs = Msrs::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building an MSR list" })?;
         let n = self.fd.get_msrs(&mut msrs).map_err(|e| Error::kvm_errno("KVM_GET_MSRS", e))?;
         if n != indexes.len() {
@@ -404,7 +433,9 @@ impl KvmVcpu {
         let n = self.fd.set_msrs(&msrs).map_err(|e| Error::kvm_errno("KVM_SET_MSRS", e))?;
         if n != values.len() {
             // KVM stops at the first MSR it refuses.
-            return Err(Error::InvalidConfiguration { why: "KVM refused an MSR value (e.g. PAT or EFER reserved bits)" });
+            return Err(Error::InvalidConfiguration {
+                why: "KVM refused an MSR value (e.g. PAT or EFER reserved bits)",
+            });
         }
         Ok(())
     }

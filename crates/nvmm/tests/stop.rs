@@ -1,0 +1,112 @@
+//! Stopping a VCPU: before run, during run, and 10 000 races.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use common::*;
+use nvmm::{Exit, Gpr};
+
+#[test]
+fn a_stop_before_run_is_reported_once_without_entering() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xf4]);
+    let h = g.vcpu.stop_handle();
+    h.stop();
+    h.stop();
+    assert!(matches!(g.vcpu.run().unwrap(), Exit::Stopped));
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE, "the guest did not run");
+    run_to_halt(&mut g.vcpu);
+}
+
+#[test]
+fn a_stop_during_run_interrupts_the_guest() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xeb, 0xfe]); // jmp $
+    let h = g.vcpu.stop_handle();
+    let (tx, rx) = mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        tx.send(()).unwrap();
+        loop {
+            match g.vcpu.run().unwrap() {
+                Exit::Stopped => return,
+                Exit::None => {}
+                e => panic!("{e:?}"),
+            }
+        }
+    });
+    rx.recv().unwrap();
+    h.stop();
+    runner.join().unwrap();
+}
+
+/// Runs `stops` stop requests against a VCPU running `code` on another
+/// thread, one at a time, and checks each is reported exactly once.
+fn race(code: &[u8], stops: usize) {
+    let mut g = real_mode(code);
+    let handle = g.vcpu.stop_handle();
+    let done = Arc::new(AtomicBool::new(false));
+    let (ack_tx, ack_rx) = mpsc::channel::<usize>();
+    let runner = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut stopped = 0usize;
+            loop {
+                match g.vcpu.run().unwrap() {
+                    Exit::Stopped => {
+                        stopped += 1;
+                        if done.load(Ordering::SeqCst) {
+                            return stopped;
+                        }
+                        ack_tx.send(stopped).unwrap();
+                    }
+                    Exit::Io(_) | Exit::None => {}
+                    e => panic!("{e:?}"),
+                }
+            }
+        })
+    };
+    let mut spin = 0x9e37_79b9u32;
+    for i in 1..=stops {
+        // Vary where the request lands: between runs, entering, inside.
+        spin ^= spin << 13;
+        spin ^= spin >> 17;
+        spin ^= spin << 5;
+        for _ in 0..(spin % 20_000) {
+            std::hint::spin_loop();
+        }
+        handle.stop();
+        match ack_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(n) => assert_eq!(n, i, "a stop was reported twice or spuriously"),
+            Err(e) => panic!("stop {i} was lost: {e}"),
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    handle.stop();
+    assert_eq!(runner.join().unwrap(), stops + 1);
+}
+
+#[test]
+fn five_thousand_races_with_an_exiting_guest() {
+    nvmm_testkit::kvm_or_skip!();
+    race(&[0xe6, 0x10, 0xeb, 0xfc], 5000); // out 0x10,al ; jmp $-2
+}
+
+#[test]
+fn five_thousand_races_with_a_spinning_guest() {
+    nvmm_testkit::kvm_or_skip!();
+    race(&[0xeb, 0xfe], 5000); // jmp $
+}
+
+#[test]
+fn a_handle_outlives_its_vcpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let g = real_mode(&[0xf4]);
+    let h = g.vcpu.stop_handle();
+    let h2 = h.clone();
+    drop(g);
+    h.stop();
+    h2.stop();
+}

@@ -43,39 +43,55 @@ struct Requirement {
 }
 
 const REQUIRED: &[Requirement] = &[
-    Requirement { cap: 3, name: "KVM_CAP_USER_MEMORY", why: "guest memory" },
-    Requirement { cap: 7, name: "KVM_CAP_EXT_CPUID", why: "CPUID configuration" },
-    Requirement { cap: 41, name: "KVM_CAP_VCPU_EVENTS", why: "event injection and the interrupt state" },
-    Requirement { cap: 50, name: "KVM_CAP_DEBUGREGS", why: "the DRS state component" },
-    Requirement { cap: 55, name: "KVM_CAP_XSAVE", why: "the FPU state component (XSAVE area)" },
-    Requirement { cap: 56, name: "KVM_CAP_XCRS", why: "XCR0 in the CRS state component" },
-    Requirement { cap: 81, name: "KVM_CAP_READONLY_MEM", why: "read-only guest mappings" },
-    Requirement { cap: 136, name: "KVM_CAP_IMMEDIATE_EXIT", why: "race-free VCPU stop" },
-    Requirement { cap: 188, name: "KVM_CAP_X86_USER_SPACE_MSR", why: "RDMSR/WRMSR exits" },
+    Requirement { cap: kvm_bindings::KVM_CAP_USER_MEMORY, name: "KVM_CAP_USER_MEMORY", why: "guest memory" },
+    Requirement { cap: kvm_bindings::KVM_CAP_EXT_CPUID, name: "KVM_CAP_EXT_CPUID", why: "CPUID configuration" },
     Requirement {
-        cap: 204,
+        cap: kvm_bindings::KVM_CAP_VCPU_EVENTS,
+        name: "KVM_CAP_VCPU_EVENTS",
+        why: "event injection and the interrupt state",
+    },
+    Requirement { cap: kvm_bindings::KVM_CAP_DEBUGREGS, name: "KVM_CAP_DEBUGREGS", why: "the DRS state component" },
+    Requirement {
+        cap: kvm_bindings::KVM_CAP_XSAVE,
+        name: "KVM_CAP_XSAVE",
+        why: "the FPU state component (XSAVE area)",
+    },
+    Requirement { cap: kvm_bindings::KVM_CAP_XCRS, name: "KVM_CAP_XCRS", why: "XCR0 in the CRS state component" },
+    Requirement {
+        cap: kvm_bindings::KVM_CAP_READONLY_MEM,
+        name: "KVM_CAP_READONLY_MEM",
+        why: "read-only guest mappings",
+    },
+    Requirement {
+        cap: kvm_bindings::KVM_CAP_IMMEDIATE_EXIT,
+        name: "KVM_CAP_IMMEDIATE_EXIT",
+        why: "race-free VCPU stop",
+    },
+    Requirement { cap: KVM_CAP_X86_USER_SPACE_MSR, name: "KVM_CAP_X86_USER_SPACE_MSR", why: "RDMSR/WRMSR exits" },
+    Requirement {
+        cap: KVM_CAP_EXIT_ON_EMULATION_FAILURE,
         name: "KVM_CAP_EXIT_ON_EMULATION_FAILURE",
         why: "emulation-failure exits with instruction bytes",
     },
 ];
 
 /// `KVM_CAP_SYNC_REGS` and the register sets we need from it.
-const CAP_SYNC_REGS: u32 = 74;
+const CAP_SYNC_REGS: u32 = kvm_bindings::KVM_CAP_SYNC_REGS;
 const SYNC_ALL: i32 = 7;
 
 /// Capabilities reported by `nvmmctl identify` beyond the required ones.
 const REPORTED: &[(u32, &str)] = &[
-    (23, "KVM_CAP_SET_GUEST_DEBUG"),
-    (0, "KVM_CAP_IRQCHIP"),
-    (160, "KVM_CAP_SPLIT_IRQCHIP"),
-    (36, "KVM_CAP_IOEVENTFD"),
-    (15, "KVM_CAP_COALESCED_MMIO"),
-    (168, "KVM_CAP_COALESCED_PIO"),
-    (192, "KVM_CAP_DIRTY_LOG_RING"),
-    (164, "KVM_CAP_EXCEPTION_PAYLOAD"),
-    (208, "KVM_CAP_XSAVE2"),
-    (157, "KVM_CAP_NESTED_STATE"),
-    (234, "KVM_CAP_GUEST_MEMFD"),
+    (kvm_bindings::KVM_CAP_SET_GUEST_DEBUG, "KVM_CAP_SET_GUEST_DEBUG"),
+    (kvm_bindings::KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"),
+    (kvm_bindings::KVM_CAP_SPLIT_IRQCHIP, "KVM_CAP_SPLIT_IRQCHIP"),
+    (kvm_bindings::KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD"),
+    (kvm_bindings::KVM_CAP_COALESCED_MMIO, "KVM_CAP_COALESCED_MMIO"),
+    (kvm_bindings::KVM_CAP_COALESCED_PIO, "KVM_CAP_COALESCED_PIO"),
+    (kvm_bindings::KVM_CAP_DIRTY_LOG_RING, "KVM_CAP_DIRTY_LOG_RING"),
+    (kvm_bindings::KVM_CAP_EXCEPTION_PAYLOAD, "KVM_CAP_EXCEPTION_PAYLOAD"),
+    (kvm_bindings::KVM_CAP_XSAVE2, "KVM_CAP_XSAVE2"),
+    (kvm_bindings::KVM_CAP_NESTED_STATE, "KVM_CAP_NESTED_STATE"),
+    (kvm_bindings::KVM_CAP_GUEST_MEMFD, "KVM_CAP_GUEST_MEMFD"),
 ];
 
 /// What KVM told us about itself; `nvmmctl identify` prints it.

@@ -1,0 +1,256 @@
+//! `nvmmctl bench NAME`: speed and scale, one JSON object per line.
+//!
+//! Every speed figure is a ratio against a floor measured in the same run:
+//! a bare `KVM_RUN` loop on the same guest with nothing of nvmm in it
+//! (`nvmm::bench_floor`). Rounds alternate between the two and each side
+//! reports its median round, so background noise hits both alike.
+
+use std::io::Write;
+use std::time::Instant;
+
+use nvmm::bench_floor::{RawExitKind, RawKvm};
+use nvmm::{Exit, Gpr, Nvmm, Prot, Seg, StateMask, Vcpu};
+
+use crate::format::{json_f64, json_line, json_str};
+
+/// Benchmarks `nvmmctl bench` knows.
+pub const NAMES: [&str; 4] = ["exits", "exit-state", "lifecycle", "scale"];
+
+/// Where the benchmark guests run.
+const CODE: u64 = 0x1000;
+/// `out 0x10,al ; jmp $-2`: one port I/O exit per iteration.
+const EXIT_GUEST: [u8; 4] = [0xe6, 0x10, 0xeb, 0xfc];
+/// `hlt`.
+const HALT_GUEST: [u8; 1] = [0xf4];
+const RAM: u64 = 0x10000;
+
+/// Tuning of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchConfig {
+    /// Operations per round.
+    pub iterations: u64,
+    /// Rounds per side.
+    pub rounds: usize,
+}
+
+type Res<T> = Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Runs benchmark `name`.
+pub fn bench(nvmm: &Nvmm, name: &str, cfg: BenchConfig, out: &mut dyn Write) -> Res<()> {
+    match name {
+        "exits" => exits(nvmm, cfg, false, out),
+        "exit-state" => exits(nvmm, cfg, true, out),
+        "lifecycle" => lifecycle(nvmm, cfg, out),
+        "scale" => scale(nvmm, out),
+        "all" => NAMES.iter().try_for_each(|n| bench(nvmm, n, cfg, out)),
+        other => Err(format!("unknown benchmark '{other}'; choose one of {} or all", NAMES.join(", "))),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times `n` calls of `op`, in nanoseconds per call.
+fn per_op(n: u64, mut op: impl FnMut() -> Res<()>) -> Res<f64> {
+    let t = Instant::now();
+    for _ in 0..n {
+        op()?;
+    }
+    Ok(t.elapsed().as_nanos() as f64 / n as f64)
+}
+
+/// Alternates `rounds` rounds of the floor and of nvmm.
+fn compare(cfg: BenchConfig, mut raw: impl FnMut() -> Res<()>, mut ours: impl FnMut() -> Res<()>) -> Res<(f64, f64)> {
+    per_op(cfg.iterations / 10 + 1, &mut raw)?;
+    per_op(cfg.iterations / 10 + 1, &mut ours)?;
+    let (mut r, mut o) = (Vec::new(), Vec::new());
+    for _ in 0..cfg.rounds {
+        r.push(per_op(cfg.iterations, &mut raw)?);
+        o.push(per_op(cfg.iterations, &mut ours)?);
+    }
+    Ok((median(r), median(o)))
+}
+
+fn report(out: &mut dyn Write, name: &str, cfg: BenchConfig, raw: f64, ours: f64, target: f64, what: &str) -> Res<()> {
+    let ratio = ours / raw;
+    let line = json_line(&[
+        ("bench", json_str(name)),
+        ("what", json_str(what)),
+        ("iterations", cfg.iterations.to_string()),
+        ("rounds", cfg.rounds.to_string()),
+        ("raw_ns", json_f64(raw)),
+        ("ours_ns", json_f64(ours)),
+        ("ratio", json_f64(ratio)),
+        ("target", json_f64(target)),
+        ("pass", (ratio <= target).to_string()),
+    ]);
+    writeln!(out, "{line}").map_err(err)
+}
+
+fn real_mode_vcpu(nvmm: &Nvmm, code: &[u8]) -> Res<(nvmm::Machine, Vcpu)> {
+    let m = nvmm.create_machine().map_err(err)?;
+    m.map_anonymous(0, RAM, Prot::ALL).map_err(err)?;
+    m.write_gpa(CODE, code).map_err(err)?;
+    let mut v = m.create_vcpu(0).map_err(err)?;
+    v.update(StateMask::GPRS | StateMask::SEGS, |s| {
+        s.segs[Seg::Cs].base = 0;
+        s.segs[Seg::Cs].selector = 0;
+        s.gprs[Gpr::Rip] = CODE;
+    })
+    .map_err(err)?;
+    Ok((m, v))
+}
+
+fn exits(nvmm: &Nvmm, cfg: BenchConfig, with_state: bool, out: &mut dyn Write) -> Res<()> {
+    let floor = RawKvm::open().map_err(err)?;
+    let mut raw_vm = floor.vm(&EXIT_GUEST, CODE, RAM as usize).map_err(err)?;
+    let (_m, mut vcpu) = real_mode_vcpu(nvmm, &EXIT_GUEST)?;
+    let raw = || match raw_vm.run().map_err(err)? {
+        RawExitKind::Io => Ok(()),
+        other => Err(format!("floor guest: unexpected exit {other:?}")),
+    };
+    let ours = || {
+        match vcpu.run().map_err(err)? {
+            Exit::Io(_) => {}
+            other => return Err(format!("guest: unexpected exit {other:?}")),
+        }
+        if with_state {
+            vcpu.get_state(StateMask::GPRS | StateMask::SEGS).map_err(err)?;
+            let rax = vcpu.state().gprs[Gpr::Rax];
+            vcpu.state_mut().gprs[Gpr::Rax] = rax.wrapping_add(1);
+            vcpu.set_state(StateMask::GPRS).map_err(err)?;
+        }
+        Ok(())
+    };
+    let (r, o) = compare(cfg, raw, ours)?;
+    if with_state {
+        report(out, "exit-state", cfg, r, o, 1.05, "PIO exit + get GPRS|SEGS + set GPRS, against a bare exit")
+    } else {
+        report(out, "exits", cfg, r, o, 1.03, "PIO exit round trip")
+    }
+}
+
+fn lifecycle(nvmm: &Nvmm, cfg: BenchConfig, out: &mut dyn Write) -> Res<()> {
+    let floor = RawKvm::open().map_err(err)?;
+    let cfg = BenchConfig { iterations: (cfg.iterations / 50).max(10), ..cfg };
+    let raw = || {
+        let mut vm = floor.vm(&HALT_GUEST, CODE, RAM as usize).map_err(err)?;
+        match vm.run().map_err(err)? {
+            RawExitKind::Hlt => Ok(()),
+            other => Err(format!("floor guest: unexpected exit {other:?}")),
+        }
+    };
+    let ours = || {
+        let (_m, mut v) = real_mode_vcpu(nvmm, &HALT_GUEST)?;
+        match v.run().map_err(err)? {
+            Exit::Halted => Ok(()),
+            other => Err(format!("guest: unexpected exit {other:?}")),
+        }
+    };
+    let (r, o) = compare(cfg, raw, ours)?;
+    report(out, "lifecycle", cfg, r, o, 1.10, "create machine + VCPU + map a page + run to HLT + destroy")
+}
+
+fn rss() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn mem_available() -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn scale(nvmm: &Nvmm, out: &mut dyn Write) -> Res<()> {
+    let cap = *nvmm.capability();
+    let mut line = |fields: &[(&str, String)]| writeln!(out, "{}", json_line(fields)).map_err(err);
+
+    let t = Instant::now();
+    let mut machines = Vec::new();
+    let mut stop = String::new();
+    while machines.len() < cap.max_machines as usize {
+        match nvmm.create_machine().and_then(|m| m.create_vcpu(0).map(|v| (m, v))) {
+            Ok(mv) => machines.push(mv),
+            Err(e) => {
+                stop = e.to_string();
+                break;
+            }
+        }
+    }
+    let reached = machines.len();
+    let elapsed = t.elapsed();
+    drop(machines);
+    line(&[
+        ("bench", json_str("scale")),
+        ("metric", json_str("live_machines")),
+        ("reached", reached.to_string()),
+        ("limit", cap.max_machines.to_string()),
+        ("target", "1024".into()),
+        ("pass", (reached >= 1024).to_string()),
+        ("seconds", json_f64(elapsed.as_secs_f64())),
+        ("stopped_by", json_str(&stop)),
+    ])?;
+
+    let t = Instant::now();
+    let m = nvmm.create_machine().map_err(err)?;
+    let mut vcpus = Vec::new();
+    let mut stop = String::new();
+    for id in 0..cap.max_vcpus {
+        match m.create_vcpu(id) {
+            Ok(v) => vcpus.push(v),
+            Err(e) => {
+                stop = e.to_string();
+                break;
+            }
+        }
+    }
+    let kvm_max = nvmm.kvm_facts().max_vcpus;
+    line(&[
+        ("bench", json_str("scale")),
+        ("metric", json_str("vcpus_per_machine")),
+        ("reached", vcpus.len().to_string()),
+        ("target", kvm_max.to_string()),
+        ("pass", (vcpus.len() as u32 >= kvm_max).to_string()),
+        ("seconds", json_f64(t.elapsed().as_secs_f64())),
+        ("stopped_by", json_str(&stop)),
+    ])?;
+    drop(vcpus);
+    drop(m);
+
+    const TIB: u64 = 1 << 40;
+    let (rss0, avail0) = (rss(), mem_available());
+    let t = Instant::now();
+    let m = nvmm.create_machine().map_err(err)?;
+    m.map_anonymous(0, TIB, Prot::ALL).map_err(err)?;
+    let map_time = t.elapsed();
+    for i in 0..16u64 {
+        m.write_gpa(i * (TIB / 16), &[1]).map_err(err)?;
+    }
+    let rss_cost = rss().saturating_sub(rss0);
+    let kernel_cost = avail0.saturating_sub(mem_available()).saturating_sub(rss_cost);
+    line(&[
+        ("bench", json_str("scale")),
+        ("metric", json_str("sparse_1tib_guest")),
+        ("rss_bytes", rss_cost.to_string()),
+        ("target_rss_bytes", (64u64 << 20).to_string()),
+        ("pass", (rss_cost < 64 << 20).to_string()),
+        ("map_seconds", json_f64(map_time.as_secs_f64())),
+        ("host_kernel_bytes", kernel_cost.to_string()),
+    ])?;
+    drop(m);
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The `nvmmctl` binary, end to end.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn nvmmctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nvmmctl")).args(args).output().expect("run nvmmctl")
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+/// Writes `bytes` to a file unique to this test and returns its path.
+fn image(name: &str, bytes: &[u8]) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("nvmmctl-test-{}-{name}.bin", std::process::id()));
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn run_without_arguments_runs_the_demo_guest() {
+    nvmm_testkit::kvm_or_skip!();
+    let o = nvmmctl(&["run"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(out.contains("Hello from the nvmm demo guest!"), "{out}");
+    assert!(out.contains("[device] guest read the ID register: 0x4d4d564e"), "{out}");
+    assert!(out.contains("[device] guest wrote 0x4d4d564f to the scratch register"), "{out}");
+    assert!(out.contains("guest: device register check passed"), "{out}");
+    assert!(text(&o.stderr).contains("guest halted"));
+}
+
+#[test]
+fn run_images_in_every_mode() {
+    nvmm_testkit::kvm_or_skip!();
+    let real = image(
+        "real",
+        &[
+            0xbe, 0x0c, 0x7c, //       mov si,0x7c0c
+            0xb9, 0x03, 0x00, //       mov cx,0x3
+            0xba, 0xe9, 0x00, //       mov dx,0xe9
+            0xf3, 0x6e, //             rep outs dx,BYTE PTR ds:[si]
+            0xf4, //                   hlt
+            b'h', b'i', b'\n', // msg
+        ],
+    );
+    let prot = image(
+        "prot32",
+        &[
+            0xbe, 0x11, 0x00, 0x10, 0x00, // mov esi,0x100011
+            0xb9, 0x03, 0x00, 0x00, 0x00, // mov ecx,0x3
+            0x66, 0xba, 0xe9, 0x00, //       mov dx,0xe9
+            0xf3, 0x6e, //                   rep outs dx,BYTE PTR ds:[esi]
+            0xf4, //                         hlt
+            b'h', b'i', b'\n', //      msg
+        ],
+    );
+    let long = image(
+        "long64",
+        &[
+            0x48, 0xc7, 0xc6, 0x13, 0x00, 0x20, 0x00, // mov rsi,0x200013
+            0xb9, 0x03, 0x00, 0x00, 0x00, //             mov ecx,0x3
+            0x66, 0xba, 0xe9, 0x00, //                   mov dx,0xe9
+            0xf3, 0x6e, //                               rep outs dx,BYTE PTR ds:[rsi]
+            0xf4, //                                     hlt
+            b'h', b'i', b'\n', //                  msg
+        ],
+    );
+    for (path, gpa, mode) in [(&real, "0x7c00", "real"), (&prot, "0x100000", "prot32"), (&long, "0x200000", "long64")] {
+        let o = nvmmctl(&["run", "--image", path.to_str().unwrap(), "--gpa", gpa, "--mode", mode]);
+        assert!(o.status.success(), "{mode}: {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "hi\n", "{mode}");
+    }
+    let o = nvmmctl(&["run", "--image", real.to_str().unwrap(), "--gpa", "0x7c00", "--mode", "real", "--mem", "1G"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn guest_faults_are_reported() {
+    nvmm_testkit::kvm_or_skip!();
+    let ud2 = image("ud2", &[0x90, 0x0f, 0x0b]); // nop ; ud2
+    for mode in ["prot32", "long64"] {
+        let o = nvmmctl(&["run", "--image", ud2.to_str().unwrap(), "--gpa", "0x1000", "--mode", mode]);
+        assert_eq!(o.status.code(), Some(3), "{mode}");
+        let err = text(&o.stderr);
+        assert!(err.contains("guest fault: #UD invalid opcode (vector 6) at RIP 0x1001"), "{mode}: {err}");
+    }
+    let triple = image(
+        "triple",
+        &[
+            0x48, 0xbc, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, // movabs rsp,0x8000000000000000
+            0x0f, 0x0b, //                                                 ud2
+        ],
+    );
+    let o = nvmmctl(&["run", "--image", triple.to_str().unwrap(), "--gpa", "0x1000", "--mode", "long64"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("triple-faulted") || err.contains("guest fault"), "{err}");
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    nvmm_testkit::kvm_or_skip!();
+    let o = nvmmctl(&["run", "--image", "/nonexistent/guest.bin", "--gpa", "0", "--mode", "real"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("cannot read image /nonexistent/guest.bin"), "{}", text(&o.stderr));
+    let img = image("tiny", &[0xf4]);
+    let p = img.to_str().unwrap();
+    let o = nvmmctl(&["run", "--image", p, "--gpa", "0", "--mode", "protected"]);
+    assert_eq!(o.status.code(), Some(2), "clap rejects an unknown mode");
+    assert!(text(&o.stderr).contains("invalid value 'protected'"));
+    let o = nvmmctl(&["run", "--image", p, "--gpa", "0x2000000", "--mode", "real", "--mem", "1M"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("does not fit"), "{}", text(&o.stderr));
+    let o = nvmmctl(&["run", "--image", p, "--mode", "real"]);
+    assert_eq!(o.status.code(), Some(2), "--image needs --gpa");
+    let o = nvmmctl(&["calc", "70000", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = nvmmctl(&["bench", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("unknown benchmark 'nope'"));
+    for panic_free in [&["run", "--timeout=-1"][..], &["run", "--timeout=0"], &["run", "--timeout=nan"]] {
+        let o = nvmmctl(panic_free);
+        assert_eq!(o.status.code(), Some(1), "{panic_free:?}: {}", text(&o.stderr));
+        assert!(!text(&o.stderr).contains("panicked"));
+    }
+}
+
+#[test]
+fn a_timeout_stops_a_spinning_guest() {
+    nvmm_testkit::kvm_or_skip!();
+    let spin = image("spin", &[0xeb, 0xfe]); // jmp $
+    let o =
+        nvmmctl(&["run", "--image", spin.to_str().unwrap(), "--gpa", "0x1000", "--mode", "real", "--timeout", "0.2"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("timeout"));
+}
+
+#[test]
+fn calc_adds() {
+    nvmm_testkit::kvm_or_skip!();
+    let o = nvmmctl(&["calc", "3", "5"]);
+    assert_eq!(text(&o.stdout), "Result: 8\n");
+    let o = nvmmctl(&["calc", "65535", "2"]);
+    assert_eq!(text(&o.stdout), "Result: 1\n", "16-bit wrap-around, like the original");
+}
+
+#[test]
+fn identify_prints_nvmms_lines_and_kvm_facts() {
+    nvmm_testkit::kvm_or_skip!();
+    let o = nvmmctl(&["identify"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success());
+    for line in [
+        "nvmm: Kernel API version 2\n",
+        "nvmm: State size 1008\n",
+        "nvmm: Max machines ",
+        "nvmm: Max VCPUs per machine ",
+        "nvmm: Max RAM per machine ",
+        "nvmm: Arch Mach conf 0x0\n",
+        "nvmm: Arch VCPU conf 0x3<CPUID,TPR>\n",
+        "nvmm: Guest FPU states 0x",
+        "kvm: API version 12\n",
+        "kvm: KVM_CAP_SYNC_REGS yes\n",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+}
+
+#[test]
+fn list_shows_this_processs_machine() {
+    nvmm_testkit::kvm_or_skip!();
+    let n = nvmm::Nvmm::open().unwrap();
+    let m = n.create_machine().unwrap();
+    m.hva_map_anonymous(2 << 20).unwrap();
+    let _v = (m.create_vcpu(0).unwrap(), m.create_vcpu(1).unwrap());
+    let o = nvmmctl(&["list"]);
+    let out = text(&o.stdout);
+    assert!(out.starts_with("Machine ID VCPUs RAM  Owner PID"), "{out}");
+    let pid = std::process::id().to_string();
+    let row = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(3) == Some(&pid) && l.starts_with(&format!("{} ", m.id())))
+        .unwrap_or_else(|| panic!("no row for machine {} of pid {pid} in\n{out}", m.id()));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!((cols[1], cols[2]), ("2", "2.0M"), "{row}");
+}
+
+#[test]
+fn bench_prints_json_lines_with_a_ratio() {
+    nvmm_testkit::kvm_or_skip!();
+    for name in ["exits", "exit-state"] {
+        let o = nvmmctl(&["bench", name, "--iterations", "200", "--rounds", "3"]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let out = text(&o.stdout);
+        let line = out.lines().next().unwrap();
+        assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+        assert!(line.contains(&format!("\"bench\":\"{name}\"")) && line.contains("\"ratio\":"), "{line}");
+    }
+}

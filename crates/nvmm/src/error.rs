@@ -282,6 +282,15 @@ pub enum Error {
         gva: u64,
     },
 
+    /// A register index out of range.
+    #[error("there is no {what} register {index}")]
+    InvalidRegister {
+        /// Register file.
+        what: &'static str,
+        /// Index given.
+        index: usize,
+    },
+
     /// Memory could not be allocated.
     #[error("out of memory while {what}")]
     NoMemory {
@@ -324,6 +333,7 @@ impl Error {
             Error::AlreadyOpen => libc::EBUSY,
             Error::WrongExit { .. } => libc::EINVAL,
             Error::Translation { .. } => libc::EFAULT,
+            Error::InvalidRegister { .. } => libc::EINVAL,
             Error::NoMemory { .. } => libc::ENOMEM,
         }
     }

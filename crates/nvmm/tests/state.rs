@@ -96,7 +96,7 @@ fn every_component_round_trips() {
     let has_avx = xcr0_mask & xfeature::AVX != 0;
     if has_avx {
         for i in 0..16 {
-            g.vcpu.xsave_mut().set_ymm_hi(i, [0xa0 + i as u8; 16]);
+            g.vcpu.xsave_mut().set_ymm_hi(i, [0xa0 + i as u8; 16]).unwrap();
         }
     }
     g.vcpu.set_state(StateMask::ALL).unwrap();
@@ -147,7 +147,7 @@ fn every_component_round_trips() {
     );
     if has_avx {
         for i in 0..16 {
-            assert_eq!(g.vcpu.xsave().ymm_hi(i), [0xa0 + i as u8; 16], "YMM{i}");
+            assert_eq!(g.vcpu.xsave().ymm_hi(i).unwrap(), [0xa0 + i as u8; 16], "YMM{i}");
         }
     }
 }
@@ -176,7 +176,7 @@ fn avx_state_is_what_the_guest_sees() {
             s.fpu.fx_xmm[3] = [0x33; 16];
         })
         .unwrap();
-    g.vcpu.xsave_mut().set_ymm_hi(1, [0x99; 16]);
+    g.vcpu.xsave_mut().set_ymm_hi(1, [0x99; 16]).unwrap();
     assert_eq!(next_reason(&mut g.vcpu), nvmm::exit::reason::IO);
     let mut ymm1 = [0u8; 32];
     g.machine.read_gpa(0x2000, &mut ymm1).unwrap();
@@ -187,7 +187,7 @@ fn avx_state_is_what_the_guest_sees() {
     assert_eq!(xmm3, [0x33; 16]);
     g.vcpu.get_state(StateMask::FPU).unwrap();
     assert_eq!(&g.vcpu.state().fpu.fx_xmm[2], &loaded[..16]);
-    assert_eq!(&g.vcpu.xsave().ymm_hi(2), &loaded[16..]);
+    assert_eq!(&g.vcpu.xsave().ymm_hi(2).unwrap(), &loaded[16..]);
 }
 
 #[test]

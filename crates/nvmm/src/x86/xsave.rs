@@ -47,6 +47,8 @@ pub mod xfeature {
     ];
 }
 
+use crate::error::{Error, Result};
+
 const XSTATE_BV: usize = 512;
 const AVX_OFF: usize = 576;
 const OPMASK_OFF: usize = 1088;
@@ -103,52 +105,60 @@ impl Xsave {
         self.bytes[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
     }
 
+    fn check(what: &'static str, i: usize, range: std::ops::Range<usize>) -> Result<()> {
+        if range.contains(&i) { Ok(()) } else { Err(Error::InvalidRegister { what, index: i }) }
+    }
+
     /// Upper 128 bits of YMM`i` (`i < 16`).
-    pub fn ymm_hi(&self, i: usize) -> [u8; 16] {
-        assert!(i < 16, "YMM register index {i} out of range");
-        self.read(AVX_OFF + 16 * i)
+    pub fn ymm_hi(&self, i: usize) -> Result<[u8; 16]> {
+        Self::check("YMM", i, 0..16)?;
+        Ok(self.read(AVX_OFF + 16 * i))
     }
 
     /// Sets the upper 128 bits of YMM`i` and marks the AVX component in use.
-    pub fn set_ymm_hi(&mut self, i: usize, v: [u8; 16]) {
-        assert!(i < 16, "YMM register index {i} out of range");
-        self.write(AVX_OFF + 16 * i, &v, xfeature::AVX)
+    pub fn set_ymm_hi(&mut self, i: usize, v: [u8; 16]) -> Result<()> {
+        Self::check("YMM", i, 0..16)?;
+        self.write(AVX_OFF + 16 * i, &v, xfeature::AVX);
+        Ok(())
     }
 
     /// Opmask register k`i` (`i < 8`).
-    pub fn opmask(&self, i: usize) -> u64 {
-        assert!(i < 8, "opmask index {i} out of range");
-        u64::from_le_bytes(self.read(OPMASK_OFF + 8 * i))
+    pub fn opmask(&self, i: usize) -> Result<u64> {
+        Self::check("opmask", i, 0..8)?;
+        Ok(u64::from_le_bytes(self.read(OPMASK_OFF + 8 * i)))
     }
 
     /// Sets k`i` and marks the opmask component in use.
-    pub fn set_opmask(&mut self, i: usize, v: u64) {
-        assert!(i < 8, "opmask index {i} out of range");
-        self.write(OPMASK_OFF + 8 * i, &v.to_le_bytes(), xfeature::OPMASK)
+    pub fn set_opmask(&mut self, i: usize, v: u64) -> Result<()> {
+        Self::check("opmask", i, 0..8)?;
+        self.write(OPMASK_OFF + 8 * i, &v.to_le_bytes(), xfeature::OPMASK);
+        Ok(())
     }
 
     /// Bits 511:256 of ZMM`i` (`i < 16`).
-    pub fn zmm_hi256(&self, i: usize) -> [u8; 32] {
-        assert!(i < 16, "ZMM register index {i} out of range");
-        self.read(ZMM_HI256_OFF + 32 * i)
+    pub fn zmm_hi256(&self, i: usize) -> Result<[u8; 32]> {
+        Self::check("ZMM", i, 0..16)?;
+        Ok(self.read(ZMM_HI256_OFF + 32 * i))
     }
 
     /// Sets bits 511:256 of ZMM`i` (`i < 16`).
-    pub fn set_zmm_hi256(&mut self, i: usize, v: [u8; 32]) {
-        assert!(i < 16, "ZMM register index {i} out of range");
-        self.write(ZMM_HI256_OFF + 32 * i, &v, xfeature::ZMM_HI256)
+    pub fn set_zmm_hi256(&mut self, i: usize, v: [u8; 32]) -> Result<()> {
+        Self::check("ZMM", i, 0..16)?;
+        self.write(ZMM_HI256_OFF + 32 * i, &v, xfeature::ZMM_HI256);
+        Ok(())
     }
 
     /// ZMM`i` for `16 <= i < 32`.
-    pub fn hi16_zmm(&self, i: usize) -> [u8; 64] {
-        assert!((16..32).contains(&i), "ZMM register index {i} out of range 16..32");
-        self.read(HI16_ZMM_OFF + 64 * (i - 16))
+    pub fn hi16_zmm(&self, i: usize) -> Result<[u8; 64]> {
+        Self::check("ZMM", i, 16..32)?;
+        Ok(self.read(HI16_ZMM_OFF + 64 * (i - 16)))
     }
 
     /// Sets ZMM`i` for `16 <= i < 32`.
-    pub fn set_hi16_zmm(&mut self, i: usize, v: [u8; 64]) {
-        assert!((16..32).contains(&i), "ZMM register index {i} out of range 16..32");
-        self.write(HI16_ZMM_OFF + 64 * (i - 16), &v, xfeature::HI16_ZMM)
+    pub fn set_hi16_zmm(&mut self, i: usize, v: [u8; 64]) -> Result<()> {
+        Self::check("ZMM", i, 16..32)?;
+        self.write(HI16_ZMM_OFF + 64 * (i - 16), &v, xfeature::HI16_ZMM);
+        Ok(())
     }
 
     /// PKRU.
@@ -164,14 +174,19 @@ mod tests {
     #[test]
     fn setters_mark_components() {
         let mut x = Xsave::default();
-        x.set_ymm_hi(3, [9; 16]);
+        x.set_ymm_hi(3, [9; 16]).unwrap();
         assert_eq!(x.xstate_bv(), xfeature::AVX);
-        assert_eq!(x.ymm_hi(3), [9; 16]);
+        assert_eq!(x.ymm_hi(3).unwrap(), [9; 16]);
         assert_eq!(x.as_bytes()[576 + 48], 9);
-        x.set_opmask(7, 0x1234);
-        x.set_hi16_zmm(31, [1; 64]);
-        assert_eq!(x.opmask(7), 0x1234);
-        assert_eq!(x.hi16_zmm(31), [1; 64]);
+        x.set_opmask(7, 0x1234).unwrap();
+        x.set_hi16_zmm(31, [1; 64]).unwrap();
+        assert_eq!(x.opmask(7).unwrap(), 0x1234);
+        assert_eq!(x.hi16_zmm(31).unwrap(), [1; 64]);
+        assert_eq!(x.ymm_hi(16).unwrap_err().errno(), libc::EINVAL);
+        assert!(x.set_opmask(8, 0).is_err());
+        assert!(x.hi16_zmm(15).is_err());
+        assert!(x.set_zmm_hi256(16, [0; 32]).is_err());
+        assert_eq!(x.zmm_hi256(15).unwrap(), [0; 32]);
         assert_eq!(x.xstate_bv(), xfeature::AVX | xfeature::OPMASK | xfeature::HI16_ZMM);
     }
 }

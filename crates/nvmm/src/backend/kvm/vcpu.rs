@@ -179,8 +179,10 @@ impl KvmVcpu {
         let io = unsafe { (*r).__bindgen_anon_1.io };
         let len = io.count as usize * io.size as usize;
         let off = io.data_offset as usize;
-        // KVM places the data inside its kvm_run mapping (the PIO page).
-        assert!(off.checked_add(len).is_some_and(|end| end <= self.run_size), "PIO data outside kvm_run");
+        // KVM places the data inside its kvm_run mapping (the PIO page);
+        // should it ever not, hand out nothing rather than foreign memory.
+        let len = if off.checked_add(len).is_some_and(|end| end <= self.run_size) { len } else { 0 };
+        let off = if len == 0 { 0 } else { off };
         // SAFETY: the offset is inside the mapping (the kernel guarantees
         // data_offset + count * size lies within the mmap'ed area).
         let p = unsafe { r.cast::<u8>().add(off) };

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use nvmm::{Gpr, Prot, Seg, StateMask};
+use nvmm::{Prot, StateMask};
 
 fn cycle(n: &nvmm::Nvmm) {
     let m = n.create_machine().unwrap();
@@ -12,12 +12,7 @@ fn cycle(n: &nvmm::Nvmm) {
     m.write_gpa(CODE, &[0xf4]).unwrap();
     let mut v = m.create_vcpu(0).unwrap();
     let _h = v.stop_handle();
-    v.update(StateMask::GPRS | StateMask::SEGS, |s| {
-        s.segs[Seg::Cs].base = 0;
-        s.segs[Seg::Cs].selector = 0;
-        s.gprs[Gpr::Rip] = CODE;
-    })
-    .unwrap();
+    v.update(StateMask::GPRS | StateMask::SEGS, |s| nvmm::x86::modes::real_mode_entry(s, CODE)).unwrap();
     run_to_halt(&mut v);
     v.get_state(StateMask::ALL).unwrap();
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use nvmm::{Gpr, Prot, Seg, StateMask};
+use nvmm::{Prot, StateMask};
 
 #[test]
 fn a_one_tib_guest_costs_nothing_until_touched() {
@@ -20,12 +20,7 @@ fn a_one_tib_guest_costs_nothing_until_touched() {
     m.write_gpa(TIB - 8, b"the end!").unwrap();
     m.write_gpa(CODE, &[0xf4]).unwrap();
     let mut v = m.create_vcpu(0).unwrap();
-    v.update(StateMask::GPRS | StateMask::SEGS, |s| {
-        s.segs[Seg::Cs].base = 0;
-        s.segs[Seg::Cs].selector = 0;
-        s.gprs[Gpr::Rip] = CODE;
-    })
-    .unwrap();
+    v.update(StateMask::GPRS | StateMask::SEGS, |s| nvmm::x86::modes::real_mode_entry(s, CODE)).unwrap();
     run_to_halt(&mut v);
     let mut b = [0u8; 8];
     m.read_gpa(15 * (64 << 30) + 123, &mut b).unwrap();

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use nvmm::bench_floor::{RawExitKind, RawKvm};
-use nvmm::{Exit, Gpr, Nvmm, Prot, Seg, StateMask, Vcpu};
+use nvmm::{Exit, Gpr, Nvmm, Prot, StateMask, Vcpu};
 
 use crate::format::{json_f64, json_line, json_str};
 
@@ -98,12 +98,7 @@ fn real_mode_vcpu(nvmm: &Nvmm, code: &[u8]) -> Res<(nvmm::Machine, Vcpu)> {
     m.map_anonymous(0, RAM, Prot::ALL).map_err(err)?;
     m.write_gpa(CODE, code).map_err(err)?;
     let mut v = m.create_vcpu(0).map_err(err)?;
-    v.update(StateMask::GPRS | StateMask::SEGS, |s| {
-        s.segs[Seg::Cs].base = 0;
-        s.segs[Seg::Cs].selector = 0;
-        s.gprs[Gpr::Rip] = CODE;
-    })
-    .map_err(err)?;
+    v.update(StateMask::GPRS | StateMask::SEGS, |s| nvmm::x86::modes::real_mode_entry(s, CODE)).map_err(err)?;
     Ok((m, v))
 }
 
@@ -157,22 +152,22 @@ fn lifecycle(nvmm: &Nvmm, cfg: BenchConfig, out: &mut dyn Write) -> Res<()> {
     report(out, "lifecycle", cfg, r, o, 1.10, "create machine + VCPU + map a page + run to HLT + destroy")
 }
 
-fn rss() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// A "Key:  N kB" line of a /proc file, in bytes.
+fn proc_kib(file: &str, key: &str) -> u64 {
+    let s = std::fs::read_to_string(file).unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0)
         * 1024
 }
 
+fn rss() -> u64 {
+    proc_kib("/proc/self/status", "VmRSS:")
+}
+
 fn mem_available() -> u64 {
-    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-        * 1024
+    proc_kib("/proc/meminfo", "MemAvailable:")
 }
 
 fn scale(nvmm: &Nvmm, out: &mut dyn Write) -> Res<()> {

@@ -148,10 +148,7 @@ fn setup(nvmm: &Nvmm, cfg: &RunConfig) -> Result<(Machine, Vcpu), RunError> {
     let mut vcpu = machine.create_vcpu(0)?;
     if cfg.mode == Mode::Real {
         vcpu.update(StateMask::GPRS | StateMask::SEGS, |s| {
-            let base = cfg.entry & 0xf_0000;
-            s.segs[Seg::Cs].selector = (base >> 4) as u16;
-            s.segs[Seg::Cs].base = base;
-            s.gprs[Gpr::Rip] = cfg.entry - base;
+            modes::real_mode_entry(s, cfg.entry);
             s.gprs[Gpr::Rsp] = 0x7c00;
         })?;
         return Ok((machine, vcpu));

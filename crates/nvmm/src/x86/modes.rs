@@ -79,6 +79,15 @@ pub fn gdt_bytes() -> Vec<u8> {
     gdt().iter().flat_map(|d| d.to_le_bytes()).collect()
 }
 
+/// Points a real-mode state at linear address `entry` (below 1 MiB): CS
+/// becomes the 64 KiB segment holding it, IP the offset.
+pub fn real_mode_entry(s: &mut State, entry: u64) {
+    let base = entry & 0xf_0000;
+    s.segs[Seg::Cs].selector = (base >> 4) as u16;
+    s.segs[Seg::Cs].base = base;
+    s.gprs[Gpr::Rip] = entry - base;
+}
+
 fn flat(selector: u16, attrib: SegAttrib) -> Segment {
     Segment { selector, attrib, limit: 0xffff_ffff, base: 0 }
 }
@@ -163,6 +172,15 @@ pub fn identity_page_tables(base: u64, size: u64) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::x86::reset::reset_state;
+
+    #[test]
+    fn real_mode_entries() {
+        let mut s = reset_state();
+        real_mode_entry(&mut s, 0x7c00);
+        assert_eq!((s.segs[Seg::Cs].selector, s.segs[Seg::Cs].base, s.gprs[Gpr::Rip]), (0, 0, 0x7c00));
+        real_mode_entry(&mut s, 0x9_1234);
+        assert_eq!((s.segs[Seg::Cs].selector, s.segs[Seg::Cs].base, s.gprs[Gpr::Rip]), (0x9000, 0x9_0000, 0x1234));
+    }
 
     #[test]
     fn long_mode_state() {

@@ -39,9 +39,7 @@ pub fn real_mode(code: &[u8]) -> Guest {
     let mut g = with_ram(code);
     g.vcpu
         .update(StateMask::GPRS | StateMask::SEGS, |s| {
-            s.segs[Seg::Cs].selector = 0;
-            s.segs[Seg::Cs].base = 0;
-            s.gprs[Gpr::Rip] = CODE;
+            modes::real_mode_entry(s, CODE);
             s.gprs[Gpr::Rsp] = STACK;
         })
         .unwrap();

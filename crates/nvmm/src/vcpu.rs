@@ -381,6 +381,7 @@ impl Vcpu {
     /// the run with `EINVAL`.
     pub fn run(&mut self) -> Result<Exit<'_>> {
         self.io_insn = None;
+        self.last_exit = ExitKind::None;
         let kind = self.run_kind()?;
         self.last_exit = kind;
         Ok(match kind {

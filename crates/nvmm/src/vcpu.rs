@@ -567,12 +567,15 @@ impl Vcpu {
         if !self.has_run && self.cpuid_nvcpus != self.machine.nvcpus() {
             self.apply_cpuid()?;
         }
-        let mut pending = std::mem::take(&mut self.dirty);
-        let result = self.commit_parts(&mut pending);
-        if result.is_err() {
-            // The part that failed is forgotten (a get fetches KVM's value
-            // again); the others stay marked for the next run.
-            self.dirty = pending;
+        let mut result = Ok(());
+        if self.dirty != 0 || self.event.is_some() || self.reset_events {
+            let mut pending = std::mem::take(&mut self.dirty);
+            result = self.commit_parts(&mut pending);
+            if result.is_err() {
+                // The part that failed is forgotten (a get fetches KVM's
+                // value again); the others stay marked for the next run.
+                self.dirty = pending;
+            }
         }
         self.request_sync_sets();
         self.kvm.set_request_interrupt_window(self.state.intr.int_window_exiting());
@@ -687,6 +690,9 @@ impl Vcpu {
         let mut used = std::mem::take(&mut self.used);
         if self.state.intr.nmi_window_exiting() {
             used |= sync::EVENTS;
+        }
+        if used == 0 && self.valid_regs == 0 {
+            return;
         }
         let mut valid = 0;
         for (i, ttl) in self.ttl.iter_mut().enumerate() {

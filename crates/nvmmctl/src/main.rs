@@ -78,11 +78,11 @@ enum Command {
     Bench {
         /// Which benchmark.
         name: String,
-        /// Operations per round.
-        #[arg(long, default_value_t = 20_000)]
+        /// Operations per batch (lifecycle: divided by 50).
+        #[arg(long, default_value_t = 2_000)]
         iterations: u64,
-        /// Rounds per side (the median round counts).
-        #[arg(long, default_value_t = 9)]
+        /// Rounds, each a floor batch and an nvmm batch (the median counts).
+        #[arg(long, default_value_t = 41)]
         rounds: usize,
     },
 }

@@ -1,7 +1,7 @@
 //! The floor the benchmarks measure against: a bare `KVM_RUN` loop written
 //! directly on `kvm-ioctls`, with nothing of nvmm in it.
 
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use super::HostRegion;
@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 /// address `gpa` (CS base 0), with `mem_size` bytes of RAM at 0.
 pub struct RawVm {
     vcpu: VcpuFd,
+    sync: (bool, bool),
     _vm: VmFd,
     _mem: HostRegion,
 }
@@ -68,11 +69,25 @@ impl RawVm {
         regs.rip = gpa;
         regs.rflags = 2;
         vcpu.set_regs(&regs).map_err(|e| Error::kvm_errno("KVM_SET_REGS", e))?;
-        Ok(RawVm { vcpu, _vm: vm, _mem: mem })
+        Ok(RawVm { vcpu, sync: (false, false), _vm: vm, _mem: mem })
+    }
+
+    /// Makes every following run copy the general-purpose and special
+    /// registers out through `kvm_run` at the exit (`valid`) and load the
+    /// general-purpose registers from it at the entry (`load_regs`): the
+    /// kernel's share of reading and writing state around an exit.
+    pub fn sync_registers(&mut self, valid: bool, load_regs: bool) {
+        self.sync = (valid, load_regs);
     }
 
     /// One `KVM_RUN`.
     pub fn run(&mut self) -> Result<RawExitKind> {
+        let (valid, load) = self.sync;
+        let run = self.vcpu.get_kvm_run();
+        run.kvm_valid_regs = if valid { u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) } else { 0 };
+        if load {
+            run.kvm_dirty_regs |= u64::from(KVM_SYNC_X86_REGS);
+        }
         match self.vcpu.run().map_err(|e| Error::kvm_errno("KVM_RUN", e))? {
             VcpuExit::IoOut(..) | VcpuExit::IoIn(..) => Ok(RawExitKind::Io),
             VcpuExit::Hlt => Ok(RawExitKind::Hlt),

@@ -3,11 +3,12 @@
 //! A [`StopHandle`] sets a request flag, sets `kvm_run.immediate_exit`
 //! (through a mapping of its own, so it stays valid even if the VCPU is
 //! dropped) and, if the VCPU is inside `run()`, sends its thread the kick
-//! signal. The VCPU side clears `immediate_exit` *before* it looks at the
-//! flag, so a request that arrives after the check still finds
-//! `immediate_exit` set when `KVM_RUN` starts: no request is lost, and a
-//! request that interrupts `KVM_RUN` makes it return at once. The VCPU
-//! reports each request once, as [`Exit::Stopped`](crate::Exit::Stopped).
+//! signal. The VCPU side clears `immediate_exit` (through its own mapping of
+//! the same page, which keeps the run path on pages it touches anyway)
+//! *before* it looks at the flag, so a request that arrives after the check
+//! still finds `immediate_exit` set when `KVM_RUN` starts: no request is
+//! lost, and a request that interrupts `KVM_RUN` makes it return at once.
+//! The VCPU reports each request once, as [`Exit::Stopped`](crate::Exit::Stopped).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -28,11 +29,11 @@ impl StopShared {
         StopShared { requested: AtomicBool::new(false), tid: AtomicI32::new(0), alias, signal }
     }
 
-    /// Called by `run()` before entering the guest: publishes the thread,
-    /// clears `immediate_exit`, then consumes a pending request.
+    /// Called by `run()` before entering the guest, after it cleared
+    /// `immediate_exit` through its own mapping of the page: publishes the
+    /// thread, then consumes a pending request.
     pub(crate) fn enter(&self) -> bool {
         self.tid.store(this_thread_id(), Ordering::SeqCst);
-        self.alias.set_immediate_exit(false);
         if self.requested.swap(false, Ordering::SeqCst) {
             self.tid.store(0, Ordering::SeqCst);
             return true;
@@ -48,13 +49,6 @@ impl StopShared {
     /// Consumes a pending request (after `KVM_RUN` returned `EINTR`).
     pub(crate) fn take(&self) -> bool {
         self.requested.swap(false, Ordering::SeqCst)
-    }
-
-    /// Sets or clears `immediate_exit` for the VCPU's own use (completing
-    /// an exit without running the guest). A stop request made meanwhile
-    /// stays pending in the flag and is reported by the next `run()`.
-    pub(crate) fn force_immediate_exit(&self, on: bool) {
-        self.alias.set_immediate_exit(on);
     }
 
     fn request(&self) {

@@ -162,7 +162,7 @@ pub struct Vcpu {
     id: u32,
     kvm: KvmVcpu,
     stop: Arc<StopShared>,
-    state: Box<State>,
+    state: State,
     xsave: Xsave,
     /// Parts of `state` that hold current values.
     have: u16,
@@ -208,7 +208,7 @@ impl Vcpu {
         };
         let alias = RunAlias::map(kvm.raw_fd())?;
         let stop = Arc::new(StopShared::new(alias, machine.sys.options.kick_signal));
-        let mut state = Box::new(reset_state());
+        let mut state = reset_state();
         state.fpu.fx_mxcsr_mask = machine.sys.cap.arch.mxcsr_mask;
         let mut v = Vcpu {
             machine,
@@ -402,6 +402,7 @@ impl Vcpu {
     }
 
     fn run_kind(&mut self) -> Result<ExitKind> {
+        self.kvm.clear_immediate_exit();
         if self.stop.enter() {
             return Ok(ExitKind::Stopped);
         }
@@ -812,9 +813,9 @@ impl Vcpu {
     /// guest (`KVM_RUN` with `immediate_exit`).
     fn complete_pending_io(&mut self) -> Result<()> {
         self.commit()?;
-        self.stop.force_immediate_exit(true);
+        self.kvm.set_immediate_exit();
         let outcome = self.kvm.run();
-        self.stop.force_immediate_exit(false);
+        self.kvm.clear_immediate_exit();
         self.have = 0;
         self.synced = 0;
         match outcome? {

@@ -74,9 +74,9 @@ impl KvmVcpu {
     /// string instruction with billions of iterations left).
     pub(crate) fn park(&mut self) -> Option<OwnedFd> {
         for _ in 0..PARK_ATTEMPTS {
-            self.fd.set_kvm_immediate_exit(1);
+            self.set_immediate_exit();
             let r = self.run();
-            self.fd.set_kvm_immediate_exit(0);
+            self.clear_immediate_exit();
             match r {
                 Ok(RunOutcome::Interrupted) => {
                     // SAFETY: the descriptor is open for as long as `self.fd`,
@@ -290,6 +290,27 @@ impl KvmVcpu {
     }
 
     // --- kvm_run fields -------------------------------------------------
+
+    /// Sets `kvm_run.immediate_exit`: the next `KVM_RUN` completes pending
+    /// work and returns `EINTR` without entering the guest.
+    pub(crate) fn set_immediate_exit(&self) {
+        let off = std::mem::offset_of!(kvm_run, immediate_exit);
+        // SAFETY: as in `clear_immediate_exit`.
+        let byte = unsafe { std::sync::atomic::AtomicU8::from_ptr(self.run_ptr().cast::<u8>().add(off)) };
+        byte.store(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Clears `kvm_run.immediate_exit`, atomically: stop handles set it
+    /// from other threads through their own mapping of the same page (the
+    /// CPU orders accesses by physical address, so the two mappings behave
+    /// as one location).
+    pub(crate) fn clear_immediate_exit(&self) {
+        let off = std::mem::offset_of!(kvm_run, immediate_exit);
+        // SAFETY: the byte lies in the live kvm_run mapping; user space only
+        // ever accesses it atomically.
+        let byte = unsafe { std::sync::atomic::AtomicU8::from_ptr(self.run_ptr().cast::<u8>().add(off)) };
+        byte.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
 
     /// TPR as KVM reported it after the last run (`kvm_run.cr8`).
     pub(crate) fn cr8(&self) -> u64 {

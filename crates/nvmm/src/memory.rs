@@ -307,6 +307,12 @@ impl MemoryMap {
     }
 }
 
+impl crate::assist::mmu::PhysMemory for MemoryMap {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.read(gpa, buf).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

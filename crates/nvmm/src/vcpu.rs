@@ -25,6 +25,7 @@
 use std::sync::Arc;
 
 use crate::assist::io_insn::{CpuMode, IoInstruction, decode_io};
+use crate::assist::mmu::{PageProt, PagingRegs, walk};
 use crate::backend::kvm::{Events, KvmVcpu, RawExit, RunAlias, RunOutcome, Sregs, convert};
 use crate::error::{Error, Result};
 use crate::exit::{Exit, InvalidExit};
@@ -192,6 +193,10 @@ pub struct Vcpu {
     io_insn: Option<(IoInstruction, u64)>,
     /// Clear every pending event at the next commit (reused VCPU).
     reset_events: bool,
+    /// Guest physical address width, from the guest's CPUID.
+    guest_phys_bits: u8,
+    /// Whether the guest's CPUID offers 1 GiB pages.
+    guest_gib_pages: bool,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -237,6 +242,8 @@ impl Vcpu {
             last_exit: ExitKind::None,
             io_insn: None,
             reset_events: false,
+            guest_phys_bits: 36,
+            guest_gib_pages: false,
         };
         v.xsave.set_xstate_bv(xfeature::X87 | xfeature::SSE);
         if reused {
@@ -716,6 +723,8 @@ impl Vcpu {
         let table = self.cpuid.build(self.machine.sys.kvm.supported_cpuid(), self.id, nvcpus);
         self.kvm.set_cpuid(&table)?;
         self.cpuid_nvcpus = self.machine.nvcpus();
+        self.guest_phys_bits = crate::x86::cpuid::phys_addr_bits(&table) as u8;
+        self.guest_gib_pages = table.iter().any(|e| e.function == 0x8000_0001 && e.regs.edx & (1 << 26) != 0);
         Ok(())
     }
 
@@ -755,7 +764,7 @@ impl Vcpu {
         let answer = match at_rip {
             Some(d) if is_in || d.string => (d, rip0.wrapping_add(d.length.into()) & width),
             _ => {
-                self.complete_pending_io()?;
+                self.flush_to_kvm()?;
                 let (_, rip1, _) = self.code_position()?;
                 match at_rip {
                     Some(d) if rip1 != rip0 => (d, rip1),
@@ -765,6 +774,39 @@ impl Vcpu {
         };
         self.io_insn = Some(answer);
         Ok(answer)
+    }
+
+    /// The registers the MMU walker needs (from `kvm_run` when synced).
+    fn paging_regs(&mut self) -> Result<PagingRegs> {
+        self.used |= sync::SREGS;
+        self.fetch((part::CR | part::EFER) & !self.have)?;
+        let s = &self.state;
+        Ok(PagingRegs {
+            cr0: s.crs[Cr::Cr0],
+            cr3: s.crs[Cr::Cr3],
+            cr4: s.crs[Cr::Cr4],
+            efer: s.msrs[Msr::Efer],
+            phys_bits: self.guest_phys_bits,
+            gib_pages: self.guest_gib_pages,
+        })
+    }
+
+    /// Translates a guest virtual address with the guest's current paging
+    /// (`nvmm_gva_to_gpa`): the guest physical address and the rights the
+    /// page tables grant. Any offset within the page is kept. Fails with
+    /// `EFAULT` when there is no translation.
+    pub fn gva_to_gpa(&mut self, gva: u64) -> Result<(u64, PageProt)> {
+        let regs = self.paging_regs()?;
+        let t = walk(&*self.machine.memory(), &regs, gva).map_err(|_| Error::Translation { gva })?;
+        Ok((t.gpa, t.prot))
+    }
+
+    /// Translates with KVM's own walker (`KVM_TRANSLATE`), after loading
+    /// pending state into KVM: a reference for testing the MMU walker.
+    #[doc(hidden)]
+    pub fn kvm_translate(&mut self, gva: u64) -> Result<Option<u64>> {
+        self.flush_to_kvm()?;
+        self.kvm.translate(gva)
     }
 
     /// Execution mode, RIP and the linear address of RIP.
@@ -809,9 +851,10 @@ impl Vcpu {
         Err(Error::Unsupported { what: "locating the I/O instruction KVM already completed" })
     }
 
-    /// Lets KVM finish the pending I/O instruction without entering the
-    /// guest (`KVM_RUN` with `immediate_exit`).
-    fn complete_pending_io(&mut self) -> Result<()> {
+    /// Loads pending state into KVM and lets it finish a pending
+    /// instruction, without entering the guest (`KVM_RUN` with
+    /// `immediate_exit`).
+    fn flush_to_kvm(&mut self) -> Result<()> {
         self.commit()?;
         self.kvm.set_immediate_exit();
         let outcome = self.kvm.run();
@@ -827,24 +870,17 @@ impl Vcpu {
     }
 
     /// Reads guest memory at a linear address, page by page, translating
-    /// with the VCPU's paging when it is on. Returns how many bytes could be
-    /// read (at least one, or an error).
+    /// with the guest's paging. Returns how many bytes could be read (at
+    /// least one, or an error).
     fn read_linear(&mut self, linear: u64, buf: &mut [u8]) -> Result<usize> {
-        let paging = self.state.crs[Cr::Cr0] & cr0::PG != 0;
+        let regs = self.paging_regs()?;
+        let mem = self.machine.memory();
         let mut done = 0;
         while done < buf.len() {
             let at = linear.wrapping_add(done as u64);
-            let page_left = (4096 - (at & 0xfff)) as usize;
-            let n = page_left.min(buf.len() - done);
-            let gpa = if paging {
-                match self.kvm.translate(at)? {
-                    Some(g) => g,
-                    None => break,
-                }
-            } else {
-                at
-            };
-            if self.machine.memory().read(gpa, &mut buf[done..done + n]).is_err() {
+            let n = ((4096 - (at & 0xfff)) as usize).min(buf.len() - done);
+            let Ok(t) = walk(&*mem, &regs, at) else { break };
+            if mem.read(t.gpa, &mut buf[done..done + n]).is_err() {
                 break;
             }
             done += n;

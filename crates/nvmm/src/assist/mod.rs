@@ -3,3 +3,4 @@
 #![forbid(unsafe_code)]
 
 pub mod io_insn;
+pub mod mmu;

@@ -117,9 +117,10 @@ const fn bits(list: &[u32]) -> u32 {
 const L1_ECX: u32 = bits(&[0, 1, 9, 12, 13, 19, 20, 22, 23, 25, 26, 27, 28, 29, 30]);
 const L1_ECX_HYPERVISOR: u32 = 1 << 31;
 const L1_EDX: u32 = bits(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 15, 16, 17, 19, 23, 24, 25, 26, 27, 28, 31]);
-// Leaf 7 subleaf 0; AVX-512 bits (16, 17, 21, 26-28, 30, 31) are our extension.
+// Leaf 7 subleaf 0; AVX-512 (EBX 16, 17, 21, 26-28, 30, 31; ECX 1, 6, 11,
+// 12, 14; EDX 2, 3, 8, 23) and LA57 (ECX 16) are our extension.
 const L7_EBX: u32 = bits(&[0, 3, 5, 6, 7, 8, 9, 13, 16, 17, 18, 19, 20, 21, 23, 24, 26, 27, 28, 30, 31]);
-const L7_ECX: u32 = bits(&[0, 1, 2, 6, 8, 9, 10, 11, 12, 14, 25, 27, 28]);
+const L7_ECX: u32 = bits(&[0, 1, 2, 6, 8, 9, 10, 11, 12, 14, 16, 25, 27, 28]);
 const L7_EDX: u32 = bits(&[2, 3, 4, 8, 10, 14, 23]);
 // Leaf 0xD subleaf 1: XSAVEOPT, XSAVEC, XGETBV1.
 const LD1_EAX: u32 = bits(&[0, 1, 2]);

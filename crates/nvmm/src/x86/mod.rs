@@ -4,6 +4,7 @@
 pub mod cpuid;
 pub mod event;
 pub mod modes;
+pub mod paging;
 pub mod reset;
 pub mod state;
 pub mod xsave;

@@ -2,5 +2,6 @@
 //! no `unsafe`. The full MMU walker, decoder and emulator build on this.
 #![forbid(unsafe_code)]
 
+pub mod decode;
 pub mod io_insn;
 pub mod mmu;

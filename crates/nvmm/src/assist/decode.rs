@@ -207,6 +207,8 @@ pub struct Instruction {
     pub lock: bool,
     /// Segment override prefix.
     pub seg_override: Option<Seg>,
+    /// VEX-encoded (AVX) rather than legacy SSE.
+    pub vex: bool,
 }
 
 impl Instruction {
@@ -990,6 +992,7 @@ impl<'a> Fsm<'a> {
             rep,
             lock: self.lock,
             seg_override: self.seg,
+            vex: self.vex.is_some(),
         })
     }
 }

@@ -3,5 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod decode;
+pub mod emulate;
+pub mod flags;
 pub mod io_insn;
 pub mod mmu;
+pub mod x87;

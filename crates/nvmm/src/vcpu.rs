@@ -801,6 +801,15 @@ impl Vcpu {
         Ok((t.gpa, t.prot))
     }
 
+    /// Lets KVM finish the instruction behind the last I/O or memory exit
+    /// (with the data the exit holds now) without running the guest, so
+    /// that the state reflects the completed instruction. Pending state and
+    /// events are loaded into KVM too. `run` does this on its own; call it
+    /// when you need the completed state before running again.
+    pub fn complete_pending(&mut self) -> Result<()> {
+        self.flush_to_kvm()
+    }
+
     /// Translates with KVM's own walker (`KVM_TRANSLATE`), after loading
     /// pending state into KVM: a reference for testing the MMU walker.
     #[doc(hidden)]

@@ -1,0 +1,398 @@
+//! The emulator against the CPU: every instruction it supports, in every
+//! operand size, with random operands and RFLAGS entering all-zero and
+//! all-one, run natively in a 64-bit guest at CPL 3 (native speed here) and
+//! emulated from the same state; registers, flags and memory must match.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use nvmm::assist::decode::{CpuMode, decode};
+use nvmm::assist::emulate::{EmuCpu, EmuError, EmuMemory, execute};
+use nvmm::assist::flags::rflags;
+use nvmm::assist::mmu::Access;
+use nvmm::x86::Xsave;
+use nvmm::x86::modes::cr4;
+use nvmm::x86::xsave::xfeature;
+use nvmm::{Cr, Exit, Gpr, State, StateMask};
+
+const DATA: u64 = 0x2_0000;
+const DATA_LEN: usize = 256;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// The emulator's view of the VCPU: a copy of the state.
+struct Model {
+    st: State,
+    xs: Xsave,
+}
+
+impl EmuCpu for Model {
+    fn state(&mut self, _mask: StateMask) -> Result<&mut State, EmuError> {
+        Ok(&mut self.st)
+    }
+    fn xsave(&mut self) -> &mut Xsave {
+        &mut self.xs
+    }
+    fn mark(&mut self, _mask: StateMask) {}
+}
+
+struct Bench {
+    g: Guest,
+    rng: Rng,
+    cases: usize,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let mut g = user_mode64(&[0x90]);
+        let has_avx = nvmm().capability().arch.xcr0_mask & xfeature::AVX != 0;
+        g.vcpu
+            .update(StateMask::CRS, |s| {
+                s.crs[Cr::Cr4] |= cr4::OSXSAVE;
+                s.crs[Cr::Xcr0] = if has_avx { 7 } else { 3 };
+            })
+            .unwrap();
+        Bench { g, rng: Rng(0x853c_49e6_748f_ea9b), cases: 0 }
+    }
+
+    /// Runs `insn` natively and emulated from the same random state.
+    fn check(&mut self, insn: &[u8], rflags_in: u64, setup: &dyn Fn(&mut State, &mut Rng)) {
+        let mut code = insn.to_vec();
+        code.extend_from_slice(&[0xe6, 0x10]); // out 0x10,al
+        self.g.machine.write_gpa(CODE, &code).unwrap();
+        let data: Vec<u8> = (0..DATA_LEN).map(|_| self.rng.next() as u8).collect();
+        self.g.machine.write_gpa(DATA, &data).unwrap();
+        self.g.vcpu.get_state(StateMask::ALL).unwrap();
+        let mut st = *self.g.vcpu.state();
+        for r in 0..16 {
+            st.gprs.0[r] = self.rng.next();
+        }
+        st.gprs[Gpr::Rsp] = STACK;
+        st.gprs[Gpr::Rip] = CODE;
+        st.gprs[Gpr::Rflags] = 0x2 | (3 << 12) | rflags_in;
+        st.fpu.fx_cw = 0x37f;
+        st.fpu.fx_sw = 0;
+        st.fpu.fx_tw = 0;
+        for x in st.fpu.fx_xmm.iter_mut() {
+            for b in x.iter_mut() {
+                *b = self.rng.next() as u8;
+            }
+        }
+        setup(&mut st, &mut self.rng);
+        *self.g.vcpu.state_mut() = st;
+        self.g.vcpu.set_state(StateMask::ALL).unwrap();
+        let xs_in = self.g.vcpu.xsave().clone();
+
+        let ctx = format!("{insn:02x?} rflags {rflags_in:#x}");
+        match self.g.vcpu.run().unwrap() {
+            Exit::Io(io) => assert_eq!(io.port(), 0x10, "{ctx}"),
+            e => panic!("{ctx}: native run gave {e:?}"),
+        }
+        self.g.vcpu.get_state(StateMask::ALL).unwrap();
+        let native = *self.g.vcpu.state();
+        let native_xs = self.g.vcpu.xsave().clone();
+        let mut native_mem = vec![0u8; DATA_LEN];
+        self.g.machine.read_gpa(DATA, &mut native_mem).unwrap();
+        self.g.vcpu.complete_pending().unwrap();
+
+        let mut model = Model { st, xs: xs_in };
+        let mut mem: HashMap<u64, u8> = data.iter().enumerate().map(|(i, b)| (DATA + i as u64, *b)).collect();
+        let d = decode(insn, CpuMode::Bits64).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        execute(&d, &mut model, &mut MemView(&mut mem)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let emu_mem: Vec<u8> = (0..DATA_LEN as u64).map(|i| mem[&(DATA + i)]).collect();
+        for r in 0..16 {
+            assert_eq!(model.st.gprs.0[r], native.gprs.0[r], "{ctx}: {}", Gpr::NAMES[r]);
+        }
+        let fl = rflags::ARITH | rflags::DF;
+        assert_eq!(model.st.gprs[Gpr::Rflags] & fl, native.gprs[Gpr::Rflags] & fl, "{ctx}: rflags");
+        assert_eq!(model.st.gprs[Gpr::Rip], CODE + insn.len() as u64, "{ctx}: rip");
+        assert_eq!(emu_mem, native_mem, "{ctx}: memory");
+        let (e, n) = (&model.st.fpu, &native.fpu);
+        assert_eq!((e.fx_cw, e.fx_sw, e.fx_tw), (n.fx_cw, n.fx_sw, n.fx_tw), "{ctx}: x87 control, status, tags");
+        for i in 0..8 {
+            if n.fx_tw & (1 << ((n.fx_sw >> 11) + i as u16) % 8) != 0 {
+                assert_eq!(e.fx_87_ac[i][..10], n.fx_87_ac[i][..10], "{ctx}: ST{i}");
+            }
+        }
+        assert_eq!(e.fx_xmm, n.fx_xmm, "{ctx}: XMM registers");
+        for i in 0..16 {
+            assert_eq!(model.xs.ymm_hi(i).unwrap(), native_xs.ymm_hi(i).unwrap(), "{ctx}: YMM{i} upper half");
+        }
+        self.cases += 1;
+    }
+}
+
+struct MemView<'a>(&'a mut HashMap<u64, u8>);
+
+impl EmuMemory for MemView<'_> {
+    fn read(&mut self, linear: u64, buf: &mut [u8], _a: Access) -> Result<(), EmuError> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = *self.0.get(&(linear + i as u64)).ok_or(EmuError::Memory("outside the test data"))?;
+        }
+        Ok(())
+    }
+    fn write(&mut self, linear: u64, buf: &[u8], _a: Access) -> Result<(), EmuError> {
+        for (i, b) in buf.iter().enumerate() {
+            *self.0.get_mut(&(linear + i as u64)).ok_or(EmuError::Memory("outside the test data"))? = *b;
+        }
+        Ok(())
+    }
+}
+
+/// RBX points into the data area (32-byte aligned, room on both sides).
+fn rbx_at_data(st: &mut State, rng: &mut Rng) {
+    st.gprs[Gpr::Rbx] = DATA + 64 + (rng.next() % 2) * 32;
+}
+
+const SIZES: [&[u8]; 4] = [&[], &[0x66], &[], &[0x48]];
+const FLAG_CASES: [u64; 2] = [0, rflags::ARITH];
+
+#[test]
+fn integer_instructions_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    for rounds in 0..4 {
+        // op [rbx], reg / op reg, [rbx] for ADD OR ADC SBB AND SUB XOR CMP,
+        // TEST, XCHG, MOV (byte forms and 16/32/64-bit).
+        let mut opcodes: Vec<u8> = (0..8u8).flat_map(|i| (0..4).map(move |k| i * 8 + k)).collect();
+        opcodes.extend([0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b]);
+        for &op in &opcodes {
+            for (si, prefix) in SIZES.iter().enumerate() {
+                if op & 1 == 0 && si != 0 {
+                    continue;
+                }
+                for &f in &FLAG_CASES {
+                    let reg = [0u8, 1, 2, 6, 7][rounds % 5];
+                    let mut insn = prefix.to_vec();
+                    insn.extend([op, (reg << 3) | 3]); // [rbx]
+                    b.check(&insn, f, &rbx_at_data);
+                }
+            }
+        }
+        // Group 1 with imm8 / imm32 / sign-extended imm8, group 11 MOV,
+        // group 3 TEST.
+        for (op, imm_len) in [(0x80u8, 1usize), (0x81, 4), (0x83, 1), (0xc6, 1), (0xc7, 4), (0xf6, 1), (0xf7, 4)] {
+            let regs: &[u8] = match op {
+                0xc6 | 0xc7 => &[0],
+                0xf6 | 0xf7 => &[0, 1],
+                _ => &[0, 1, 2, 3, 4, 5, 6, 7],
+            };
+            for &r in regs {
+                for (si, prefix) in SIZES.iter().enumerate() {
+                    if op & 1 == 0 && si != 0 {
+                        continue;
+                    }
+                    for &f in &FLAG_CASES {
+                        let mut insn = prefix.to_vec();
+                        insn.extend([op, (r << 3) | 3]);
+                        let imm_len = if op != 0x83 && prefix == &[0x66] && imm_len == 4 { 2 } else { imm_len };
+                        for _ in 0..imm_len {
+                            insn.push(b.rng.next() as u8);
+                        }
+                        b.check(&insn, f, &rbx_at_data);
+                    }
+                }
+            }
+        }
+        // MOVZX, XADD, CMPXCHG (equal and different accumulator).
+        for (op, sizes) in [
+            (0xb6u8, &SIZES[..]),
+            (0xb7, &SIZES[..]),
+            (0xc0, &SIZES[..1]),
+            (0xc1, &SIZES[1..]),
+            (0xb0, &SIZES[..1]),
+            (0xb1, &SIZES[1..]),
+        ] {
+            for prefix in sizes {
+                for &f in &FLAG_CASES {
+                    for equal in [false, true] {
+                        let mut insn = prefix.to_vec();
+                        insn.extend([0x0f, op, (1 << 3) | 3]);
+                        b.check(&insn, f, &move |st: &mut State, rng: &mut Rng| {
+                            rbx_at_data(st, rng);
+                            if equal {
+                                st.gprs[Gpr::Rax] = 0; // the data area is set below
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        // MOV moffs (64-bit absolute address).
+        for op in [0xa0u8, 0xa1, 0xa2, 0xa3] {
+            for prefix in [&[][..], &[0x48]] {
+                let mut insn = prefix.to_vec();
+                insn.push(op);
+                insn.extend_from_slice(&(DATA + 40).to_le_bytes());
+                b.check(&insn, 0, &|_: &mut State, _: &mut Rng| {});
+            }
+        }
+    }
+    println!("{} cases", b.cases);
+}
+
+#[test]
+fn cmpxchg8b_and_16b_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    for prefix in [&[][..], &[0x48]] {
+        for equal in [false, true] {
+            for &f in &FLAG_CASES {
+                let mut insn = prefix.to_vec();
+                insn.extend([0x0f, 0xc7, (1 << 3) | 3]); // cmpxchg8b/16b [rbx]
+                b.check(&insn, f, &move |st: &mut State, rng: &mut Rng| {
+                    rbx_at_data(st, rng);
+                    if equal {
+                        st.gprs[Gpr::Rax] = 0;
+                        st.gprs[Gpr::Rdx] = 0;
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn string_instructions_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    for op in [0xa4u8, 0xa5, 0xa6, 0xa7, 0xaa, 0xab, 0xac, 0xad] {
+        for rep in [&[][..], &[0xf3], &[0xf2]] {
+            for (si, size) in [&[][..], &[0x66], &[0x48]].iter().enumerate() {
+                if op & 1 == 0 && si != 0 {
+                    continue;
+                }
+                for df in [0, rflags::DF] {
+                    for &f in &FLAG_CASES {
+                        let mut insn = rep.to_vec();
+                        insn.extend_from_slice(size);
+                        insn.push(op);
+                        b.check(&insn, f | df, &|st: &mut State, rng: &mut Rng| {
+                            st.gprs[Gpr::Rsi] = DATA + 96 + rng.next() % 8;
+                            st.gprs[Gpr::Rdi] = DATA + 160 + rng.next() % 8;
+                            st.gprs[Gpr::Rcx] = rng.next() % 6;
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn x87_loads_and_stores_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    // (opcode, ModRM.reg) of every form.
+    let forms = [
+        (0xd9u8, 0u8),
+        (0xd9, 2),
+        (0xd9, 3),
+        (0xdd, 0),
+        (0xdd, 2),
+        (0xdd, 3),
+        (0xdb, 5),
+        (0xdb, 7),
+        (0xdf, 0),
+        (0xdb, 0),
+        (0xdf, 5),
+        (0xdf, 3),
+        (0xdb, 3),
+        (0xdf, 7),
+    ];
+    for round in 0..40 {
+        for &(op, reg) in &forms {
+            let rc = (round % 4) as u16;
+            let stack_depth = round % 3;
+            b.check(&[op, (reg << 3) | 3], 0, &move |st: &mut State, rng: &mut Rng| {
+                rbx_at_data(st, rng);
+                st.fpu.fx_cw = 0x37f | (rc << 10);
+                // A few values on the stack: random doubles and special ones.
+                let specials =
+                    [0.0f64, -0.0, 1.5, -3.25e300, 1e-310, f64::INFINITY, f64::NAN, 7.0e-45, 3.4e38, 65536.5];
+                let mut top = 0u16;
+                for k in 0..stack_depth {
+                    let v = if rng.next() % 2 == 0 {
+                        specials[(rng.next() % 10) as usize]
+                    } else {
+                        f64::from_bits(rng.next())
+                    };
+                    top = top.wrapping_sub(1) & 7;
+                    st.fpu.fx_tw |= 1 << top;
+                    st.fpu.fx_87_ac[k] = [0; 16];
+                    let m = v.to_bits();
+                    let exp = ((m >> 52) & 0x7ff) as i32;
+                    let man = m & ((1 << 52) - 1);
+                    let (e80, m80) = match exp {
+                        0 if man == 0 => (0u16, 0u64),
+                        0 => (0, 0),
+                        0x7ff => (0x7fff, (1 << 63) | (man << 11)),
+                        _ => ((exp - 1023 + 16383) as u16, (1 << 63) | (man << 11)),
+                    };
+                    st.fpu.fx_87_ac[k][..8].copy_from_slice(&m80.to_le_bytes());
+                    st.fpu.fx_87_ac[k][8..10].copy_from_slice(&((u16::from(m >> 63 == 1) << 15) | e80).to_le_bytes());
+                }
+                // FXSAVE keeps ST(i) in stack order; the registers above were
+                // pushed last-first, so reverse them.
+                st.fpu.fx_87_ac[..stack_depth].reverse();
+                st.fpu.fx_sw = top << 11;
+            });
+        }
+    }
+    println!("{} cases", b.cases);
+}
+
+#[test]
+fn vector_moves_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    let avx = nvmm().capability().arch.xcr0_mask & xfeature::AVX != 0;
+    let legacy: [&[u8]; 13] = [
+        &[0x0f, 0x10],
+        &[0x0f, 0x11],
+        &[0x0f, 0x28],
+        &[0x0f, 0x29],
+        &[0x66, 0x0f, 0x6f],
+        &[0x66, 0x0f, 0x7f],
+        &[0xf3, 0x0f, 0x6f],
+        &[0xf3, 0x0f, 0x7f],
+        &[0x66, 0x0f, 0xe7],
+        &[0x66, 0x0f, 0x6e],
+        &[0x66, 0x0f, 0x7e],
+        &[0xf3, 0x0f, 0x7e],
+        &[0x66, 0x0f, 0xd6],
+    ];
+    for round in 0..8 {
+        for form in legacy {
+            let reg = (round % 8) as u8;
+            let mut insn = form.to_vec();
+            insn.push((reg << 3) | 3);
+            b.check(&insn, 0, &rbx_at_data);
+            if avx {
+                // The VEX forms: map the mandatory prefix to VEX.pp.
+                let (pp, rest) = match form[0] {
+                    0x66 => (1u8, &form[1..]),
+                    0xf3 => (2, &form[1..]),
+                    _ => (0, form),
+                };
+                for l in [0u8, 4] {
+                    if l == 4 && matches!(rest[1], 0x6e | 0x7e | 0xd6) {
+                        continue;
+                    }
+                    let insn = [0xc5, 0xf8 | l | pp, rest[1], (reg << 3) | 3];
+                    b.check(&insn, 0, &rbx_at_data);
+                }
+            }
+        }
+    }
+}

@@ -120,7 +120,7 @@ impl Bench {
         let (e, n) = (&model.st.fpu, &native.fpu);
         assert_eq!((e.fx_cw, e.fx_sw, e.fx_tw), (n.fx_cw, n.fx_sw, n.fx_tw), "{ctx}: x87 control, status, tags");
         for i in 0..8 {
-            if n.fx_tw & (1 << ((n.fx_sw >> 11) + i as u16) % 8) != 0 {
+            if n.fx_tw & (1 << (((n.fx_sw >> 11) + i as u16) % 8)) != 0 {
                 assert_eq!(e.fx_87_ac[i][..10], n.fx_87_ac[i][..10], "{ctx}: ST{i}");
             }
         }

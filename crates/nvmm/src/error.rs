@@ -282,6 +282,20 @@ pub enum Error {
         gva: u64,
     },
 
+    /// The assists cannot emulate this instruction.
+    #[error("cannot emulate the guest instruction: {detail}")]
+    UnsupportedInstruction {
+        /// What the decoder or emulator said.
+        detail: String,
+    },
+
+    /// Guest memory the assists need is not accessible.
+    #[error("guest memory not accessible: {what}")]
+    GuestMemory {
+        /// What was being accessed.
+        what: &'static str,
+    },
+
     /// A register index out of range.
     #[error("there is no {what} register {index}")]
     InvalidRegister {
@@ -334,6 +348,8 @@ impl Error {
             Error::WrongExit { .. } => libc::EINVAL,
             Error::Translation { .. } => libc::EFAULT,
             Error::InvalidRegister { .. } => libc::EINVAL,
+            Error::UnsupportedInstruction { .. } => libc::ENODEV,
+            Error::GuestMemory { .. } => libc::EFAULT,
             Error::NoMemory { .. } => libc::ENOMEM,
         }
     }

@@ -73,7 +73,7 @@ pub use system::{
     CAP_ARCH_VCPU_CONF_CPUID, CAP_ARCH_VCPU_CONF_TPR, Capability, CapabilityArch, MAX_MACHINES, NVMM_KERN_VERSION,
     NVMM_USER_VERSION, Nvmm, Options,
 };
-pub use vcpu::{Vcpu, VcpuConf};
+pub use vcpu::{AssistOutcome, IoRequest, MemRequest, Vcpu, VcpuConf};
 pub use x86::{Cr, Dr, Event, EventKind, Gpr, Msr, Seg, State, StateMask};
 
 /// The floor benchmarks measure against: a bare `KVM_RUN` loop with

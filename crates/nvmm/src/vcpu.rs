@@ -38,6 +38,9 @@ use crate::x86::reset::reset_state;
 use crate::x86::state::{Cr, Fxsave, Gpr, Msr, Seg, State, StateMask};
 use crate::x86::xsave::{Xsave, xfeature};
 
+mod assist;
+pub use assist::{AssistOutcome, IoRequest, MemRequest};
+
 /// A VCPU configuration request (`nvmm_vcpu_configure`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum VcpuConf {
@@ -331,6 +334,13 @@ impl Vcpu {
         self.event = Some(event);
         self.used |= sync::EVENTS;
         Ok(())
+    }
+
+    /// Makes an event pending without NVMM's rules (the assists raise
+    /// exceptions NVMM's public injection refuses, like #BP).
+    fn inject_internal(&mut self, event: Event) {
+        self.event = Some(event);
+        self.used |= sync::EVENTS;
     }
 
     /// Applies a configuration request (`nvmm_vcpu_configure`).
@@ -681,8 +691,8 @@ impl Vcpu {
         if intr {
             convert::intr_into_kvm(&self.state.intr, &mut e);
         }
+        // Checked by `inject` (or made by the assists, e.g. INT3's #BP).
         if let Some(ev) = self.event.take() {
-            ev.validate()?;
             convert::event_into_kvm(&ev, &mut e);
             if ev.is_nmi() {
                 self.state.intr.set_nmi_window_exiting(true);

@@ -1,0 +1,291 @@
+//! The assists end to end: instructions KVM cannot emulate on MMIO, at CPL 0
+//! and CPL 3, complete through `assist_mem` with the right registers,
+//! flags, memory and device-side results; plain MMIO and I/O exits go
+//! through the callbacks.
+
+mod common;
+
+use common::*;
+use nvmm::assist::flags::rflags;
+use nvmm::x86::modes::{self, cr4};
+use nvmm::x86::xsave::xfeature;
+use nvmm::{AssistOutcome, Cr, Exit, Gpr, Seg, StateMask};
+
+const MMIO: u64 = 0x1000_0000;
+const TSS: u64 = 0x3000;
+const BP_HANDLER: u64 = 0x1800;
+
+/// A device: 64 bytes of registers and the log of accesses.
+struct Device {
+    regs: [u8; 64],
+    log: Vec<(bool, u64, usize)>,
+}
+
+impl Default for Device {
+    fn default() -> Device {
+        Device { regs: [0; 64], log: Vec::new() }
+    }
+}
+
+impl Device {
+    fn access(&mut self, req: &mut nvmm::MemRequest<'_>) {
+        let off = (req.gpa - MMIO) as usize;
+        self.log.push((req.write, req.gpa, req.data.len()));
+        if req.write {
+            self.regs[off..off + req.data.len()].copy_from_slice(req.data);
+        } else {
+            req.data.copy_from_slice(&self.regs[off..off + req.data.len()]);
+        }
+    }
+}
+
+/// Runs to the end marker (HLT at CPL 0, OUT 0x10 at CPL 3), assisting
+/// memory exits. Returns the number of emulation failures assisted (KVM
+/// versions differ in what they emulate themselves; the results must be
+/// the same either way).
+fn run(g: &mut Guest, dev: &mut Device) -> usize {
+    let n = run_inner(g, dev);
+    println!("emulation failures assisted: {n}");
+    n
+}
+
+fn run_inner(g: &mut Guest, dev: &mut Device) -> usize {
+    let mut emulated = 0;
+    for _ in 0..100 {
+        let exit = g.vcpu.run().unwrap();
+        match exit {
+            Exit::Halted => return emulated,
+            Exit::Io(io) if io.port() == 0x10 => return emulated,
+            Exit::EmulationFailure(_) => {
+                emulated += 1;
+                g.vcpu.assist_mem(|r| dev.access(r)).unwrap();
+            }
+            Exit::Memory(_) => {
+                g.vcpu.assist_mem(|r| dev.access(r)).unwrap();
+            }
+            Exit::None => {}
+            e => panic!("unexpected exit {e:?}"),
+        }
+    }
+    panic!("the guest did not finish");
+}
+
+/// A 64-bit guest running `insn` then the end marker, with RSI pointing at
+/// the device, at CPL 0 or 3; AVX enabled; a #BP handler that records 3 at
+/// 0x2100 and halts.
+fn guest(insn: &[u8], user: bool) -> Guest {
+    let mut code = insn.to_vec();
+    code.extend_from_slice(if user { &[0xe6, 0x10] } else { &[0xf4] });
+    let mut g = long_mode(&code);
+    // #BP handler: mov BYTE PTR ds:0x2100,0x3 ; hlt
+    g.machine.write_gpa(BP_HANDLER, &[0xc6, 0x04, 0x25, 0x00, 0x21, 0x00, 0x00, 0x03, 0xf4]).unwrap();
+    let gate: u64 = (BP_HANDLER & 0xffff) | (u64::from(modes::CODE64_SELECTOR) << 16) | (0xee00u64 << 32);
+    g.machine.write_gpa(IDT + 16 * 3, &gate.to_le_bytes()).unwrap();
+    g.machine.write_gpa(IDT + 16 * 3 + 8, &0u64.to_le_bytes()).unwrap();
+    // TSS with RSP0, for the switch from CPL 3.
+    g.machine.write_gpa(TSS + 4, &0x9000u64.to_le_bytes()).unwrap();
+    let has_avx = nvmm().capability().arch.xcr0_mask & xfeature::AVX != 0;
+    g.vcpu
+        .update(StateMask::ALL, |s| {
+            if user {
+                modes::user_mode(s);
+            }
+            s.segs[Seg::Idt].base = IDT;
+            s.segs[Seg::Idt].limit = 16 * 32 - 1;
+            s.segs[Seg::Tr].base = TSS;
+            s.crs[Cr::Cr4] |= cr4::OSXSAVE;
+            s.crs[Cr::Xcr0] = if has_avx { 7 } else { 3 };
+            s.gprs[Gpr::Rsi] = MMIO;
+        })
+        .unwrap();
+    g
+}
+
+fn ymm(g: &mut Guest, i: usize) -> [u8; 32] {
+    g.vcpu.get_state(StateMask::FPU).unwrap();
+    let mut v = [0u8; 32];
+    v[..16].copy_from_slice(&g.vcpu.state().fpu.fx_xmm[i]);
+    v[16..].copy_from_slice(&g.vcpu.xsave().ymm_hi(i).unwrap());
+    v
+}
+
+fn has_avx() -> bool {
+    nvmm().capability().arch.xcr0_mask & xfeature::AVX != 0
+}
+
+#[test]
+fn vmovdqu_loads_from_mmio() {
+    nvmm_testkit::kvm_or_skip!();
+    if !has_avx() {
+        println!("SKIP vmovdqu_loads_from_mmio: no AVX");
+        return;
+    }
+    for user in [false, true] {
+        let mut g = guest(&[0xc5, 0xfe, 0x6f, 0x06], user); // vmovdqu ymm0,[rsi]
+        let mut dev = Device::default();
+        for (i, b) in dev.regs.iter_mut().enumerate() {
+            *b = i as u8 * 3;
+        }
+        run(&mut g, &mut dev);
+        assert_eq!(&ymm(&mut g, 0)[..], &dev.regs[..32], "cpl3={user}");
+        assert_eq!(dev.log, vec![(false, MMIO, 32)], "one 32-byte device read, cpl3={user}");
+    }
+}
+
+#[test]
+fn vmovdqu_stores_to_mmio() {
+    nvmm_testkit::kvm_or_skip!();
+    if !has_avx() {
+        println!("SKIP vmovdqu_stores_to_mmio: no AVX");
+        return;
+    }
+    for user in [false, true] {
+        let mut g = guest(&[0xc5, 0xfe, 0x7f, 0x0e], user); // vmovdqu [rsi],ymm1
+        g.vcpu
+            .update(StateMask::FPU, |s| {
+                s.fpu.fx_xmm[1] = [0x5a; 16];
+            })
+            .unwrap();
+        g.vcpu.xsave_mut().set_ymm_hi(1, [0xa5; 16]).unwrap();
+        let mut dev = Device::default();
+        run(&mut g, &mut dev);
+        assert_eq!(&dev.regs[..16], &[0x5a; 16], "cpl3={user}");
+        assert_eq!(&dev.regs[16..32], &[0xa5; 16], "cpl3={user}");
+        assert_eq!(dev.log, vec![(true, MMIO, 32)], "cpl3={user}");
+    }
+}
+
+#[test]
+fn flds_and_fstpl_use_mmio() {
+    nvmm_testkit::kvm_or_skip!();
+    for user in [false, true] {
+        // flds [rsi] ; fstpl [rsi+8]: load 1.5f from the device, store it back as a double.
+        let mut g = guest(&[0xd9, 0x06, 0xdd, 0x5e, 0x08], user);
+        g.vcpu.get_state(StateMask::FPU).unwrap();
+        let tags_before = g.vcpu.state().fpu.fx_tw;
+        let mut dev = Device::default();
+        dev.regs[..4].copy_from_slice(&1.5f32.to_le_bytes());
+        run(&mut g, &mut dev);
+        assert_eq!(f64::from_le_bytes(dev.regs[8..16].try_into().unwrap()), 1.5, "cpl3={user}");
+        g.vcpu.get_state(StateMask::FPU).unwrap();
+        let fpu = g.vcpu.state().fpu;
+        assert_eq!(((fpu.fx_sw >> 11) & 7, fpu.fx_tw), (0, tags_before), "pushed then popped, cpl3={user}");
+        assert_eq!(dev.log, vec![(false, MMIO, 4), (true, MMIO + 8, 8)], "cpl3={user}");
+    }
+}
+
+#[test]
+fn lock_cmpxchg16b_on_mmio() {
+    nvmm_testkit::kvm_or_skip!();
+    for user in [false, true] {
+        for equal in [true, false] {
+            let mut g = guest(&[0xf0, 0x48, 0x0f, 0xc7, 0x0e], user); // lock cmpxchg16b [rsi]
+            let mut dev = Device::default();
+            dev.regs[..8].copy_from_slice(&0x1111u64.to_le_bytes());
+            dev.regs[8..16].copy_from_slice(&0x2222u64.to_le_bytes());
+            g.vcpu
+                .update(StateMask::GPRS, |s| {
+                    s.gprs[Gpr::Rax] = if equal { 0x1111 } else { 0x9999 };
+                    s.gprs[Gpr::Rdx] = 0x2222;
+                    s.gprs[Gpr::Rbx] = 0x3333;
+                    s.gprs[Gpr::Rcx] = 0x4444;
+                })
+                .unwrap();
+            run(&mut g, &mut dev);
+            g.vcpu.get_state(StateMask::GPRS).unwrap();
+            let s = g.vcpu.state();
+            let zf = s.gprs[Gpr::Rflags] & rflags::ZF != 0;
+            assert_eq!(zf, equal, "cpl3={user}");
+            if equal {
+                assert_eq!(u64::from_le_bytes(dev.regs[..8].try_into().unwrap()), 0x3333);
+                assert_eq!(u64::from_le_bytes(dev.regs[8..16].try_into().unwrap()), 0x4444);
+            } else {
+                assert_eq!((s.gprs[Gpr::Rax], s.gprs[Gpr::Rdx]), (0x1111, 0x2222), "old value loaded");
+                assert_eq!(u64::from_le_bytes(dev.regs[..8].try_into().unwrap()), 0x1111, "unchanged");
+            }
+            // The emulated instruction reads 16 bytes, then writes 16 bytes
+            // (KVM may read the operand itself before it gives up).
+            let n = dev.log.len();
+            assert!(n >= 2, "{:?}", dev.log);
+            assert_eq!(dev.log[n - 2..], [(false, MMIO, 16), (true, MMIO, 16)], "{:?}", dev.log);
+        }
+    }
+}
+
+#[test]
+fn int3_delivers_breakpoint() {
+    nvmm_testkit::kvm_or_skip!();
+    for user in [false, true] {
+        let mut g = guest(&[0xcc], user); // int3
+        let mut dev = Device::default();
+        run(&mut g, &mut dev);
+        let mut marker = [0u8; 1];
+        g.machine.read_gpa(0x2100, &mut marker).unwrap();
+        assert_eq!(marker[0], 3, "the #BP handler ran, cpl3={user}");
+        // The handler's frame holds the return RIP: past the INT3.
+        g.vcpu.get_state(StateMask::GPRS).unwrap();
+        let rsp = g.vcpu.state().gprs[Gpr::Rsp];
+        let mut ret = [0u8; 8];
+        g.machine.read_gpa(rsp, &mut ret).unwrap();
+        assert_eq!(u64::from_le_bytes(ret), CODE + 1, "cpl3={user}");
+    }
+}
+
+#[test]
+fn plain_mmio_exits_go_through_the_callback() {
+    nvmm_testkit::kvm_or_skip!();
+    // mov eax,[rsi] ; mov [rsi+4],eax
+    let mut g = guest(&[0x8b, 0x06, 0x89, 0x46, 0x04], false);
+    let mut dev = Device::default();
+    dev.regs[..4].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+    run(&mut g, &mut dev);
+    assert_eq!(&dev.regs[4..8], &0xdead_beefu32.to_le_bytes());
+    assert_eq!(dev.log, vec![(false, MMIO, 4), (true, MMIO + 4, 4)]);
+    assert_eq!(g.vcpu.assist_mem(|_| {}).unwrap_err().errno(), 22, "no memory exit to assist");
+}
+
+#[test]
+fn string_io_goes_through_the_io_callback() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0xfc, //             cld
+        0xbe, 0x00, 0x30, // mov si,0x3000
+        0xb9, 0x05, 0x00, // mov cx,0x5
+        0xba, 0xe9, 0x00, // mov dx,0xe9
+        0xf3, 0x6e, //       rep outs dx,BYTE PTR ds:[si]
+        0xbf, 0x00, 0x40, // mov di,0x4000
+        0xb9, 0x04, 0x00, // mov cx,0x4
+        0xf3, 0x6c, //       rep ins BYTE PTR es:[di],dx
+        0xf4, //             hlt
+    ]);
+    g.machine.write_gpa(0x3000, b"hello").unwrap();
+    let mut out = Vec::new();
+    let mut next_in = b'A';
+    loop {
+        match g.vcpu.run().unwrap() {
+            Exit::Io(_) => {
+                let r = g
+                    .vcpu
+                    .assist_io(|io| {
+                        assert_eq!(io.port, 0xe9);
+                        if io.is_in {
+                            io.data[0] = next_in;
+                            next_in += 1;
+                        } else {
+                            out.push(io.data[0]);
+                        }
+                    })
+                    .unwrap();
+                assert_eq!(r, AssistOutcome::Completed);
+            }
+            Exit::Halted => break,
+            Exit::None => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(out, b"hello");
+    let mut back = [0u8; 4];
+    g.machine.read_gpa(0x4000, &mut back).unwrap();
+    assert_eq!(&back, b"ABCD");
+    assert_eq!(g.vcpu.assist_io(|_| {}).unwrap_err().errno(), 22, "no I/O exit to assist");
+}

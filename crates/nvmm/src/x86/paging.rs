@@ -158,6 +158,19 @@ impl PageTables {
     }
 }
 
+/// The tables can be walked where they are built (the pages they hold are
+/// the only guest memory they know).
+impl crate::assist::mmu::PhysMemory for PageTables {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = gpa.wrapping_add(i as u64);
+            let Some(p) = self.pages.get(&(a & !0xfff)) else { return false };
+            *b = p[(a & 0xfff) as usize];
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

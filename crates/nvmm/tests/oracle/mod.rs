@@ -1,0 +1,309 @@
+//! The decoder's oracle: iced-x86. Shared by the decoder tests and the
+//! decoder fuzz target (which includes this file by path).
+#![allow(dead_code)]
+
+use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+use nvmm::assist::decode::*;
+use nvmm::x86::state::Seg;
+
+/// A deterministic PRNG.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+}
+
+fn bits(mode: CpuMode) -> u32 {
+    match mode {
+        CpuMode::Bits16 => 16,
+        CpuMode::Bits32 => 32,
+        CpuMode::Bits64 => 64,
+    }
+}
+
+fn iced(bytes: &[u8], mode: CpuMode) -> iced_x86::Instruction {
+    Decoder::with_ip(bits(mode), bytes, 0, DecoderOptions::NONE).decode()
+}
+
+/// Whether iced's instruction is one the emulator claims, with a memory
+/// operand (the assists only see instructions that access memory).
+fn claimed(i: &iced_x86::Instruction) -> bool {
+    use Mnemonic::*;
+    let has_mem = (0..i.op_count()).any(|n| {
+        matches!(
+            i.op_kind(n),
+            OpKind::Memory
+                | OpKind::MemorySegSI
+                | OpKind::MemorySegESI
+                | OpKind::MemorySegRSI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+                | OpKind::MemoryESRDI
+        )
+    });
+    let code = format!("{:?}", i.code()).to_lowercase();
+    let supported = match i.mnemonic() {
+        Mov => {
+            !code.contains("sreg")
+                && !code.contains("cr")
+                && !code.contains("dr")
+                && !code.contains("tr")
+                && i.code() != Code::Mov_r64_imm64
+        }
+        Movzx | Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test | Xchg | Cmpxchg | Cmpxchg8b | Cmpxchg16b
+        | Xadd => true,
+        Movsb | Movsw | Movsq | Cmpsb | Cmpsw | Cmpsq | Stosb | Stosw | Stosd | Stosq | Lodsb | Lodsw
+        | Lodsd | Lodsq => true,
+        // The string forms, not SSE's MOVSD/CMPSD (scalar double).
+        Movsd => code.starts_with("movsd_m"),
+        Cmpsd => code.starts_with("cmpsd_m"),
+        Fld | Fst | Fstp | Fild | Fistp => true,
+        Movups | Movaps | Movdqa | Movdqu | Movntdq | Vmovups | Vmovaps | Vmovdqa | Vmovdqu | Vmovntdq => true,
+        // Not the MMX forms.
+        Movd | Movq | Vmovd | Vmovq => !code.contains("_mm_") && !code.ends_with("_mm"),
+        _ => false,
+    };
+    // Forms of these mnemonics the decoder does not claim: register
+    // immediates of MOV/TEST/ALU on the accumulator (no memory operand
+    // anyway), MOVQ between MMX registers, x87 register forms.
+    supported && has_mem && !code.contains("_k") && !code.contains("zmm") && !code.contains("evex")
+}
+
+fn reg_tuple(r: Register) -> (u8, u8, bool) {
+    let high8 = matches!(r, Register::AH | Register::CH | Register::DH | Register::BH);
+    (r.full_register().number() as u8, r.size() as u8, high8)
+}
+
+fn check_reg(ours: &Reg, theirs: Register, opsize: u8, ctx: &str) {
+    match *ours {
+        Reg::Gpr { num, size, high8 } => assert_eq!((num, size, high8), reg_tuple(theirs), "{ctx}: register"),
+        Reg::Xmm(n) => {
+            let want = if opsize == 32 { theirs.is_ymm() } else { theirs.is_xmm() };
+            assert!(want && theirs.number() as u8 == n, "{ctx}: vector register {n} vs {theirs:?}");
+        }
+        Reg::St0 => assert_eq!(theirs, Register::ST0, "{ctx}"),
+    }
+}
+
+fn check_mem(m: &Mem, i: &iced_x86::Instruction, ctx: &str) {
+    assert_eq!(m.seg, seg_of(i.memory_segment()), "{ctx}: segment");
+    let base = i.memory_base();
+    if m.rip_relative {
+        assert!(matches!(base, Register::RIP | Register::EIP), "{ctx}: rip-relative vs {base:?}");
+        let target = (i.len() as u64).wrapping_add(m.disp as u64) & mask(m.addr_size);
+        assert_eq!(target, i.memory_displacement64() & mask(m.addr_size), "{ctx}: rip-relative target");
+    } else {
+        assert_eq!(m.base, (base != Register::None).then(|| base.full_register().number() as u8), "{ctx}: base");
+        if base != Register::None {
+            assert_eq!(base.size() as u8, m.addr_size, "{ctx}: base register size");
+        }
+        assert_eq!(
+            m.disp as u64 & mask(m.addr_size),
+            i.memory_displacement64() & mask(m.addr_size),
+            "{ctx}: displacement"
+        );
+    }
+    let idx = i.memory_index();
+    assert_eq!(
+        m.index,
+        (idx != Register::None).then(|| (idx.full_register().number() as u8, i.memory_index_scale() as u8)),
+        "{ctx}: index"
+    );
+    assert_eq!(usize::from(m.size), i.memory_size().size(), "{ctx}: memory size {:?}", i.memory_size());
+}
+
+fn seg_of(r: Register) -> Seg {
+    match r {
+        Register::ES => Seg::Es,
+        Register::CS => Seg::Cs,
+        Register::SS => Seg::Ss,
+        Register::DS => Seg::Ds,
+        Register::FS => Seg::Fs,
+        _ => Seg::Gs,
+    }
+}
+
+/// Compares one decoding; returns whether ours accepted.
+pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
+    let theirs = iced(bytes, mode);
+    let ours = decode(bytes, mode);
+    let ctx = format!("{mode:?} {bytes:02x?} ({:?})", theirs.code());
+    let Ok(d) = ours else {
+        assert!(
+            theirs.code() == Code::INVALID || !claimed(&theirs),
+            "{ctx}: iced decodes a claimed instruction we reject: {ours:?}"
+        );
+        return false;
+    };
+    assert_ne!(theirs.code(), Code::INVALID, "{ctx}: we decode {d:?}, iced says invalid");
+    assert_eq!(usize::from(d.len), theirs.len(), "{ctx}: length ({d:?})");
+    assert_eq!(d.lock, theirs.has_lock_prefix(), "{ctx}: lock");
+    let string = matches!(d.op, Op::Movs | Op::Cmps | Op::Stos | Op::Lods);
+    if string {
+        assert_eq!(d.rep == Rep::Rep, theirs.has_rep_prefix() || theirs.has_repe_prefix(), "{ctx}: rep");
+        assert_eq!(d.rep == Rep::Repne, theirs.has_repne_prefix(), "{ctx}: repne");
+    }
+    if d.op == Op::Int3 {
+        assert_eq!(theirs.mnemonic(), Mnemonic::Int3, "{ctx}");
+        return true;
+    }
+    assert!(claimed(&theirs), "{ctx}: we decode {d:?}, iced decodes an instruction we do not claim");
+    assert!(mnemonics(&d).contains(&theirs.mnemonic()), "{ctx}: we decode {:?}, iced {:?}", d.op, theirs.mnemonic());
+    // Operands in iced's order.
+    let ours_ops: Vec<Operand> = match d.op {
+        Op::X87(_) | Op::CmpxchgNb => vec![Operand::Mem(d.mem().unwrap())],
+        Op::Cmps => vec![d.dst, d.src],
+        _ => vec![d.dst, d.src],
+    };
+    let mut n = 0;
+    for op in ours_ops {
+        if n >= theirs.op_count() {
+            assert!(matches!(op, Operand::None), "{ctx}: extra operand {op:?}");
+            continue;
+        }
+        let kind = theirs.op_kind(n);
+        match op {
+            Operand::Reg(r) => {
+                assert_eq!(kind, OpKind::Register, "{ctx}: operand {n}");
+                check_reg(&r, theirs.op_register(n), d.opsize, &ctx);
+            }
+            Operand::Mem(m) => {
+                match kind {
+                    OpKind::Memory => check_mem(&m, &theirs, &ctx),
+                    OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI => {
+                        assert_eq!(m.seg, seg_of(theirs.memory_segment()), "{ctx}: string source segment");
+                        assert_eq!(m.base, Some(6));
+                        assert_eq!(usize::from(m.size), theirs.memory_size().size(), "{ctx}: size");
+                    }
+                    OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI => {
+                        assert_eq!((m.seg, m.base), (Seg::Es, Some(7)), "{ctx}");
+                        assert_eq!(usize::from(m.size), theirs.memory_size().size(), "{ctx}: size");
+                    }
+                    k => panic!("{ctx}: operand {n} is {k:?}, ours is memory"),
+                }
+                let addr_bits = match kind {
+                    OpKind::MemorySegSI | OpKind::MemoryESDI => 2,
+                    OpKind::MemorySegESI | OpKind::MemoryESEDI => 4,
+                    OpKind::MemorySegRSI | OpKind::MemoryESRDI => 8,
+                    _ => m.addr_size,
+                };
+                assert_eq!(m.addr_size, addr_bits, "{ctx}: address size");
+            }
+            Operand::Imm(v) => {
+                let size = d.opsize;
+                assert_eq!(v & mask(size), theirs.immediate(n) & mask(size), "{ctx}: immediate");
+            }
+            Operand::None => continue,
+        }
+        n += 1;
+    }
+    if let Op::Vec(_) = d.op {
+        // The vector register is implied by the check above; nothing else.
+    }
+    true
+}
+
+/// iced's mnemonics for one of our operations.
+fn mnemonics(d: &Instruction) -> Vec<Mnemonic> {
+    use Mnemonic as M;
+    let vex = |legacy: M, v: M| vec![legacy, v];
+    match d.op {
+        Op::Mov => vec![M::Mov],
+        Op::Movzx => vec![M::Movzx],
+        Op::Alu(a) => vec![match a {
+            AluOp::Add => M::Add,
+            AluOp::Or => M::Or,
+            AluOp::Adc => M::Adc,
+            AluOp::Sbb => M::Sbb,
+            AluOp::And => M::And,
+            AluOp::Sub => M::Sub,
+            AluOp::Xor => M::Xor,
+            AluOp::Cmp => M::Cmp,
+        }],
+        Op::Test => vec![M::Test],
+        Op::Xchg => vec![M::Xchg],
+        Op::Movs => vec![[M::Movsb, M::Movsw, M::Movsd, M::Movsq][d.opsize.trailing_zeros() as usize]],
+        Op::Cmps => vec![[M::Cmpsb, M::Cmpsw, M::Cmpsd, M::Cmpsq][d.opsize.trailing_zeros() as usize]],
+        Op::Stos => vec![[M::Stosb, M::Stosw, M::Stosd, M::Stosq][d.opsize.trailing_zeros() as usize]],
+        Op::Lods => vec![[M::Lodsb, M::Lodsw, M::Lodsd, M::Lodsq][d.opsize.trailing_zeros() as usize]],
+        Op::Cmpxchg => vec![M::Cmpxchg],
+        Op::CmpxchgNb => vec![if d.opsize == 16 { M::Cmpxchg16b } else { M::Cmpxchg8b }],
+        Op::Xadd => vec![M::Xadd],
+        Op::Int3 => vec![M::Int3],
+        Op::X87(x) => vec![match x {
+            X87Op::Fld => M::Fld,
+            X87Op::Fst => M::Fst,
+            X87Op::Fstp => M::Fstp,
+            X87Op::Fild => M::Fild,
+            X87Op::Fistp => M::Fistp,
+        }],
+        Op::Vec(v) => match v {
+            VecMove::Movups => vex(M::Movups, M::Vmovups),
+            VecMove::Movaps => vex(M::Movaps, M::Vmovaps),
+            VecMove::Movdqa => vex(M::Movdqa, M::Vmovdqa),
+            VecMove::Movdqu => vex(M::Movdqu, M::Vmovdqu),
+            VecMove::Movntdq => vex(M::Movntdq, M::Vmovntdq),
+            VecMove::Movd => vex(M::Movd, M::Vmovd),
+            VecMove::Movq => vex(M::Movq, M::Vmovq),
+        },
+    }
+}
+
+/// Opcode bytes (after prefixes) of every form the decoder supports.
+pub fn templates() -> Vec<Vec<u8>> {
+    let mut t: Vec<Vec<u8>> = Vec::new();
+    for base in (0..0x40u8).step_by(8) {
+        for k in 0..4 {
+            t.push(vec![base + k]);
+        }
+    }
+    for op in [
+        0x80u8, 0x81, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b, 0xc6, 0xc7, 0xd9, 0xdb, 0xdd, 0xdf, 0xf6,
+        0xf7,
+    ] {
+        t.push(vec![op]);
+    }
+    for op in [0xb0u8, 0xb1, 0xb6, 0xb7, 0xc0, 0xc1, 0xc7] {
+        t.push(vec![0x0f, op]);
+    }
+    for (p, op) in [
+        (None, 0x10u8),
+        (None, 0x11),
+        (None, 0x28),
+        (None, 0x29),
+        (Some(0x66u8), 0x6f),
+        (Some(0x66), 0x7f),
+        (Some(0xf3), 0x6f),
+        (Some(0xf3), 0x7f),
+        (Some(0x66), 0xe7),
+        (Some(0x66), 0x6e),
+        (Some(0x66), 0x7e),
+        (Some(0xf3), 0x7e),
+        (Some(0x66), 0xd6),
+    ] {
+        t.push(p.into_iter().chain([0x0f, op]).collect());
+        // VEX2: R=1, vvvv=1111, L and pp.
+        let pp = match p {
+            None => 0u8,
+            Some(0x66) => 1,
+            _ => 2,
+        };
+        for l in [0u8, 4] {
+            t.push(vec![0xc5, 0xf8 | l | pp, op]);
+            for w in [0u8, 0x80] {
+                t.push(vec![0xc4, 0xe1, 0x78 | w | l | pp, op]);
+            }
+        }
+    }
+    t
+}
+
+pub const PREFIXES: [u8; 11] = [0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65];
+

@@ -49,7 +49,14 @@ fuzz_target!(|data: &[u8]| {
             p[..chunk.len()].copy_from_slice(chunk);
             ram.0.insert(i as u64 * 0x1000, p);
         }
-        let regs = PagingRegs { cr0: 1 << 31 | 1, cr3: word(data, 3) & 0x3000, cr4, efer, phys_bits, gib_pages: data[1] & 1 == 0 };
+        let regs = PagingRegs {
+            cr0: 1 << 31 | 1,
+            cr3: word(data, 3) & 0x3000,
+            cr4,
+            efer,
+            phys_bits,
+            gib_pages: data[1] & 1 == 0,
+        };
         for k in 0..8 {
             let _ = walk(&ram, &regs, word(data, 11 + 8 * k));
         }
@@ -77,7 +84,9 @@ fuzz_target!(|data: &[u8]| {
         let limit = if mode == PagingMode::Bits32 && size == 4096 { 1u64 << 32 } else { 1u64 << 40 };
         let gpa = (word(rec, 9) % limit) & !(size - 1);
         let flags = u64::from(rec[0] >> 4) & (pte::RW | pte::US);
-        if mapped.iter().any(|&(g, s, _)| u128::from(gva) < u128::from(g) + u128::from(s) && u128::from(g) < u128::from(gva) + u128::from(size)) {
+        if mapped.iter().any(|&(g, s, _)| {
+            u128::from(gva) < u128::from(g) + u128::from(s) && u128::from(g) < u128::from(gva) + u128::from(size)
+        }) {
             continue;
         }
         if t.map(gva, gpa, size, flags).is_ok() {

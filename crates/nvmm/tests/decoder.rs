@@ -76,4 +76,3 @@ fn random_bytes_are_never_misdecoded() {
         }
     }
 }
-

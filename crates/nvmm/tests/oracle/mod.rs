@@ -59,8 +59,8 @@ fn claimed(i: &iced_x86::Instruction) -> bool {
         }
         Movzx | Add | Or | Adc | Sbb | And | Sub | Xor | Cmp | Test | Xchg | Cmpxchg | Cmpxchg8b | Cmpxchg16b
         | Xadd => true,
-        Movsb | Movsw | Movsq | Cmpsb | Cmpsw | Cmpsq | Stosb | Stosw | Stosd | Stosq | Lodsb | Lodsw
-        | Lodsd | Lodsq => true,
+        Movsb | Movsw | Movsq | Cmpsb | Cmpsw | Cmpsq | Stosb | Stosw | Stosd | Stosq | Lodsb | Lodsw | Lodsd
+        | Lodsq => true,
         // The string forms, not SSE's MOVSD/CMPSD (scalar double).
         Movsd => code.starts_with("movsd_m"),
         Cmpsd => code.starts_with("cmpsd_m"),
@@ -306,4 +306,3 @@ pub fn templates() -> Vec<Vec<u8>> {
 }
 
 pub const PREFIXES: [u8; 11] = [0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65];
-

@@ -289,3 +289,80 @@ fn string_io_goes_through_the_io_callback() {
     assert_eq!(&back, b"ABCD");
     assert_eq!(g.vcpu.assist_io(|_| {}).unwrap_err().errno(), 22, "no I/O exit to assist");
 }
+
+/// Runs an I/O guest to HLT with `assist_io`: OUT bytes are collected, IN
+/// returns 'a', 'b', 'c'... Also checks `io_instruction` on every exit.
+fn io_guest(g: &mut Guest) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut next_in = b'a';
+    for _ in 0..200 {
+        match g.vcpu.run().unwrap() {
+            Exit::Io(_) => {
+                let (insn, _) = g.vcpu.io_instruction().unwrap();
+                assert!(insn.string && insn.rep, "{insn:?}");
+                g.vcpu
+                    .assist_io(|io| {
+                        if io.is_in {
+                            for b in io.data.iter_mut() {
+                                *b = next_in;
+                                next_in += 1;
+                            }
+                        } else {
+                            out.extend_from_slice(io.data);
+                        }
+                    })
+                    .unwrap();
+            }
+            Exit::Halted => return out,
+            Exit::None => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    panic!("did not halt");
+}
+
+#[test]
+fn string_io_backwards_with_64_bit_addresses_and_a_segment_override() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = long_mode(&[
+        0xfd, //                                     std
+        0x48, 0xc7, 0xc6, 0x04, 0x30, 0x00, 0x00, // mov rsi,0x3004
+        0x48, 0xc7, 0xc1, 0x03, 0x00, 0x00, 0x00, // mov rcx,0x3
+        0x66, 0xba, 0xe9, 0x00, //                   mov dx,0xe9
+        0x66, 0xf3, 0x6f, //                         rep outs dx,WORD PTR ds:[rsi]
+        0xfc, //                                     cld
+        0x48, 0xc7, 0xc7, 0x00, 0x40, 0x00, 0x00, // mov rdi,0x4000
+        0x48, 0xc7, 0xc1, 0x03, 0x00, 0x00, 0x00, // mov rcx,0x3
+        0x66, 0xf3, 0x6d, //                         rep ins WORD PTR es:[rdi],dx
+        0xb9, 0x02, 0x00, 0x00, 0x00, //             mov ecx,0x2
+        0xbe, 0x10, 0x00, 0x00, 0x00, //             mov esi,0x10
+        0x64, 0xf3, 0x6e, //                         rep outs dx,BYTE PTR fs:[rsi]
+        0xf4, //                                     hlt
+    ]);
+    g.machine.write_gpa(0x3000, b"AABBCC").unwrap();
+    g.machine.write_gpa(0x5010, b"fs").unwrap();
+    g.vcpu.update(StateMask::SEGS, |s| s.segs[Seg::Fs].base = 0x5000).unwrap();
+    let out = io_guest(&mut g);
+    // Backwards from 0x3004: CC, BB, AA; then the FS-relative bytes.
+    assert_eq!(out, b"CCBBAAfs");
+    let mut back = [0u8; 6];
+    g.machine.read_gpa(0x4000, &mut back).unwrap();
+    assert_eq!(&back, b"abcdef");
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    assert_eq!(g.vcpu.state().gprs[Gpr::Rsi], 0x12);
+}
+
+#[test]
+fn string_io_with_32_bit_addresses_and_a_segment_override() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = protected_mode(&[
+        0xbe, 0x10, 0x00, 0x00, 0x00, // mov esi,0x10
+        0xb9, 0x03, 0x00, 0x00, 0x00, // mov ecx,0x3
+        0x66, 0xba, 0xe9, 0x00, //       mov dx,0xe9
+        0x64, 0xf3, 0x6e, //             rep outs dx,BYTE PTR fs:[esi]
+        0xf4, //                         hlt
+    ]);
+    g.machine.write_gpa(0x6010, b"xyz").unwrap();
+    g.vcpu.update(StateMask::SEGS, |s| s.segs[Seg::Fs].base = 0x6000).unwrap();
+    assert_eq!(io_guest(&mut g), b"xyz");
+}

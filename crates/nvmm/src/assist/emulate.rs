@@ -325,20 +325,20 @@ fn run(
     let size = insn.opsize;
     match insn.op {
         Op::Mov => {
-            let v = c.read(mem, &insn.src, size)?;
-            c.write(mem, &insn.dst, size, v)?;
+            let v = c.read(mem, &insn.src(), size)?;
+            c.write(mem, &insn.dst(), size, v)?;
         }
         Op::Movzx => {
-            let src_size = match insn.src {
+            let src_size = match insn.src() {
                 Operand::Mem(m) => m.size,
                 _ => 1,
             };
-            let v = c.read(mem, &insn.src, src_size)?;
-            c.write(mem, &insn.dst, size, v)?;
+            let v = c.read(mem, &insn.src(), src_size)?;
+            c.write(mem, &insn.dst(), size, v)?;
         }
         Op::Alu(op) => {
-            let a = c.read(mem, &insn.dst, size)?;
-            let b = c.read(mem, &insn.src, size)?;
+            let a = c.read(mem, &insn.dst(), size)?;
+            let b = c.read(mem, &insn.src(), size)?;
             let carry = c.flag(rflags::CF);
             let (r, f) = match op {
                 AluOp::Add => flags::add(a, b, false, size),
@@ -350,40 +350,40 @@ fn run(
                 AluOp::Xor => (a ^ b, flags::logic(a ^ b, size)),
             };
             if op != AluOp::Cmp {
-                c.write(mem, &insn.dst, size, r)?;
+                c.write(mem, &insn.dst(), size, r)?;
             }
             c.set_flags(f);
         }
         Op::Test => {
-            let a = c.read(mem, &insn.dst, size)?;
-            let b = c.read(mem, &insn.src, size)?;
+            let a = c.read(mem, &insn.dst(), size)?;
+            let b = c.read(mem, &insn.src(), size)?;
             c.set_flags(flags::logic(a & b, size));
         }
         Op::Xchg => {
-            let a = c.read(mem, &insn.dst, size)?;
-            let b = c.read(mem, &insn.src, size)?;
-            c.write(mem, &insn.dst, size, b)?;
-            c.write(mem, &insn.src, size, a)?;
+            let a = c.read(mem, &insn.dst(), size)?;
+            let b = c.read(mem, &insn.src(), size)?;
+            c.write(mem, &insn.dst(), size, b)?;
+            c.write(mem, &insn.src(), size, a)?;
         }
         Op::Xadd => {
-            let a = c.read(mem, &insn.dst, size)?;
-            let b = c.read(mem, &insn.src, size)?;
+            let a = c.read(mem, &insn.dst(), size)?;
+            let b = c.read(mem, &insn.src(), size)?;
             let (r, f) = flags::add(a, b, false, size);
-            c.write(mem, &insn.dst, size, r)?;
-            c.write(mem, &insn.src, size, a)?;
+            c.write(mem, &insn.dst(), size, r)?;
+            c.write(mem, &insn.src(), size, a)?;
             c.set_flags(f);
         }
         Op::Cmpxchg => {
             let acc = Reg::Gpr { num: 0, size, high8: false };
-            let d = c.read(mem, &insn.dst, size)?;
+            let d = c.read(mem, &insn.dst(), size)?;
             let a = c.read_reg(acc);
             let (_, f) = flags::sub(a, d, false, size);
             if a == d {
-                let s = c.read(mem, &insn.src, size)?;
-                c.write(mem, &insn.dst, size, s)?;
+                let s = c.read(mem, &insn.src(), size)?;
+                c.write(mem, &insn.dst(), size, s)?;
             } else {
                 // The CPU writes the destination back unchanged.
-                c.write(mem, &insn.dst, size, d)?;
+                c.write(mem, &insn.dst(), size, d)?;
                 c.write_reg(acc, d);
             }
             c.set_flags(f);
@@ -408,7 +408,7 @@ fn run(
 }
 
 fn cmpxchg_nb(c: &mut Ctx<'_>, insn: &Instruction, mem: &mut dyn EmuMemory) -> Result<(), EmuError> {
-    let Operand::Mem(m) = insn.dst else { return Err(EmuError::Unsupported("CMPXCHG8B without memory")) };
+    let Operand::Mem(m) = insn.dst() else { return Err(EmuError::Unsupported("CMPXCHG8B without memory")) };
     let half = usize::from(insn.opsize / 2);
     let lin = c.mem_linear(&m, u64::from(insn.opsize), true)?;
     if insn.opsize == 16 && lin % 16 != 0 {
@@ -461,24 +461,24 @@ fn string(c: &mut Ctx<'_>, insn: &Instruction, mem: &mut dyn EmuMemory) -> Resul
         }
         match insn.op {
             Op::Movs => {
-                let v = c.read(mem, &insn.src, size)?;
-                c.write(mem, &insn.dst, size, v)?;
+                let v = c.read(mem, &insn.src(), size)?;
+                c.write(mem, &insn.dst(), size, v)?;
                 advance(c, 6);
                 advance(c, 7);
             }
             Op::Stos => {
                 let v = c.read_reg(acc);
-                c.write(mem, &insn.dst, size, v)?;
+                c.write(mem, &insn.dst(), size, v)?;
                 advance(c, 7);
             }
             Op::Lods => {
-                let v = c.read(mem, &insn.src, size)?;
+                let v = c.read(mem, &insn.src(), size)?;
                 c.write_reg(acc, v);
                 advance(c, 6);
             }
             _ => {
-                let a = c.read(mem, &insn.dst, size)?;
-                let b = c.read(mem, &insn.src, size)?;
+                let a = c.read(mem, &insn.dst(), size)?;
+                let b = c.read(mem, &insn.src(), size)?;
                 c.set_flags(flags::sub(a, b, false, size).1);
                 advance(c, 6);
                 advance(c, 7);
@@ -506,7 +506,7 @@ fn x87_op(
     fx: &mut crate::x86::state::Fxsave,
     mem: &mut dyn EmuMemory,
 ) -> Result<(), EmuError> {
-    let m = insn.mem().ok_or(EmuError::Unsupported("x87 form without memory"))?;
+    let m = insn.memory().ok_or(EmuError::Unsupported("x87 form without memory"))?;
     // CR0.EM or CR0.TS: #NM.
     if c.st.crs[Cr::Cr0] & 0xc != 0 {
         return Err(EmuError::Exception { vector: 7, error_code: None, cr2: None });
@@ -540,7 +540,7 @@ fn vec_move(
     mem: &mut dyn EmuMemory,
 ) -> Result<(), EmuError> {
     let size = usize::from(insn.opsize);
-    let (reg, m, load) = match (insn.dst, insn.src) {
+    let (reg, m, load) = match (insn.dst(), insn.src()) {
         (Operand::Reg(Reg::Xmm(r)), Operand::Mem(m)) => (r, m, true),
         (Operand::Mem(m), Operand::Reg(Reg::Xmm(r))) => (r, m, false),
         _ => return Err(EmuError::Unsupported("vector move without memory")),

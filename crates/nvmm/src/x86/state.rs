@@ -118,7 +118,7 @@ macro_rules! indexed_array {
 
 /// Segment register indexes (`NVMM_X64_SEG_*`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-#[repr(usize)]
+#[repr(u8)]
 #[allow(missing_docs)]
 pub enum Seg {
     Es = 0,

@@ -144,6 +144,11 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
     };
     assert_ne!(theirs.code(), Code::INVALID, "{ctx}: we decode {d:?}, iced says invalid");
     assert_eq!(usize::from(d.len), theirs.len(), "{ctx}: length ({d:?})");
+    // Every strict prefix of the instruction is truncated, whatever it
+    // holds.
+    for k in 0..usize::from(d.len) {
+        assert_eq!(decode(&bytes[..k], mode), Err(DecodeError::Truncated), "{ctx}: first {k} bytes");
+    }
     assert_eq!(d.lock, theirs.has_lock_prefix(), "{ctx}: lock");
     let string = matches!(d.op, Op::Movs | Op::Cmps | Op::Stos | Op::Lods);
     if string {
@@ -158,9 +163,9 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
     assert!(mnemonics(&d).contains(&theirs.mnemonic()), "{ctx}: we decode {:?}, iced {:?}", d.op, theirs.mnemonic());
     // Operands in iced's order.
     let ours_ops: Vec<Operand> = match d.op {
-        Op::X87(_) | Op::CmpxchgNb => vec![Operand::Mem(d.mem().unwrap())],
-        Op::Cmps => vec![d.dst, d.src],
-        _ => vec![d.dst, d.src],
+        Op::X87(_) | Op::CmpxchgNb => vec![Operand::Mem(d.memory().unwrap())],
+        Op::Cmps => vec![d.dst(), d.src()],
+        _ => vec![d.dst(), d.src()],
     };
     let mut n = 0;
     for op in ours_ops {

@@ -85,14 +85,14 @@ fuzz_target!(|data: &[u8]| {
     let mut cpu = Cpu { st, xs: Xsave::default() };
     let mut mem = Mem { bytes: memory, accesses: 0 };
     if execute(&d, &mut cpu, &mut mem).is_ok() {
-        let string = matches!(d.op, Op::Movs | Op::Cmps | Op::Stos | Op::Lods) && d.rep != Rep::None;
+        let string = matches!(d.op(), Op::Movs | Op::Cmps | Op::Stos | Op::Lods) && d.rep() != Rep::None;
         if !string {
             let mask = match mode {
                 nvmm::assist::decode::CpuMode::Bits16 => 0xffff,
                 nvmm::assist::decode::CpuMode::Bits32 => 0xffff_ffff,
                 nvmm::assist::decode::CpuMode::Bits64 => u64::MAX,
             };
-            assert_eq!(cpu.st.gprs[Gpr::Rip], rip.wrapping_add(u64::from(d.len)) & mask);
+            assert_eq!(cpu.st.gprs[Gpr::Rip], rip.wrapping_add(u64::from(d.len())) & mask);
         }
         assert!(mem.accesses <= 2 * nvmm::assist::emulate::REP_BATCH as usize + 4);
     }

@@ -182,99 +182,6 @@ pub enum Rep {
     Repne,
 }
 
-/// Where an instruction's operands are: which of [`Instruction::mem`],
-/// [`Instruction::reg`] and [`Instruction::imm`] are its destination and
-/// source.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-pub enum Shape {
-    /// Destination memory, source register.
-    MemReg,
-    /// Destination register, source memory.
-    RegMem,
-    /// Destination memory, source immediate.
-    MemImm,
-    /// Memory only (CMPXCHG8B/16B).
-    Mem,
-    /// Destination ES:rDI, source memory (MOVS).
-    DiMem,
-    /// Destination memory, source ES:rDI (CMPS).
-    MemDi,
-    /// No operands (INT3).
-    None,
-}
-
-/// A decoded instruction.
-///
-/// It is flat: one memory operand, one register and one immediate, with
-/// [`Shape`] saying which are the destination and the source
-/// ([`Instruction::dst`], [`Instruction::src`]). Fields the shape does not
-/// use hold zeros.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-pub struct Instruction {
-    /// Length in bytes.
-    pub len: u8,
-    /// The operation.
-    pub op: Op,
-    /// Operand size in bytes: 1, 2, 4, 8; 16 or 32 for vector moves, the
-    /// memory size for x87 forms, 8 or 16 for CMPXCHG8B/16B.
-    pub opsize: u8,
-    /// Address size in bytes.
-    pub addr_size: u8,
-    /// REP/REPNE prefix, for string instructions.
-    pub rep: Rep,
-    /// LOCK prefix.
-    pub lock: bool,
-    /// Segment override prefix.
-    pub seg_override: Option<Seg>,
-    /// VEX-encoded (AVX) rather than legacy SSE.
-    pub vex: bool,
-    /// Where the operands are.
-    pub shape: Shape,
-    /// The memory operand (for MOVS and CMPS the DS:rSI one; the other is
-    /// [`Instruction::di`]).
-    pub mem: Mem,
-    /// The register operand.
-    pub reg: Reg,
-    /// The immediate, sign- or zero-extended to the operand size as the
-    /// instruction defines.
-    pub imm: u64,
-}
-
-impl Instruction {
-    /// The ES:rDI operand of MOVS and CMPS.
-    pub fn di(&self) -> Mem {
-        Mem { seg: Seg::Es, base: Some(7), index: None, disp: 0, rip_relative: false, ..self.mem }
-    }
-
-    /// The destination (or first) operand.
-    #[inline]
-    pub fn dst(&self) -> Operand {
-        match self.shape {
-            Shape::MemReg | Shape::MemImm | Shape::Mem | Shape::MemDi => Operand::Mem(self.mem),
-            Shape::RegMem => Operand::Reg(self.reg),
-            Shape::DiMem => Operand::Mem(self.di()),
-            Shape::None => Operand::None,
-        }
-    }
-
-    /// The source (or second) operand.
-    #[inline]
-    pub fn src(&self) -> Operand {
-        match self.shape {
-            Shape::MemReg => Operand::Reg(self.reg),
-            Shape::RegMem | Shape::DiMem => Operand::Mem(self.mem),
-            Shape::MemImm => Operand::Imm(self.imm),
-            Shape::MemDi => Operand::Mem(self.di()),
-            Shape::Mem | Shape::None => Operand::None,
-        }
-    }
-
-    /// The memory operand, if any (for MOVS and CMPS the DS:rSI one).
-    pub fn memory(&self) -> Option<Mem> {
-        (self.shape != Shape::None).then_some(self.mem)
-    }
-}
-
 /// Why bytes were not decoded.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum DecodeError {
@@ -326,19 +233,14 @@ pub fn mask(size: u8) -> u64 {
 /// an instruction the emulator does not execute, [`DecodeError::Invalid`]
 /// for an encoding the CPU rejects.
 pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
-    let mut f = fsm::Fsm::new(bytes, mode);
-    // Running out of bytes decides over anything seen on the way.
-    if let Err(e) = f.run() {
-        return Err(f.overrun().unwrap_or(e));
-    }
-    if let Some(e) = f.overrun() {
-        return Err(e);
-    }
-    f.finish()
+    fsm::decode(bytes, mode)
 }
 
 mod fsm;
+mod instruction;
 mod tables;
+
+pub use instruction::{Instruction, Shape};
 
 #[cfg(test)]
 mod tests;

@@ -280,7 +280,7 @@ impl Ctx<'_> {
 /// instruction, or still at it when a REP instruction has iterations left.
 pub fn execute(insn: &Instruction, cpu: &mut dyn EmuCpu, mem: &mut dyn EmuMemory) -> Result<(), EmuError> {
     let mut want = StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS;
-    let uses_fpu = matches!(insn.op, Op::X87(_) | Op::Vec(_));
+    let uses_fpu = matches!(insn.op(), Op::X87(_) | Op::Vec(_));
     if uses_fpu {
         want |= StateMask::FPU;
     }
@@ -292,7 +292,7 @@ pub fn execute(insn: &Instruction, cpu: &mut dyn EmuCpu, mem: &mut dyn EmuMemory
         CpuMode::Bits64 => u64::MAX,
     };
     let rip = st.gprs[Gpr::Rip];
-    let next_rip = rip.wrapping_add(u64::from(insn.len)) & mask_ip;
+    let next_rip = rip.wrapping_add(u64::from(insn.len())) & mask_ip;
     let cpl = st.segs[Seg::Ss].attrib.dpl();
     let mut fpu_state: Option<(crate::x86::state::Fxsave, Xsave)> = None;
     if uses_fpu {
@@ -322,8 +322,8 @@ fn run(
     mem: &mut dyn EmuMemory,
     fpu: Option<&mut (crate::x86::state::Fxsave, Xsave)>,
 ) -> Result<bool, EmuError> {
-    let size = insn.opsize;
-    match insn.op {
+    let size = insn.opsize();
+    match insn.op() {
         Op::Mov => {
             let v = c.read(mem, &insn.src(), size)?;
             c.write(mem, &insn.dst(), size, v)?;
@@ -409,9 +409,9 @@ fn run(
 
 fn cmpxchg_nb(c: &mut Ctx<'_>, insn: &Instruction, mem: &mut dyn EmuMemory) -> Result<(), EmuError> {
     let Operand::Mem(m) = insn.dst() else { return Err(EmuError::Unsupported("CMPXCHG8B without memory")) };
-    let half = usize::from(insn.opsize / 2);
-    let lin = c.mem_linear(&m, u64::from(insn.opsize), true)?;
-    if insn.opsize == 16 && lin % 16 != 0 {
+    let half = usize::from(insn.opsize() / 2);
+    let lin = c.mem_linear(&m, u64::from(insn.opsize()), true)?;
+    if insn.opsize() == 16 && lin % 16 != 0 {
         return Err(gp0());
     }
     let mut cur = [0u8; 16];
@@ -446,10 +446,10 @@ fn pad8(b: &[u8]) -> [u8; 8] {
 /// MOVS, CMPS, STOS, LODS with or without REP. Returns whether the
 /// instruction completed.
 fn string(c: &mut Ctx<'_>, insn: &Instruction, mem: &mut dyn EmuMemory) -> Result<bool, EmuError> {
-    let size = insn.opsize;
-    let am = mask(insn.addr_size);
+    let size = insn.opsize();
+    let am = mask(insn.addr_size());
     let step = if c.flag(rflags::DF) { (size as u64).wrapping_neg() } else { u64::from(size) };
-    let rep = insn.rep != Rep::None;
+    let rep = insn.rep() != Rep::None;
     let acc = Reg::Gpr { num: 0, size, high8: false };
     let advance = |c: &mut Ctx<'_>, n: u8| {
         let v = c.gpr(n);
@@ -459,7 +459,7 @@ fn string(c: &mut Ctx<'_>, insn: &Instruction, mem: &mut dyn EmuMemory) -> Resul
         if rep && c.gpr(1) & am == 0 {
             return Ok(true);
         }
-        match insn.op {
+        match insn.op() {
             Op::Movs => {
                 let v = c.read(mem, &insn.src(), size)?;
                 c.write(mem, &insn.dst(), size, v)?;
@@ -489,9 +489,9 @@ fn string(c: &mut Ctx<'_>, insn: &Instruction, mem: &mut dyn EmuMemory) -> Resul
         }
         let rcx = c.gpr(1);
         c.st.gprs.0[1] = (rcx & !am) | (rcx.wrapping_sub(1) & am);
-        if insn.op == Op::Cmps {
+        if insn.op() == Op::Cmps {
             let zf = c.flag(rflags::ZF);
-            if (insn.rep == Rep::Rep && !zf) || (insn.rep == Rep::Repne && zf) {
+            if (insn.rep() == Rep::Rep && !zf) || (insn.rep() == Rep::Repne && zf) {
                 return Ok(true);
             }
         }
@@ -539,13 +539,13 @@ fn vec_move(
     xs: &mut Xsave,
     mem: &mut dyn EmuMemory,
 ) -> Result<(), EmuError> {
-    let size = usize::from(insn.opsize);
+    let size = usize::from(insn.opsize());
     let (reg, m, load) = match (insn.dst(), insn.src()) {
         (Operand::Reg(Reg::Xmm(r)), Operand::Mem(m)) => (r, m, true),
         (Operand::Mem(m), Operand::Reg(Reg::Xmm(r))) => (r, m, false),
         _ => return Err(EmuError::Unsupported("vector move without memory")),
     };
-    let vex = insn.vex;
+    let vex = insn.vex();
     // #UD without the right enables: CR0.EM, CR4.OSFXSR, and for AVX
     // CR4.OSXSAVE with XCR0 SSE|AVX; #NM with CR0.TS.
     let cr0 = c.st.crs[Cr::Cr0];

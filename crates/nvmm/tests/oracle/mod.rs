@@ -143,26 +143,26 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
         return false;
     };
     assert_ne!(theirs.code(), Code::INVALID, "{ctx}: we decode {d:?}, iced says invalid");
-    assert_eq!(usize::from(d.len), theirs.len(), "{ctx}: length ({d:?})");
+    assert_eq!(usize::from(d.len()), theirs.len(), "{ctx}: length ({d:?})");
     // Every strict prefix of the instruction is truncated, whatever it
     // holds.
-    for k in 0..usize::from(d.len) {
+    for k in 0..usize::from(d.len()) {
         assert_eq!(decode(&bytes[..k], mode), Err(DecodeError::Truncated), "{ctx}: first {k} bytes");
     }
-    assert_eq!(d.lock, theirs.has_lock_prefix(), "{ctx}: lock");
-    let string = matches!(d.op, Op::Movs | Op::Cmps | Op::Stos | Op::Lods);
+    assert_eq!(d.lock(), theirs.has_lock_prefix(), "{ctx}: lock");
+    let string = matches!(d.op(), Op::Movs | Op::Cmps | Op::Stos | Op::Lods);
     if string {
-        assert_eq!(d.rep == Rep::Rep, theirs.has_rep_prefix() || theirs.has_repe_prefix(), "{ctx}: rep");
-        assert_eq!(d.rep == Rep::Repne, theirs.has_repne_prefix(), "{ctx}: repne");
+        assert_eq!(d.rep() == Rep::Rep, theirs.has_rep_prefix() || theirs.has_repe_prefix(), "{ctx}: rep");
+        assert_eq!(d.rep() == Rep::Repne, theirs.has_repne_prefix(), "{ctx}: repne");
     }
-    if d.op == Op::Int3 {
+    if d.op() == Op::Int3 {
         assert_eq!(theirs.mnemonic(), Mnemonic::Int3, "{ctx}");
         return true;
     }
     assert!(claimed(&theirs), "{ctx}: we decode {d:?}, iced decodes an instruction we do not claim");
-    assert!(mnemonics(&d).contains(&theirs.mnemonic()), "{ctx}: we decode {:?}, iced {:?}", d.op, theirs.mnemonic());
+    assert!(mnemonics(&d).contains(&theirs.mnemonic()), "{ctx}: we decode {:?}, iced {:?}", d.op(), theirs.mnemonic());
     // Operands in iced's order.
-    let ours_ops: Vec<Operand> = match d.op {
+    let ours_ops: Vec<Operand> = match d.op() {
         Op::X87(_) | Op::CmpxchgNb => vec![Operand::Mem(d.memory().unwrap())],
         Op::Cmps => vec![d.dst(), d.src()],
         _ => vec![d.dst(), d.src()],
@@ -177,7 +177,7 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
         match op {
             Operand::Reg(r) => {
                 assert_eq!(kind, OpKind::Register, "{ctx}: operand {n}");
-                check_reg(&r, theirs.op_register(n), d.opsize, &ctx);
+                check_reg(&r, theirs.op_register(n), d.opsize(), &ctx);
             }
             Operand::Mem(m) => {
                 match kind {
@@ -202,14 +202,14 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
                 assert_eq!(m.addr_size, addr_bits, "{ctx}: address size");
             }
             Operand::Imm(v) => {
-                let size = d.opsize;
+                let size = d.opsize();
                 assert_eq!(v & mask(size), theirs.immediate(n) & mask(size), "{ctx}: immediate");
             }
             Operand::None => continue,
         }
         n += 1;
     }
-    if let Op::Vec(_) = d.op {
+    if let Op::Vec(_) = d.op() {
         // The vector register is implied by the check above; nothing else.
     }
     true
@@ -219,7 +219,7 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
 fn mnemonics(d: &Instruction) -> Vec<Mnemonic> {
     use Mnemonic as M;
     let vex = |legacy: M, v: M| vec![legacy, v];
-    match d.op {
+    match d.op() {
         Op::Mov => vec![M::Mov],
         Op::Movzx => vec![M::Movzx],
         Op::Alu(a) => vec![match a {
@@ -234,12 +234,12 @@ fn mnemonics(d: &Instruction) -> Vec<Mnemonic> {
         }],
         Op::Test => vec![M::Test],
         Op::Xchg => vec![M::Xchg],
-        Op::Movs => vec![[M::Movsb, M::Movsw, M::Movsd, M::Movsq][d.opsize.trailing_zeros() as usize]],
-        Op::Cmps => vec![[M::Cmpsb, M::Cmpsw, M::Cmpsd, M::Cmpsq][d.opsize.trailing_zeros() as usize]],
-        Op::Stos => vec![[M::Stosb, M::Stosw, M::Stosd, M::Stosq][d.opsize.trailing_zeros() as usize]],
-        Op::Lods => vec![[M::Lodsb, M::Lodsw, M::Lodsd, M::Lodsq][d.opsize.trailing_zeros() as usize]],
+        Op::Movs => vec![[M::Movsb, M::Movsw, M::Movsd, M::Movsq][d.opsize().trailing_zeros() as usize]],
+        Op::Cmps => vec![[M::Cmpsb, M::Cmpsw, M::Cmpsd, M::Cmpsq][d.opsize().trailing_zeros() as usize]],
+        Op::Stos => vec![[M::Stosb, M::Stosw, M::Stosd, M::Stosq][d.opsize().trailing_zeros() as usize]],
+        Op::Lods => vec![[M::Lodsb, M::Lodsw, M::Lodsd, M::Lodsq][d.opsize().trailing_zeros() as usize]],
         Op::Cmpxchg => vec![M::Cmpxchg],
-        Op::CmpxchgNb => vec![if d.opsize == 16 { M::Cmpxchg16b } else { M::Cmpxchg8b }],
+        Op::CmpxchgNb => vec![if d.opsize() == 16 { M::Cmpxchg16b } else { M::Cmpxchg8b }],
         Op::Xadd => vec![M::Xadd],
         Op::Int3 => vec![M::Int3],
         Op::X87(x) => vec![match x {

@@ -11,23 +11,12 @@
 //! not have decides the error exactly as checking every read would.
 #![forbid(unsafe_code)]
 
+use super::instruction::{Instruction, Shape, field, op_number};
 use super::tables::{
-    ADDR16, Entry, Form, Group, Imm, LEAD, Lead, Mandatory, OPCODES, VecForm, group_op, vec_move, x87_op, x87_size,
+    ADDR16, Entry, Form, LEAD, Lead, Mandatory, ONE_BYTE, TWO_BYTE, VecForm, group_op, vec_move, x87_op, x87_size,
 };
-use super::{CpuMode, DecodeError, Instruction, MAX_LEN, Mem, Op, Reg, Rep, Shape, VecMove, X87Op, mask};
+use super::{AluOp, CpuMode, DecodeError, MAX_LEN, Op, Rep, VecMove, X87Op, mask};
 use crate::x86::state::Seg;
-
-/// States of the decoder.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Node {
-    Vex,
-    Opcode,
-    ModRm,
-    Sib,
-    Disp,
-    Immediate,
-    Done,
-}
 
 /// REX bits.
 const REX_W: u8 = 8;
@@ -42,10 +31,7 @@ const DISP16_BY_MOD: [u8; 4] = [0, 1, 2, 0];
 
 /// The entry of SSE and AVX moves (the operation comes from the
 /// mandatory prefix or VEX.pp).
-static VEC_ENTRY: Entry = match OPCODES[1][0x10] {
-    Some(e) => e,
-    None => panic!("0F 10 is an SSE move"),
-};
+static VEC_ENTRY: Entry = TWO_BYTE[0x10];
 
 /// The first 16 bytes of the instruction as one little-endian number,
 /// zero past the bytes given, and how many of them are the caller's (at
@@ -108,7 +94,7 @@ impl Prefixes {
     }
 }
 
-pub(super) struct Fsm {
+pub(super) struct Fsm<const P: bool> {
     /// The bytes from `pos` on (see [`window`]).
     w: u128,
     /// How many bytes the caller gave (at most [`MAX_LEN`]).
@@ -117,58 +103,129 @@ pub(super) struct Fsm {
     pos: usize,
     mode: CpuMode,
     p: Prefixes,
-    /// Address size in bytes, once the prefixes are known.
+    /// Address size, as log2 of the bytes minus 1, once the prefixes are
+    /// known.
     addr_size: u8,
+    /// Operand size of general-purpose operands (not byte ones), once the
+    /// prefixes are known.
+    osize: u8,
+    /// The fields of [`Instruction::bits`] the prefixes decide (LOCK, VEX,
+    /// segment override, address size).
+    fixed: u64,
+    /// Segment of memory operands: the override, else DS.
+    seg_ds: Seg,
+    /// Segment of BP/SP-based memory operands: the override, else SS.
+    seg_ss: Seg,
     /// VEX-encoded, with VEX.L.
     vex_l: Option<bool>,
     opcode: u8,
     entry: &'static Entry,
-    op: Op,
+    /// The operation's number.
+    op: u8,
     vec: Option<VecForm>,
     modrm: u8,
-    base: Option<u8>,
-    index: Option<(u8, u8)>,
-    disp_size: u8,
-    disp: i64,
-    rip_relative: bool,
+    /// The base, index, scale and RIP fields of the memory operand.
+    mem: u64,
     /// The default segment is SS (BP or SP base).
     ss_default: bool,
+    disp_size: u8,
+    disp: i64,
     imm: u64,
 }
 
-impl Fsm {
+/// Decodes the instruction at the start of `bytes` in `mode`. The
+/// machine comes in two builds: one for instructions with prefixes, and
+/// one for the many without, where everything the prefixes decide is a
+/// constant of the mode.
+#[inline(always)]
+pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
+    let (w, avail) = window(bytes);
+    if LEAD[usize::from(w as u8)].is_opcode() {
+        Fsm::<false>::new(w, avail, mode).decode()
+    } else {
+        Fsm::<true>::new(w, avail, mode).decode()
+    }
+}
+
+/// What the mode alone decides: address size (log2 of the bytes, minus
+/// 1) and operand size.
+const MODE_DEFAULTS: [(u8, u8); 3] = [(0, 2), (1, 4), (2, 4)];
+
+impl Prefixes {
+    const NONE: Prefixes =
+        Prefixes { opsize: false, addrsize: false, lock: false, rep: Rep::None, seg: None, rex: 0, rex_present: false };
+}
+
+impl<const P: bool> Fsm<P> {
     #[inline(always)]
-    pub(super) fn new(bytes: &[u8], mode: CpuMode) -> Fsm {
-        let (w, avail) = window(bytes);
+    fn new(w: u128, avail: usize, mode: CpuMode) -> Fsm<P> {
         Fsm {
             w,
             avail,
             pos: 0,
             mode,
-            p: Prefixes {
-                opsize: false,
-                addrsize: false,
-                lock: false,
-                rep: Rep::None,
-                seg: None,
-                rex: 0,
-                rex_present: false,
-            },
+            p: Prefixes::NONE,
             addr_size: 0,
+            osize: 4,
+            fixed: 0,
+            seg_ds: Seg::Ds,
+            seg_ss: Seg::Ss,
             vex_l: None,
             opcode: 0,
             entry: &VEC_ENTRY,
-            op: Op::Mov,
+            op: 0,
             vec: None,
             modrm: 0,
-            base: None,
-            index: None,
+            mem: 0,
+            ss_default: false,
             disp_size: 0,
             disp: 0,
-            rip_relative: false,
-            ss_default: false,
             imm: 0,
         }
+    }
+
+    /// Runs the machine and assembles the instruction; running out of
+    /// bytes decides over anything seen on the way.
+    #[inline(always)]
+    fn decode(mut self) -> Result<Instruction, DecodeError> {
+        if let Err(e) = self.run() {
+            return Err(self.overrun().unwrap_or(e));
+        }
+        if let Some(e) = self.overrun() {
+            return Err(e);
+        }
+        self.finish()
+    }
+
+    /// The prefixes (none in the build for unprefixed instructions).
+    #[inline(always)]
+    fn pfx(&self) -> Prefixes {
+        if P { self.p } else { Prefixes::NONE }
+    }
+
+    #[inline(always)]
+    fn addr_size(&self) -> u8 {
+        if P { self.addr_size } else { MODE_DEFAULTS[self.mode as usize].0 }
+    }
+
+    #[inline(always)]
+    fn osize(&self) -> u8 {
+        if P { self.osize } else { MODE_DEFAULTS[self.mode as usize].1 }
+    }
+
+    #[inline(always)]
+    fn fixed(&self) -> u64 {
+        if P { self.fixed } else { u64::from(self.addr_size()) << field::ADDR_SIZE }
+    }
+
+    #[inline(always)]
+    fn seg_ds(&self) -> Seg {
+        if P { self.seg_ds } else { Seg::Ds }
+    }
+
+    #[inline(always)]
+    fn seg_ss(&self) -> Seg {
+        if P { self.seg_ss } else { Seg::Ss }
     }
 
     /// The byte `k` places past the next one.
@@ -194,11 +251,16 @@ impl Fsm {
         v
     }
 
-    /// Consumes `n` (1, 2 or 4) bytes as a sign-extended number.
+    /// Consumes `n` (0, 1, 2 or 4) bytes as a sign-extended number,
+    /// without a branch.
     #[inline(always)]
-    fn signed(&mut self, n: u8) -> i64 {
-        let shift = 64 - 8 * u32::from(n);
-        ((self.le(n) << shift) as i64) >> shift
+    fn take_signed(&mut self, n: u8) -> i64 {
+        let bits = 8 * u32::from(n);
+        let shift = (64 - bits) & 63;
+        let v = (((self.w as u64) << shift) as i64) >> shift;
+        self.w >>= bits;
+        self.pos += usize::from(n);
+        v & -i64::from(n != 0)
     }
 
     #[inline(always)]
@@ -230,67 +292,80 @@ impl Fsm {
         }
     }
 
-    /// Legacy prefixes and REX, up to the opcode. A REX prefix counts only
-    /// right before the opcode: one followed by a legacy prefix is void,
-    /// and of several the last one counts.
+    /// Legacy prefixes and REX, up to the opcode (see [`decode`]);
+    /// whether a VEX prefix follows.
     #[inline(always)]
-    fn prefixes(&mut self) -> Result<Node, DecodeError> {
-        let long = self.long();
-        let mut lead = LEAD[usize::from(self.w as u8)];
-        if !lead.is_opcode() {
-            let mut p = self.p;
-            loop {
-                match lead {
-                    Lead::Opcode | Lead::Escape => break,
-                    Lead::Vex => {
-                        if long {
-                            break;
-                        }
-                        // Outside 64-bit mode C4/C5 are LES/LDS unless
-                        // ModRM.mod is 11.
-                        if self.pos + 1 >= self.avail {
-                            self.pos += 2;
-                            return Err(DecodeError::Truncated);
-                        }
-                        if self.peek(1) & 0xc0 != 0xc0 {
-                            lead = Lead::Opcode;
-                        }
-                        break;
-                    }
-                    Lead::Rex if long => {
-                        p.rex = self.w as u8 & 0xf;
-                        p.rex_present = true;
-                    }
-                    Lead::Rex => {
-                        lead = Lead::Opcode;
-                        break;
-                    }
-                    _ => p.legacy(lead, long),
-                }
-                self.w >>= 8;
-                self.pos += 1;
-                if self.pos >= MAX_LEN {
-                    self.pos = MAX_LEN + 1;
-                    return Err(DecodeError::TooLong);
-                }
-                lead = LEAD[usize::from(self.w as u8)];
-            }
-            self.p = p;
-        }
-        self.addr_size = match (self.mode, self.p.addrsize) {
-            (CpuMode::Bits16, false) | (CpuMode::Bits32, true) => 2,
-            (CpuMode::Bits16, true) | (CpuMode::Bits32, false) | (CpuMode::Bits64, true) => 4,
-            (CpuMode::Bits64, false) => 8,
-        };
-        Ok(if lead == Lead::Vex { Node::Vex } else { Node::Opcode })
+    fn prefixes(&mut self) -> Result<bool, DecodeError> {
+        if P { self.prefixed(LEAD[usize::from(self.w as u8)]) } else { Ok(false) }
     }
 
-    /// A VEX prefix and the opcode after it (VEX moves live in the 0F map).
+    /// Legacy prefixes and REX. A REX prefix counts only right before the
+    /// opcode: one followed by a legacy prefix is void, and of several the
+    /// last one counts.
     #[inline(always)]
-    fn vex(&mut self) -> Result<Node, DecodeError> {
+    fn prefixed(&mut self, mut lead: Lead) -> Result<bool, DecodeError> {
+        let long = self.long();
+        let mut p = self.p;
+        loop {
+            match lead {
+                Lead::Opcode | Lead::Escape => break,
+                Lead::Vex => {
+                    if long {
+                        break;
+                    }
+                    // Outside 64-bit mode C4/C5 are LES/LDS unless ModRM.mod
+                    // is 11.
+                    if self.pos + 1 >= self.avail {
+                        self.pos += 2;
+                        return Err(DecodeError::Truncated);
+                    }
+                    if self.peek(1) & 0xc0 != 0xc0 {
+                        lead = Lead::Opcode;
+                    }
+                    break;
+                }
+                Lead::Rex if long => {
+                    p.rex = self.w as u8 & 0xf;
+                    p.rex_present = true;
+                }
+                Lead::Rex => {
+                    lead = Lead::Opcode;
+                    break;
+                }
+                _ => p.legacy(lead, long),
+            }
+            self.w >>= 8;
+            self.pos += 1;
+            if self.pos >= MAX_LEN {
+                self.pos = MAX_LEN + 1;
+                return Err(DecodeError::TooLong);
+            }
+            lead = LEAD[usize::from(self.w as u8)];
+        }
+        self.p = p;
+        self.addr_size = match (self.mode, p.addrsize) {
+            (CpuMode::Bits16, false) | (CpuMode::Bits32, true) => 0,
+            (CpuMode::Bits16, true) | (CpuMode::Bits32, false) | (CpuMode::Bits64, true) => 1,
+            (CpuMode::Bits64, false) => 2,
+        };
+        self.osize = self.gpr_opsize();
+        self.fixed = u64::from(p.lock) << field::LOCK
+            | p.seg.map_or(0, |s| s as u64 + 1) << field::SEG_OVERRIDE
+            | u64::from(self.addr_size) << field::ADDR_SIZE;
+        if let Some(seg) = p.seg {
+            self.seg_ds = seg;
+            self.seg_ss = seg;
+        }
+        Ok(lead == Lead::Vex)
+    }
+
+    /// A VEX prefix and the opcode after it (VEX moves live in the 0F
+    /// map); a ModRM byte follows.
+    #[inline(always)]
+    fn vex(&mut self) -> Result<bool, DecodeError> {
         let first = self.next();
         // VEX after 66, F2, F3, LOCK or REX is #UD.
-        if self.p.rex_present || self.p.lock || self.p.opsize || self.p.rep != Rep::None {
+        if self.pfx().rex_present || self.pfx().lock || self.pfx().opsize || self.pfx().rep != Rep::None {
             return Err(DecodeError::Invalid);
         }
         let (rxb, w, vvvv, l, pp, map) = if first == 0xc5 {
@@ -323,269 +398,259 @@ impl Fsm {
             return Err(DecodeError::Invalid);
         }
         self.vex_l = Some(l);
+        self.fixed |= 1 << field::VEX;
         self.entry = &VEC_ENTRY;
         self.vec = Some(form);
-        self.op = Op::Vec(form.op);
-        Ok(Node::ModRm)
+        self.op = op_number(Op::Vec(form.op));
+        Ok(true)
     }
 
+    /// The opcode; whether a ModRM byte follows.
     #[inline(always)]
-    fn opcode(&mut self) -> Result<Node, DecodeError> {
+    fn opcode(&mut self) -> Result<bool, DecodeError> {
         let mut b = self.next();
-        let mut map = 0;
-        if b == 0x0f {
-            map = 1;
+        let entry = if b == 0x0f {
             b = self.next();
-        }
-        self.opcode = b;
-        let entry = OPCODES[map][usize::from(b)].as_ref();
-        let entry = match entry {
-            Some(e) if !(b == 0x82 && map == 0 && self.long()) => e,
-            _ => return Err(DecodeError::Unsupported { opcode: b }),
+            &TWO_BYTE[usize::from(b)]
+        } else {
+            &ONE_BYTE[usize::from(self.long())][usize::from(b)]
         };
+        self.opcode = b;
         self.entry = entry;
         self.op = entry.op;
+        if entry.modrm {
+            return Ok(true);
+        }
         match entry.form {
-            Form::RmReg | Form::RegRm | Form::RmImm | Form::RmOnly | Form::X87 => Ok(Node::ModRm),
+            Form::RmReg | Form::RegRm | Form::RmImm | Form::RmOnly | Form::X87 => Ok(true),
             Form::Vec => self.sse(b),
             Form::MoffsLoad | Form::MoffsStore => {
-                self.disp = self.le(self.addr_size) as i64;
-                Ok(Node::Done)
+                self.disp = self.le(2 << self.addr_size()) as i64;
+                Ok(false)
             }
-            Form::Str | Form::Bare => Ok(Node::Done),
+            Form::Str | Form::Bare => Ok(false),
+            Form::None => Err(DecodeError::Unsupported { opcode: b }),
         }
     }
 
     /// A legacy SSE move: the operation comes from the mandatory prefix.
     #[inline(always)]
-    fn sse(&mut self, opcode: u8) -> Result<Node, DecodeError> {
+    fn sse(&mut self, opcode: u8) -> Result<bool, DecodeError> {
         // F2/F3 win over 66 as the mandatory prefix; of F2 and F3 the last.
-        let mandatory = match (self.p.rep, self.p.opsize) {
+        let mandatory = match (self.pfx().rep, self.pfx().opsize) {
             (Rep::Rep, _) => Mandatory::F3,
             (Rep::Repne, _) => Mandatory::F2,
             (Rep::None, true) => Mandatory::P66,
             (Rep::None, false) => Mandatory::None,
         };
-        let form = vec_move(mandatory, opcode, self.p.rex & REX_W != 0).ok_or(DecodeError::Unsupported { opcode })?;
-        if self.p.lock {
+        let form =
+            vec_move(mandatory, opcode, self.pfx().rex & REX_W != 0).ok_or(DecodeError::Unsupported { opcode })?;
+        if self.pfx().lock {
             return Err(DecodeError::Invalid);
         }
         self.vec = Some(form);
-        self.op = Op::Vec(form.op);
-        Ok(Node::ModRm)
+        self.op = op_number(Op::Vec(form.op));
+        Ok(true)
     }
 
+    /// ModRM, then SIB, displacement and immediate.
     #[inline(always)]
-    fn modrm(&mut self) -> Result<Node, DecodeError> {
+    fn modrm(&mut self) -> Result<(), DecodeError> {
         let m = self.next();
         self.modrm = m;
         let md = m >> 6;
         let rm = m & 7;
-        if self.entry.group != Group::None {
-            let reg = (m >> 3) & 7;
-            self.op = group_op(self.entry.group, reg).ok_or(DecodeError::Unsupported { opcode: self.opcode })?;
-        } else if self.entry.form == Form::X87 {
-            let reg = (m >> 3) & 7;
-            let x = x87_op(self.opcode, reg).ok_or(DecodeError::Unsupported { opcode: self.opcode })?;
-            self.op = Op::X87(x);
+        if self.entry.reg_op {
+            self.op = self.operation_by_reg((m >> 3) & 7)?;
         }
         if md == 3 {
             return Err(self.register_form());
         }
-        if self.addr_size == 2 {
-            return Ok(self.modrm16(md, rm));
+        if self.addr_size() == 0 {
+            self.modrm16(md, rm);
+        } else {
+            self.disp_size = DISP32_BY_MOD[usize::from(md)];
+            if rm == 4 {
+                self.sib();
+            } else if md == 0 && rm == 5 {
+                self.disp_size = 4;
+                self.mem = u64::from(self.long()) << field::RIP;
+            } else {
+                let base = rm | ((self.pfx().rex & REX_B) << 3);
+                self.mem = (field::PRESENT | u64::from(base)) << field::BASE;
+                self.ss_default = base == 4 || base == 5;
+            }
         }
-        self.disp_size = DISP32_BY_MOD[usize::from(md)];
-        if rm == 4 {
-            return Ok(Node::Sib);
+        self.disp = self.take_signed(self.disp_size);
+        self.immediate();
+        Ok(())
+    }
+
+    /// The operation of a group or x87 opcode, from ModRM.reg.
+    #[inline(always)]
+    fn operation_by_reg(&self, reg: u8) -> Result<u8, DecodeError> {
+        let unsupported = DecodeError::Unsupported { opcode: self.opcode };
+        if self.entry.form == Form::X87 {
+            x87_op(self.opcode, reg).map(|x| op_number(Op::X87(x))).ok_or(unsupported)
+        } else {
+            group_op(self.entry.group, reg).ok_or(unsupported)
         }
-        if md == 0 && rm == 5 {
-            self.disp_size = 4;
-            self.rip_relative = self.long();
-            return Ok(Node::Disp);
-        }
-        let base = rm | ((self.p.rex & REX_B) << 3);
-        self.base = Some(base);
-        self.ss_default = base == 4 || base == 5;
-        Ok(self.after_address())
     }
 
     /// Register operands never reach the assists (memory exits come from
     /// memory operands), and some instructions have no register form.
     #[inline(always)]
     fn register_form(&self) -> DecodeError {
-        if self.p.lock {
+        if self.pfx().lock {
             return DecodeError::Invalid;
         }
-        match (self.op, self.vec) {
-            (Op::CmpxchgNb, _) | (_, Some(VecForm { op: VecMove::Movntdq, .. })) => DecodeError::Invalid,
+        match self.vec {
+            _ if self.op == op_number(Op::CmpxchgNb) => DecodeError::Invalid,
+            Some(VecForm { op: VecMove::Movntdq, .. }) => DecodeError::Invalid,
             _ => DecodeError::Unsupported { opcode: self.opcode },
         }
     }
 
     /// 16-bit addressing: fixed base/index pairs.
     #[inline(always)]
-    fn modrm16(&mut self, md: u8, rm: u8) -> Node {
+    fn modrm16(&mut self, md: u8, rm: u8) {
         if md == 0 && rm == 6 {
             self.disp_size = 2;
         } else {
             let (base, index) = ADDR16[usize::from(rm)];
-            self.base = base;
-            self.index = index.map(|i| (i, 1));
-            self.ss_default = base == Some(5);
+            self.mem = (field::PRESENT | u64::from(base)) << field::BASE;
+            if let Some(i) = index {
+                self.mem |= (field::PRESENT | u64::from(i)) << field::INDEX;
+            }
+            self.ss_default = base == 5;
             self.disp_size = DISP16_BY_MOD[usize::from(md)];
         }
-        self.after_address()
     }
 
     #[inline(always)]
-    fn sib(&mut self) -> Node {
+    fn sib(&mut self) {
         let s = self.next();
-        let scale = 1u8 << (s >> 6);
-        let index = ((s >> 3) & 7) | ((self.p.rex & REX_X) << 2);
-        let base = (s & 7) | ((self.p.rex & REX_B) << 3);
+        let index = ((s >> 3) & 7) | ((self.pfx().rex & REX_X) << 2);
+        let base = (s & 7) | ((self.pfx().rex & REX_B) << 3);
         if index != 4 {
-            self.index = Some((index, scale));
+            self.mem = (field::PRESENT | u64::from(index)) << field::INDEX | u64::from(s >> 6) << field::SCALE;
         }
         if s & 7 == 5 && self.modrm >> 6 == 0 {
             self.disp_size = 4;
         } else {
-            self.base = Some(base);
+            self.mem |= (field::PRESENT | u64::from(base)) << field::BASE;
             self.ss_default = base == 4 || base == 5;
         }
-        self.after_address()
     }
 
+    /// The immediate, if the opcode has one (without a branch: most
+    /// instructions behind MMIO have none, the others are mixed).
     #[inline(always)]
-    fn after_address(&self) -> Node {
-        if self.disp_size > 0 {
-            Node::Disp
-        } else if self.entry.imm != Imm::None {
-            Node::Immediate
-        } else {
-            Node::Done
-        }
+    fn immediate(&mut self) {
+        /// Immediate bytes by encoding and whether the operand size is 2.
+        const BYTES: [[u8; 2]; 3] = [[0, 0], [1, 1], [4, 2]];
+        let opsize = if self.entry.byte { 1 } else { self.osize() };
+        let n = BYTES[self.entry.imm as usize][usize::from(opsize == 2)];
+        self.imm = self.take_signed(n) as u64 & mask(opsize);
     }
 
-    #[inline(always)]
-    fn displacement(&mut self) -> Node {
-        self.disp = self.signed(self.disp_size);
-        if self.entry.imm != Imm::None { Node::Immediate } else { Node::Done }
-    }
-
-    #[inline(always)]
-    fn immediate(&mut self) -> Node {
-        let opsize = if self.entry.byte { 1 } else { self.gpr_opsize() };
-        let value = match self.entry.imm {
-            Imm::Ib => self.signed(1),
-            Imm::Iz if opsize == 2 => self.signed(2),
-            Imm::Iz => self.signed(4),
-            Imm::None => 0,
-        };
-        self.imm = value as u64 & mask(opsize);
-        Node::Done
-    }
-
-    /// Runs the machine. States only move forward, so the dispatch is a
-    /// sequence of checks rather than one indirect jump per state: each
-    /// check is a branch of its own that the CPU predicts well.
+    /// Runs the machine. The states only move forward, each calling the
+    /// next: prefixes → VEX or opcode → ModRM (→ SIB) → displacement →
+    /// immediate.
     #[inline(always)]
     pub(super) fn run(&mut self) -> Result<(), DecodeError> {
-        let mut node = self.prefixes()?;
-        if node == Node::Vex {
-            node = self.vex()?;
+        let modrm = if P && self.prefixes()? { self.vex()? } else { self.opcode()? };
+        if modrm {
+            self.modrm()?;
         }
-        if node == Node::Opcode {
-            node = self.opcode()?;
-        }
-        if node == Node::ModRm {
-            node = self.modrm()?;
-        }
-        if node == Node::Sib {
-            node = self.sib();
-        }
-        if node == Node::Disp {
-            node = self.displacement();
-        }
-        if node == Node::Immediate {
-            node = self.immediate();
-        }
-        debug_assert_eq!(node, Node::Done);
         Ok(())
     }
 
+    /// A general-purpose register operand's fields.
     #[inline(always)]
-    fn gpr(&self, num: u8, size: u8) -> Reg {
-        let high8 = size == 1 && !self.p.rex_present && (4..8).contains(&num);
-        Reg::Gpr { num: if high8 { num - 4 } else { num }, size, high8 }
+    fn gpr(&self, num: u8, size: u8) -> u64 {
+        let high8 = size == 1 && !self.pfx().rex_present && (4..8).contains(&num);
+        let num = if high8 { num - 4 } else { num };
+        u64::from(num) << field::REG_NUM | u64::from(high8) << field::HIGH8
+    }
+
+    /// The segment of a ModRM memory operand.
+    #[inline(always)]
+    fn modrm_segment(&self) -> Seg {
+        if self.ss_default { self.seg_ss() } else { self.seg_ds() }
     }
 
     /// Assembles the instruction once the bytes are consumed.
     #[inline(always)]
     pub(super) fn finish(&self) -> Result<Instruction, DecodeError> {
         let entry = self.entry;
+        if !entry.form.is_alu_like() {
+            return self.finish_other();
+        }
+        // MOV, MOVZX, ALU, TEST, XCHG, CMPXCHG, XADD: memory and a
+        // general-purpose register or an immediate.
         let op = self.op;
-        let reg_field = ((self.modrm >> 3) & 7) | ((self.p.rex & REX_R) << 1);
-        let gpr_size = if entry.byte { 1 } else { self.gpr_opsize() };
-        let acc = Reg::Gpr { num: 0, size: gpr_size, high8: false };
-        let mut seg = match self.p.seg {
-            Some(s) => s,
-            None if self.ss_default => Seg::Ss,
-            None => Seg::Ds,
+        let size = if entry.byte { 1 } else { self.osize() };
+        let reg = if entry.form != Form::RmImm {
+            self.gpr(((self.modrm >> 3) & 7) | ((self.pfx().rex & REX_R) << 1), size)
+        } else {
+            0
         };
-        let mut base = self.base;
+        let mem_size = if entry.mem_size != 0 { entry.mem_size } else { size };
+        let lock_ok = entry.lockable && op != op_number(Op::Alu(AluOp::Cmp));
+        if self.pfx().lock && !lock_ok {
+            return Err(DecodeError::Invalid);
+        }
+        let bits = self.fixed()
+            | self.pos as u64
+            | u64::from(entry.form as u8) << field::SHAPE
+            | u64::from(op) << field::OP
+            | u64::from(size) << field::OPSIZE
+            | reg
+            | (self.modrm_segment() as u64) << field::MEM_SEG
+            | self.mem
+            | u64::from(mem_size) << field::MEM_SIZE;
+        Ok(Instruction { bits, disp: self.disp, imm: self.imm })
+    }
+
+    /// The other forms: accumulator, strings, x87, vectors, CMPXCHG8B/16B,
+    /// INT3.
+    #[inline(always)]
+    fn finish_other(&self) -> Result<Instruction, DecodeError> {
+        let entry = self.entry;
+        let op = self.op;
+        let gpr_size = if entry.byte { 1 } else { self.osize() };
+        let mut seg = self.modrm_segment();
+        let mut mem = self.mem;
         let mut lock_ok = false;
         let mut rep = Rep::None;
-        // Shape, register, operand size and memory size.
         let (shape, reg, opsize, mem_size) = match entry.form {
-            // The common shapes (MOV, ALU, TEST, XCHG, ...) first.
-            Form::RmReg => {
-                lock_ok = entry.lockable;
-                (Shape::MemReg, self.gpr(reg_field, gpr_size), gpr_size, gpr_size)
-            }
-            Form::RegRm => {
-                let mem_size = match (op, self.opcode) {
-                    (Op::Movzx, 0xb6) => 1,
-                    (Op::Movzx, _) => 2,
-                    _ => gpr_size,
-                };
-                (Shape::RegMem, self.gpr(reg_field, gpr_size), gpr_size, mem_size)
-            }
-            Form::RmImm => {
-                lock_ok = entry.lockable && op != Op::Alu(super::AluOp::Cmp);
-                (Shape::MemImm, Reg::Gpr { num: 0, size: 0, high8: false }, gpr_size, gpr_size)
-            }
-            Form::MoffsLoad => (Shape::RegMem, acc, gpr_size, gpr_size),
-            Form::MoffsStore => (Shape::MemReg, acc, gpr_size, gpr_size),
+            Form::MoffsLoad => (Shape::RegMem, 0, gpr_size, gpr_size),
+            Form::MoffsStore => (Shape::MemReg, 0, gpr_size, gpr_size),
             Form::Str => {
-                rep = self.p.rep;
+                rep = self.pfx().rep;
                 // STOS writes ES:rDI (no override); the others name
                 // DS:rSI (overridable), MOVS and CMPS with ES:rDI too.
-                if op == Op::Stos {
-                    seg = Seg::Es;
-                    base = Some(7);
+                let (s, base) = if op == op_number(Op::Stos) { (Seg::Es, 7) } else { (self.seg_ds(), 6) };
+                seg = s;
+                mem = (field::PRESENT | base) << field::BASE;
+                let shape = if op == op_number(Op::Movs) {
+                    Shape::DiMem
+                } else if op == op_number(Op::Cmps) {
+                    Shape::MemDi
+                } else if op == op_number(Op::Stos) {
+                    Shape::MemReg
                 } else {
-                    seg = self.p.seg.unwrap_or(Seg::Ds);
-                    base = Some(6);
-                }
-                let shape = match op {
-                    Op::Movs => Shape::DiMem,
-                    Op::Cmps => Shape::MemDi,
-                    Op::Stos => Shape::MemReg,
-                    _ => Shape::RegMem,
+                    Shape::RegMem
                 };
-                (shape, acc, gpr_size, gpr_size)
+                (shape, 0, gpr_size, gpr_size)
             }
-            Form::Bare => {
-                return self.bare();
-            }
+            Form::Bare => (Shape::None, 0, 1, 0),
             Form::X87 => {
                 let size = x87_size(self.opcode, (self.modrm >> 3) & 7);
-                let shape = match op {
-                    Op::X87(X87Op::Fld | X87Op::Fild) => Shape::RegMem,
-                    _ => Shape::MemReg,
-                };
-                (shape, Reg::St0, size, size)
+                let load = op == op_number(Op::X87(X87Op::Fld)) || op == op_number(Op::X87(X87Op::Fild));
+                let shape = if load { Shape::RegMem } else { Shape::MemReg };
+                (shape, field::KIND_ST0 << field::REG_KIND, size, size)
             }
             Form::Vec => {
                 let form = self.vec.ok_or(DecodeError::Invalid)?;
@@ -595,60 +660,32 @@ impl Fsm {
                     (n, _) => n,
                 };
                 let shape = if form.to_mem { Shape::MemReg } else { Shape::RegMem };
-                (shape, Reg::Xmm(reg_field), size, size)
+                let num = ((self.modrm >> 3) & 7) | ((self.pfx().rex & REX_R) << 1);
+                let reg = field::KIND_XMM << field::REG_KIND | u64::from(num) << field::REG_NUM;
+                (shape, reg, size, size)
             }
             Form::RmOnly => {
-                let size = if self.p.rex & REX_W != 0 { 16 } else { 8 };
+                let size = if self.pfx().rex & REX_W != 0 { 16 } else { 8 };
                 lock_ok = true;
-                (Shape::Mem, Reg::Gpr { num: 0, size: 0, high8: false }, size, size)
+                (Shape::Mem, 0, size, size)
+            }
+            Form::RmReg | Form::RegRm | Form::RmImm | Form::None => {
+                return Err(DecodeError::Unsupported { opcode: self.opcode });
             }
         };
-        if self.p.lock && !lock_ok {
+        if self.pfx().lock && !lock_ok {
             return Err(DecodeError::Invalid);
         }
-        Ok(Instruction {
-            len: self.pos as u8,
-            op,
-            opsize,
-            addr_size: self.addr_size,
-            rep,
-            lock: self.p.lock,
-            seg_override: self.p.seg,
-            vex: self.vex_l.is_some(),
-            shape,
-            mem: Mem {
-                seg,
-                base,
-                index: self.index,
-                disp: self.disp,
-                rip_relative: self.rip_relative,
-                addr_size: self.addr_size,
-                size: mem_size,
-            },
-            reg,
-            imm: self.imm,
-        })
-    }
-
-    /// INT3: no operands.
-    #[inline(always)]
-    fn bare(&self) -> Result<Instruction, DecodeError> {
-        if self.p.lock {
-            return Err(DecodeError::Invalid);
-        }
-        Ok(Instruction {
-            len: self.pos as u8,
-            op: self.op,
-            opsize: 1,
-            addr_size: self.addr_size,
-            rep: Rep::None,
-            lock: false,
-            seg_override: self.p.seg,
-            vex: false,
-            shape: Shape::None,
-            mem: Mem { seg: Seg::Ds, base: None, index: None, disp: 0, rip_relative: false, addr_size: 0, size: 0 },
-            reg: Reg::Gpr { num: 0, size: 0, high8: false },
-            imm: 0,
-        })
+        let bits = self.fixed()
+            | self.pos as u64
+            | (rep as u64) << field::REP
+            | (shape as u64) << field::SHAPE
+            | u64::from(op) << field::OP
+            | u64::from(opsize) << field::OPSIZE
+            | reg
+            | (seg as u64) << field::MEM_SEG
+            | mem
+            | u64::from(mem_size) << field::MEM_SIZE;
+        Ok(Instruction { bits, disp: self.disp, imm: self.imm })
     }
 }

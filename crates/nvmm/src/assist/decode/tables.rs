@@ -3,11 +3,15 @@
 //! answers every question the state machine asks about an opcode.
 #![forbid(unsafe_code)]
 
+use super::instruction::op_number;
 use super::{AluOp, Op, VecMove, X87Op};
 use crate::x86::state::Seg;
 
-/// Operand forms.
+/// Operand forms. The first three are numbered as their [`Shape`]s.
+///
+/// [`Shape`]: super::Shape
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 pub(super) enum Form {
     /// `op r/m, reg` (ModRM, register is the source).
     RmReg,
@@ -29,6 +33,16 @@ pub(super) enum Form {
     X87,
     /// An SSE move: operation from the mandatory prefix.
     Vec,
+    /// Not an instruction the decoder supports.
+    None,
+}
+
+impl Form {
+    /// `op r/m, reg`, `op reg, r/m` or `op r/m, imm`: the common forms.
+    #[inline(always)]
+    pub(super) fn is_alu_like(self) -> bool {
+        (self as u8) <= Form::RmImm as u8
+    }
 }
 
 /// Where the operation comes from when the opcode alone does not say.
@@ -48,6 +62,7 @@ pub(super) enum Group {
 
 /// Immediate encodings.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 pub(super) enum Imm {
     /// None.
     None,
@@ -60,8 +75,8 @@ pub(super) enum Imm {
 /// One opcode.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Entry {
-    /// The operation (for groups: resolved from ModRM.reg).
-    pub(super) op: Op,
+    /// The operation's number (for groups: resolved from ModRM.reg).
+    pub(super) op: u8,
     pub(super) form: Form,
     pub(super) group: Group,
     /// Byte operands (the opcode's bit 0 is clear).
@@ -69,21 +84,52 @@ pub(super) struct Entry {
     pub(super) imm: Imm,
     /// LOCK allowed (with a memory destination).
     pub(super) lockable: bool,
+    /// Memory operand size fixed by the opcode (MOVZX), else 0: the
+    /// operand size.
+    pub(super) mem_size: u8,
+    /// A ModRM byte follows, and the opcode alone says the operation
+    /// class (not the SSE moves, which need the mandatory prefix first).
+    pub(super) modrm: bool,
+    /// The operation comes from ModRM.reg (groups, x87).
+    pub(super) reg_op: bool,
 }
 
-const fn e(op: Op, form: Form, byte: bool) -> Option<Entry> {
-    Some(Entry { op, form, group: Group::None, byte, imm: Imm::None, lockable: false })
-}
+/// An unsupported opcode.
+const NONE: Entry = Entry {
+    op: 0,
+    form: Form::None,
+    group: Group::None,
+    byte: false,
+    imm: Imm::None,
+    lockable: false,
+    mem_size: 0,
+    modrm: false,
+    reg_op: false,
+};
 
-const fn lockable(mut x: Option<Entry>) -> Option<Entry> {
-    if let Some(ref mut en) = x {
-        en.lockable = true;
+const fn e(op: Op, form: Form, byte: bool) -> Entry {
+    let modrm = matches!(form, Form::RmReg | Form::RegRm | Form::RmImm | Form::RmOnly | Form::X87);
+    let reg_op = matches!(form, Form::X87);
+    Entry {
+        op: op_number(op),
+        form,
+        group: Group::None,
+        byte,
+        imm: Imm::None,
+        lockable: false,
+        mem_size: 0,
+        modrm,
+        reg_op,
     }
+}
+
+const fn lockable(mut x: Entry) -> Entry {
+    x.lockable = true;
     x
 }
 
-const fn group(g: Group, form: Form, byte: bool, imm: Imm, lock: bool) -> Option<Entry> {
-    Some(Entry { op: Op::Mov, form, group: g, byte, imm, lockable: lock })
+const fn group(g: Group, form: Form, byte: bool, imm: Imm, lock: bool) -> Entry {
+    Entry { op: 0, form, group: g, byte, imm, lockable: lock, mem_size: 0, modrm: true, reg_op: true }
 }
 
 /// The ALU operations in opcode order (bits 5:3 of 00-3F, ModRM.reg of
@@ -91,21 +137,20 @@ const fn group(g: Group, form: Form, byte: bool, imm: Imm, lock: bool) -> Option
 pub(super) const ALU_BY_REG: [AluOp; 8] =
     [AluOp::Add, AluOp::Or, AluOp::Adc, AluOp::Sbb, AluOp::And, AluOp::Sub, AluOp::Xor, AluOp::Cmp];
 
-/// The operation of a group opcode with ModRM.reg `reg`.
-pub(super) fn group_op(g: Group, reg: u8) -> Option<Op> {
+/// The operation (its number) of a group opcode with ModRM.reg `reg`.
+#[inline(always)]
+pub(super) fn group_op(g: Group, reg: u8) -> Option<u8> {
     match (g, reg) {
-        (Group::Alu, r) => Some(Op::Alu(ALU_BY_REG[usize::from(r & 7)])),
-        (Group::Test, 0 | 1) | (Group::Mov, 0) | (Group::Cmpxchg, 1) => Some(match g {
-            Group::Test => Op::Test,
-            Group::Mov => Op::Mov,
-            _ => Op::CmpxchgNb,
-        }),
+        (Group::Alu, r) => Some(op_number(Op::Alu(ALU_BY_REG[usize::from(r & 7)]))),
+        (Group::Test, 0 | 1) => Some(op_number(Op::Test)),
+        (Group::Mov, 0) => Some(op_number(Op::Mov)),
+        (Group::Cmpxchg, 1) => Some(op_number(Op::CmpxchgNb)),
         _ => None,
     }
 }
 
-const fn one_byte_map() -> [Option<Entry>; 256] {
-    let mut t: [Option<Entry>; 256] = [None; 256];
+const fn one_byte_map(long: bool) -> [Entry; 256] {
+    let mut t: [Entry; 256] = [NONE; 256];
     let mut i = 0;
     while i < 8 {
         // 00-3F: ALU ops in blocks of 8 (only the four ModRM forms).
@@ -124,7 +169,10 @@ const fn one_byte_map() -> [Option<Entry>; 256] {
     }
     t[0x80] = group(Group::Alu, Form::RmImm, true, Imm::Ib, true);
     t[0x81] = group(Group::Alu, Form::RmImm, false, Imm::Iz, true);
-    t[0x82] = group(Group::Alu, Form::RmImm, true, Imm::Ib, true); // not in 64-bit mode
+    if !long {
+        // An alias of 80, invalid in 64-bit mode.
+        t[0x82] = group(Group::Alu, Form::RmImm, true, Imm::Ib, true);
+    }
     t[0x83] = group(Group::Alu, Form::RmImm, false, Imm::Ib, true);
     t[0x84] = e(Op::Test, Form::RmReg, true);
     t[0x85] = e(Op::Test, Form::RmReg, false);
@@ -158,8 +206,8 @@ const fn one_byte_map() -> [Option<Entry>; 256] {
     t
 }
 
-const fn two_byte_map() -> [Option<Entry>; 256] {
-    let mut t: [Option<Entry>; 256] = [None; 256];
+const fn two_byte_map() -> [Entry; 256] {
+    let mut t: [Entry; 256] = [NONE; 256];
     // The SSE moves, resolved by mandatory prefix (`vec_move`).
     let sse = [0x10, 0x11, 0x28, 0x29, 0x6e, 0x6f, 0x7e, 0x7f, 0xd6, 0xe7];
     let mut i = 0;
@@ -169,16 +217,19 @@ const fn two_byte_map() -> [Option<Entry>; 256] {
     }
     t[0xb0] = lockable(e(Op::Cmpxchg, Form::RmReg, true));
     t[0xb1] = lockable(e(Op::Cmpxchg, Form::RmReg, false));
-    t[0xb6] = e(Op::Movzx, Form::RegRm, false);
-    t[0xb7] = e(Op::Movzx, Form::RegRm, false);
+    t[0xb6] = Entry { mem_size: 1, ..e(Op::Movzx, Form::RegRm, false) };
+    t[0xb7] = Entry { mem_size: 2, ..e(Op::Movzx, Form::RegRm, false) };
     t[0xc0] = lockable(e(Op::Xadd, Form::RmReg, true));
     t[0xc1] = lockable(e(Op::Xadd, Form::RmReg, false));
     t[0xc7] = group(Group::Cmpxchg, Form::RmOnly, false, Imm::None, true);
     t
 }
 
-/// The one-byte map (`[0][opcode]`) and the 0F map (`[1][opcode]`).
-pub(super) static OPCODES: [[Option<Entry>; 256]; 2] = [one_byte_map(), two_byte_map()];
+/// The one-byte map outside (`[0]`) and in (`[1]`) 64-bit mode.
+pub(super) static ONE_BYTE: [[Entry; 256]; 2] = [one_byte_map(false), one_byte_map(true)];
+
+/// The 0F map.
+pub(super) static TWO_BYTE: [Entry; 256] = two_byte_map();
 
 /// Mandatory prefix of an SSE instruction (or VEX.pp).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -330,13 +381,5 @@ pub(super) static LEAD: [Lead; 256] = {
 
 /// 16-bit addressing: base and index of each ModRM.rm (`(0, 6)` is a bare
 /// disp16 and handled apart).
-pub(super) const ADDR16: [(Option<u8>, Option<u8>); 8] = [
-    (Some(3), Some(6)),
-    (Some(3), Some(7)),
-    (Some(5), Some(6)),
-    (Some(5), Some(7)),
-    (Some(6), None),
-    (Some(7), None),
-    (Some(5), None),
-    (Some(3), None),
-];
+pub(super) const ADDR16: [(u8, Option<u8>); 8] =
+    [(3, Some(6)), (3, Some(7)), (5, Some(6)), (5, Some(7)), (6, None), (7, None), (5, None), (3, None)];

@@ -15,7 +15,6 @@
 #![forbid(unsafe_code)]
 
 pub use super::io_insn::CpuMode;
-use crate::x86::state::Seg;
 
 /// Longest x86 instruction.
 pub const MAX_LEN: usize = 15;
@@ -136,27 +135,6 @@ pub enum Reg {
     St0,
 }
 
-/// A memory operand: `seg:[base + index * scale + disp]`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-pub struct Mem {
-    /// Segment (override, else DS, or SS for BP/SP bases).
-    pub seg: Seg,
-    /// Base register number (0-15), if any.
-    pub base: Option<u8>,
-    /// Index register number and scale, if any.
-    pub index: Option<(u8, u8)>,
-    /// Displacement, sign-extended (for moffs: the absolute offset).
-    pub disp: i64,
-    /// RIP-relative: the displacement is added to the next instruction's
-    /// RIP.
-    pub rip_relative: bool,
-    /// Address size in bytes (2, 4, 8): registers and the sum are
-    /// truncated to it.
-    pub addr_size: u8,
-    /// Size of the access in bytes.
-    pub size: u8,
-}
-
 /// An operand.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum Operand {
@@ -238,9 +216,11 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
 
 mod fsm;
 mod instruction;
+mod mem;
 mod tables;
 
 pub use instruction::{Instruction, Shape};
+pub use mem::Mem;
 
 #[cfg(test)]
 mod tests;

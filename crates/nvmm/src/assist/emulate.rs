@@ -119,7 +119,27 @@ struct Ctx<'a> {
     next_rip: u64,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(st: &'a mut State, insn: &Instruction) -> Ctx<'a> {
+        let mode = cpu_mode(st);
+        let mask_ip = match mode {
+            CpuMode::Bits16 => 0xffff,
+            CpuMode::Bits32 => 0xffff_ffff,
+            CpuMode::Bits64 => u64::MAX,
+        };
+        let next_rip = st.gprs[Gpr::Rip].wrapping_add(u64::from(insn.len())) & mask_ip;
+        let cpl = st.segs[Seg::Ss].attrib.dpl();
+        Ctx { st, mode, cpl, next_rip }
+    }
+
+    /// RIP past the instruction (and RF clear) once it completed.
+    fn complete(&mut self, done: bool) {
+        if done {
+            self.st.gprs[Gpr::Rip] = self.next_rip;
+            self.st.gprs[Gpr::Rflags] &= !rflags::RF;
+        }
+    }
+
     fn long(&self) -> bool {
         self.mode == CpuMode::Bits64
     }
@@ -153,15 +173,15 @@ impl Ctx<'_> {
 
     /// Effective address of a memory operand.
     fn ea(&self, m: &Mem) -> u64 {
-        let am = mask(m.addr_size);
-        let mut a = m.disp as u64;
-        if m.rip_relative {
+        let am = mask(m.addr_size());
+        let mut a = m.disp() as u64;
+        if m.rip_relative() {
             a = a.wrapping_add(self.next_rip);
         }
-        if let Some(b) = m.base {
+        if let Some(b) = m.base() {
             a = a.wrapping_add(self.gpr(b) & am);
         }
-        if let Some((i, scale)) = m.index {
+        if let Some((i, scale)) = m.index() {
             a = a.wrapping_add((self.gpr(i) & am).wrapping_mul(u64::from(scale)));
         }
         a & am
@@ -220,7 +240,10 @@ impl Ctx<'_> {
 
     /// #AC for misaligned accesses at CPL 3 with CR0.AM and RFLAGS.AC.
     fn alignment_check(&self, lin: u64, size: u64) -> Result<(), EmuError> {
-        let on = self.cpl == 3 && self.st.crs[Cr::Cr0] & (1 << 18) != 0 && self.st.gprs[Gpr::Rflags] & rflags::AC != 0;
+        if self.cpl != 3 {
+            return Ok(());
+        }
+        let on = self.st.crs[Cr::Cr0] & (1 << 18) != 0 && self.st.gprs[Gpr::Rflags] & rflags::AC != 0;
         let natural = size.min(8).next_power_of_two();
         if on && lin % natural != 0 {
             return Err(EmuError::Exception { vector: 17, error_code: Some(0), cr2: None });
@@ -229,7 +252,7 @@ impl Ctx<'_> {
     }
 
     fn mem_linear(&self, m: &Mem, size: u64, write: bool) -> Result<u64, EmuError> {
-        let lin = self.linear(m.seg, self.ea(m), size, write)?;
+        let lin = self.linear(m.seg(), self.ea(m), size, write)?;
         self.alignment_check(lin, size)?;
         Ok(lin)
     }
@@ -279,39 +302,33 @@ impl Ctx<'_> {
 /// Executes `insn` (fetched at the current RIP). On success RIP is past the
 /// instruction, or still at it when a REP instruction has iterations left.
 pub fn execute(insn: &Instruction, cpu: &mut dyn EmuCpu, mem: &mut dyn EmuMemory) -> Result<(), EmuError> {
-    let mut want = StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS;
-    let uses_fpu = matches!(insn.op(), Op::X87(_) | Op::Vec(_));
-    if uses_fpu {
-        want |= StateMask::FPU;
+    let want = StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS;
+    if matches!(insn.op(), Op::X87(_) | Op::Vec(_)) {
+        return execute_fpu(insn, cpu, mem, want | StateMask::FPU);
     }
-    let st = cpu.state(want)?;
-    let mode = cpu_mode(st);
-    let mask_ip = match mode {
-        CpuMode::Bits16 => 0xffff,
-        CpuMode::Bits32 => 0xffff_ffff,
-        CpuMode::Bits64 => u64::MAX,
-    };
-    let rip = st.gprs[Gpr::Rip];
-    let next_rip = rip.wrapping_add(u64::from(insn.len())) & mask_ip;
-    let cpl = st.segs[Seg::Ss].attrib.dpl();
-    let mut fpu_state: Option<(crate::x86::state::Fxsave, Xsave)> = None;
-    if uses_fpu {
-        let fx = st.fpu;
-        fpu_state = Some((fx, cpu.xsave().clone()));
-    }
-    let st = cpu.state(StateMask::NONE)?;
-    let mut c = Ctx { st, mode, cpl, next_rip };
-    let done = run(&mut c, insn, mem, fpu_state.as_mut())?;
-    if done {
-        c.st.gprs[Gpr::Rip] = next_rip;
-        c.st.gprs[Gpr::Rflags] &= !rflags::RF;
-    }
-    if let Some((fx, xs)) = fpu_state {
-        c.st.fpu = fx;
-        *cpu.xsave() = xs;
-        cpu.mark(StateMask::FPU);
-    }
+    let mut c = Ctx::new(cpu.state(want)?, insn);
+    let done = run(&mut c, insn, mem, None)?;
+    c.complete(done);
     cpu.mark(StateMask::GPRS);
+    Ok(())
+}
+
+/// [`execute`] for x87 and vector instructions: they work on a copy of the
+/// FPU state, written back only when they complete.
+fn execute_fpu(
+    insn: &Instruction,
+    cpu: &mut dyn EmuCpu,
+    mem: &mut dyn EmuMemory,
+    want: StateMask,
+) -> Result<(), EmuError> {
+    let fx = cpu.state(want)?.fpu;
+    let mut fpu = (fx, cpu.xsave().clone());
+    let mut c = Ctx::new(cpu.state(StateMask::NONE)?, insn);
+    let done = run(&mut c, insn, mem, Some(&mut fpu))?;
+    c.complete(done);
+    c.st.fpu = fpu.0;
+    *cpu.xsave() = fpu.1;
+    cpu.mark(StateMask::FPU | StateMask::GPRS);
     Ok(())
 }
 
@@ -330,7 +347,7 @@ fn run(
         }
         Op::Movzx => {
             let src_size = match insn.src() {
-                Operand::Mem(m) => m.size,
+                Operand::Mem(m) => m.size(),
                 _ => 1,
             };
             let v = c.read(mem, &insn.src(), src_size)?;
@@ -511,7 +528,7 @@ fn x87_op(
     if c.st.crs[Cr::Cr0] & 0xc != 0 {
         return Err(EmuError::Exception { vector: 7, error_code: None, cr2: None });
     }
-    let size = usize::from(m.size);
+    let size = usize::from(m.size());
     match op {
         X87Op::Fld | X87Op::Fild => {
             let mut b = [0u8; 10];

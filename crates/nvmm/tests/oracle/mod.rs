@@ -93,30 +93,30 @@ fn check_reg(ours: &Reg, theirs: Register, opsize: u8, ctx: &str) {
 }
 
 fn check_mem(m: &Mem, i: &iced_x86::Instruction, ctx: &str) {
-    assert_eq!(m.seg, seg_of(i.memory_segment()), "{ctx}: segment");
+    assert_eq!(m.seg(), seg_of(i.memory_segment()), "{ctx}: segment");
     let base = i.memory_base();
-    if m.rip_relative {
+    if m.rip_relative() {
         assert!(matches!(base, Register::RIP | Register::EIP), "{ctx}: rip-relative vs {base:?}");
-        let target = (i.len() as u64).wrapping_add(m.disp as u64) & mask(m.addr_size);
-        assert_eq!(target, i.memory_displacement64() & mask(m.addr_size), "{ctx}: rip-relative target");
+        let target = (i.len() as u64).wrapping_add(m.disp() as u64) & mask(m.addr_size());
+        assert_eq!(target, i.memory_displacement64() & mask(m.addr_size()), "{ctx}: rip-relative target");
     } else {
-        assert_eq!(m.base, (base != Register::None).then(|| base.full_register().number() as u8), "{ctx}: base");
+        assert_eq!(m.base(), (base != Register::None).then(|| base.full_register().number() as u8), "{ctx}: base");
         if base != Register::None {
-            assert_eq!(base.size() as u8, m.addr_size, "{ctx}: base register size");
+            assert_eq!(base.size() as u8, m.addr_size(), "{ctx}: base register size");
         }
         assert_eq!(
-            m.disp as u64 & mask(m.addr_size),
-            i.memory_displacement64() & mask(m.addr_size),
+            m.disp() as u64 & mask(m.addr_size()),
+            i.memory_displacement64() & mask(m.addr_size()),
             "{ctx}: displacement"
         );
     }
     let idx = i.memory_index();
     assert_eq!(
-        m.index,
+        m.index(),
         (idx != Register::None).then(|| (idx.full_register().number() as u8, i.memory_index_scale() as u8)),
         "{ctx}: index"
     );
-    assert_eq!(usize::from(m.size), i.memory_size().size(), "{ctx}: memory size {:?}", i.memory_size());
+    assert_eq!(usize::from(m.size()), i.memory_size().size(), "{ctx}: memory size {:?}", i.memory_size());
 }
 
 fn seg_of(r: Register) -> Seg {
@@ -183,13 +183,13 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
                 match kind {
                     OpKind::Memory => check_mem(&m, &theirs, &ctx),
                     OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI => {
-                        assert_eq!(m.seg, seg_of(theirs.memory_segment()), "{ctx}: string source segment");
-                        assert_eq!(m.base, Some(6));
-                        assert_eq!(usize::from(m.size), theirs.memory_size().size(), "{ctx}: size");
+                        assert_eq!(m.seg(), seg_of(theirs.memory_segment()), "{ctx}: string source segment");
+                        assert_eq!(m.base(), Some(6));
+                        assert_eq!(usize::from(m.size()), theirs.memory_size().size(), "{ctx}: size");
                     }
                     OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI => {
-                        assert_eq!((m.seg, m.base), (Seg::Es, Some(7)), "{ctx}");
-                        assert_eq!(usize::from(m.size), theirs.memory_size().size(), "{ctx}: size");
+                        assert_eq!((m.seg(), m.base()), (Seg::Es, Some(7)), "{ctx}");
+                        assert_eq!(usize::from(m.size()), theirs.memory_size().size(), "{ctx}: size");
                     }
                     k => panic!("{ctx}: operand {n} is {k:?}, ours is memory"),
                 }
@@ -197,9 +197,9 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
                     OpKind::MemorySegSI | OpKind::MemoryESDI => 2,
                     OpKind::MemorySegESI | OpKind::MemoryESEDI => 4,
                     OpKind::MemorySegRSI | OpKind::MemoryESRDI => 8,
-                    _ => m.addr_size,
+                    _ => m.addr_size(),
                 };
-                assert_eq!(m.addr_size, addr_bits, "{ctx}: address size");
+                assert_eq!(m.addr_size(), addr_bits, "{ctx}: address size");
             }
             Operand::Imm(v) => {
                 let size = d.opsize();

@@ -13,7 +13,7 @@
 
 use super::instruction::{Instruction, Shape, field, op_number};
 use super::tables::{
-    ADDR16, Entry, Form, LEAD, Lead, Mandatory, ONE_BYTE, TWO_BYTE, VecForm, group_op, vec_move, x87_op, x87_size,
+    ADDR16, Entry, Form, Imm, LEAD, Lead, Mandatory, ONE_BYTE, TWO_BYTE, VecForm, group_op, vec_move, x87_op, x87_size,
 };
 use super::{AluOp, CpuMode, DecodeError, MAX_LEN, Op, Rep, VecMove, X87Op, mask};
 use crate::x86::state::Seg;
@@ -48,6 +48,13 @@ fn window(bytes: &[u8]) -> (u128, usize) {
         hi.copy_from_slice(&bytes[n - 8..n]);
         let hi = u64::from_le_bytes(hi).checked_shr(8 * (16 - n as u32)).unwrap_or(0);
         u128::from(u64::from_le_bytes(lo)) | u128::from(hi) << 64
+    } else if n >= 4 {
+        // Likewise with two 4-byte words.
+        let mut lo = [0u8; 4];
+        let mut hi = [0u8; 4];
+        lo.copy_from_slice(&bytes[..4]);
+        hi.copy_from_slice(&bytes[n - 4..n]);
+        u128::from(u64::from(u32::from_le_bytes(lo)) | u64::from(u32::from_le_bytes(hi)) << (8 * (n - 4)))
     } else {
         bytes[..n].iter().rev().fold(0u128, |w, &b| (w << 8) | u128::from(b))
     };
@@ -251,16 +258,15 @@ impl<const P: bool> Fsm<P> {
         v
     }
 
-    /// Consumes `n` (0, 1, 2 or 4) bytes as a sign-extended number,
-    /// without a branch.
+    /// Consumes `n` (1, 2 or 4) bytes as a sign-extended number.
     #[inline(always)]
     fn take_signed(&mut self, n: u8) -> i64 {
         let bits = 8 * u32::from(n);
-        let shift = (64 - bits) & 63;
+        let shift = 64 - bits;
         let v = (((self.w as u64) << shift) as i64) >> shift;
         self.w >>= bits;
         self.pos += usize::from(n);
-        v & -i64::from(n != 0)
+        v
     }
 
     #[inline(always)]
@@ -481,8 +487,12 @@ impl<const P: bool> Fsm<P> {
                 self.ss_default = base == 4 || base == 5;
             }
         }
-        self.disp = self.take_signed(self.disp_size);
-        self.immediate();
+        if self.disp_size != 0 {
+            self.disp = self.take_signed(self.disp_size);
+        }
+        if self.entry.imm != Imm::None {
+            self.immediate();
+        }
         Ok(())
     }
 
@@ -543,8 +553,7 @@ impl<const P: bool> Fsm<P> {
         }
     }
 
-    /// The immediate, if the opcode has one (without a branch: most
-    /// instructions behind MMIO have none, the others are mixed).
+    /// The immediate.
     #[inline(always)]
     fn immediate(&mut self) {
         /// Immediate bytes by encoding and whether the operand size is 2.

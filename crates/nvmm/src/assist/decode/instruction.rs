@@ -35,8 +35,12 @@ pub enum Shape {
 const SHAPES: [Shape; 8] =
     [Shape::MemReg, Shape::RegMem, Shape::MemImm, Shape::Mem, Shape::DiMem, Shape::MemDi, Shape::None, Shape::None];
 
-/// Bit positions of the fields of [`Instruction::bits`].
+/// Bit positions of the fields of [`Instruction::bits`]. From
+/// [`MEM`](field::MEM) on, the fields are those of [`Mem`] in the same
+/// layout.
 pub(super) mod field {
+    use super::super::mem::field as mem;
+
     /// Length (4 bits).
     pub const LEN: u32 = 0;
     /// REP prefix (2 bits: none, REP, REPNE).
@@ -47,8 +51,6 @@ pub(super) mod field {
     pub const VEX: u32 = 7;
     /// Segment override (3 bits: 0 for none, else the segment plus 1).
     pub const SEG_OVERRIDE: u32 = 8;
-    /// Address size (2 bits: log2 of the size in bytes, minus 1).
-    pub const ADDR_SIZE: u32 = 11;
     /// Shape (3 bits).
     pub const SHAPE: u32 = 13;
     /// Operation (5 bits, see `OPS`).
@@ -61,20 +63,24 @@ pub(super) mod field {
     pub const REG_NUM: u32 = 29;
     /// AH, CH, DH or BH.
     pub const HIGH8: u32 = 33;
+    /// The memory operand's fields start here.
+    pub const MEM: u32 = 34;
     /// Segment of the memory operand (3 bits).
-    pub const MEM_SEG: u32 = 34;
+    pub const MEM_SEG: u32 = MEM + mem::SEG;
     /// Base register (5 bits: bit 4 says present, bits 0-3 the number).
-    pub const BASE: u32 = 37;
+    pub const BASE: u32 = MEM + mem::BASE;
     /// Index register (5 bits, as the base).
-    pub const INDEX: u32 = 42;
+    pub const INDEX: u32 = MEM + mem::INDEX;
     /// Scale (2 bits: log2).
-    pub const SCALE: u32 = 47;
+    pub const SCALE: u32 = MEM + mem::SCALE;
     /// RIP-relative.
-    pub const RIP: u32 = 49;
+    pub const RIP: u32 = MEM + mem::RIP;
     /// Memory operand size in bytes (6 bits).
-    pub const MEM_SIZE: u32 = 50;
+    pub const MEM_SIZE: u32 = MEM + mem::SIZE;
+    /// Address size (2 bits: log2 of the size in bytes, minus 1).
+    pub const ADDR_SIZE: u32 = MEM + mem::ADDR_SIZE;
     /// "Present" in the base and index fields.
-    pub const PRESENT: u64 = 0x10;
+    pub const PRESENT: u64 = mem::PRESENT as u64;
     /// Register kinds.
     pub const KIND_XMM: u64 = 1;
     /// The x87 stack top.
@@ -229,16 +235,7 @@ impl Instruction {
     /// being [`Instruction::di`]; meaningless for [`Shape::None`]).
     #[inline]
     pub fn mem(&self) -> Mem {
-        let reg = |f: u64| (f & PRESENT != 0).then_some((f & 0xf) as u8);
-        Mem {
-            seg: Seg::ALL[self.get(MEM_SEG, 3) as usize],
-            base: reg(self.get(BASE, 5)),
-            index: reg(self.get(INDEX, 5)).map(|i| (i, 1 << self.get(SCALE, 2))),
-            disp: self.disp,
-            rip_relative: self.get(RIP, 1) != 0,
-            addr_size: self.addr_size(),
-            size: self.get(MEM_SIZE, 6) as u8,
-        }
+        Mem { bits: self.get(MEM, super::mem::field::WIDTH) as u32, disp: self.disp }
     }
 
     /// The register operand (meaningless unless the shape has one).
@@ -262,7 +259,7 @@ impl Instruction {
     /// The ES:rDI operand of MOVS and CMPS.
     #[inline]
     pub fn di(&self) -> Mem {
-        Mem { seg: Seg::Es, base: Some(7), index: None, disp: 0, rip_relative: false, ..self.mem() }
+        self.mem().es_rdi()
     }
 
     /// The destination (or first) operand.

@@ -13,7 +13,7 @@ fn known_encodings() {
     assert_eq!((d.op(), d.src()), (Op::Alu(AluOp::Cmp), Operand::Imm(0xffff)));
     // mov -8(%rbp), %eax uses SS.
     let d = decode(&[0x8b, 0x45, 0xf8], CpuMode::Bits64).unwrap();
-    assert_eq!(d.memory().unwrap().seg, Seg::Ss);
+    assert_eq!(d.memory().unwrap().seg(), crate::x86::state::Seg::Ss);
     assert_eq!(decode(&[0x0f, 0x0b], CpuMode::Bits64), Err(DecodeError::Unsupported { opcode: 0x0b }));
     assert_eq!(decode(&[0x8b], CpuMode::Bits64), Err(DecodeError::Truncated));
     assert_eq!(decode(&[0x66; 15], CpuMode::Bits64), Err(DecodeError::TooLong));

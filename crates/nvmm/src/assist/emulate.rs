@@ -21,7 +21,7 @@
 //! instruction is not reported.
 #![forbid(unsafe_code)]
 
-use super::decode::{AluOp, CpuMode, Instruction, Mem, Op, Operand, Reg, Rep, VecMove, X87Op, mask};
+use super::decode::{AluOp, CpuMode, Instruction, Mem, Op, Operand, Reg, Rep, Shape, VecMove, X87Op, mask};
 use super::flags::{self, rflags};
 use super::mmu::{Access, AccessKind};
 use super::x87;
@@ -267,15 +267,23 @@ impl<'a> Ctx<'a> {
         mem.write(lin, buf, self.access(AccessKind::Write))
     }
 
+    /// Reads `size` (at most 8) bytes of memory.
+    fn read_mem(&self, mem: &mut dyn EmuMemory, m: &Mem, size: u8) -> Result<u64, EmuError> {
+        let mut b = [0u8; 8];
+        self.load(mem, m, &mut b[..usize::from(size.min(8))])?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes `size` (at most 8) bytes of memory.
+    fn write_mem(&self, mem: &mut dyn EmuMemory, m: &Mem, size: u8, v: u64) -> Result<(), EmuError> {
+        self.store(mem, m, &v.to_le_bytes()[..usize::from(size.min(8))])
+    }
+
     fn read(&self, mem: &mut dyn EmuMemory, op: &Operand, size: u8) -> Result<u64, EmuError> {
         Ok(match *op {
             Operand::Reg(r) => self.read_reg(r),
             Operand::Imm(v) => v & mask(size),
-            Operand::Mem(m) => {
-                let mut b = [0u8; 8];
-                self.load(mem, &m, &mut b[..usize::from(size)])?;
-                u64::from_le_bytes(b)
-            }
+            Operand::Mem(m) => self.read_mem(mem, &m, size)?,
             Operand::None => 0,
         })
     }
@@ -283,7 +291,7 @@ impl<'a> Ctx<'a> {
     fn write(&mut self, mem: &mut dyn EmuMemory, op: &Operand, size: u8, v: u64) -> Result<(), EmuError> {
         match *op {
             Operand::Reg(r) => self.write_reg(r, v),
-            Operand::Mem(m) => self.store(mem, &m, &v.to_le_bytes()[..usize::from(size)])?,
+            Operand::Mem(m) => self.write_mem(mem, &m, size, v)?,
             _ => {}
         }
         Ok(())
@@ -341,6 +349,16 @@ fn run(
 ) -> Result<bool, EmuError> {
     let size = insn.opsize();
     match insn.op() {
+        // The bulk of MMIO accesses: straight between memory and a register
+        // or an immediate.
+        Op::Mov if insn.shape() == Shape::RegMem => {
+            let v = c.read_mem(mem, &insn.mem(), size)?;
+            c.write_reg(insn.reg(), v);
+        }
+        Op::Mov if insn.shape() == Shape::MemReg => {
+            let v = c.read_reg(insn.reg());
+            c.write_mem(mem, &insn.mem(), size, v)?;
+        }
         Op::Mov => {
             let v = c.read(mem, &insn.src(), size)?;
             c.write(mem, &insn.dst(), size, v)?;

@@ -68,7 +68,8 @@ struct Prefixes {
     addrsize: bool,
     lock: bool,
     rep: Rep,
-    seg: Option<Seg>,
+    /// Segment override: 0 for none, else the segment plus 1.
+    seg: u8,
     /// REX (or VEX) W/R/X/B bits.
     rex: u8,
     /// A REX prefix is present (AH..BH become SPL..DIL).
@@ -89,9 +90,9 @@ impl Prefixes {
                 let seg = lead.segment();
                 // In 64-bit mode an FS or GS prefix wins over ES, CS, SS and
                 // DS prefixes (which have no effect there anyway).
-                let fs_gs = matches!(self.seg, Some(Seg::Fs | Seg::Gs));
+                let fs_gs = self.seg == Seg::Fs as u8 + 1 || self.seg == Seg::Gs as u8 + 1;
                 if !long || !fs_gs || matches!(seg, Seg::Fs | Seg::Gs) {
-                    self.seg = Some(seg);
+                    self.seg = seg as u8 + 1;
                 }
             }
             Lead::Opcode | Lead::Escape | Lead::Vex | Lead::Rex => {}
@@ -160,7 +161,7 @@ const MODE_DEFAULTS: [(u8, u8); 3] = [(0, 2), (1, 4), (2, 4)];
 
 impl Prefixes {
     const NONE: Prefixes =
-        Prefixes { opsize: false, addrsize: false, lock: false, rep: Rep::None, seg: None, rex: 0, rex_present: false };
+        Prefixes { opsize: false, addrsize: false, lock: false, rep: Rep::None, seg: 0, rex: 0, rex_present: false };
 }
 
 impl<const P: bool> Fsm<P> {
@@ -274,17 +275,6 @@ impl<const P: bool> Fsm<P> {
         self.mode == CpuMode::Bits64
     }
 
-    #[inline(always)]
-    fn gpr_opsize(&self) -> u8 {
-        if self.p.rex & REX_W != 0 {
-            8
-        } else if (self.mode == CpuMode::Bits16) != self.p.opsize {
-            2
-        } else {
-            4
-        }
-    }
-
     /// Whether the machine went past the bytes it was given, or past 15:
     /// the first byte it needed and did not have decides.
     #[inline(always)]
@@ -310,35 +300,20 @@ impl<const P: bool> Fsm<P> {
     /// last one counts.
     #[inline(always)]
     fn prefixed(&mut self, mut lead: Lead) -> Result<bool, DecodeError> {
+        /// Address size (log2 of the bytes, minus 1) by mode and 67 prefix.
+        const ADDR_SIZES: [[u8; 2]; 3] = [[0, 1], [1, 0], [2, 1]];
+        /// Operand size by mode and 66 prefix (without REX.W).
+        const OSIZES: [[u8; 2]; 3] = [[2, 4], [4, 2], [4, 2]];
         let long = self.long();
         let mut p = self.p;
         loop {
-            match lead {
-                Lead::Opcode | Lead::Escape => break,
-                Lead::Vex => {
-                    if long {
-                        break;
-                    }
-                    // Outside 64-bit mode C4/C5 are LES/LDS unless ModRM.mod
-                    // is 11.
-                    if self.pos + 1 >= self.avail {
-                        self.pos += 2;
-                        return Err(DecodeError::Truncated);
-                    }
-                    if self.peek(1) & 0xc0 != 0xc0 {
-                        lead = Lead::Opcode;
-                    }
-                    break;
-                }
-                Lead::Rex if long => {
-                    p.rex = self.w as u8 & 0xf;
-                    p.rex_present = true;
-                }
-                Lead::Rex => {
-                    lead = Lead::Opcode;
-                    break;
-                }
-                _ => p.legacy(lead, long),
+            if lead == Lead::Rex && long {
+                p.rex = self.w as u8 & 0xf;
+                p.rex_present = true;
+            } else if lead.is_legacy() {
+                p.legacy(lead, long);
+            } else {
+                break;
             }
             self.w >>= 8;
             self.pos += 1;
@@ -348,21 +323,38 @@ impl<const P: bool> Fsm<P> {
             }
             lead = LEAD[usize::from(self.w as u8)];
         }
+        if lead == Lead::Vex && !long {
+            // Outside 64-bit mode C4/C5 are LES/LDS unless ModRM.mod is 11.
+            if self.pos + 1 >= self.avail {
+                self.pos += 2;
+                return Err(DecodeError::Truncated);
+            }
+            if self.peek(1) & 0xc0 != 0xc0 {
+                lead = Lead::Opcode;
+            }
+        }
         self.p = p;
-        self.addr_size = match (self.mode, p.addrsize) {
-            (CpuMode::Bits16, false) | (CpuMode::Bits32, true) => 0,
-            (CpuMode::Bits16, true) | (CpuMode::Bits32, false) | (CpuMode::Bits64, true) => 1,
-            (CpuMode::Bits64, false) => 2,
-        };
-        self.osize = self.gpr_opsize();
+        let mode = Self::mode_index(self.mode);
+        self.addr_size = ADDR_SIZES[mode][usize::from(p.addrsize)];
+        self.osize = if p.rex & REX_W != 0 { 8 } else { OSIZES[mode][usize::from(p.opsize)] };
         self.fixed = u64::from(p.lock) << field::LOCK
-            | p.seg.map_or(0, |s| s as u64 + 1) << field::SEG_OVERRIDE
+            | u64::from(p.seg) << field::SEG_OVERRIDE
             | u64::from(self.addr_size) << field::ADDR_SIZE;
-        if let Some(seg) = p.seg {
+        if p.seg != 0 {
+            let seg = Seg::ALL[usize::from(p.seg - 1)];
             self.seg_ds = seg;
             self.seg_ss = seg;
         }
         Ok(lead == Lead::Vex)
+    }
+
+    #[inline(always)]
+    fn mode_index(mode: CpuMode) -> usize {
+        match mode {
+            CpuMode::Bits16 => 0,
+            CpuMode::Bits32 => 1,
+            CpuMode::Bits64 => 2,
+        }
     }
 
     /// A VEX prefix and the opcode after it (VEX moves live in the 0F

@@ -341,6 +341,12 @@ impl Lead {
         (self as u8) <= Lead::Escape as u8
     }
 
+    /// A legacy prefix (66, 67, F0, F2, F3 or a segment).
+    #[inline(always)]
+    pub(super) fn is_legacy(self) -> bool {
+        (self as u8) >= Lead::OpSize as u8
+    }
+
     /// The segment of a segment prefix.
     pub(super) fn segment(self) -> Seg {
         match self {

@@ -148,11 +148,20 @@ pub(super) struct Fsm<const P: bool> {
 #[inline(always)]
 pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
     let (w, avail) = window(bytes);
-    if LEAD[usize::from(w as u8)].is_opcode() {
-        Fsm::<false>::new(w, avail, mode).decode()
-    } else {
-        Fsm::<true>::new(w, avail, mode).decode()
+    let lead = LEAD[usize::from(w as u8)];
+    if lead.is_opcode() {
+        return Fsm::<false>::new(w, avail, mode).decode();
     }
+    // A lone REX prefix, the most common one in 64-bit code, takes the
+    // unprefixed build too (REX is the only prefix state it keeps).
+    if lead == Lead::Rex && mode == CpuMode::Bits64 && LEAD[usize::from((w >> 8) as u8)].is_opcode() {
+        let mut f = Fsm::<false>::new(w >> 8, avail, mode);
+        f.pos = 1;
+        f.p.rex = w as u8 & 0xf;
+        f.p.rex_present = true;
+        return f.decode();
+    }
+    Fsm::<true>::new(w, avail, mode).decode()
 }
 
 /// What the mode alone decides: address size (log2 of the bytes, minus
@@ -205,10 +214,11 @@ impl<const P: bool> Fsm<P> {
         self.finish()
     }
 
-    /// The prefixes (none in the build for unprefixed instructions).
+    /// The prefixes (at most a REX in the build for unprefixed
+    /// instructions).
     #[inline(always)]
     fn pfx(&self) -> Prefixes {
-        if P { self.p } else { Prefixes::NONE }
+        if P { self.p } else { Prefixes { rex: self.p.rex, rex_present: self.p.rex_present, ..Prefixes::NONE } }
     }
 
     #[inline(always)]
@@ -218,7 +228,11 @@ impl<const P: bool> Fsm<P> {
 
     #[inline(always)]
     fn osize(&self) -> u8 {
-        if P { self.osize } else { MODE_DEFAULTS[self.mode as usize].1 }
+        match P {
+            true => self.osize,
+            false if self.p.rex & REX_W != 0 => 8,
+            false => MODE_DEFAULTS[self.mode as usize].1,
+        }
     }
 
     #[inline(always)]
@@ -476,7 +490,7 @@ impl<const P: bool> Fsm<P> {
             } else {
                 let base = rm | ((self.pfx().rex & REX_B) << 3);
                 self.mem = (field::PRESENT | u64::from(base)) << field::BASE;
-                self.ss_default = base == 4 || base == 5;
+                self.ss_default = base & 0xe == 4;
             }
         }
         if self.disp_size != 0 {
@@ -541,7 +555,7 @@ impl<const P: bool> Fsm<P> {
             self.disp_size = 4;
         } else {
             self.mem |= (field::PRESENT | u64::from(base)) << field::BASE;
-            self.ss_default = base == 4 || base == 5;
+            self.ss_default = base & 0xe == 4;
         }
     }
 
@@ -570,8 +584,10 @@ impl<const P: bool> Fsm<P> {
     /// A general-purpose register operand's fields.
     #[inline(always)]
     fn gpr(&self, num: u8, size: u8) -> u64 {
-        let high8 = size == 1 && !self.pfx().rex_present && (4..8).contains(&num);
-        let num = if high8 { num - 4 } else { num };
+        // Without a branch: AH, CH, DH, BH are byte registers 4-7 without
+        // REX.
+        let high8 = (size == 1) & !self.pfx().rex_present & (num & 0xc == 4);
+        let num = num - 4 * u8::from(high8);
         u64::from(num) << field::REG_NUM | u64::from(high8) << field::HIGH8
     }
 

@@ -213,12 +213,19 @@ impl IoExit<'_> {
     }
 }
 
-/// A guest RDMSR of an MSR KVM does not handle. Unless completed with
-/// [`RdmsrExit::complete`], the guest gets a #GP, as on hardware for a
-/// non-existent MSR. KVM advances RIP itself.
+/// A guest RDMSR of an MSR KVM does not handle.
+///
+/// As with NVMM, RIP is still at the RDMSR. Answer with
+/// [`RdmsrExit::complete`] (the guest reads the value, RIP moves past the
+/// instruction) or [`RdmsrExit::fail`] (the guest gets a #GP, as on
+/// hardware for a non-existent MSR). Left unanswered, the exit is the
+/// caller's, NVMM's convention: write RAX and RDX and set RIP to
+/// [`RdmsrExit::npc`] in the state, or leave RIP alone and the guest
+/// executes the RDMSR again.
 #[derive(Debug)]
 pub struct RdmsrExit<'a> {
     pub(crate) msr: u32,
+    pub(crate) npc: u64,
     pub(crate) data: &'a mut u64,
     pub(crate) error: &'a mut u8,
 }
@@ -228,23 +235,29 @@ impl RdmsrExit<'_> {
     pub fn msr(&self) -> u32 {
         self.msr
     }
+    /// The address of the next instruction (NVMM's `npc`).
+    pub fn npc(&self) -> u64 {
+        self.npc
+    }
     /// Returns `value` to the guest in EDX:EAX.
     pub fn complete(&mut self, value: u64) {
         *self.data = value;
         *self.error = 0;
     }
-    /// Makes the RDMSR raise #GP (the default).
+    /// Makes the RDMSR raise #GP.
     pub fn fail(&mut self) {
         *self.error = 1;
     }
 }
 
-/// A guest WRMSR of an MSR KVM does not handle. Unless accepted with
-/// [`WrmsrExit::accept`], the guest gets a #GP. KVM advances RIP itself.
+/// A guest WRMSR of an MSR KVM does not handle. Answer with
+/// [`WrmsrExit::accept`] or [`WrmsrExit::fail`] (#GP); left unanswered, it
+/// is the caller's as for [`RdmsrExit`].
 #[derive(Debug)]
 pub struct WrmsrExit<'a> {
     pub(crate) msr: u32,
     pub(crate) value: u64,
+    pub(crate) npc: u64,
     pub(crate) error: &'a mut u8,
 }
 
@@ -257,14 +270,36 @@ impl WrmsrExit<'_> {
     pub fn value(&self) -> u64 {
         self.value
     }
+    /// The address of the next instruction (NVMM's `npc`).
+    pub fn npc(&self) -> u64 {
+        self.npc
+    }
     /// Lets the write complete.
     pub fn accept(&mut self) {
         *self.error = 0;
     }
-    /// Makes the WRMSR raise #GP (the default).
+    /// Makes the WRMSR raise #GP.
     pub fn fail(&mut self) {
         *self.error = 1;
     }
+}
+
+/// The partial state NVMM reports with every exit (`exit->exitstate`), a
+/// fast path for event-injection decisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitState {
+    /// RFLAGS.
+    pub rflags: u64,
+    /// CR8 (the TPR).
+    pub cr8: u64,
+    /// In an STI or MOV SS interrupt shadow.
+    pub int_shadow: bool,
+    /// An interrupt-window exit is armed.
+    pub int_window_exiting: bool,
+    /// An NMI-window exit is armed.
+    pub nmi_window_exiting: bool,
+    /// An event is still waiting to be delivered.
+    pub evt_pending: bool,
 }
 
 /// KVM gave up emulating an instruction (`KVM_INTERNAL_ERROR_EMULATION`).

@@ -64,7 +64,9 @@ pub mod x86;
 
 pub use backend::kvm::KvmFacts;
 pub use error::{Error, Result};
-pub use exit::{EmulationFailure, Exit, InvalidExit, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit};
+pub use exit::{
+    EmulationFailure, Exit, ExitState, InvalidExit, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit,
+};
 pub use machine::Machine;
 pub use memory::Prot;
 pub use registry::MachineInfo;

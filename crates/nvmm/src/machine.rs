@@ -153,6 +153,19 @@ impl Machine {
         Ok(hva)
     }
 
+    /// Registers a host region, unless it lies inside an existing mapping
+    /// (then it adds nothing, as NVMM).
+    pub(crate) fn add_host_region(&self, region: HostRegion) -> Result<()> {
+        let mut mem = self.shared.memory_mut();
+        mem.check_host_range(region.addr(), region.len() as u64)?;
+        if mem.host_contains(region.addr(), region.len() as u64) {
+            return Ok(());
+        }
+        mem.add_host(region)?;
+        self.shared.record.set_nram(mem.host_bytes());
+        Ok(())
+    }
+
     /// Unregisters the host mapping with exactly this range
     /// (`nvmm_hva_unmap`). Guest mappings of it keep working; the memory is
     /// released when the last of them is unmapped.

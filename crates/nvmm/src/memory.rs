@@ -162,6 +162,11 @@ impl MemoryMap {
         Ok(())
     }
 
+    /// Whether `[hva, hva + size)` lies inside one registered host mapping.
+    pub(crate) fn host_contains(&self, hva: u64, size: u64) -> bool {
+        self.host_containing(hva, size).is_some()
+    }
+
     fn host_containing(&self, hva: u64, size: u64) -> Option<(&u64, &HostMapping)> {
         self.host.range(..=hva).next_back().filter(|(start, m)| hva + size <= **start + m.size)
     }

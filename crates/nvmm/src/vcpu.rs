@@ -39,6 +39,8 @@ use crate::x86::state::{Cr, Fxsave, Gpr, Msr, Seg, State, StateMask};
 use crate::x86::xsave::{Xsave, xfeature};
 
 mod assist;
+mod exit_state;
+mod msr;
 pub use assist::{AssistOutcome, IoRequest, MemRequest};
 
 /// A VCPU configuration request (`nvmm_vcpu_configure`).
@@ -196,6 +198,12 @@ pub struct Vcpu {
     io_insn: Option<(IoInstruction, u64)>,
     /// Clear every pending event at the next commit (reused VCPU).
     reset_events: bool,
+    /// The last exit is an MSR access KVM will finish at the next run,
+    /// unless the VMM left it unanswered (see `msr.rs`).
+    msr_pending: bool,
+    /// An assist answered a KVM-decoded exit: KVM finishes the instruction
+    /// at the next run, and reading the state first makes it finish now.
+    assisted: bool,
     /// Guest physical address width, from the guest's CPUID.
     guest_phys_bits: u8,
     /// Whether the guest's CPUID offers 1 GiB pages.
@@ -245,6 +253,8 @@ impl Vcpu {
             last_exit: ExitKind::None,
             io_insn: None,
             reset_events: false,
+            msr_pending: false,
+            assisted: false,
             guest_phys_bits: 36,
             guest_gib_pages: false,
         };
@@ -292,6 +302,11 @@ impl Vcpu {
     pub fn get_state(&mut self, mask: StateMask) -> Result<()> {
         let parts = parts_of(mask);
         self.used |= sync_of(parts);
+        if self.assisted && parts != 0 {
+            // Show the instruction the assist answered as finished, as
+            // NVMM's assists do.
+            self.flush_to_kvm()?;
+        }
         self.fetch(parts & !self.have)
     }
 
@@ -401,13 +416,20 @@ impl Vcpu {
         self.last_exit = ExitKind::None;
         let kind = self.run_kind()?;
         self.last_exit = kind;
+        let npc = match kind {
+            ExitKind::Rdmsr | ExitKind::Wrmsr => {
+                self.msr_pending = true;
+                self.msr_npc()?
+            }
+            _ => 0,
+        };
         Ok(match kind {
             ExitKind::None => Exit::None,
             ExitKind::Stopped => Exit::Stopped,
             ExitKind::Memory => Exit::Memory(self.kvm.memory_exit()),
             ExitKind::Io => Exit::Io(self.kvm.io_exit()),
-            ExitKind::Rdmsr => Exit::Rdmsr(self.kvm.rdmsr_exit()),
-            ExitKind::Wrmsr => Exit::Wrmsr(self.kvm.wrmsr_exit()),
+            ExitKind::Rdmsr => Exit::Rdmsr(self.kvm.rdmsr_exit(npc)),
+            ExitKind::Wrmsr => Exit::Wrmsr(self.kvm.wrmsr_exit(npc)),
             ExitKind::Halted => Exit::Halted,
             ExitKind::Shutdown => Exit::Shutdown,
             ExitKind::IntReady => Exit::IntReady,
@@ -436,6 +458,8 @@ impl Vcpu {
             self.state.intr.set_nmi_window_exiting(false);
             return Ok(ExitKind::NmiReady);
         }
+        self.settle_msr_exit()?;
+        self.assisted = false;
         self.commit()?;
         let outcome = self.kvm.run();
         self.has_run = true;
@@ -874,6 +898,8 @@ impl Vcpu {
     /// instruction, without entering the guest (`KVM_RUN` with
     /// `immediate_exit`).
     fn flush_to_kvm(&mut self) -> Result<()> {
+        self.settle_msr_exit()?;
+        self.assisted = false;
         self.commit()?;
         self.kvm.set_immediate_exit();
         let outcome = self.kvm.run();

@@ -195,13 +195,75 @@ fn unknown_msrs_exit_and_complete() {
 }
 
 #[test]
-fn unanswered_msr_access_raises_gp() {
+fn refused_msr_access_raises_gp() {
     nvmm_testkit::kvm_or_skip!();
     let mut g = msr_guest();
-    assert_eq!(next_reason(&mut g.vcpu), reason::RDMSR);
+    match g.vcpu.run().unwrap() {
+        Exit::Rdmsr(mut r) => r.fail(),
+        e => panic!("{e:?}"),
+    }
     assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
     assert_eq!(read_u32(&g, 0x2100), 0x0d, "the #GP handler ran");
     assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), 0x1808);
+}
+
+#[test]
+fn unanswered_msr_access_is_executed_again() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = msr_guest();
+    let first = match g.vcpu.run().unwrap() {
+        Exit::Rdmsr(r) => r.npc(),
+        e => panic!("{e:?}"),
+    };
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), first - 2, "RIP stays on the RDMSR");
+    match g.vcpu.run().unwrap() {
+        Exit::Rdmsr(r) => assert_eq!((r.msr(), r.npc()), (0xffff_ffff, first)),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(read_u32(&g, 0x2100), 0, "no #GP");
+}
+
+#[test]
+fn msr_access_emulated_through_the_state_like_nvmm() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = msr_guest();
+    let npc = match g.vcpu.run().unwrap() {
+        Exit::Rdmsr(r) => r.npc(),
+        e => panic!("{e:?}"),
+    };
+    // NVMM's convention: EDX:EAX and RIP = npc, through the state.
+    g.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rax] = 0x5566_7788;
+            s.gprs[Gpr::Rdx] = 0x1122_3344;
+            s.gprs[Gpr::Rip] = npc;
+        })
+        .unwrap();
+    let npc = match g.vcpu.run().unwrap() {
+        Exit::Wrmsr(w) => {
+            assert_eq!((w.msr(), w.value()), (0xffff_fffe, 0x2_0000_0001));
+            w.npc()
+        }
+        e => panic!("{e:?}"),
+    };
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rip] = npc).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!((read_u32(&g, 0x2000), read_u32(&g, 0x2004)), (0x5566_7788, 0x1122_3344));
+    assert_eq!(read_u32(&g, 0x2100), 0, "no #GP");
+}
+
+#[test]
+fn abandoned_msr_exit_does_not_follow_a_new_state() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = msr_guest();
+    assert_eq!(next_reason(&mut g.vcpu), reason::RDMSR);
+    // Start over somewhere else, as a test harness does between cases:
+    // the RDMSR left behind must neither fault nor move the new RIP.
+    g.machine.write_gpa(0x1900, &[0xf4]).unwrap(); // hlt
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rip] = 0x1900).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), 0x1901);
+    assert_eq!(read_u32(&g, 0x2100), 0, "no #GP");
 }
 
 #[test]
@@ -380,4 +442,42 @@ fn cpuid_is_nvmms_and_masks_apply() {
     let mut h = protected_mode(&code);
     let err = h.vcpu.configure(VcpuConf::Cpuid(CpuidConf { leaf: 1, action: CpuidAction::Exit })).unwrap_err();
     assert_eq!(err.errno(), 95, "ENOTSUP");
+}
+
+#[test]
+fn state_read_after_an_assist_shows_the_finished_instruction() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0xba, 0xf8, 0x03, // mov dx,0x3f8
+        0xec, //             in al,dx
+        0xf4, //             hlt
+    ]);
+    assert!(matches!(g.vcpu.run().unwrap(), Exit::Io(_)));
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 3, "at the IN, as NVMM");
+    g.vcpu.assist_io(|io| io.data[0] = 0x5a).unwrap();
+    // As after NVMM's assist: RAX holds the data, RIP is past the IN.
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    assert_eq!((g.vcpu.state().gprs[Gpr::Rax] & 0xff, g.vcpu.state().gprs[Gpr::Rip]), (0x5a, CODE + 4));
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 5);
+}
+
+#[test]
+fn exit_state_reports_rflags_cr8_and_windows() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0xfb, //             sti
+        0xba, 0xf8, 0x03, // mov dx,0x3f8
+        0xee, //             out dx,al
+        0xf4, //             hlt
+    ]);
+    assert!(matches!(g.vcpu.run().unwrap(), Exit::Io(_)));
+    let st = g.vcpu.exit_state().unwrap();
+    assert_eq!(st.rflags & 0x202, 0x202, "IF set by the STI, bit 1 always set");
+    assert!(!st.int_window_exiting && !st.nmi_window_exiting && !st.evt_pending);
+    assert_eq!(st.cr8, 0);
+    g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_window_exiting(true)).unwrap();
+    let r = g.vcpu.run().unwrap().reason();
+    assert!(r == reason::INT_READY || r == reason::HALTED, "{r:#x}");
+    assert!(!g.vcpu.exit_state().unwrap().int_window_exiting, "disarmed once reported");
 }

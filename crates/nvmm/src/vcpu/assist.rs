@@ -74,6 +74,7 @@ impl Vcpu {
         for chunk in exit.data_mut().chunks_exact_mut(size) {
             io(&mut IoRequest { port, is_in, data: chunk });
         }
+        self.assisted = true;
         Ok(AssistOutcome::Completed)
     }
 
@@ -94,6 +95,7 @@ impl Vcpu {
                 let mut exit = self.kvm.memory_exit();
                 let (gpa, write) = (exit.gpa(), exit.is_write());
                 mem(&mut MemRequest { gpa, write, data: exit.data_mut() });
+                self.assisted = true;
                 Ok(AssistOutcome::Completed)
             }
             ExitKind::EmulationFailure => self.emulate(&mut mem),

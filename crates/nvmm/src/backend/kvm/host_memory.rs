@@ -4,8 +4,9 @@ use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
 
-/// A host mapping owned by the library: anonymous, private, lazily backed
-/// (`MAP_NORESERVE`), unmapped on drop.
+/// Host memory backing guest RAM: either owned by the library
+/// (anonymous, private, lazily backed with `MAP_NORESERVE`, unmapped on
+/// drop) or borrowed from the program (see [`HostRegion::borrowed`]).
 ///
 /// Guest code may change the bytes at any time while a VCPU runs, so the
 /// region is only ever accessed through raw copies, never through Rust
@@ -13,6 +14,7 @@ use crate::error::{Error, Result};
 pub(crate) struct HostRegion {
     ptr: NonNull<u8>,
     len: usize,
+    owned: bool,
 }
 
 // SAFETY: the region is plain memory owned by this value; all accesses are
@@ -47,7 +49,24 @@ impl HostRegion {
             });
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or(Error::NoMemory { what: "mapping guest memory" })?;
-        Ok(HostRegion { ptr, len })
+        Ok(HostRegion { ptr, len, owned: true })
+    }
+
+    /// Memory the program already mapped at `addr`.
+    ///
+    /// # Safety
+    ///
+    /// `[addr, addr + len)` must be readable and writable memory of this
+    /// process that stays mapped for as long as the region (and any guest
+    /// mapping of it) lives; the library never unmaps it.
+    pub(crate) unsafe fn borrowed(addr: u64, len: usize) -> Result<HostRegion> {
+        let ptr = NonNull::new(addr as *mut u8).ok_or(Error::InvalidRange {
+            what: "host",
+            start: addr,
+            size: len as u64,
+            why: "it is at address 0",
+        })?;
+        Ok(HostRegion { ptr, len, owned: false })
     }
 
     /// Host virtual address of the first byte.
@@ -86,6 +105,9 @@ impl HostRegion {
 
 impl Drop for HostRegion {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // SAFETY: unmaps exactly the mapping created in `anonymous`, which
         // nothing references any more (KVM slots are removed before the last
         // reference to the region goes away).

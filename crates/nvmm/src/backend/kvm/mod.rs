@@ -6,6 +6,7 @@
 
 pub(crate) mod convert;
 pub mod floor;
+mod foreign_memory;
 mod host_memory;
 mod kick;
 mod publish;

@@ -60,6 +60,10 @@ pub(crate) struct KvmVcpu {
 // mapping and only touch `immediate_exit` atomically).
 unsafe impl Send for KvmVcpu {}
 
+/// `kvm_run.msr.error` of an MSR exit the VMM has not answered yet (any
+/// non-zero value makes KVM raise #GP, should it ever see this one).
+const MSR_UNANSWERED: u8 = 0x80;
+
 impl KvmVcpu {
     pub(super) fn new(mut fd: VcpuFd, run_size: usize) -> Result<KvmVcpu> {
         assert!(run_size >= std::mem::size_of::<kvm_run>(), "kvm_run mapping too small");
@@ -167,7 +171,7 @@ impl KvmVcpu {
             }
             RawExit::Rdmsr | RawExit::Wrmsr => {
                 // SAFETY: exit_reason is an MSR exit, so `msr` is live.
-                unsafe { (*r).__bindgen_anon_1.msr.error = 1 };
+                unsafe { (*r).__bindgen_anon_1.msr.error = MSR_UNANSWERED };
             }
             _ => {}
         }
@@ -231,24 +235,45 @@ impl KvmVcpu {
         }
     }
 
-    /// Payload of an RDMSR exit.
-    pub(crate) fn rdmsr_exit(&mut self) -> RdmsrExit<'_> {
+    /// Payload of an RDMSR exit; `npc` is the address past the RDMSR.
+    pub(crate) fn rdmsr_exit(&mut self, npc: u64) -> RdmsrExit<'_> {
         let r = self.run_ptr();
         // SAFETY: only called for KVM_EXIT_X86_RDMSR, where `msr` is live;
         // the borrows are tied to `&mut self`.
         unsafe {
             let m = addr_of_mut!((*r).__bindgen_anon_1.msr);
-            RdmsrExit { msr: (*m).index, data: &mut (*m).data, error: &mut (*m).error }
+            RdmsrExit { msr: (*m).index, npc, data: &mut (*m).data, error: &mut (*m).error }
         }
     }
 
-    /// Payload of a WRMSR exit.
-    pub(crate) fn wrmsr_exit(&mut self) -> WrmsrExit<'_> {
+    /// Payload of a WRMSR exit; `npc` is the address past the WRMSR.
+    pub(crate) fn wrmsr_exit(&mut self, npc: u64) -> WrmsrExit<'_> {
         let r = self.run_ptr();
         // SAFETY: only called for KVM_EXIT_X86_WRMSR, where `msr` is live.
         unsafe {
             let m = addr_of_mut!((*r).__bindgen_anon_1.msr);
-            WrmsrExit { msr: (*m).index, value: (*m).data, error: &mut (*m).error }
+            WrmsrExit { msr: (*m).index, value: (*m).data, npc, error: &mut (*m).error }
+        }
+    }
+
+    /// Whether the last MSR exit is still unanswered (neither completed
+    /// nor refused by the VMM).
+    pub(crate) fn msr_unanswered(&self) -> bool {
+        let r = self.run_ptr();
+        // SAFETY: only called after an MSR exit, before the next KVM_RUN
+        // changes the union; `error` is a plain byte.
+        unsafe { (*r).__bindgen_anon_1.msr.error == MSR_UNANSWERED }
+    }
+
+    /// Answers the last MSR exit successfully with `data` (for RDMSR), so
+    /// that KVM finishes the instruction at the next `KVM_RUN`.
+    pub(crate) fn answer_msr(&mut self, data: u64) {
+        let r = self.run_ptr();
+        // SAFETY: as in `msr_unanswered`; plain fields of the live page.
+        unsafe {
+            let m = addr_of_mut!((*r).__bindgen_anon_1.msr);
+            (*m).error = 0;
+            (*m).data = data;
         }
     }
 

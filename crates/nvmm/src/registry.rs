@@ -223,6 +223,49 @@ pub(crate) fn machine_info(id: u32, max: u32) -> Result<MachineInfo> {
     }
 }
 
+/// The machines other processes publish, found through `proc` (normally
+/// `/proc`): owner pid and record. Processes that cannot be inspected are
+/// skipped.
+pub fn published_machines(proc: &std::path::Path) -> Vec<(u32, Record)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(proc) else { return out };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            if target.to_string_lossy().starts_with(&format!("/memfd:{REGISTRY_NAME}"))
+                && let Ok(bytes) = std::fs::read(fd.path())
+            {
+                out.extend(parse_registry(&bytes).into_iter().map(|r| (pid, r)));
+            }
+        }
+    }
+    out
+}
+
+/// Information about machine `id` of any process: this one's first, then
+/// those other processes publish (ids are per process; the first match
+/// wins).
+pub(crate) fn machine_info_any(id: u32, max: u32) -> Result<MachineInfo> {
+    match machine_info(id, max) {
+        Err(Error::NoSuchMachine { .. }) => {}
+        r => return r,
+    }
+    let me = std::process::id();
+    published_machines(std::path::Path::new("/proc"))
+        .into_iter()
+        .find(|(pid, r)| *pid != me && r.machid == id)
+        .map(|(pid, r)| MachineInfo {
+            machid: r.machid,
+            nvcpus: r.nvcpus,
+            nram: r.nram,
+            pid,
+            created: UNIX_EPOCH + Duration::from_secs(r.created_unix),
+        })
+        .ok_or(Error::NoSuchMachine { id })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

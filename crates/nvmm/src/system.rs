@@ -157,6 +157,14 @@ impl Nvmm {
     pub fn machine_info(&self, machid: u32) -> Result<MachineInfo> {
         registry::machine_info(machid, self.sys.cap.max_machines)
     }
+
+    /// Information about machine `machid` of this process or, failing
+    /// that, of another process that publishes its machines (NVMM's root
+    /// view, `nvmm_root_init`). Machine ids are per process: the first
+    /// match wins.
+    pub fn machine_info_any(&self, machid: u32) -> Result<MachineInfo> {
+        registry::machine_info_any(machid, self.sys.cap.max_machines)
+    }
 }
 
 /// Machines the descriptor limit can hold: one for the VM, at least one for

@@ -78,6 +78,13 @@ impl Vcpu {
         Ok(AssistOutcome::Completed)
     }
 
+    /// Whether KVM finishes the instruction an assist answered at the next
+    /// run. Until then [`Vcpu::state`] shows it unfinished;
+    /// [`Vcpu::get_state`] shows it finished.
+    pub fn finishes_at_next_run(&self) -> bool {
+        self.assisted
+    }
+
     /// The memory assist (`nvmm_assist_mem`) for the last
     /// [`Exit::Memory`](crate::Exit::Memory) or
     /// [`Exit::EmulationFailure`](crate::Exit::EmulationFailure): calls

@@ -41,6 +41,11 @@ impl StateMask {
         self.0
     }
 
+    /// The components of both (`|`, usable in constants).
+    pub const fn union(self, other: StateMask) -> StateMask {
+        StateMask(self.0 | other.0)
+    }
+
     /// Whether every component of `other` is in `self`.
     pub const fn contains(self, other: StateMask) -> bool {
         self.0 & other.0 == other.0

@@ -1,0 +1,23 @@
+//! The C programs in `tests/c`, built against `nvmm.h` and libnvmm with
+//! `cc -Wall -Wextra -Werror` and run against KVM.
+
+mod harness;
+
+use harness::{Link, compile, run_ok};
+
+#[test]
+fn calc_vm_adds_in_the_guest() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("calc_vm.c", &[], Link::Shared);
+    assert_eq!(run_ok(&exe, &["3", "5"]), "Result: 8\n");
+    assert_eq!(run_ok(&exe, &["-7", "1000000"]), "Result: 999993\n");
+}
+
+#[test]
+fn a_statically_linked_program_runs() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("calc_vm.c", &[], Link::Static);
+    let dynamic = std::process::Command::new("readelf").arg("-d").arg(&exe).output().expect("readelf");
+    assert!(!String::from_utf8_lossy(&dynamic.stdout).contains("NEEDED"), "no shared library at run time");
+    assert_eq!(run_ok(&exe, &["40", "2"]), "Result: 42\n");
+}

@@ -21,3 +21,11 @@ fn a_statically_linked_program_runs() {
     assert!(!String::from_utf8_lossy(&dynamic.stdout).contains("NEEDED"), "no shared library at run time");
     assert_eq!(run_ok(&exe, &["40", "2"]), "Result: 42\n");
 }
+
+#[test]
+fn memory_assist_matches_the_cpu_in_every_mode() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("mem_assist.c", &["mem_assist_asm.S"], Link::Shared);
+    let out = run_ok(&exe, &[]);
+    assert_eq!(out.matches("passed").count(), 27, "{out}");
+}

@@ -10,8 +10,7 @@ use crate::errno::{CResult, check, entry, non_null};
 use crate::registry::{self, VcpuCtx, in_callback, lock_vcpu};
 
 /// What NVMM's assists fetch before they start.
-const ASSIST_STATE: StateMask =
-    StateMask::GPRS.union(StateMask::SEGS).union(StateMask::CRS).union(StateMask::MSRS);
+const ASSIST_STATE: StateMask = StateMask::GPRS.union(StateMask::SEGS).union(StateMask::CRS).union(StateMask::MSRS);
 
 /// Runs an assist on the VCPU `vcpu` names, then leaves the comm page as
 /// NVMM's assists do: the registers they changed are shown when the

@@ -5,7 +5,9 @@ use std::ffi::{CString, c_int, c_void};
 use nvmm_core::x86::{CpuidConf, CpuidRegs};
 use nvmm_core::{Event, Exit, StateMask, VcpuConf};
 
-use crate::abi::{AssistCallbacks, ConfCpuid, ConfTpr, NvmmMachine, NvmmVcpu, VCPU_CONF_CALLBACKS, VCPU_CONF_CPUID, VCPU_CONF_TPR};
+use crate::abi::{
+    AssistCallbacks, ConfCpuid, ConfTpr, NvmmMachine, NvmmVcpu, VCPU_CONF_CALLBACKS, VCPU_CONF_CPUID, VCPU_CONF_TPR,
+};
 use crate::comm::CommPage;
 use crate::errno::{CResult, check, entry, non_null};
 use crate::exit::{self, Summary};
@@ -55,11 +57,7 @@ pub extern "C" fn nvmm_vcpu_destroy(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu)
 }
 
 /// Runs `f` on the VCPU `vcpu` names, locked.
-fn with_vcpu<R>(
-    mach: *mut NvmmMachine,
-    vcpu: *mut NvmmVcpu,
-    f: impl FnOnce(&mut VcpuCtx) -> CResult<R>,
-) -> CResult<R> {
+fn with_vcpu<R>(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu, f: impl FnOnce(&mut VcpuCtx) -> CResult<R>) -> CResult<R> {
     let ctx = registry::machine(mach)?;
     let v = registry::vcpu(&ctx, vcpu)?;
     let mut g = lock_vcpu(&v)?;
@@ -76,7 +74,12 @@ fn read_conf<T: Copy>(conf: *mut c_void) -> CResult<T> {
 /// `nvmm_vcpu_configure`: `NVMM_VCPU_CONF_CALLBACKS`, `NVMM_VCPU_CONF_CPUID`
 /// (masks; exits cannot be delivered on KVM: `ENOTSUP`), `NVMM_VCPU_CONF_TPR`.
 #[unsafe(no_mangle)]
-pub extern "C" fn nvmm_vcpu_configure(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu, op: u64, conf: *mut c_void) -> c_int {
+pub extern "C" fn nvmm_vcpu_configure(
+    mach: *mut NvmmMachine,
+    vcpu: *mut NvmmVcpu,
+    op: u64,
+    conf: *mut c_void,
+) -> c_int {
     entry(|| match op {
         VCPU_CONF_CALLBACKS => {
             let cbs: AssistCallbacks = read_conf(conf)?;
@@ -88,7 +91,8 @@ pub extern "C" fn nvmm_vcpu_configure(mach: *mut NvmmMachine, vcpu: *mut NvmmVcp
         VCPU_CONF_CPUID => {
             let c: ConfCpuid = read_conf(conf)?;
             let regs = |r: [u32; 4]| CpuidRegs { eax: r[0], ebx: r[1], ecx: r[2], edx: r[3] };
-            let conf = check(CpuidConf::from_raw(c.flags & 1 != 0, c.flags & 2 != 0, c.leaf, regs(c.set), regs(c.del)))?;
+            let conf =
+                check(CpuidConf::from_raw(c.flags & 1 != 0, c.flags & 2 != 0, c.leaf, regs(c.set), regs(c.del)))?;
             with_vcpu(mach, vcpu, |v| check(v.vcpu.configure(VcpuConf::Cpuid(conf))))
         }
         VCPU_CONF_TPR => {

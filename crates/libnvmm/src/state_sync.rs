@@ -78,7 +78,8 @@ impl VcpuCtx {
     /// page, including changes the program made without `setstate`).
     pub(crate) fn push_cached(&mut self, mask: StateMask) {
         // SAFETY: plain field of the live page.
-        let cached = StateMask::from_bits(unsafe { (*self.comm).state_cached } & mask.bits()).unwrap_or(StateMask::NONE);
+        let cached =
+            StateMask::from_bits(unsafe { (*self.comm).state_cached } & mask.bits()).unwrap_or(StateMask::NONE);
         if cached == StateMask::NONE {
             return;
         }

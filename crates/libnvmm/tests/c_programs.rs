@@ -25,7 +25,23 @@ fn a_statically_linked_program_runs() {
 #[test]
 fn memory_assist_matches_the_cpu_in_every_mode() {
     nvmm_testkit::kvm_or_skip!();
-    let exe = compile("mem_assist.c", &["mem_assist_asm.S"], Link::Shared);
+    let exe = compile("mem_assist.c", &["mem_assist_asm.S", "guest.c"], Link::Shared);
     let out = run_ok(&exe, &[]);
     assert_eq!(out.matches("passed").count(), 27, "{out}");
+}
+
+#[test]
+fn io_assist_follows_the_architecture_in_every_mode() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("io_assist.c", &["io_assist_asm.S", "guest.c"], Link::Shared);
+    let out = run_ok(&exe, &[]);
+    assert_eq!(out.matches("passed").count(), 18, "{out}");
+}
+
+#[test]
+fn bad_input_gets_the_documented_errno() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("errors.c", &[], Link::Shared);
+    let out = run_ok(&exe, &[]);
+    assert!(out.ends_with(", 0 failures\n"), "{out}");
 }

@@ -877,18 +877,23 @@ impl Vcpu {
         mode: CpuMode,
         matches: &dyn Fn(&IoInstruction) -> bool,
     ) -> Result<IoInstruction> {
+        // The bytes before `linear`: up to 15, fewer near address 0, and
+        // only from `linear`'s page when the page before cannot be read.
         let mut window = [0u8; 15];
-        let start = linear.wrapping_sub(15);
-        let n = self.read_linear(start, &mut window).unwrap_or(0);
-        for len in (1..=15usize).rev() {
-            if n < 15 {
-                break;
-            }
-            if let Ok(d) = decode_io(&window[15 - len..], mode)
-                && usize::from(d.length) == len
-                && matches(&d)
-            {
-                return Ok(d);
+        let mut back = linear.min(15) as usize;
+        let mut n = self.read_linear(linear - back as u64, &mut window[..back]).unwrap_or(0);
+        if n < back {
+            back = (((linear - 1) & 0xfff) + 1).min(15) as usize;
+            n = self.read_linear(linear - back as u64, &mut window[..back]).unwrap_or(0);
+        }
+        if n == back {
+            for len in (1..=back).rev() {
+                if let Ok(d) = decode_io(&window[back - len..back], mode)
+                    && usize::from(d.length) == len
+                    && matches(&d)
+                {
+                    return Ok(d);
+                }
             }
         }
         Err(Error::Unsupported { what: "locating the I/O instruction KVM already completed" })

@@ -45,3 +45,10 @@ fn bad_input_gets_the_documented_errno() {
     let out = run_ok(&exe, &[]);
     assert!(out.ends_with(", 0 failures\n"), "{out}");
 }
+
+#[test]
+fn vcpus_stop_from_other_threads_and_signal_handlers() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("stop.c", &[], Link::Shared);
+    assert_eq!(run_ok(&exe, &[]), "0 failures\n");
+}

@@ -52,3 +52,11 @@ fn vcpus_stop_from_other_threads_and_signal_handlers() {
     let exe = compile("stop.c", &[], Link::Shared);
     assert_eq!(run_ok(&exe, &[]), "0 failures\n");
 }
+
+#[test]
+fn vcpu_state_follows_the_comm_page_contract() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("state.c", &[], Link::Shared);
+    let out = run_ok(&exe, &[]);
+    assert!(out.ends_with(", 0 failures\n"), "{out}");
+}

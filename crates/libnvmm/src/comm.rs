@@ -43,7 +43,14 @@ pub(crate) struct CommPage {
     stop_handle: StopHandle,
 }
 
-const _: () = assert!(offset_of!(CommPage, magic) == 1072);
+// NetBSD's layout for the head (checked against the header by the C tests).
+const _: () = {
+    assert!(offset_of!(CommPage, state) == 32);
+    assert!(offset_of!(CommPage, event_commit) == 1040);
+    assert!(offset_of!(CommPage, event) == 1048);
+    assert!(offset_of!(CommPage, stop) == 1064);
+    assert!(offset_of!(CommPage, magic) == 1072);
+};
 
 impl CommPage {
     /// Allocates a comm page; free it with [`CommPage::free`].

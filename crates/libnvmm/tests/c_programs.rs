@@ -60,3 +60,10 @@ fn vcpu_state_follows_the_comm_page_contract() {
     let out = run_ok(&exe, &[]);
     assert!(out.ends_with(", 0 failures\n"), "{out}");
 }
+
+#[test]
+fn structs_and_constants_match_netbsd() {
+    // Compile-time checks: needs no KVM to build, and none to run.
+    let exe = compile("layout.c", &[], Link::Shared);
+    assert_eq!(run_ok(&exe, &[]), "layout ok\n");
+}

@@ -26,6 +26,12 @@ pub fn source(name: &str) -> PathBuf {
 /// Libraries the Rust static library needs from the system.
 pub const STATIC_DEPS: &[&str] = &["-lutil", "-lrt", "-lpthread", "-lm", "-ldl"];
 
+/// Whether these tests were built with the release profile.
+pub fn release_profile() -> bool {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).and_then(Path::file_name).is_some_and(|n| n == "release")
+}
+
 /// A directory with `libnvmm.so`, `libnvmm.so.0` and `libnvmm.a` of the
 /// profile these tests were built with, built on first use.
 pub fn library_dir() -> &'static Path {

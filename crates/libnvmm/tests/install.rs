@@ -1,0 +1,85 @@
+//! `install.sh` installs a usable library: the products under a prefix,
+//! a pkg-config file that builds programs, shared and static.
+
+mod harness;
+
+use std::path::Path;
+use std::process::Command;
+
+use harness::{crate_dir, release_profile, source};
+
+fn pkg_config(prefix: &Path, args: &[&str]) -> Vec<String> {
+    let out = Command::new("pkg-config")
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .args(args)
+        .arg("libnvmm")
+        .output()
+        .expect("run pkg-config (install it: apt-get install pkg-config)");
+    assert!(out.status.success(), "pkg-config {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn install_sh_installs_a_library_pkg_config_can_build_with() {
+    let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prefix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&prefix);
+    let mut install = Command::new(crate_dir().join("install.sh"));
+    install.arg("--prefix").arg(&prefix);
+    if !release_profile() {
+        install.arg("--debug");
+    }
+    let status = install.status().expect("run install.sh");
+    assert!(status.success(), "install.sh failed");
+    for f in [
+        "lib/libnvmm.so.0.1",
+        "lib/libnvmm.so.0",
+        "lib/libnvmm.so",
+        "lib/libnvmm.a",
+        "lib/pkgconfig/libnvmm.pc",
+        "include/nvmm.h",
+        "sbin/nvmmctl",
+        "share/man/man3/libnvmm.3",
+        "share/man/man8/nvmmctl.8",
+    ] {
+        assert!(prefix.join(f).exists(), "{f} is not installed");
+    }
+    let dynamic = Command::new("readelf").arg("-d").arg(prefix.join("lib/libnvmm.so")).output().expect("readelf");
+    assert!(String::from_utf8_lossy(&dynamic.stdout).contains("Library soname: [libnvmm.so.0]"));
+
+    // Shared and static builds with nothing but pkg-config's flags.
+    let cflags = pkg_config(&prefix, &["--cflags"]);
+    let shared = prefix.join("calc-shared");
+    let st = Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror"])
+        .args(&cflags)
+        .arg(source("calc_vm.c"))
+        .arg("-o")
+        .arg(&shared)
+        .args(pkg_config(&prefix, &["--libs"]))
+        .status()
+        .expect("cc");
+    assert!(st.success(), "shared build failed");
+    let fully_static = prefix.join("calc-static");
+    let st = Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror", "-static"])
+        .args(&cflags)
+        .arg(source("calc_vm.c"))
+        .arg("-o")
+        .arg(&fully_static)
+        .args(pkg_config(&prefix, &["--static", "--libs"]))
+        .status()
+        .expect("cc");
+    assert!(st.success(), "static build failed");
+
+    nvmm_testkit::kvm_or_skip!();
+    for (exe, libs) in [(&shared, Some(prefix.join("lib"))), (&fully_static, None)] {
+        let mut run = Command::new(exe);
+        run.args(["20", "22"]);
+        if let Some(l) = libs {
+            run.env("LD_LIBRARY_PATH", l);
+        }
+        let out = run.output().expect("run the program");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "Result: 42\n", "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::remove_dir_all(&prefix).expect("clean up");
+}

@@ -17,7 +17,7 @@ fn calc_vm_adds_in_the_guest() {
 fn a_statically_linked_program_runs() {
     nvmm_testkit::kvm_or_skip!();
     let exe = compile("calc_vm.c", &[], Link::Static);
-    let dynamic = std::process::Command::new("readelf").arg("-d").arg(&exe).output().expect("readelf");
+    let dynamic = std::process::Command::new("readelf").arg("-d").arg(&*exe).output().expect("readelf");
     assert!(!String::from_utf8_lossy(&dynamic.stdout).contains("NEEDED"), "no shared library at run time");
     assert_eq!(run_ok(&exe, &["40", "2"]), "Result: 42\n");
 }
@@ -66,4 +66,19 @@ fn structs_and_constants_match_netbsd() {
     // Compile-time checks: needs no KVM to build, and none to run.
     let exe = compile("layout.c", &[], Link::Shared);
     assert_eq!(run_ok(&exe, &[]), "layout ok\n");
+}
+
+#[test]
+fn root_view_describes_other_processes_machines() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("root.c", &[], Link::Shared);
+    assert_eq!(run_ok(&exe, &[]), "0 failures\n");
+}
+
+#[test]
+fn instructions_kvm_cannot_emulate_complete_through_the_assist() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("emu_failure.c", &[], Link::Shared);
+    let out = run_ok(&exe, &[]);
+    assert!(out.ends_with(" 0 failures\n"), "{out}");
 }

@@ -32,15 +32,16 @@ pub fn release_profile() -> bool {
     exe.parent().and_then(Path::parent).and_then(Path::file_name).is_some_and(|n| n == "release")
 }
 
-/// A directory with `libnvmm.so`, `libnvmm.so.0` and `libnvmm.a` of the
-/// profile these tests were built with, built on first use.
+/// A directory with `libnvmm.so`, `libnvmm.so.0` and `libnvmm.a` (links
+/// to the build of the profile these tests were built with, made on first
+/// use).
 pub fn library_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         // target/<profile>/deps/<this test>
         let exe = std::env::current_exe().expect("test executable path");
         let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let release = release_profile();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build.args(["build", "--quiet", "-p", "libnvmm", "--lib"]).current_dir(crate_dir());
@@ -49,15 +50,44 @@ pub fn library_dir() -> &'static Path {
         }
         let status = build.status().expect("run cargo build");
         assert!(status.success(), "cargo build -p libnvmm failed");
-        // A directory per test process: tests run in parallel processes.
-        let stage = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("libnvmm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&stage);
-        std::fs::create_dir_all(&stage).expect("create staging directory");
-        std::fs::copy(profile_dir.join("libnvmm.so"), stage.join("libnvmm.so.0")).expect("copy libnvmm.so");
-        std::os::unix::fs::symlink("libnvmm.so.0", stage.join("libnvmm.so")).expect("link libnvmm.so");
-        std::fs::copy(profile_dir.join("libnvmm.a"), stage.join("libnvmm.a")).expect("copy libnvmm.a");
+        // Tests run in parallel processes: each makes the directory aside
+        // and renames it into place; the first one wins, the others use it.
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let stage = tmp.join(format!("libnvmm-{}", if release { "release" } else { "debug" }));
+        if !stage.join("libnvmm.a").exists() {
+            let mine = tmp.join(format!("libnvmm-stage-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&mine);
+            std::fs::create_dir_all(&mine).expect("create staging directory");
+            let link = |target: &str, name: &str| {
+                std::os::unix::fs::symlink(profile_dir.join(target), mine.join(name)).expect("link the library")
+            };
+            link("libnvmm.so", "libnvmm.so.0");
+            link("libnvmm.so", "libnvmm.so");
+            link("libnvmm.a", "libnvmm.a");
+            if std::fs::rename(&mine, &stage).is_err() {
+                let _ = std::fs::remove_dir_all(&mine);
+            }
+        }
         stage
     })
+}
+
+/// A compiled program, deleted when dropped.
+pub struct Program {
+    path: PathBuf,
+}
+
+impl std::ops::Deref for Program {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// How to link a program.
@@ -71,9 +101,13 @@ pub enum Link {
 }
 
 /// Compiles `tests/c/<name>` (plus extra sources) into an executable.
-pub fn compile(name: &str, extra: &[&str], link: Link) -> PathBuf {
+pub fn compile(name: &str, extra: &[&str], link: Link) -> Program {
     let lib = library_dir();
-    let out = lib.join(format!("{}-{link:?}", name.trim_end_matches(".c")));
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{}-{link:?}-{}",
+        name.trim_end_matches(".c"),
+        std::process::id()
+    ));
     let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
     cc.args(["-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-Wextra", "-Werror"])
         .arg("-I")
@@ -98,7 +132,7 @@ pub fn compile(name: &str, extra: &[&str], link: Link) -> PathBuf {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    out
+    Program { path: out }
 }
 
 /// Runs a compiled program (at most two minutes).

@@ -11,11 +11,26 @@ fn text(o: &[u8]) -> String {
     String::from_utf8_lossy(o).into_owned()
 }
 
-/// Writes `bytes` to a file unique to this test and returns its path.
-fn image(name: &str, bytes: &[u8]) -> PathBuf {
+/// A guest image file unique to this test, deleted when dropped.
+struct Image(PathBuf);
+
+impl Image {
+    fn path(&self) -> &str {
+        self.0.to_str().expect("temporary paths are UTF-8")
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `bytes` to a file unique to this test.
+fn image(name: &str, bytes: &[u8]) -> Image {
     let p = std::env::temp_dir().join(format!("nvmmctl-test-{}-{name}.bin", std::process::id()));
     std::fs::write(&p, bytes).unwrap();
-    p
+    Image(p)
 }
 
 #[test]
@@ -68,11 +83,11 @@ fn run_images_in_every_mode() {
         ],
     );
     for (path, gpa, mode) in [(&real, "0x7c00", "real"), (&prot, "0x100000", "prot32"), (&long, "0x200000", "long64")] {
-        let o = nvmmctl(&["run", "--image", path.to_str().unwrap(), "--gpa", gpa, "--mode", mode]);
+        let o = nvmmctl(&["run", "--image", path.path(), "--gpa", gpa, "--mode", mode]);
         assert!(o.status.success(), "{mode}: {}", text(&o.stderr));
         assert_eq!(text(&o.stdout), "hi\n", "{mode}");
     }
-    let o = nvmmctl(&["run", "--image", real.to_str().unwrap(), "--gpa", "0x7c00", "--mode", "real", "--mem", "1G"]);
+    let o = nvmmctl(&["run", "--image", real.path(), "--gpa", "0x7c00", "--mode", "real", "--mem", "1G"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
@@ -81,7 +96,7 @@ fn guest_faults_are_reported() {
     nvmm_testkit::kvm_or_skip!();
     let ud2 = image("ud2", &[0x90, 0x0f, 0x0b]); // nop ; ud2
     for mode in ["prot32", "long64"] {
-        let o = nvmmctl(&["run", "--image", ud2.to_str().unwrap(), "--gpa", "0x1000", "--mode", mode]);
+        let o = nvmmctl(&["run", "--image", ud2.path(), "--gpa", "0x1000", "--mode", mode]);
         assert_eq!(o.status.code(), Some(3), "{mode}");
         let err = text(&o.stderr);
         assert!(err.contains("guest fault: #UD invalid opcode (vector 6) at RIP 0x1001"), "{mode}: {err}");
@@ -93,7 +108,7 @@ fn guest_faults_are_reported() {
             0x0f, 0x0b, //                                                 ud2
         ],
     );
-    let o = nvmmctl(&["run", "--image", triple.to_str().unwrap(), "--gpa", "0x1000", "--mode", "long64"]);
+    let o = nvmmctl(&["run", "--image", triple.path(), "--gpa", "0x1000", "--mode", "long64"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     let err = text(&o.stderr);
     assert!(err.contains("triple-faulted") || err.contains("guest fault"), "{err}");
@@ -106,7 +121,7 @@ fn bad_arguments_are_clear_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("cannot read image /nonexistent/guest.bin"), "{}", text(&o.stderr));
     let img = image("tiny", &[0xf4]);
-    let p = img.to_str().unwrap();
+    let p = img.path();
     let o = nvmmctl(&["run", "--image", p, "--gpa", "0", "--mode", "protected"]);
     assert_eq!(o.status.code(), Some(2), "clap rejects an unknown mode");
     assert!(text(&o.stderr).contains("invalid value 'protected'"));
@@ -131,8 +146,7 @@ fn bad_arguments_are_clear_errors() {
 fn a_timeout_stops_a_spinning_guest() {
     nvmm_testkit::kvm_or_skip!();
     let spin = image("spin", &[0xeb, 0xfe]); // jmp $
-    let o =
-        nvmmctl(&["run", "--image", spin.to_str().unwrap(), "--gpa", "0x1000", "--mode", "real", "--timeout", "0.2"]);
+    let o = nvmmctl(&["run", "--image", spin.path(), "--gpa", "0x1000", "--mode", "real", "--timeout", "0.2"]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("timeout"));
 }

@@ -52,9 +52,9 @@ pub enum Exit<'a> {
     Memory(MemoryExit<'a>),
     /// The guest executed IN, OUT, INS or OUTS.
     Io(IoExit<'a>),
-    /// The guest read an MSR KVM does not handle.
+    /// The guest read an MSR that NVMM leaves to the VMM.
     Rdmsr(RdmsrExit<'a>),
-    /// The guest wrote an MSR KVM does not handle.
+    /// The guest wrote an MSR that NVMM leaves to the VMM.
     Wrmsr(WrmsrExit<'a>),
     /// The guest executed HLT; RIP is already past it.
     Halted,
@@ -213,7 +213,9 @@ impl IoExit<'_> {
     }
 }
 
-/// A guest RDMSR of an MSR KVM does not handle.
+/// A guest RDMSR of an MSR that NVMM leaves to the VMM: every MSR but the
+/// SYSCALL/SYSENTER MSRs, the segment bases, EFER, PAT, the TSC and a few
+/// model MSRs that read as constants (even those KVM could answer).
 ///
 /// As with NVMM, RIP is still at the RDMSR. Answer with
 /// [`RdmsrExit::complete`] (the guest reads the value, RIP moves past the
@@ -250,7 +252,7 @@ impl RdmsrExit<'_> {
     }
 }
 
-/// A guest WRMSR of an MSR KVM does not handle. Answer with
+/// A guest WRMSR of an MSR that NVMM leaves to the VMM. Answer with
 /// [`WrmsrExit::accept`] or [`WrmsrExit::fail`] (#GP); left unanswered, it
 /// is the caller's as for [`RdmsrExit`].
 #[derive(Debug)]

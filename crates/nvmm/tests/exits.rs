@@ -195,6 +195,48 @@ fn unknown_msrs_exit_and_complete() {
 }
 
 #[test]
+fn msrs_outside_nvmm_s_in_kernel_list_exit_even_when_kvm_knows_them() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = protected_mode(&[
+        0x31, 0xc9, //                         xor ecx,ecx (P5_MC_ADDR)
+        0x0f, 0x32, //                         rdmsr
+        0xb9, 0x1b, 0x00, 0x00, 0x00, //       mov ecx,0x1b (APIC_BASE)
+        0x0f, 0x32, //                         rdmsr
+        0xb9, 0xff, 0x02, 0x00, 0x00, //       mov ecx,0x2ff (MTRR_DEF_TYPE)
+        0x0f, 0x30, //                         wrmsr
+        0xb9, 0x77, 0x02, 0x00, 0x00, //       mov ecx,0x277 (PAT, in kernel)
+        0x0f, 0x32, //                         rdmsr
+        0xa3, 0x00, 0x20, 0x00, 0x00, //       mov ds:0x2000,eax
+        0xb9, 0x81, 0x00, 0x00, 0xc0, //       mov ecx,0xc0000081 (STAR, in kernel)
+        0xb8, 0x78, 0x56, 0x34, 0x12, //       mov eax,0x12345678
+        0x31, 0xd2, //                         xor edx,edx
+        0x0f, 0x30, //                         wrmsr
+        0x0f, 0x32, //                         rdmsr
+        0xa3, 0x04, 0x20, 0x00, 0x00, //       mov ds:0x2004,eax
+        0xf4, //                               hlt
+    ]);
+    for want in [0u32, 0x1b] {
+        match g.vcpu.run().unwrap() {
+            Exit::Rdmsr(mut r) => {
+                assert_eq!(r.msr(), want);
+                r.complete(0);
+            }
+            e => panic!("RDMSR {want:#x}: {e:?}"),
+        }
+    }
+    match g.vcpu.run().unwrap() {
+        Exit::Wrmsr(mut w) => {
+            assert_eq!(w.msr(), 0x2ff);
+            w.accept();
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED, "PAT and STAR are handled without exits");
+    assert_eq!(read_u32(&g, 0x2000), 0x0007_0406, "PAT's RESET value, low half");
+    assert_eq!(read_u32(&g, 0x2004), 0x1234_5678);
+}
+
+#[test]
 fn refused_msr_access_raises_gp() {
     nvmm_testkit::kvm_or_skip!();
     let mut g = msr_guest();

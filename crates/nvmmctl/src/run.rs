@@ -259,14 +259,16 @@ fn exit_loop(
                     }
                 }
             }
-            Exit::Rdmsr(r) => {
+            Exit::Rdmsr(mut r) => {
                 exits += 1;
                 fault_port_hit = false;
+                r.fail();
                 let _ = writeln!(log, "[nvmmctl] RDMSR {:#x}: unknown MSR, the guest gets #GP", r.msr());
             }
-            Exit::Wrmsr(w) => {
+            Exit::Wrmsr(mut w) => {
                 exits += 1;
                 fault_port_hit = false;
+                w.fail();
                 let _ = writeln!(log, "[nvmmctl] WRMSR {:#x}: unknown MSR, the guest gets #GP", w.msr());
             }
             Exit::EmulationFailure(f) => {

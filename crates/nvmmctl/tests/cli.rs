@@ -112,6 +112,13 @@ fn guest_faults_are_reported() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     let err = text(&o.stderr);
     assert!(err.contains("triple-faulted") || err.contains("guest fault"), "{err}");
+    // An MSR NVMM leaves to the VMM (APIC base): nvmmctl refuses it with #GP.
+    let rdmsr = image("rdmsr", &[0xb9, 0x1b, 0x00, 0x00, 0x00, 0x0f, 0x32]); // mov ecx,0x1b ; rdmsr
+    let o = nvmmctl(&["run", "--image", rdmsr.path(), "--gpa", "0x1000", "--mode", "long64"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("RDMSR 0x1b: unknown MSR, the guest gets #GP"), "{err}");
+    assert!(err.contains("guest fault: #GP general protection (vector 13, error code 0x0) at RIP 0x1005"), "{err}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod floor;
 mod foreign_memory;
 mod host_memory;
 mod kick;
+pub(crate) mod msr_filter;
 mod publish;
 mod run_alias;
 mod vcpu;
@@ -18,7 +19,7 @@ use std::os::fd::{IntoRawFd, OwnedFd};
 
 use kvm_bindings::{
     KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
-    KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_userspace_memory_region,
+    KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VmFd};
 
@@ -69,6 +70,11 @@ const REQUIRED: &[Requirement] = &[
         why: "race-free VCPU stop",
     },
     Requirement { cap: KVM_CAP_X86_USER_SPACE_MSR, name: "KVM_CAP_X86_USER_SPACE_MSR", why: "RDMSR/WRMSR exits" },
+    Requirement {
+        cap: kvm_bindings::KVM_CAP_X86_MSR_FILTER,
+        name: "KVM_CAP_X86_MSR_FILTER",
+        why: "RDMSR/WRMSR exits for every MSR NVMM leaves to the VMM",
+    },
     Requirement {
         cap: KVM_CAP_EXIT_ON_EMULATION_FAILURE,
         name: "KVM_CAP_EXIT_ON_EMULATION_FAILURE",
@@ -197,7 +203,9 @@ impl KvmSystem {
             fd.enable_cap(&c).map_err(|e| Error::kvm_errno(what, e))
         };
         enable(KVM_CAP_EXIT_ON_EMULATION_FAILURE, 1, "KVM_ENABLE_CAP(EXIT_ON_EMULATION_FAILURE)")?;
-        enable(KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_UNKNOWN.into(), "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)")?;
+        let msr_exits = KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER;
+        enable(KVM_CAP_X86_USER_SPACE_MSR, msr_exits.into(), "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)")?;
+        msr_filter::install(&fd)?;
         if self.is_intel {
             // Real mode on VMX without unrestricted guest needs a TSS; the
             // three pages below 0xfffc0000 are where firmware-less VMMs put it.

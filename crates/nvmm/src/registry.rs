@@ -244,23 +244,56 @@ pub fn published_machines(proc: &std::path::Path) -> Vec<(u32, Record)> {
     out
 }
 
-/// Information about machine `id` of any process: this one's first, then
-/// those other processes publish (ids are per process; the first match
-/// wins).
+/// Other processes' machines as the root view last read them.
+struct Snapshot {
+    /// The last id asked for.
+    last_id: u32,
+    /// Owner pid and record, in root-view order.
+    others: Vec<(u32, Record)>,
+}
+
+static SNAPSHOT: Mutex<Option<Snapshot>> = Mutex::new(None);
+
+/// Machine `id` of NVMM's root view, which numbers every machine on the
+/// host: this process's machines keep their own ids; the machines other
+/// processes publish follow, ordered by owner pid and then by their id in
+/// that process, from the first id past this process's table. The
+/// numbering is a snapshot, taken when a walk over the ids starts (an id
+/// not past the previous one asked for): it shifts when other processes'
+/// machines come and go, as a listing of them would.
 pub(crate) fn machine_info_any(id: u32, max: u32) -> Result<MachineInfo> {
-    match machine_info(id, max) {
-        Err(Error::NoSuchMachine { .. }) => {}
-        r => return r,
+    if id >= max {
+        return Err(Error::InvalidMachineId { id, max });
     }
-    let me = std::process::id();
-    published_machines(std::path::Path::new("/proc"))
-        .into_iter()
-        .find(|(pid, r)| *pid != me && r.machid == id)
+    let own = {
+        let t = table();
+        if let Some(Some(rec)) = t.slots.get(id as usize) {
+            return Ok(rec.info());
+        }
+        t.slots.len() as u32
+    };
+    if id < own {
+        return Err(Error::NoSuchMachine { id });
+    }
+    let mut snap = SNAPSHOT.lock().unwrap_or_else(|e| e.into_inner());
+    // A walk asks for increasing ids and reads /proc once; asking for an
+    // id not past the last one starts a new walk on a fresh snapshot.
+    if snap.as_ref().is_none_or(|s| id <= s.last_id) {
+        let me = std::process::id();
+        let mut others: Vec<(u32, Record)> =
+            published_machines(std::path::Path::new("/proc")).into_iter().filter(|(pid, _)| *pid != me).collect();
+        others.sort_by_key(|(pid, r)| (*pid, r.machid));
+        *snap = Some(Snapshot { last_id: id, others });
+    }
+    let snap = snap.as_mut().expect("just filled");
+    snap.last_id = id;
+    snap.others
+        .get((id - own) as usize)
         .map(|(pid, r)| MachineInfo {
-            machid: r.machid,
+            machid: id,
             nvcpus: r.nvcpus,
             nram: r.nram,
-            pid,
+            pid: *pid,
             created: UNIX_EPOCH + Duration::from_secs(r.created_unix),
         })
         .ok_or(Error::NoSuchMachine { id })

@@ -158,10 +158,14 @@ impl Nvmm {
         registry::machine_info(machid, self.sys.cap.max_machines)
     }
 
-    /// Information about machine `machid` of this process or, failing
-    /// that, of another process that publishes its machines (NVMM's root
-    /// view, `nvmm_root_init`). Machine ids are per process: the first
-    /// match wins.
+    /// Information about machine `machid` in NVMM's root view
+    /// (`nvmm_root_init`), which numbers every machine on the host: this
+    /// process's machines keep their ids, and the machines other processes
+    /// publish follow, past this process's highest id, ordered by owner pid
+    /// and then by their id in that process. Iterating `machid` from 0 to
+    /// [`Capability::max_machines`] lists them all, as NetBSD's `nvmmctl
+    /// list` does; the numbering shifts when other processes' machines come
+    /// and go.
     pub fn machine_info_any(&self, machid: u32) -> Result<MachineInfo> {
         registry::machine_info_any(machid, self.sys.cap.max_machines)
     }

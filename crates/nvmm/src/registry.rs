@@ -285,7 +285,7 @@ pub(crate) fn machine_info_any(id: u32, max: u32) -> Result<MachineInfo> {
         others.sort_by_key(|(pid, r)| (*pid, r.machid));
         *snap = Some(Snapshot { last_id: id, others });
     }
-    let snap = snap.as_mut().expect("just filled");
+    let Some(snap) = snap.as_mut() else { return Err(Error::NoSuchMachine { id }) };
     snap.last_id = id;
     snap.others
         .get((id - own) as usize)

@@ -20,16 +20,6 @@ use nvmm::{Cr, Exit, Gpr, State, StateMask};
 const DATA: u64 = 0x2_0000;
 const DATA_LEN: usize = 256;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// The emulator's view of the VCPU: a copy of the state.
 struct Model {
     st: State,

@@ -10,17 +10,6 @@ use nvmm::{Cr, Msr, StateMask, Vcpu};
 
 const TABLES: u64 = 0x10_0000;
 
-/// A deterministic PRNG.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn compare(mode: PagingMode, sizes: &[u64], va_bits: u32) {
     let mut g = real_mode(&[0xf4]);
     let mut t = PageTables::new(mode, TABLES);

@@ -154,3 +154,18 @@ run_test_code(struct nvmm_machine *mach, struct nvmm_vcpu *vcpu)
 		}
 	}
 }
+
+int
+run_every_mode(int (*test_mode)(enum mode))
+{
+	int failures = 0;
+
+	if (nvmm_init() == -1)
+		err(EXIT_FAILURE, "nvmm_init");
+	failures += test_mode(MODE_64);
+	failures += test_mode(MODE_32);
+	failures += test_mode(MODE_16);
+	if (failures)
+		printf("%d failures\n", failures);
+	return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -34,4 +34,10 @@ void reset_vcpu(struct nvmm_machine *, struct nvmm_vcpu *, enum mode,
  */
 int run_test_code(struct nvmm_machine *, struct nvmm_vcpu *);
 
+/*
+ * nvmm_init, then `test_mode` in 64-bit, 32-bit and real mode (each returns
+ * its number of failures); the program's exit status.
+ */
+int run_every_mode(int (*test_mode)(enum mode));
+
 #endif

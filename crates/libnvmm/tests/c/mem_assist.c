@@ -150,14 +150,5 @@ test_mode(enum mode mode)
 int
 main(void)
 {
-	int failures = 0;
-
-	if (nvmm_init() == -1)
-		err(EXIT_FAILURE, "nvmm_init");
-	failures += test_mode(MODE_64);
-	failures += test_mode(MODE_32);
-	failures += test_mode(MODE_16);
-	if (failures)
-		printf("%d failures\n", failures);
-	return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+	return run_every_mode(test_mode);
 }

@@ -262,16 +262,11 @@ static SNAPSHOT: Mutex<Option<Snapshot>> = Mutex::new(None);
 /// not past the previous one asked for): it shifts when other processes'
 /// machines come and go, as a listing of them would.
 pub(crate) fn machine_info_any(id: u32, max: u32) -> Result<MachineInfo> {
-    if id >= max {
-        return Err(Error::InvalidMachineId { id, max });
+    match machine_info(id, max) {
+        Err(Error::NoSuchMachine { .. }) => {}
+        r => return r,
     }
-    let own = {
-        let t = table();
-        if let Some(Some(rec)) = t.slots.get(id as usize) {
-            return Ok(rec.info());
-        }
-        t.slots.len() as u32
-    };
+    let own = table().slots.len() as u32;
     if id < own {
         return Err(Error::NoSuchMachine { id });
     }

@@ -193,7 +193,14 @@ fn bench_assist_mem() {
 }
 
 fn main() {
-    bench_decode();
-    bench_decode_emulate();
-    bench_assist_mem();
+    // `cargo bench -p nvmm --bench assist -- NAME...` runs only the named
+    // benchmarks (cargo's own flags, such as --bench, are not names).
+    let names: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let benches: [(&str, fn()); 3] =
+        [("decode", bench_decode), ("decode_emulate", bench_decode_emulate), ("assist_mem", bench_assist_mem)];
+    for (name, run) in benches {
+        if names.is_empty() || names.iter().any(|n| n == name) {
+            run();
+        }
+    }
 }

@@ -210,10 +210,15 @@ pub fn mask(size: u8) -> u64 {
 /// [`DecodeError::TooLong`] past 15 bytes, [`DecodeError::Unsupported`] for
 /// an instruction the emulator does not execute, [`DecodeError::Invalid`]
 /// for an encoding the CPU rejects.
+#[inline]
 pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
-    fsm::decode(bytes, mode)
+    match common::decode(bytes, mode) {
+        Some(insn) => Ok(insn),
+        None => fsm::decode(bytes, mode),
+    }
 }
 
+mod common;
 mod fsm;
 mod instruction;
 mod mem;

@@ -144,8 +144,9 @@ pub(super) struct Fsm<const P: bool> {
 /// Decodes the instruction at the start of `bytes` in `mode`. The
 /// machine comes in two builds: one for instructions with prefixes, and
 /// one for the many without, where everything the prefixes decide is a
-/// constant of the mode.
-#[inline(always)]
+/// constant of the mode. (Most instructions never get here: see
+/// [`common`](super::common).)
+#[inline(never)]
 pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
     let (w, avail) = window(bytes);
     let lead = LEAD[usize::from(w as u8)];

@@ -40,7 +40,7 @@ pub(super) enum Form {
 impl Form {
     /// `op r/m, reg`, `op reg, r/m` or `op r/m, imm`: the common forms.
     #[inline(always)]
-    pub(super) fn is_alu_like(self) -> bool {
+    pub(super) const fn is_alu_like(self) -> bool {
         (self as u8) <= Form::RmImm as u8
     }
 }
@@ -139,9 +139,9 @@ pub(super) const ALU_BY_REG: [AluOp; 8] =
 
 /// The operation (its number) of a group opcode with ModRM.reg `reg`.
 #[inline(always)]
-pub(super) fn group_op(g: Group, reg: u8) -> Option<u8> {
+pub(super) const fn group_op(g: Group, reg: u8) -> Option<u8> {
     match (g, reg) {
-        (Group::Alu, r) => Some(op_number(Op::Alu(ALU_BY_REG[usize::from(r & 7)]))),
+        (Group::Alu, r) => Some(op_number(Op::Alu(ALU_BY_REG[(r & 7) as usize]))),
         (Group::Test, 0 | 1) => Some(op_number(Op::Test)),
         (Group::Mov, 0) => Some(op_number(Op::Mov)),
         (Group::Cmpxchg, 1) => Some(op_number(Op::CmpxchgNb)),

@@ -1,0 +1,211 @@
+//! The decoder's common path: the instructions behind most MMIO exits,
+//! decoded straight through with a few table loads.
+//!
+//! An instruction takes this path when, in 32- or 64-bit code, it is at
+//! most a 66 prefix and a REX prefix (in that order) and then a one-byte
+//! or 0F opcode of the `op r/m, reg`, `op reg, r/m` or `op r/m, imm`
+//! forms (MOV, MOVZX, the ALU operations, TEST, XCHG, CMPXCHG, XADD)
+//! with a memory operand. For those the states of the machine
+//! ([`fsm`](super::fsm)) have nothing left to decide that the tables do
+//! not say ahead of time, so the path runs them as one straight line:
+//! no state to carry, no branch on the form. Everything else (other
+//! prefixes, 16-bit code, register operands, group encodings that are not
+//! instructions, bytes that run out) goes to the machine, which stays the
+//! reference: the path gives exactly the machine's answer or none at all,
+//! which the tests check over every opcode, ModRM, SIB and prefix.
+#![forbid(unsafe_code)]
+
+use super::instruction::{Instruction, field};
+use super::tables::{Form, Imm, ONE_BYTE, TWO_BYTE, group_op};
+use super::{CpuMode, MAX_LEN};
+use crate::x86::state::Seg;
+
+/// REX bits.
+const REX_W: u8 = 8;
+const REX_R: u8 = 4;
+const REX_X: u8 = 2;
+const REX_B: u8 = 1;
+
+/// Displacement bytes by ModRM.mod with 32/64-bit addressing.
+const DISP_BY_MOD: [usize; 4] = [0, 1, 4, 0];
+
+/// Marks, in [`Opcode::ops`], a ModRM.reg with which the opcode is not an
+/// instruction of the common path.
+const NO_OP: u8 = u8::MAX;
+
+/// One opcode, as the common path needs it. What depends on the operand
+/// size is laid out by the size's index: REX.W times 2, plus 1 with a 66
+/// prefix.
+#[derive(Clone, Copy)]
+struct Opcode {
+    /// By size index: the SHAPE, OPSIZE and MEM_SIZE fields, in place.
+    bits: [u64; 4],
+    /// The operation's number by ModRM.reg (the same eight times unless
+    /// the opcode is a group), [`NO_OP`] for none.
+    ops: [u8; 8],
+    /// By size index: the operand size.
+    size: [u8; 4],
+    /// By size index: the immediate's bytes.
+    imm: [u8; 4],
+    /// All ones when ModRM.reg names a register operand, else 0.
+    reg_mask: u64,
+}
+
+const NOT_COMMON: Opcode = Opcode { bits: [0; 4], ops: [NO_OP; 8], size: [0; 4], imm: [0; 4], reg_mask: 0 };
+
+/// The one-byte map (`0..256`) and the 0F map (`256..512`), as far as the
+/// common path goes: the ALU-like forms. (82, which only 32-bit code
+/// has, is left to the machine.)
+static OPCODES: [Opcode; 512] = {
+    let mut t = [NOT_COMMON; 512];
+    let mut i = 0;
+    while i < 512 {
+        let entry = if i < 256 { ONE_BYTE[1][i] } else { TWO_BYTE[i - 256] };
+        if entry.form.is_alu_like() {
+            let mut x = Opcode { ops: [entry.op; 8], ..NOT_COMMON };
+            if entry.reg_op {
+                let mut reg = 0;
+                while reg < 8 {
+                    x.ops[reg] = match group_op(entry.group, reg as u8) {
+                        Some(op) => op,
+                        None => NO_OP,
+                    };
+                    reg += 1;
+                }
+            }
+            // No prefix, 66, REX.W, both (REX.W wins).
+            let full: [u8; 4] = [4, 2, 8, 8];
+            let mut k = 0;
+            while k < 4 {
+                let size = if entry.byte { 1 } else { full[k] };
+                let mem_size = if entry.mem_size != 0 { entry.mem_size } else { size };
+                x.size[k] = size;
+                x.bits[k] = (entry.form as u64) << field::SHAPE
+                    | (size as u64) << field::OPSIZE
+                    | (mem_size as u64) << field::MEM_SIZE;
+                x.imm[k] = match entry.imm {
+                    Imm::None => 0,
+                    Imm::Ib => 1,
+                    Imm::Iz if size == 2 => 2,
+                    Imm::Iz => 4,
+                };
+                k += 1;
+            }
+            if !matches!(entry.form, Form::RmImm) {
+                x.reg_mask = u64::MAX;
+            }
+            t[i] = x;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// Decodes the instruction at the start of `bytes` if it is on the
+/// common path; `None` sends it to the machine. The path wants the usual
+/// [`MAX_LEN`] bytes (what an exit carries); fewer also go to the machine.
+///
+/// Every byte is read where it is, with one load, and every field comes
+/// from a table or a little arithmetic: the path is a straight line but
+/// for the few choices between encodings (REX or not, SIB or not,
+/// RIP-relative or not) that code makes the same way each time it runs.
+#[inline(always)]
+pub(super) fn decode(bytes: &[u8], mode: CpuMode) -> Option<Instruction> {
+    let b: &[u8; MAX_LEN] = bytes.get(..MAX_LEN)?.try_into().ok()?;
+    if mode == CpuMode::Bits16 {
+        return None;
+    }
+    let long = mode == CpuMode::Bits64;
+    // 66, then REX (kept with its 4 in place, so that none is 0).
+    let o16 = b[0] == 0x66;
+    let mut pos = usize::from(o16);
+    let mut rex = 0;
+    if long && b[pos] & 0xf0 == 0x40 {
+        rex = b[pos];
+        pos += 1;
+    }
+    // The opcode, one byte or 0F and one, then ModRM.
+    let mut index = usize::from(b[pos]);
+    if index == 0x0f {
+        pos += 1;
+        index = 0x100 | usize::from(b[pos]);
+    }
+    let opcode = &OPCODES[index];
+    let modrm = b[pos + 1];
+    pos += 2;
+    let md = modrm >> 6;
+    let reg = modrm >> 3 & 7;
+    let op = opcode.ops[usize::from(reg)];
+    if md == 3 || op == NO_OP {
+        return None;
+    }
+
+    // The memory operand (32/64-bit addressing). Base 5 with mod 0 means
+    // no base and a 32-bit displacement: RIP-relative in 64-bit mode after
+    // ModRM, absolute after SIB.
+    let rm = modrm & 7;
+    let mut disp_bytes = DISP_BY_MOD[usize::from(md)];
+    let mut mem;
+    let mut ss_default = false;
+    if rm == 4 {
+        let sib = b[pos];
+        pos += 1;
+        let index = (sib >> 3 & 7) | (rex & REX_X) << 2;
+        mem = if index != 4 {
+            (field::PRESENT | u64::from(index)) << field::INDEX | u64::from(sib >> 6) << field::SCALE
+        } else {
+            0
+        };
+        if sib & 7 == 5 && md == 0 {
+            disp_bytes = 4;
+        } else {
+            let base = (sib & 7) | (rex & REX_B) << 3;
+            mem |= (field::PRESENT | u64::from(base)) << field::BASE;
+            ss_default = base & 0xe == 4;
+        }
+    } else if rm == 5 && md == 0 {
+        disp_bytes = 4;
+        mem = u64::from(long) << field::RIP;
+    } else {
+        let base = rm | (rex & REX_B) << 3;
+        mem = (field::PRESENT | u64::from(base)) << field::BASE;
+        ss_default = base & 0xe == 4;
+    }
+    let disp = signed(b, pos, disp_bytes);
+    pos += disp_bytes;
+
+    // Operand size and the immediate.
+    let k = usize::from((rex & REX_W) >> 2) | usize::from(o16);
+    let size = opcode.size[k];
+    let imm_bytes = usize::from(opcode.imm[k]);
+    let imm = signed(b, pos, imm_bytes) as u64 & u64::MAX >> (64 - 8 * u32::from(size));
+    let len = pos + imm_bytes;
+
+    // The register operand: AH, CH, DH, BH are byte registers 4-7 without
+    // REX.
+    let num = reg | (rex & REX_R) << 1;
+    let high8 = u8::from(size == 1) & u8::from(rex == 0) & (num >> 2);
+    let reg_bits = u64::from(num - 4 * high8) << field::REG_NUM | u64::from(high8) << field::HIGH8;
+    let seg = if ss_default { Seg::Ss } else { Seg::Ds };
+    let addr_size: u64 = if long { 2 } else { 1 };
+    let bits = addr_size << field::ADDR_SIZE
+        | len as u64
+        | opcode.bits[k]
+        | u64::from(op) << field::OP
+        | reg_bits & opcode.reg_mask
+        | (seg as u64) << field::MEM_SEG
+        | mem;
+    Some(Instruction { bits, disp, imm })
+}
+
+/// `n` (0, 1, 2 or 4) bytes of `b` from `at`, sign-extended (0 for none).
+#[inline(always)]
+fn signed(b: &[u8; MAX_LEN], at: usize, n: usize) -> i64 {
+    // At most 2 prefixes, 2 opcode bytes, ModRM, SIB and a 4-byte
+    // displacement come first, so four bytes from a displacement or an
+    // immediate are always there.
+    let Some(&[b0, b1, b2, b3]) = b.get(at..at + 4) else { return 0 };
+    let shift = 64 - 8 * n as u32;
+    let v = (i64::from(i32::from_le_bytes([b0, b1, b2, b3])) << (shift & 63)) >> (shift & 63);
+    v & -i64::from(n != 0)
+}

@@ -250,7 +250,7 @@ pub(super) struct VecForm {
 }
 
 /// The vector move of 0F `opcode` with a mandatory prefix and REX.W/VEX.W.
-pub(super) fn vec_move(mandatory: Mandatory, opcode: u8, w: bool) -> Option<VecForm> {
+pub(super) const fn vec_move(mandatory: Mandatory, opcode: u8, w: bool) -> Option<VecForm> {
     use Mandatory::*;
     use VecMove::*;
     let (op, to_mem, fixed_size) = match (mandatory, opcode) {

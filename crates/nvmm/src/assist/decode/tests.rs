@@ -36,51 +36,77 @@ fn common_agrees(bytes: &[u8], mode: CpuMode) -> bool {
     }
 }
 
+/// A fixed sequence of pseudo-random words for the bytes that follow.
+struct Tail(u64);
+
+impl Tail {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `head` and then random bytes, [`MAX_LEN`] in all.
+    fn fill(&mut self, head: &[u8]) -> [u8; MAX_LEN] {
+        let mut b = [0; MAX_LEN];
+        b[..8].copy_from_slice(&self.next().to_le_bytes());
+        b[7..].copy_from_slice(&self.next().to_le_bytes());
+        b[..head.len()].copy_from_slice(head);
+        b
+    }
+}
+
 /// The common path against the machine: every opcode of both maps after
-/// every 66/REX combination, with every ModRM, in 32- and 64-bit code,
-/// whole and cut short; then every SIB byte under every ModRM that takes
-/// one, for the opcodes the path takes.
+/// every 66/REX combination, with every ModRM, in 16-, 32- and 64-bit
+/// code, whole and cut short; REP prefixes in front of them; every SIB
+/// byte under every ModRM that takes one, for the opcodes the path
+/// takes; and every 2-byte VEX prefix before the vector moves' opcodes.
 #[test]
 fn common_path_is_the_machine() {
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut tail = Tail(0x9e37_79b9_7f4a_7c15);
+    let modes = [CpuMode::Bits16, CpuMode::Bits32, CpuMode::Bits64];
     let rexes: Vec<Option<u8>> = std::iter::once(None).chain((0x40..0x50).map(Some)).collect();
     let (mut taken, mut cases) = (0usize, 0usize);
     let mut common_opcodes = Vec::new();
-    for mode in [CpuMode::Bits16, CpuMode::Bits32, CpuMode::Bits64] {
-        for o16 in [false, true] {
-            for &rex in &rexes {
-                for opcode in 0..512u16 {
-                    let mut took = false;
-                    for modrm in 0..=255u8 {
-                        let mut b = Vec::with_capacity(16);
-                        b.extend(o16.then_some(0x66));
-                        b.extend(rex);
-                        if opcode >= 256 {
-                            b.push(0x0f);
-                        }
-                        b.push(opcode as u8);
-                        b.push(modrm);
-                        b.extend_from_slice(&next().to_le_bytes());
-                        b.extend_from_slice(&next().to_le_bytes());
-                        b.truncate(MAX_LEN);
-                        cases += 1;
-                        if common_agrees(&b, mode) {
-                            taken += 1;
-                            took = true;
-                        }
-                        // Cut short anywhere: the machine's Truncated, or
-                        // the same instruction if it still fits.
-                        let cut = (next() % b.len() as u64) as usize;
-                        common_agrees(&b[..cut], mode);
+    // Prefixes (REP, 66, REX), then the opcode's bytes.
+    let head = |rep: Option<u8>, o16: bool, rex: Option<u8>, opcode: u16| {
+        let mut b: Vec<u8> = rep.into_iter().chain(o16.then_some(0x66)).chain(rex).collect();
+        if opcode >= 256 {
+            b.push(0x0f);
+        }
+        b.push(opcode as u8);
+        b
+    };
+    for mode in modes {
+        for rep in [None, Some(0xf3), Some(0xf2)] {
+            for o16 in [false, true] {
+                for &rex in &rexes {
+                    // With REP, a few REX values and every fifth ModRM.
+                    if rep.is_some() && !matches!(rex, None | Some(0x41 | 0x44 | 0x48 | 0x4f)) {
+                        continue;
                     }
-                    if took {
-                        common_opcodes.push((mode, o16, rex, opcode));
+                    let step = if rep.is_some() { 5 } else { 1 };
+                    for opcode in 0..512u16 {
+                        let mut took = false;
+                        for modrm in (0..=255u8).step_by(step) {
+                            let mut h = head(rep, o16, rex, opcode);
+                            h.push(modrm);
+                            let b = tail.fill(&h);
+                            cases += 1;
+                            if common_agrees(&b, mode) {
+                                taken += 1;
+                                took = true;
+                            }
+                            // Cut short anywhere: the machine's answer.
+                            if modrm % 8 == 3 {
+                                let cut = (tail.next() % MAX_LEN as u64) as usize;
+                                common_agrees(&b[..cut], mode);
+                            }
+                        }
+                        if took && rep.is_none() {
+                            common_opcodes.push((mode, o16, rex, opcode));
+                        }
                     }
                 }
             }
@@ -92,10 +118,12 @@ fn common_path_is_the_machine() {
         (&[0x66, 0x48, 0x89, 0x44, 0x8e, 0x08][..], CpuMode::Bits64),
         (&[0x0f, 0xb6, 0x05, 1, 2, 3, 4][..], CpuMode::Bits32),
         (&[0x81, 0x0e, 0x00, 0x01, 0x00, 0x00][..], CpuMode::Bits64),
+        (&[0xf3, 0x48, 0xa5][..], CpuMode::Bits64),
+        (&[0xf3, 0x66, 0xab][..], CpuMode::Bits32),
+        (&[0xc5, 0xfe, 0x6f, 0x06][..], CpuMode::Bits64),
+        (&[0xc5, 0xf9, 0xd6, 0x44, 0x24, 0x08][..], CpuMode::Bits32),
     ] {
-        let mut b = bytes.to_vec();
-        b.resize(MAX_LEN, 0x90);
-        assert!(common_agrees(&b, mode), "{bytes:02x?} should take the common path");
+        assert!(common_agrees(&tail.fill(bytes), mode), "{bytes:02x?} should take the common path");
     }
     assert!(taken > cases / 50, "the common path took {taken} of {cases}");
     assert!(common_opcodes.iter().all(|&(mode, ..)| mode != CpuMode::Bits16));
@@ -108,19 +136,30 @@ fn common_path_is_the_machine() {
         for md in 0..3u8 {
             for reg in 0..8u8 {
                 for sib in 0..=255u8 {
-                    let mut b = Vec::with_capacity(16);
-                    b.extend(o16.then_some(0x66));
-                    b.extend(rex);
-                    if opcode >= 256 {
-                        b.push(0x0f);
-                    }
-                    b.extend_from_slice(&[opcode as u8, md << 6 | reg << 3 | 4, sib]);
-                    b.extend_from_slice(&next().to_le_bytes());
-                    b.extend_from_slice(&next().to_le_bytes());
-                    b.truncate(MAX_LEN);
-                    common_agrees(&b, mode);
+                    let mut h = head(None, o16, rex, opcode);
+                    h.extend_from_slice(&[md << 6 | reg << 3 | 4, sib]);
+                    common_agrees(&tail.fill(&h), mode);
                 }
             }
         }
     }
+    // 2-byte VEX: every second byte (R, vvvv, L, pp) and ModRM before the
+    // moves' opcodes and some that are not moves; SIB bytes under some.
+    let mut vex_taken = 0;
+    for mode in modes {
+        for opcode in [0x10, 0x11, 0x28, 0x29, 0x6e, 0x6f, 0x7e, 0x7f, 0xd6, 0xe7, 0x00, 0x12, 0x2b, 0x58, 0xc7] {
+            for p in 0..=255u8 {
+                for modrm in 0..=255u8 {
+                    vex_taken += usize::from(common_agrees(&tail.fill(&[0xc5, p, opcode, modrm]), mode));
+                }
+                if p % 9 == 7 {
+                    for sib in 0..=255u8 {
+                        common_agrees(&tail.fill(&[0xc5, p, opcode, 0x44, sib]), mode);
+                        common_agrees(&tail.fill(&[0xc5, p, opcode, 0x0c, sib]), mode);
+                    }
+                }
+            }
+        }
+    }
+    assert!(vex_taken > 10_000, "the common path took {vex_taken} VEX moves");
 }

@@ -148,6 +148,7 @@ impl<'a> Ctx<'a> {
         self.st.gprs.0[usize::from(n)]
     }
 
+    #[inline]
     fn read_reg(&self, r: Reg) -> u64 {
         match r {
             Reg::Gpr { num, size, high8: true } => (self.gpr(num) >> 8) & mask(size),
@@ -156,6 +157,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    #[inline]
     fn write_reg(&mut self, r: Reg, v: u64) {
         if let Reg::Gpr { num, size, high8 } = r {
             let old = self.gpr(num);
@@ -172,6 +174,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Effective address of a memory operand.
+    #[inline]
     fn ea(&self, m: &Mem) -> u64 {
         let am = mask(m.addr_size());
         let mut a = m.disp() as u64;
@@ -189,6 +192,7 @@ impl<'a> Ctx<'a> {
 
     /// Segmentation: the linear address of `size` bytes at offset `ea` in
     /// segment `seg`.
+    #[inline]
     fn linear(&self, seg: Seg, ea: u64, size: u64, write: bool) -> Result<u64, EmuError> {
         let fault = || if seg == Seg::Ss { ss0() } else { gp0() };
         if self.long() {
@@ -197,11 +201,10 @@ impl<'a> Ctx<'a> {
             // Canonical check (4-level; a 5-level guest has more room).
             let la57 = self.st.crs[Cr::Cr4] & (1 << 12) != 0;
             let top = if la57 { 56 } else { 47 };
-            for a in [lin, lin.wrapping_add(size - 1)] {
-                let s = (a as i64) >> top;
-                if s != 0 && s != -1 {
-                    return Err(fault());
-                }
+            // The bits above `top` all 0 or all 1: the top plus 1 is 0 or 1.
+            let canonical = |a: u64| (((a as i64) >> top) as u64).wrapping_add(1) <= 1;
+            if !canonical(lin) || !canonical(lin.wrapping_add(size - 1)) {
+                return Err(fault());
             }
             return Ok(lin);
         }
@@ -234,11 +237,13 @@ impl<'a> Ctx<'a> {
         Ok(s.base.wrapping_add(ea) & 0xffff_ffff)
     }
 
+    #[inline]
     fn access(&self, kind: AccessKind) -> Access {
         Access { kind, user: self.cpl == 3, ac: self.st.gprs[Gpr::Rflags] & rflags::AC != 0 }
     }
 
     /// #AC for misaligned accesses at CPL 3 with CR0.AM and RFLAGS.AC.
+    #[inline]
     fn alignment_check(&self, lin: u64, size: u64) -> Result<(), EmuError> {
         if self.cpl != 3 {
             return Ok(());
@@ -251,17 +256,20 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    #[inline]
     fn mem_linear(&self, m: &Mem, size: u64, write: bool) -> Result<u64, EmuError> {
         let lin = self.linear(m.seg(), self.ea(m), size, write)?;
         self.alignment_check(lin, size)?;
         Ok(lin)
     }
 
+    #[inline]
     fn load(&self, mem: &mut dyn EmuMemory, m: &Mem, buf: &mut [u8]) -> Result<(), EmuError> {
         let lin = self.mem_linear(m, buf.len() as u64, false)?;
         mem.read(lin, buf, self.access(AccessKind::Read))
     }
 
+    #[inline]
     fn store(&self, mem: &mut dyn EmuMemory, m: &Mem, buf: &[u8]) -> Result<(), EmuError> {
         let lin = self.mem_linear(m, buf.len() as u64, true)?;
         mem.write(lin, buf, self.access(AccessKind::Write))
@@ -315,7 +323,21 @@ pub fn execute(insn: &Instruction, cpu: &mut dyn EmuCpu, mem: &mut dyn EmuMemory
         return execute_fpu(insn, cpu, mem, want | StateMask::FPU);
     }
     let mut c = Ctx::new(cpu.state(want)?, insn);
-    let done = run(&mut c, insn, mem, None)?;
+    // The bulk of MMIO accesses, MOV between memory and a register, here
+    // rather than through the dispatch of every operation.
+    let done = match (insn.op(), insn.shape()) {
+        (Op::Mov, Shape::RegMem) => {
+            let v = c.read_mem(mem, &insn.mem(), insn.opsize())?;
+            c.write_reg(insn.reg(), v);
+            true
+        }
+        (Op::Mov, Shape::MemReg) => {
+            let v = c.read_reg(insn.reg());
+            c.write_mem(mem, &insn.mem(), insn.opsize(), v)?;
+            true
+        }
+        _ => run(&mut c, insn, mem, None)?,
+    };
     c.complete(done);
     cpu.mark(StateMask::GPRS);
     Ok(())
@@ -349,16 +371,6 @@ fn run(
 ) -> Result<bool, EmuError> {
     let size = insn.opsize();
     match insn.op() {
-        // The bulk of MMIO accesses: straight between memory and a register
-        // or an immediate.
-        Op::Mov if insn.shape() == Shape::RegMem => {
-            let v = c.read_mem(mem, &insn.mem(), size)?;
-            c.write_reg(insn.reg(), v);
-        }
-        Op::Mov if insn.shape() == Shape::MemReg => {
-            let v = c.read_reg(insn.reg());
-            c.write_mem(mem, &insn.mem(), size, v)?;
-        }
         Op::Mov => {
             let v = c.read(mem, &insn.src(), size)?;
             c.write(mem, &insn.dst(), size, v)?;

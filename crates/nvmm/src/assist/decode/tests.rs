@@ -125,6 +125,11 @@ fn common_path_is_the_machine() {
     ] {
         assert!(common_agrees(&tail.fill(bytes), mode), "{bytes:02x?} should take the common path");
     }
+    // Fewer bytes than an exit carries go to the machine, which decodes
+    // what fits and finds what does not.
+    assert!(!common_agrees(&[0x8b, 0x06], CpuMode::Bits64));
+    assert_eq!(decode(&[0x8b, 0x06], CpuMode::Bits64).map(|i| i.len()), Ok(2));
+    assert_eq!(decode(&[0x8b, 0x46], CpuMode::Bits64), Err(DecodeError::Truncated));
     assert!(taken > cases / 50, "the common path took {taken} of {cases}");
     assert!(common_opcodes.iter().all(|&(mode, ..)| mode != CpuMode::Bits16));
     // Every SIB byte, for the opcodes the path takes, with a subset of

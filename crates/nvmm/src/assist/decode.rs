@@ -12,6 +12,15 @@
 //! 128- and 256-bit forms). Immediates are sign-extended as the CPU does,
 //! RIP-relative displacements are relative to the next instruction, and the
 //! default segment of BP/SP-based addresses is SS.
+//!
+//! Most instructions behind MMIO exits never enter the machine: given the
+//! 15 bytes an exit carries, the *common path* (`common.rs`) decodes the
+//! ALU-like forms (MOV, MOVZX, ALU, TEST, XCHG, CMPXCHG, XADD with a memory
+//! operand), the string instructions and the 2-byte-VEX moves, after at
+//! most REP, 66 and REX, straight from the bytes with per-opcode templates;
+//! everything else (other prefixes, 16-bit code, fewer bytes, errors) goes
+//! to the machine. The path gives the machine's answer or none, which the
+//! tests check over every opcode, ModRM, SIB and prefix combination.
 #![forbid(unsafe_code)]
 
 pub use super::io_insn::CpuMode;

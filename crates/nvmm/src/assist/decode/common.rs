@@ -1,22 +1,26 @@
 //! The decoder's common path: the instructions behind most MMIO exits,
 //! decoded straight through with a few table loads.
 //!
-//! An instruction takes this path when, in 32- or 64-bit code, it is at
-//! most a 66 prefix and a REX prefix (in that order) and then a one-byte
-//! or 0F opcode of the `op r/m, reg`, `op reg, r/m` or `op r/m, imm`
-//! forms (MOV, MOVZX, the ALU operations, TEST, XCHG, CMPXCHG, XADD)
-//! with a memory operand. For those the states of the machine
-//! ([`fsm`](super::fsm)) have nothing left to decide that the tables do
-//! not say ahead of time, so the path runs them as one straight line:
-//! no state to carry, no branch on the form. Everything else (other
-//! prefixes, 16-bit code, register operands, group encodings that are not
-//! instructions, bytes that run out) goes to the machine, which stays the
+//! An instruction takes this path when, in 32- or 64-bit code and given
+//! the [`MAX_LEN`] bytes an exit carries, it is
+//! - at most REP (F2 or F3), 66 and REX, in that order, then a one-byte or
+//!   0F opcode of the `op r/m, reg`, `op reg, r/m` or `op r/m, imm` forms
+//!   (MOV, MOVZX, the ALU operations, TEST, XCHG, CMPXCHG, XADD) with a
+//!   memory operand, or a string instruction (MOVS, CMPS, STOS, LODS);
+//! - or a 2-byte VEX (C5) move of an XMM or YMM register (MOVUPS, MOVAPS,
+//!   MOVDQA, MOVDQU, MOVNTDQ, MOVD, MOVQ).
+//!
+//! For those the states of the machine ([`fsm`](super::fsm)) have nothing
+//! left to decide that a table cannot say ahead of time: what depends on
+//! the opcode and the operand size is a precomputed template, and the path
+//! only takes the operands apart. Everything else (other prefixes or
+//! orders, 16-bit code, register operands, group encodings that are not
+//! instructions, fewer bytes) goes to the machine, which stays the
 //! reference: the path gives exactly the machine's answer or none at all,
 //! which the tests check over every opcode, ModRM, SIB and prefix.
 #![forbid(unsafe_code)]
 
-use super::instruction::{Instruction, field};
-use super::instruction::{OPS, Shape, op_number};
+use super::instruction::{Instruction, OPS, Shape, field, op_number};
 use super::tables::{Form, Imm, Mandatory, ONE_BYTE, TWO_BYTE, group_op, vec_move};
 use super::{CpuMode, MAX_LEN, Op};
 use crate::x86::state::Seg;
@@ -29,6 +33,10 @@ const REX_B: u8 = 1;
 
 /// Displacement bytes by ModRM.mod with 32/64-bit addressing.
 const DISP_BY_MOD: [usize; 4] = [0, 1, 4, 0];
+
+/// Operand sizes by size index (see [`Opcode`]): none, 66, REX.W, both
+/// (REX.W wins).
+const FULL_SIZES: [u8; 4] = [4, 2, 8, 8];
 
 /// Marks, in [`Opcode::ops`], a ModRM.reg with which the opcode is not an
 /// instruction of the common path.
@@ -77,11 +85,9 @@ static OPCODES: [Opcode; 512] = {
                     reg += 1;
                 }
             }
-            // No prefix, 66, REX.W, both (REX.W wins).
-            let full: [u8; 4] = [4, 2, 8, 8];
             let mut k = 0;
             while k < 4 {
-                let size = if entry.byte { 1 } else { full[k] };
+                let size = if entry.byte { 1 } else { FULL_SIZES[k] };
                 let mem_size = if entry.mem_size != 0 { entry.mem_size } else { size };
                 x.size[k] = size;
                 x.bits[k] = (entry.form as u64) << field::SHAPE
@@ -109,10 +115,9 @@ static OPCODES: [Opcode; 512] = {
                 _ => (Shape::RegMem, Seg::Ds, 6),
             };
             let mut x = Opcode { ops: [entry.op; 8], string: true, ..NOT_COMMON };
-            let full: [u8; 4] = [4, 2, 8, 8];
             let mut k = 0;
             while k < 4 {
-                let size = if entry.byte { 1 } else { full[k] };
+                let size = if entry.byte { 1 } else { FULL_SIZES[k] };
                 x.bits[k] = (shape as u64) << field::SHAPE
                     | (size as u64) << field::OPSIZE
                     | (seg as u64) << field::MEM_SEG

@@ -264,26 +264,26 @@ impl<'a> Ctx<'a> {
     }
 
     #[inline]
-    fn load(&self, mem: &mut dyn EmuMemory, m: &Mem, buf: &mut [u8]) -> Result<(), EmuError> {
+    fn load<M: EmuMemory + ?Sized>(&self, mem: &mut M, m: &Mem, buf: &mut [u8]) -> Result<(), EmuError> {
         let lin = self.mem_linear(m, buf.len() as u64, false)?;
         mem.read(lin, buf, self.access(AccessKind::Read))
     }
 
     #[inline]
-    fn store(&self, mem: &mut dyn EmuMemory, m: &Mem, buf: &[u8]) -> Result<(), EmuError> {
+    fn store<M: EmuMemory + ?Sized>(&self, mem: &mut M, m: &Mem, buf: &[u8]) -> Result<(), EmuError> {
         let lin = self.mem_linear(m, buf.len() as u64, true)?;
         mem.write(lin, buf, self.access(AccessKind::Write))
     }
 
     /// Reads `size` (at most 8) bytes of memory.
-    fn read_mem(&self, mem: &mut dyn EmuMemory, m: &Mem, size: u8) -> Result<u64, EmuError> {
+    fn read_mem<M: EmuMemory + ?Sized>(&self, mem: &mut M, m: &Mem, size: u8) -> Result<u64, EmuError> {
         let mut b = [0u8; 8];
         self.load(mem, m, &mut b[..usize::from(size.min(8))])?;
         Ok(u64::from_le_bytes(b))
     }
 
     /// Writes `size` (at most 8) bytes of memory.
-    fn write_mem(&self, mem: &mut dyn EmuMemory, m: &Mem, size: u8, v: u64) -> Result<(), EmuError> {
+    fn write_mem<M: EmuMemory + ?Sized>(&self, mem: &mut M, m: &Mem, size: u8, v: u64) -> Result<(), EmuError> {
         self.store(mem, m, &v.to_le_bytes()[..usize::from(size.min(8))])
     }
 
@@ -317,7 +317,10 @@ impl<'a> Ctx<'a> {
 
 /// Executes `insn` (fetched at the current RIP). On success RIP is past the
 /// instruction, or still at it when a REP instruction has iterations left.
-pub fn execute(insn: &Instruction, cpu: &mut dyn EmuCpu, mem: &mut dyn EmuMemory) -> Result<(), EmuError> {
+///
+/// Generic, so that the common MOV between memory and a register calls
+/// the implementations directly; the rest goes through `dyn`.
+pub fn execute<C: EmuCpu, M: EmuMemory>(insn: &Instruction, cpu: &mut C, mem: &mut M) -> Result<(), EmuError> {
     let want = StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS;
     if matches!(insn.op(), Op::X87(_) | Op::Vec(_)) {
         return execute_fpu(insn, cpu, mem, want | StateMask::FPU);

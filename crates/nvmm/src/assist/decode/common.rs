@@ -21,18 +21,11 @@
 #![forbid(unsafe_code)]
 
 use super::instruction::{Instruction, OPS, Shape, field, op_number};
-use super::tables::{Form, Imm, Mandatory, ONE_BYTE, TWO_BYTE, group_op, vec_move};
+use super::tables::{
+    DISP32_BY_MOD, Form, Imm, Mandatory, ONE_BYTE, REX_B, REX_R, REX_W, REX_X, TWO_BYTE, group_op, vec_move,
+};
 use super::{CpuMode, MAX_LEN, Op};
 use crate::x86::state::Seg;
-
-/// REX bits.
-const REX_W: u8 = 8;
-const REX_R: u8 = 4;
-const REX_X: u8 = 2;
-const REX_B: u8 = 1;
-
-/// Displacement bytes by ModRM.mod with 32/64-bit addressing.
-const DISP_BY_MOD: [usize; 4] = [0, 1, 4, 0];
 
 /// Operand sizes by size index (see [`Opcode`]): none, 66, REX.W, both
 /// (REX.W wins).
@@ -305,7 +298,7 @@ fn vex(b: &[u8; MAX_LEN], long: bool) -> Option<Instruction> {
 fn memory(b: &[u8; MAX_LEN], mut pos: usize, modrm: u8, rex: u8, long: bool) -> (u64, i64, usize) {
     let md = modrm >> 6;
     let rm = modrm & 7;
-    let mut disp_bytes = DISP_BY_MOD[usize::from(md)];
+    let mut disp_bytes = usize::from(DISP32_BY_MOD[usize::from(md)]);
     let mut mem;
     let mut ss_default = false;
     if rm == 4 {

@@ -13,19 +13,12 @@
 
 use super::instruction::{Instruction, Shape, field, op_number};
 use super::tables::{
-    ADDR16, Entry, Form, Imm, LEAD, Lead, Mandatory, ONE_BYTE, TWO_BYTE, VecForm, group_op, vec_move, x87_op, x87_size,
+    ADDR16, DISP32_BY_MOD, Entry, Form, Imm, LEAD, Lead, Mandatory, ONE_BYTE, REX_B, REX_R, REX_W, REX_X, TWO_BYTE,
+    VecForm, group_op, vec_move, x87_op, x87_size,
 };
 use super::{AluOp, CpuMode, DecodeError, MAX_LEN, Op, Rep, VecMove, X87Op, mask};
 use crate::x86::state::Seg;
 
-/// REX bits.
-const REX_W: u8 = 8;
-const REX_R: u8 = 4;
-const REX_X: u8 = 2;
-const REX_B: u8 = 1;
-
-/// Displacement size by ModRM.mod with 32/64-bit addressing.
-const DISP32_BY_MOD: [u8; 4] = [0, 1, 4, 0];
 /// Displacement size by ModRM.mod with 16-bit addressing.
 const DISP16_BY_MOD: [u8; 4] = [0, 1, 2, 0];
 

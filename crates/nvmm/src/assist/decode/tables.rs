@@ -7,6 +7,15 @@ use super::instruction::op_number;
 use super::{AluOp, Op, VecMove, X87Op};
 use crate::x86::state::Seg;
 
+/// REX bits (VEX's R, X, B and W land in the same places).
+pub(super) const REX_W: u8 = 8;
+pub(super) const REX_R: u8 = 4;
+pub(super) const REX_X: u8 = 2;
+pub(super) const REX_B: u8 = 1;
+
+/// Displacement bytes by ModRM.mod with 32/64-bit addressing.
+pub(super) const DISP32_BY_MOD: [u8; 4] = [0, 1, 4, 0];
+
 /// Operand forms. The first three are numbered as their [`Shape`]s.
 ///
 /// [`Shape`]: super::Shape

@@ -2,6 +2,7 @@
 //! `tests/decoder.rs`.
 
 use super::*;
+use crate::assist::test_rng::Rng;
 
 #[test]
 fn known_encodings() {
@@ -36,25 +37,13 @@ fn common_agrees(bytes: &[u8], mode: CpuMode) -> bool {
     }
 }
 
-/// A fixed sequence of pseudo-random words for the bytes that follow.
-struct Tail(u64);
-
-impl Tail {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// `head` and then random bytes, [`MAX_LEN`] in all.
-    fn fill(&mut self, head: &[u8]) -> [u8; MAX_LEN] {
-        let mut b = [0; MAX_LEN];
-        b[..8].copy_from_slice(&self.next().to_le_bytes());
-        b[7..].copy_from_slice(&self.next().to_le_bytes());
-        b[..head.len()].copy_from_slice(head);
-        b
-    }
+/// `head` and then pseudo-random bytes from `rng`, [`MAX_LEN`] in all.
+fn fill(rng: &mut Rng, head: &[u8]) -> [u8; MAX_LEN] {
+    let mut b = [0; MAX_LEN];
+    b[..8].copy_from_slice(&rng.next().to_le_bytes());
+    b[7..].copy_from_slice(&rng.next().to_le_bytes());
+    b[..head.len()].copy_from_slice(head);
+    b
 }
 
 /// The common path against the machine: every opcode of both maps after
@@ -64,7 +53,7 @@ impl Tail {
 /// takes; and every 2-byte VEX prefix before the vector moves' opcodes.
 #[test]
 fn common_path_is_the_machine() {
-    let mut tail = Tail(0x9e37_79b9_7f4a_7c15);
+    let mut tail = Rng(0x9e37_79b9_7f4a_7c15);
     let modes = [CpuMode::Bits16, CpuMode::Bits32, CpuMode::Bits64];
     let rexes: Vec<Option<u8>> = std::iter::once(None).chain((0x40..0x50).map(Some)).collect();
     let (mut taken, mut cases) = (0usize, 0usize);
@@ -92,7 +81,7 @@ fn common_path_is_the_machine() {
                         for modrm in (0..=255u8).step_by(step) {
                             let mut h = head(rep, o16, rex, opcode);
                             h.push(modrm);
-                            let b = tail.fill(&h);
+                            let b = fill(&mut tail, &h);
                             cases += 1;
                             if common_agrees(&b, mode) {
                                 taken += 1;
@@ -123,7 +112,7 @@ fn common_path_is_the_machine() {
         (&[0xc5, 0xfe, 0x6f, 0x06][..], CpuMode::Bits64),
         (&[0xc5, 0xf9, 0xd6, 0x44, 0x24, 0x08][..], CpuMode::Bits32),
     ] {
-        assert!(common_agrees(&tail.fill(bytes), mode), "{bytes:02x?} should take the common path");
+        assert!(common_agrees(&fill(&mut tail, bytes), mode), "{bytes:02x?} should take the common path");
     }
     // Fewer bytes than an exit carries go to the machine, which decodes
     // what fits and finds what does not.
@@ -143,7 +132,7 @@ fn common_path_is_the_machine() {
                 for sib in 0..=255u8 {
                     let mut h = head(None, o16, rex, opcode);
                     h.extend_from_slice(&[md << 6 | reg << 3 | 4, sib]);
-                    common_agrees(&tail.fill(&h), mode);
+                    common_agrees(&fill(&mut tail, &h), mode);
                 }
             }
         }
@@ -155,12 +144,12 @@ fn common_path_is_the_machine() {
         for opcode in [0x10, 0x11, 0x28, 0x29, 0x6e, 0x6f, 0x7e, 0x7f, 0xd6, 0xe7, 0x00, 0x12, 0x2b, 0x58, 0xc7] {
             for p in 0..=255u8 {
                 for modrm in 0..=255u8 {
-                    vex_taken += usize::from(common_agrees(&tail.fill(&[0xc5, p, opcode, modrm]), mode));
+                    vex_taken += usize::from(common_agrees(&fill(&mut tail, &[0xc5, p, opcode, modrm]), mode));
                 }
                 if p % 9 == 7 {
                     for sib in 0..=255u8 {
-                        common_agrees(&tail.fill(&[0xc5, p, opcode, 0x44, sib]), mode);
-                        common_agrees(&tail.fill(&[0xc5, p, opcode, 0x0c, sib]), mode);
+                        common_agrees(&fill(&mut tail, &[0xc5, p, opcode, 0x44, sib]), mode);
+                        common_agrees(&fill(&mut tail, &[0xc5, p, opcode, 0x0c, sib]), mode);
                     }
                 }
             }

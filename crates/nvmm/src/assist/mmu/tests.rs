@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use super::*;
+use crate::assist::test_rng::Rng;
 use crate::x86::paging::PageTables;
 
 /// Sparse guest RAM.
@@ -71,17 +72,6 @@ impl Builder {
         for (a, p) in self.tables.pages() {
             pages.insert(a, Box::new(*p));
         }
-    }
-}
-
-/// A tiny deterministic PRNG.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 

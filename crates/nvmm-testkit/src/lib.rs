@@ -1,4 +1,7 @@
-//! Test helpers shared by the nvmm-rs crates.
+//! Test and benchmark support shared by the nvmm-rs crates.
+//!
+//! [`floor`] is the bare `KVM_RUN` loop the benchmarks measure nvmm
+//! against, written on `kvm-ioctls` with nothing of nvmm in it.
 //!
 //! Every test that needs `/dev/kvm` starts with [`kvm_or_skip!`] (or calls
 //! [`kvm_available`]). Without KVM the test prints one `SKIP` line and
@@ -6,6 +9,8 @@
 //! `/dev/kvm` exists) a missing or unusable KVM fails the test instead.
 
 use std::fs::OpenOptions;
+
+pub mod floor;
 
 /// Environment variable that turns a missing KVM from a skip into a failure.
 pub const REQUIRE_KVM_ENV: &str = "NVMM_REQUIRE_KVM";

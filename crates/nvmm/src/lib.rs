@@ -56,13 +56,14 @@ pub mod error;
 pub mod exit;
 mod machine;
 pub mod memory;
+mod os;
 pub mod registry;
 mod stop;
 mod system;
 mod vcpu;
 pub mod x86;
 
-pub use backend::kvm::KvmFacts;
+pub use backend::BackendFacts;
 pub use error::{Error, Result};
 pub use exit::{
     EmulationFailure, Exit, ExitState, InvalidExit, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit,
@@ -77,9 +78,3 @@ pub use system::{
 };
 pub use vcpu::{AssistOutcome, IoRequest, MemRequest, Vcpu, VcpuConf};
 pub use x86::{Cr, Dr, Event, EventKind, Gpr, Msr, Seg, State, StateMask};
-
-/// The floor benchmarks measure against: a bare `KVM_RUN` loop with
-/// nothing of nvmm in it.
-pub mod bench_floor {
-    pub use crate::backend::kvm::floor::{RawExitKind, RawKvm, RawVm};
-}

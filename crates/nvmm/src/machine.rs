@@ -4,9 +4,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::backend::kvm::{HostRegion, KvmVm};
+use crate::backend::kvm::KvmVm;
 use crate::error::{Error, Result};
 use crate::memory::{MemoryMap, PAGE_SIZE, Prot};
+use crate::os::HostRegion;
 use crate::registry::{self, MachineInfo, MachineRecord};
 use crate::system::System;
 use crate::vcpu::Vcpu;
@@ -153,9 +154,29 @@ impl Machine {
         Ok(hva)
     }
 
+    /// Registers `[hva, hva + size)`, memory the program mapped itself, as
+    /// a host mapping of the machine (`nvmm_hva_map` with a caller-chosen
+    /// address). Its content is left as it is. A range inside an existing
+    /// host mapping is accepted and adds nothing (NVMM accepts it too); a
+    /// partial overlap is `EEXIST`.
+    ///
+    /// # Safety
+    ///
+    /// The range must be readable and writable memory of this process that
+    /// stays mapped until the machine is destroyed or the range is unmapped
+    /// from it with [`Machine::hva_unmap`] and from the guest with
+    /// [`Machine::gpa_unmap`]: the library and the guest access it.
+    #[allow(unsafe_code)]
+    pub unsafe fn hva_map_borrowed(&self, hva: u64, size: u64) -> Result<()> {
+        let len = usize::try_from(size).map_err(|_| Error::NoMemory { what: "mapping guest memory" })?;
+        // SAFETY: the caller vouches for the range (this function's contract).
+        let region = unsafe { HostRegion::borrowed(hva, len)? };
+        self.add_host_region(region)
+    }
+
     /// Registers a host region, unless it lies inside an existing mapping
     /// (then it adds nothing, as NVMM).
-    pub(crate) fn add_host_region(&self, region: HostRegion) -> Result<()> {
+    fn add_host_region(&self, region: HostRegion) -> Result<()> {
         let mut mem = self.shared.memory_mut();
         mem.check_host_range(region.addr(), region.len() as u64)?;
         if mem.host_contains(region.addr(), region.len() as u64) {

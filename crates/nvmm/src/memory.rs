@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::ops::{BitOr, BitOrAssign};
 use std::sync::Arc;
 
-use crate::backend::kvm::HostRegion;
 use crate::error::{Error, Result};
+use crate::os::HostRegion;
 
 /// Page size of guest mappings.
 pub const PAGE_SIZE: u64 = 4096;

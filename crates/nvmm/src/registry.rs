@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::backend::kvm::Publisher;
 use crate::error::{Error, Result};
+use crate::os::Publisher;
 
 /// Name of the memfd holding a process's published table (it shows as
 /// `/memfd:nvmm-registry (deleted)` in `/proc/PID/fd`).

@@ -13,7 +13,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-use crate::backend::kvm::{RunAlias, kick_thread, this_thread_id};
+use crate::backend::kvm::RunAlias;
+use crate::os::{kick_thread, this_thread_id};
 
 /// State shared by a VCPU and its stop handles.
 pub(crate) struct StopShared {

@@ -3,9 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::backend::kvm::{KvmFacts, KvmSystem, install_kick_handler};
+use crate::backend::BackendFacts;
+use crate::backend::kvm::KvmSystem;
 use crate::error::{Error, Result};
 use crate::machine::Machine;
+use crate::os::install_kick_handler;
 use crate::registry::{self, MachineInfo};
 use crate::x86::cpuid::{CPUID_CONF_MAX, xcr0_mask};
 use crate::x86::state::STATE_SIZE;
@@ -116,7 +118,7 @@ impl Nvmm {
         }
         let kvm = KvmSystem::open()?;
         install_kick_handler(options.kick_signal)?;
-        let nofile = crate::backend::kvm::raise_fd_limit();
+        let nofile = crate::os::raise_fd_limit();
         let facts = kvm.facts();
         let cap = Capability {
             version: NVMM_KERN_VERSION,
@@ -142,8 +144,9 @@ impl Nvmm {
         &self.sys.cap
     }
 
-    /// What KVM told us about itself.
-    pub fn kvm_facts(&self) -> &KvmFacts {
+    /// What the kernel backend (KVM) reported about itself: API version,
+    /// limits, capabilities (`nvmmctl identify` prints them).
+    pub fn backend_facts(&self) -> &BackendFacts {
         self.sys.kvm.facts()
     }
 

@@ -26,7 +26,7 @@ fn capability_reports_what_is_honoured() {
     nvmm_testkit::kvm_or_skip!();
     let n = nvmm();
     let c = n.capability();
-    let k = n.kvm_facts();
+    let k = n.backend_facts();
     assert_eq!((c.version, c.state_size), (2, 1008));
     assert!(c.max_machines >= 1024, "{}", c.max_machines);
     assert_eq!(c.max_vcpus, k.max_vcpus.min(k.max_vcpu_id));

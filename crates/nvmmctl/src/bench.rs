@@ -2,7 +2,7 @@
 //!
 //! Every speed figure is a ratio against a floor measured in the same run:
 //! a bare `KVM_RUN` loop on the same guest with nothing of nvmm in it
-//! (`nvmm::bench_floor`). Each round times a batch of the floor and a batch
+//! (`nvmm_testkit::floor`). Each round times a batch of the floor and a batch
 //! of nvmm back to back (alternating which goes first) and yields one ratio;
 //! the reported ratio is the median of the rounds', so slow drifts of the
 //! shared host cancel out.
@@ -10,8 +10,8 @@
 use std::io::Write;
 use std::time::Instant;
 
-use nvmm::bench_floor::{RawExitKind, RawKvm};
 use nvmm::{Exit, Gpr, Nvmm, Prot, StateMask, Vcpu};
+use nvmm_testkit::floor::{RawExitKind, RawKvm};
 
 use crate::format::{json_f64, json_line, json_str};
 
@@ -250,7 +250,7 @@ fn scale(nvmm: &Nvmm, out: &mut dyn Write) -> Res<()> {
             }
         }
     }
-    let kvm_max = nvmm.kvm_facts().max_vcpus;
+    let kvm_max = nvmm.backend_facts().max_vcpus;
     line(&[
         ("bench", json_str("scale")),
         ("metric", json_str("vcpus_per_machine")),

@@ -22,7 +22,7 @@ pub fn identify(nvmm: &Nvmm, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "nvmm: MXCSR mask {:#x}", c.arch.mxcsr_mask)?;
     writeln!(out, "nvmm: CPUID configuration slots {}", c.arch.conf_cpuid_maxops)?;
 
-    let k = nvmm.kvm_facts();
+    let k = nvmm.backend_facts();
     writeln!(out, "kvm: API version {}", k.api_version)?;
     writeln!(out, "kvm: Host CPU {}{}", k.vendor, if k.nested { " (itself virtualized)" } else { "" })?;
     writeln!(out, "kvm: Max VCPUs {} (max VCPU id {})", k.max_vcpus, k.max_vcpu_id)?;

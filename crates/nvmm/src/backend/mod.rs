@@ -6,3 +6,5 @@
 //! would provide the same operations under the same names.
 
 pub(crate) mod kvm;
+
+pub use kvm::BackendFacts;

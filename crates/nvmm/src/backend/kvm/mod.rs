@@ -5,12 +5,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod convert;
-pub mod floor;
-mod foreign_memory;
-mod host_memory;
-mod kick;
 pub(crate) mod msr_filter;
-mod publish;
 mod run_alias;
 mod vcpu;
 
@@ -24,11 +19,9 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::error::{Error, Result};
+use crate::os::HostRegion;
 use crate::x86::cpuid::CpuidEntry;
 
-pub(crate) use host_memory::HostRegion;
-pub(crate) use kick::{install_kick_handler, kick_thread, this_thread_id};
-pub(crate) use publish::Publisher;
 pub(crate) use run_alias::RunAlias;
 pub(crate) use vcpu::{KvmVcpu, RawExit, RunOutcome};
 
@@ -101,9 +94,10 @@ const REPORTED: &[(u32, &str)] = &[
     (kvm_bindings::KVM_CAP_GUEST_MEMFD, "KVM_CAP_GUEST_MEMFD"),
 ];
 
-/// What KVM told us about itself; `nvmmctl identify` prints it.
+/// What the kernel backend (KVM) reported about itself: the API version,
+/// its limits and which capabilities it has; `nvmmctl identify` prints it.
 #[derive(Clone, Debug)]
-pub struct KvmFacts {
+pub struct BackendFacts {
     /// `KVM_GET_API_VERSION`.
     pub api_version: i32,
     /// `KVM_CAP_MAX_VCPUS`.
@@ -128,7 +122,7 @@ pub struct KvmFacts {
 /// An open `/dev/kvm`.
 pub(crate) struct KvmSystem {
     kvm: Kvm,
-    facts: KvmFacts,
+    facts: BackendFacts,
     supported_cpuid: Vec<CpuidEntry>,
     is_intel: bool,
     mxcsr_mask: u32,
@@ -168,7 +162,7 @@ impl KvmSystem {
         let supported_cpuid: Vec<CpuidEntry> = supported.as_slice().iter().map(convert::cpuid_from_kvm).collect();
         let vendor = host_vendor();
         let is_intel = vendor == "GenuineIntel";
-        let facts = KvmFacts {
+        let facts = BackendFacts {
             api_version,
             max_vcpus: kvm.get_max_vcpus() as u32,
             max_vcpu_id: kvm.get_max_vcpu_id() as u32,
@@ -182,7 +176,7 @@ impl KvmSystem {
         Ok(KvmSystem { kvm, facts, supported_cpuid, is_intel, mxcsr_mask: host_mxcsr_mask() })
     }
 
-    pub(crate) fn facts(&self) -> &KvmFacts {
+    pub(crate) fn facts(&self) -> &BackendFacts {
         &self.facts
     }
 
@@ -306,24 +300,4 @@ impl KvmVm {
         let fd = unsafe { self.fd.create_vcpu_from_rawfd(raw) }.map_err(|e| Error::kvm_errno("mmap(kvm_run)", e))?;
         KvmVcpu::new(fd, self.run_size)
     }
-}
-
-/// Raises the soft open-files limit to the hard one (programs with many
-/// machines need a descriptor per VM and per VCPU); returns the limit now in
-/// force.
-pub(crate) fn raise_fd_limit() -> u64 {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 1024;
-    }
-    let want = r.rlim_max.min(1 << 20);
-    if r.rlim_cur < want {
-        let new = libc::rlimit { rlim_cur: want, rlim_max: r.rlim_max };
-        // SAFETY: setrlimit reads one rlimit struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
-            return want;
-        }
-    }
-    r.rlim_cur
 }

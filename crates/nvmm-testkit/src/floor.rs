@@ -1,0 +1,157 @@
+//! The floor the benchmarks measure against: a bare `KVM_RUN` loop written
+//! directly on `kvm-ioctls`, with nothing of nvmm in it.
+#![allow(unsafe_code)]
+
+use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::ptr::NonNull;
+
+/// A floor failure: which step failed and the errno.
+#[derive(Debug)]
+pub struct FloorError {
+    /// The step (an ioctl name).
+    pub what: &'static str,
+    /// The error.
+    pub source: std::io::Error,
+}
+
+impl std::fmt::Display for FloorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "raw KVM floor: {} failed: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for FloorError {}
+
+type Result<T> = std::result::Result<T, FloorError>;
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> FloorError {
+    move |e| FloorError { what, source: std::io::Error::from_raw_os_error(e.errno()) }
+}
+
+/// Page-aligned zeroed memory for the floor's guest.
+struct GuestRam {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl GuestRam {
+    fn new(len: usize) -> Result<GuestRam> {
+        let layout = Layout::from_size_align(len.max(4096), 4096)
+            .map_err(|_| FloorError { what: "guest memory layout", source: std::io::ErrorKind::InvalidInput.into() })?;
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(p)
+            .ok_or(FloorError { what: "allocating guest memory", source: std::io::ErrorKind::OutOfMemory.into() })?;
+        Ok(GuestRam { ptr, layout })
+    }
+
+    fn write(&self, offset: u64, bytes: &[u8]) {
+        assert!(offset as usize + bytes.len() <= self.layout.size(), "floor guest code outside its RAM");
+        // SAFETY: in bounds (asserted); no reference into the block exists.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(offset as usize), bytes.len()) }
+    }
+
+    fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the VM that used it
+        // is dropped first (field order of `RawVm`).
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// A minimal VM: one VCPU in real mode executing `code` at guest physical
+/// address `gpa` (CS base 0), with `mem_size` bytes of RAM at 0.
+pub struct RawVm {
+    vcpu: VcpuFd,
+    sync: (bool, bool),
+    _vm: VmFd,
+    _mem: GuestRam,
+}
+
+/// What a raw exit was.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RawExitKind {
+    /// Port I/O.
+    Io,
+    /// HLT.
+    Hlt,
+    /// Anything else.
+    Other,
+}
+
+/// A `/dev/kvm` descriptor of the floor's own.
+pub struct RawKvm {
+    kvm: Kvm,
+}
+
+impl RawKvm {
+    /// Opens `/dev/kvm`.
+    pub fn open() -> Result<RawKvm> {
+        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        Ok(RawKvm { kvm })
+    }
+
+    /// Builds a VM.
+    pub fn vm(&self, code: &[u8], gpa: u64, mem_size: usize) -> Result<RawVm> {
+        RawVm::new(&self.kvm, code, gpa, mem_size)
+    }
+}
+
+impl RawVm {
+    fn new(kvm: &Kvm, code: &[u8], gpa: u64, mem_size: usize) -> Result<RawVm> {
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let mem = GuestRam::new(mem_size)?;
+        mem.write(gpa, code);
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem_size as u64,
+            userspace_addr: mem.addr(),
+        };
+        // SAFETY: `mem` is a live mapping of `mem_size` bytes owned by the
+        // returned value, which also owns the VM: the slot never outlives it.
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+        let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+        regs.rip = gpa;
+        regs.rflags = 2;
+        vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+        Ok(RawVm { vcpu, sync: (false, false), _vm: vm, _mem: mem })
+    }
+
+    /// Makes every following run copy the general-purpose and special
+    /// registers out through `kvm_run` at the exit (`valid`) and load the
+    /// general-purpose registers from it at the entry (`load_regs`): the
+    /// kernel's share of reading and writing state around an exit.
+    pub fn sync_registers(&mut self, valid: bool, load_regs: bool) {
+        self.sync = (valid, load_regs);
+    }
+
+    /// One `KVM_RUN`.
+    pub fn run(&mut self) -> Result<RawExitKind> {
+        let (valid, load) = self.sync;
+        let run = self.vcpu.get_kvm_run();
+        run.kvm_valid_regs = if valid { u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) } else { 0 };
+        if load {
+            run.kvm_dirty_regs |= u64::from(KVM_SYNC_X86_REGS);
+        }
+        match self.vcpu.run().map_err(kvm_err("KVM_RUN"))? {
+            VcpuExit::IoOut(..) | VcpuExit::IoIn(..) => Ok(RawExitKind::Io),
+            VcpuExit::Hlt => Ok(RawExitKind::Hlt),
+            _ => Ok(RawExitKind::Other),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The operating-system layer: memory mappings, signals, memfds, limits
+//! and the memory the library shares with C programs.
+//!
+//! Together with [`crate::backend::kvm`] this is the only code of the crate
+//! that uses `unsafe`; every block says why it is sound. Nothing here knows
+//! about KVM.
+#![allow(unsafe_code)]
+
+mod host_memory;
+mod kick;
+mod publish;
+mod rlimit;
+
+pub(crate) use host_memory::HostRegion;
+pub(crate) use kick::{install_kick_handler, kick_thread, this_thread_id};
+pub(crate) use publish::Publisher;
+pub(crate) use rlimit::raise_fd_limit;

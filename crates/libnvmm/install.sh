@@ -45,10 +45,10 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
 lib=$destdir$prefix/lib
 install -d "$lib/pkgconfig" "$destdir$prefix/include" "$destdir$prefix/sbin" \
 	"$destdir$prefix/share/man/man3" "$destdir$prefix/share/man/man8"
-install -m 0755 "$out/libnvmm.so" "$lib/libnvmm.so.0.1"
+install -m 0755 "$out/liblibnvmm.so" "$lib/libnvmm.so.0.1"
 ln -sf libnvmm.so.0.1 "$lib/libnvmm.so.0"
 ln -sf libnvmm.so.0 "$lib/libnvmm.so"
-install -m 0644 "$out/libnvmm.a" "$lib/libnvmm.a"
+install -m 0644 "$out/liblibnvmm.a" "$lib/libnvmm.a"
 sed -e "s|@PREFIX@|$prefix|" -e "s|@VERSION@|$version|" "$here/libnvmm.pc.in" > "$lib/pkgconfig/libnvmm.pc"
 install -m 0644 "$here/include/nvmm.h" "$destdir$prefix/include/nvmm.h"
 install -m 0755 "$out/nvmmctl" "$destdir$prefix/sbin/nvmmctl"

@@ -1,13 +1,13 @@
 //! The C structs of `nvmm.h`, laid out exactly as NetBSD's (the sizes and
 //! offsets are checked at compile time here, and by the C tests against
-//! the header).
+//! the header). The comm page, the event and the exit are the `nvmm`
+//! crate's own (`nvmm::netbsd`), which fills them.
 
-use std::ffi::{c_int, c_uint, c_void};
+use std::ffi::{c_int, c_void};
 use std::mem::{offset_of, size_of};
 
-use nvmm_core::State;
-
-use crate::comm::CommPage;
+use nvmm::State;
+use nvmm::netbsd::{CommPage, NbEvent, NbExit};
 
 /// `struct nvmm_machine`: opaque to programs. `areas` holds nothing the
 /// library reads back (machines are found by `machid`); `pages` is the
@@ -33,8 +33,8 @@ pub(crate) struct NvmmVcpu {
     pub(crate) cpuid: u32,
     pub(crate) cbs: AssistCallbacks,
     pub(crate) state: *mut State,
-    pub(crate) event: *mut Event,
-    pub(crate) exit: *mut Exit,
+    pub(crate) event: *mut NbEvent,
+    pub(crate) exit: *mut NbExit,
     pub(crate) stop: *mut c_int,
 }
 
@@ -58,103 +58,6 @@ pub(crate) struct NvmmMem {
     pub(crate) write: bool,
     pub(crate) size: usize,
     pub(crate) data: *mut u8,
-}
-
-/// `struct nvmm_x86_event`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Event {
-    pub(crate) typ: c_uint,
-    pub(crate) vector: u8,
-    /// `u.excp.error`.
-    pub(crate) error: u64,
-}
-
-/// `struct nvmm_x86_exit_memory`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct ExitMemory {
-    pub(crate) prot: c_int,
-    pub(crate) gpa: u64,
-    pub(crate) inst_len: u8,
-    pub(crate) inst_bytes: [u8; 15],
-}
-
-/// `struct nvmm_x86_exit_io`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct ExitIo {
-    pub(crate) is_in: bool,
-    pub(crate) port: u16,
-    pub(crate) seg: i8,
-    pub(crate) address_size: u8,
-    pub(crate) operand_size: u8,
-    pub(crate) rep: bool,
-    pub(crate) string: bool,
-    pub(crate) npc: u64,
-}
-
-/// `struct nvmm_x86_exit_rdmsr`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct ExitRdmsr {
-    pub(crate) msr: u32,
-    pub(crate) npc: u64,
-}
-
-/// `struct nvmm_x86_exit_wrmsr`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct ExitWrmsr {
-    pub(crate) msr: u32,
-    pub(crate) val: u64,
-    pub(crate) npc: u64,
-}
-
-/// `struct nvmm_x86_exit_insn` and `struct nvmm_x86_exit_invalid` (one
-/// 64-bit field each).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct ExitWord {
-    pub(crate) value: u64,
-}
-
-/// The payload union of `struct nvmm_x86_exit`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) union ExitPayload {
-    pub(crate) mem: ExitMemory,
-    pub(crate) io: ExitIo,
-    pub(crate) rdmsr: ExitRdmsr,
-    pub(crate) wrmsr: ExitWrmsr,
-    pub(crate) word: ExitWord,
-    pub(crate) raw: [u64; 4],
-}
-
-/// `exitstate` of `struct nvmm_x86_exit`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub(crate) struct ExitStateC {
-    pub(crate) rflags: u64,
-    pub(crate) cr8: u64,
-    /// `int_shadow:1, int_window_exiting:1, nmi_window_exiting:1,
-    /// evt_pending:1`.
-    pub(crate) bits: u64,
-}
-
-/// `struct nvmm_x86_exit`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct Exit {
-    pub(crate) reason: u64,
-    pub(crate) u: ExitPayload,
-    pub(crate) exitstate: ExitStateC,
-}
-
-impl Default for Exit {
-    fn default() -> Exit {
-        Exit { reason: 0, u: ExitPayload { raw: [0; 4] }, exitstate: ExitStateC::default() }
-    }
 }
 
 /// `struct nvmm_cap_md`.
@@ -233,19 +136,6 @@ const _: () = {
     assert!(size_of::<NvmmMem>() == 48);
     assert!(offset_of!(NvmmMem, write) == 24);
     assert!(offset_of!(NvmmMem, size) == 32);
-    assert!(size_of::<Event>() == 16);
-    assert!(offset_of!(Event, vector) == 4);
-    assert!(offset_of!(Event, error) == 8);
-    assert!(size_of::<ExitMemory>() == 32);
-    assert!(offset_of!(ExitMemory, inst_len) == 16);
-    assert!(size_of::<ExitIo>() == 24);
-    assert!(offset_of!(ExitIo, seg) == 4);
-    assert!(offset_of!(ExitIo, string) == 8);
-    assert!(offset_of!(ExitIo, npc) == 16);
-    assert!(size_of::<ExitWrmsr>() == 24);
-    assert!(size_of::<Exit>() == 64);
-    assert!(offset_of!(Exit, u) == 8);
-    assert!(offset_of!(Exit, exitstate) == 40);
     assert!(size_of::<Capability>() == 104);
     assert!(offset_of!(Capability, arch) == 24);
     assert!(size_of::<ConfCpuid>() == 40);

@@ -1,43 +1,16 @@
 //! The assists and the MMU walker: `nvmm_assist_io`, `nvmm_assist_mem`,
 //! `nvmm_gva_to_gpa`.
+//!
+//! The callbacks may call back into the library on the VCPU they serve
+//! (get/set state, inject, stop, mapping calls): those calls reach the
+//! VCPU through the assist (see `handles`), as NetBSD's comm page makes
+//! them work there.
 
 use std::ffi::c_int;
 
-use nvmm_core::StateMask;
-
 use crate::abi::{NvmmIo, NvmmMachine, NvmmMem, NvmmVcpu};
-use crate::errno::{CResult, check, entry, non_null};
-use crate::registry::{self, VcpuCtx, in_callback, lock_vcpu};
-
-/// What NVMM's assists fetch before they start.
-const ASSIST_STATE: StateMask = StateMask::GPRS.union(StateMask::SEGS).union(StateMask::CRS).union(StateMask::MSRS);
-
-/// Runs an assist on the VCPU `vcpu` names, then leaves the comm page as
-/// NVMM's assists do: the registers they changed are shown when the
-/// library has them, else they are fetched at the next `getstate`.
-fn assist(
-    mach: *mut NvmmMachine,
-    vcpu: *mut NvmmVcpu,
-    f: impl FnOnce(&mut VcpuCtx) -> nvmm_core::Result<nvmm_core::AssistOutcome>,
-) -> CResult {
-    let ctx = registry::machine(mach)?;
-    let v = registry::vcpu(&ctx, vcpu)?;
-    let mut g = lock_vcpu(&v)?;
-    // NVMM's assists work on the comm page, including changes the program
-    // made to cached components without setstate.
-    g.push_cached(ASSIST_STATE);
-    check(f(&mut g))?;
-    if g.vcpu.finishes_at_next_run() {
-        // KVM finishes the instruction: the registers change then.
-        g.uncache(StateMask::GPRS);
-    } else {
-        // Emulated here: registers (and possibly CR2, a pending event, the
-        // FPU) changed in the library's cache.
-        g.uncache(StateMask::ALL);
-        g.pull(StateMask::GPRS)?;
-    }
-    Ok(())
-}
+use crate::errno::{check, entry, non_null};
+use crate::handles::{self, in_callback, with_vcpu};
 
 /// `nvmm_assist_io`: emulates the I/O of the last `NVMM_VCPU_EXIT_IO`
 /// (`EINVAL` after another exit), calling `vcpu->cbs.io` once per element
@@ -45,11 +18,14 @@ fn assist(
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_assist_io(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> c_int {
     entry(|| {
-        // SAFETY: read only when non-null; the caller's `struct nvmm_vcpu`.
-        let cb = unsafe { non_null(vcpu)?.as_ref() }.and_then(|v| v.cbs.io).ok_or(libc::EINVAL);
-        assist(mach, vcpu, |g| {
-            let cb = cb.map_err(|_| nvmm_core::Error::InvalidConfiguration { why: "no I/O callback configured" })?;
-            g.vcpu.assist_io(|req| {
+        let ctx = handles::machine(mach)?;
+        let vp = non_null(vcpu)?;
+        // SAFETY: non-null; the caller's `struct nvmm_vcpu`.
+        let (id, cb) = unsafe { ((*vp).cpuid, (*vp).cbs.io) };
+        let machid = ctx.machine.id();
+        with_vcpu(&ctx, id, |v| {
+            let cb = cb.ok_or(libc::EINVAL)?;
+            check(v.assist_io(|req| {
                 let mut io = NvmmIo {
                     mach,
                     vcpu,
@@ -60,8 +36,9 @@ pub extern "C" fn nvmm_assist_io(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) ->
                 };
                 // SAFETY: the program's callback, with a descriptor valid for
                 // the call (`data` points at `size` bytes).
-                in_callback(|| unsafe { cb(&mut io) });
-            })
+                in_callback(machid, req.vcpu(), || unsafe { cb(&mut io) });
+            }))
+            .map(drop)
         })
     })
 }
@@ -74,11 +51,14 @@ pub extern "C" fn nvmm_assist_io(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) ->
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_assist_mem(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> c_int {
     entry(|| {
-        // SAFETY: read only when non-null; the caller's `struct nvmm_vcpu`.
-        let cb = unsafe { non_null(vcpu)?.as_ref() }.and_then(|v| v.cbs.mem).ok_or(libc::EINVAL);
-        assist(mach, vcpu, |g| {
-            let cb = cb.map_err(|_| nvmm_core::Error::InvalidConfiguration { why: "no memory callback configured" })?;
-            g.vcpu.assist_mem(|req| {
+        let ctx = handles::machine(mach)?;
+        let vp = non_null(vcpu)?;
+        // SAFETY: non-null; the caller's `struct nvmm_vcpu`.
+        let (id, cb) = unsafe { ((*vp).cpuid, (*vp).cbs.mem) };
+        let machid = ctx.machine.id();
+        with_vcpu(&ctx, id, |v| {
+            let cb = cb.ok_or(libc::EINVAL)?;
+            check(v.assist_mem(|req| {
                 let mut mem = NvmmMem {
                     mach,
                     vcpu,
@@ -88,8 +68,9 @@ pub extern "C" fn nvmm_assist_mem(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -
                     data: req.data.as_mut_ptr(),
                 };
                 // SAFETY: as in `nvmm_assist_io`.
-                in_callback(|| unsafe { cb(&mut mem) });
-            })
+                in_callback(machid, req.vcpu(), || unsafe { cb(&mut mem) });
+            }))
+            .map(drop)
         })
     })
 }
@@ -106,13 +87,11 @@ pub extern "C" fn nvmm_gva_to_gpa(
 ) -> c_int {
     entry(|| {
         let (gpa, prot) = (non_null(gpa)?, non_null(prot)?);
-        let ctx = registry::machine(mach)?;
-        let v = registry::vcpu(&ctx, vcpu)?;
-        let mut g = lock_vcpu(&v)?;
-        let paging = StateMask::CRS.union(StateMask::MSRS);
-        g.getstate(paging)?;
-        g.push_cached(paging);
-        let (p, r) = check(g.vcpu.gva_to_gpa(gva))?;
+        let ctx = handles::machine(mach)?;
+        let vp = non_null(vcpu)?;
+        // SAFETY: non-null; the caller's `struct nvmm_vcpu`.
+        let id = unsafe { (*vp).cpuid };
+        let (p, r) = with_vcpu(&ctx, id, |v| check(v.gva_to_gpa(gva)))?;
         // SAFETY: non-null output pointers from the caller.
         unsafe {
             gpa.write(p);

@@ -3,20 +3,20 @@
 
 use std::ffi::{c_int, c_void};
 
-use nvmm_core::Prot;
+use nvmm::Prot;
 
 use crate::abi::NvmmMachine;
 use crate::errno::{CResult, check, entry, non_null};
-use crate::registry;
+use crate::handles;
 
 /// `nvmm_machine_create`.
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_machine_create(mach: *mut NvmmMachine) -> c_int {
     entry(|| {
         let mach = non_null(mach)?;
-        let nvmm = registry::nvmm()?;
+        let nvmm = handles::nvmm()?;
         let machine = check(nvmm.create_machine())?;
-        let ctx = registry::add_machine(machine, nvmm.capability().max_vcpus);
+        let ctx = handles::add_machine(machine, nvmm.capability().max_vcpus);
         let out = NvmmMachine {
             machid: ctx.machine.id(),
             pages: ctx.pages(),
@@ -29,12 +29,20 @@ pub extern "C" fn nvmm_machine_create(mach: *mut NvmmMachine) -> c_int {
 }
 
 /// `nvmm_machine_destroy`: destroys the machine and its VCPUs (their
-/// `state`, `event`, `exit` and `stop` pointers become invalid).
+/// `state`, `event`, `exit` and `stop` pointers become invalid). VCPUs
+/// other threads run are stopped first; their runs return
+/// `NVMM_VCPU_EXIT_STOPPED` and later calls fail with `ENOENT`. `EBUSY`
+/// from inside an assist callback of one of its VCPUs.
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_machine_destroy(mach: *mut NvmmMachine) -> c_int {
     entry(|| {
-        let ctx = registry::machine(mach)?;
-        registry::remove_machine(ctx.machine.id());
+        let ctx = handles::machine(mach)?;
+        if handles::in_callback_of_machine(ctx.machine.id()) {
+            return Err(libc::EBUSY);
+        }
+        handles::remove_machine(ctx.machine.id());
+        // Stop and destroy the VCPUs now, even those other threads run.
+        ctx.remove_all_vcpus();
         Ok(())
     })
 }
@@ -44,7 +52,7 @@ pub extern "C" fn nvmm_machine_destroy(mach: *mut NvmmMachine) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_machine_configure(mach: *mut NvmmMachine, _op: u64, _conf: *mut c_void) -> c_int {
     entry(|| {
-        registry::machine(mach)?;
+        handles::machine(mach)?;
         Err(libc::EINVAL)
     })
 }
@@ -55,7 +63,7 @@ pub extern "C" fn nvmm_machine_configure(mach: *mut NvmmMachine, _op: u64, _conf
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_hva_map(mach: *mut NvmmMachine, hva: usize, size: usize) -> c_int {
     entry(|| {
-        let ctx = registry::machine(mach)?;
+        let ctx = handles::machine(mach)?;
         // SAFETY: nvmm_hva_map's contract: the range is the program's memory
         // and stays mapped while the machine uses it (NetBSD's man page:
         // unmapping it is illegal).
@@ -67,7 +75,7 @@ pub extern "C" fn nvmm_hva_map(mach: *mut NvmmMachine, hva: usize, size: usize) 
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_hva_unmap(mach: *mut NvmmMachine, hva: usize, size: usize) -> c_int {
     entry(|| {
-        let ctx = registry::machine(mach)?;
+        let ctx = handles::machine(mach)?;
         check(ctx.machine.hva_unmap(hva as u64, size as u64))
     })
 }
@@ -81,7 +89,7 @@ fn prot_of(prot: c_int) -> CResult<Prot> {
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_gpa_map(mach: *mut NvmmMachine, hva: usize, gpa: u64, size: usize, prot: c_int) -> c_int {
     entry(|| {
-        let ctx = registry::machine(mach)?;
+        let ctx = handles::machine(mach)?;
         let prot = prot_of(prot)?;
         check(ctx.machine.gpa_map(hva as u64, gpa, size as u64, prot))
     })
@@ -91,7 +99,7 @@ pub extern "C" fn nvmm_gpa_map(mach: *mut NvmmMachine, hva: usize, gpa: u64, siz
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_gpa_unmap(mach: *mut NvmmMachine, hva: usize, gpa: u64, size: usize) -> c_int {
     entry(|| {
-        let ctx = registry::machine(mach)?;
+        let ctx = handles::machine(mach)?;
         check(ctx.machine.gpa_unmap(hva as u64, gpa, size as u64))
     })
 }
@@ -100,7 +108,7 @@ pub extern "C" fn nvmm_gpa_unmap(mach: *mut NvmmMachine, hva: usize, gpa: u64, s
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_gpa_to_hva(mach: *mut NvmmMachine, gpa: u64, hva: *mut usize, prot: *mut u64) -> c_int {
     entry(|| {
-        let ctx = registry::machine(mach)?;
+        let ctx = handles::machine(mach)?;
         let (hva, prot) = (non_null(hva)?, non_null(prot)?);
         let (h, p) = check(ctx.machine.gpa_to_hva(gpa))?;
         // SAFETY: non-null output pointers from the caller.

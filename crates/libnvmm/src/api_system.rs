@@ -3,25 +3,25 @@
 use std::ffi::{c_int, c_void};
 use std::time::UNIX_EPOCH;
 
-use nvmm_core::Nvmm;
+use nvmm::Nvmm;
 
 use crate::abi::{CTL_MACH_INFO, CapMd, Capability, CtlMachInfo};
 use crate::errno::{CResult, check, entry, non_null};
-use crate::registry;
+use crate::handles;
 
 /// The kernel API version this library implements.
 const KERN_VERSION: u32 = 2;
 
 fn init(root: bool) -> CResult {
-    if registry::initialised() {
-        registry::set_lib(registry::nvmm()?, root);
+    if handles::initialised() {
+        handles::set_lib(handles::nvmm()?, root);
         return Ok(());
     }
     let nvmm = check(Nvmm::open())?;
     if nvmm.capability().version != KERN_VERSION {
-        return Err(nvmm_core::error::EPROGMISMATCH);
+        return Err(nvmm::error::EPROGMISMATCH);
     }
-    registry::set_lib(nvmm, root);
+    handles::set_lib(nvmm, root);
     Ok(())
 }
 
@@ -43,7 +43,7 @@ pub extern "C" fn nvmm_root_init() -> c_int {
 pub extern "C" fn nvmm_capability(cap: *mut Capability) -> c_int {
     entry(|| {
         let cap = non_null(cap)?;
-        let nvmm = registry::nvmm()?;
+        let nvmm = handles::nvmm()?;
         let c = nvmm.capability();
         let out = Capability {
             version: c.version,
@@ -70,7 +70,7 @@ pub extern "C" fn nvmm_capability(cap: *mut Capability) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_ctl(op: c_int, data: *mut c_void, size: usize) -> c_int {
     entry(|| {
-        let nvmm = registry::nvmm()?;
+        let nvmm = handles::nvmm()?;
         if op != CTL_MACH_INFO || size != size_of::<CtlMachInfo>() {
             return Err(libc::EINVAL);
         }
@@ -78,7 +78,7 @@ pub extern "C" fn nvmm_ctl(op: c_int, data: *mut c_void, size: usize) -> c_int {
         // SAFETY: non-null, and the caller says it is a
         // `struct nvmm_ctl_mach_info` (the size matches).
         let machid = unsafe { (*info).machid };
-        let m = check(if registry::is_root() { nvmm.machine_info_any(machid) } else { nvmm.machine_info(machid) })?;
+        let m = check(if handles::is_root() { nvmm.machine_info_any(machid) } else { nvmm.machine_info(machid) })?;
         let time = m.created.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         // SAFETY: as above.
         unsafe {

@@ -1,18 +1,16 @@
 //! VCPUs: `nvmm_vcpu_*`.
 
 use std::ffi::{CString, c_int, c_void};
+use std::sync::atomic::Ordering;
 
-use nvmm_core::x86::{CpuidConf, CpuidRegs};
-use nvmm_core::{Event, Exit, StateMask, VcpuConf};
+use nvmm::x86::{CpuidConf, CpuidRegs};
+use nvmm::{StateMask, Unanswered, VcpuConf};
 
 use crate::abi::{
     AssistCallbacks, ConfCpuid, ConfTpr, NvmmMachine, NvmmVcpu, VCPU_CONF_CALLBACKS, VCPU_CONF_CPUID, VCPU_CONF_TPR,
 };
-use crate::comm::CommPage;
 use crate::errno::{CResult, check, entry, non_null};
-use crate::exit::{self, Summary};
-use crate::registry::{self, VcpuCtx, lock_vcpu};
-use crate::state_sync::mask_of;
+use crate::handles::{self, VcpuCtx, with_vcpu};
 
 /// `nvmm_vcpu_create`: the VCPU starts in NVMM's x86 RESET state, cached
 /// in its comm page. `vcpu->cbs` is cleared (configure the callbacks with
@@ -20,13 +18,15 @@ use crate::state_sync::mask_of;
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_vcpu_create(mach: *mut NvmmMachine, cpuid: u32, vcpu: *mut NvmmVcpu) -> c_int {
     entry(|| {
-        let ctx = registry::machine(mach)?;
+        let ctx = handles::machine(mach)?;
         let out = non_null(vcpu)?;
-        let v = check(ctx.machine.create_vcpu(cpuid))?;
-        let comm = CommPage::alloc(v.state(), v.stop_handle());
-        // SAFETY: fresh page; plain fields.
-        unsafe { (*comm).state_cached = StateMask::ALL.bits() };
-        // SAFETY: field projections of the live page, for the C program.
+        let mut v = check(ctx.machine.create_vcpu(cpuid))?;
+        // NetBSD: an exit nobody answered executes again.
+        v.set_unanswered(Unanswered::Reexecute);
+        let vc = VcpuCtx::new(v);
+        let comm = vc.comm;
+        // SAFETY: field projections of the VCPU's live comm page, for the C
+        // program (the page lives as long as the VCPU).
         let (state, event, exit, stop) = unsafe {
             (
                 &raw mut (*comm).state,
@@ -35,7 +35,7 @@ pub extern "C" fn nvmm_vcpu_create(mach: *mut NvmmMachine, cpuid: u32, vcpu: *mu
                 (&raw mut (*comm).stop).cast::<c_int>(),
             )
         };
-        ctx.add_vcpu(cpuid, VcpuCtx { vcpu: v, comm });
+        ctx.add_vcpu(cpuid, vc);
         let filled = NvmmVcpu { cpuid, cbs: AssistCallbacks { io: None, mem: None }, state, event, exit, stop };
         // SAFETY: non-null pointer to the caller's `struct nvmm_vcpu`.
         unsafe { out.write(filled) };
@@ -43,12 +43,15 @@ pub extern "C" fn nvmm_vcpu_create(mach: *mut NvmmMachine, cpuid: u32, vcpu: *mu
     })
 }
 
-/// `nvmm_vcpu_destroy`: the VCPU's `state`, `event`, `exit` and `stop`
-/// pointers become invalid.
+/// `nvmm_vcpu_destroy`: stops the VCPU if another thread runs it, waits for
+/// that run to end (it returns `NVMM_VCPU_EXIT_STOPPED`; later calls on the
+/// VCPU fail with `ENOENT`), then destroys it. Its `state`, `event`, `exit`
+/// and `stop` pointers become invalid. `EBUSY` from inside one of its own
+/// assist callbacks.
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_vcpu_destroy(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> c_int {
     entry(|| {
-        let ctx = registry::machine(mach)?;
+        let ctx = handles::machine(mach)?;
         let vcpu = non_null(vcpu)?;
         // SAFETY: non-null `struct nvmm_vcpu` of the caller.
         let id = unsafe { (*vcpu).cpuid };
@@ -56,12 +59,23 @@ pub extern "C" fn nvmm_vcpu_destroy(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu)
     })
 }
 
-/// Runs `f` on the VCPU `vcpu` names, locked.
-fn with_vcpu<R>(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu, f: impl FnOnce(&mut VcpuCtx) -> CResult<R>) -> CResult<R> {
-    let ctx = registry::machine(mach)?;
-    let v = registry::vcpu(&ctx, vcpu)?;
-    let mut g = lock_vcpu(&v)?;
-    f(&mut g)
+/// The VCPU id in the caller's struct.
+fn cpuid_of(vcpu: *mut NvmmVcpu) -> CResult<u32> {
+    let vcpu = non_null(vcpu)?;
+    // SAFETY: non-null; the caller passes a `struct nvmm_vcpu`.
+    Ok(unsafe { (*vcpu).cpuid })
+}
+
+/// Runs `f` on the VCPU `vcpu` names (locked, or through the callback this
+/// thread is inside).
+fn on_vcpu<R>(
+    mach: *mut NvmmMachine,
+    vcpu: *mut NvmmVcpu,
+    f: impl FnOnce(&mut nvmm::Vcpu) -> CResult<R>,
+) -> CResult<R> {
+    let ctx = handles::machine(mach)?;
+    let id = cpuid_of(vcpu)?;
+    with_vcpu(&ctx, id, f)
 }
 
 /// Reads a configuration struct the caller passed.
@@ -83,7 +97,7 @@ pub extern "C" fn nvmm_vcpu_configure(
     entry(|| match op {
         VCPU_CONF_CALLBACKS => {
             let cbs: AssistCallbacks = read_conf(conf)?;
-            with_vcpu(mach, vcpu, |_| Ok(()))?;
+            on_vcpu(mach, vcpu, |_| Ok(()))?;
             // SAFETY: the VCPU exists, so `vcpu` is a non-null caller struct.
             unsafe { (*vcpu).cbs = cbs };
             Ok(())
@@ -93,17 +107,22 @@ pub extern "C" fn nvmm_vcpu_configure(
             let regs = |r: [u32; 4]| CpuidRegs { eax: r[0], ebx: r[1], ecx: r[2], edx: r[3] };
             let conf =
                 check(CpuidConf::from_raw(c.flags & 1 != 0, c.flags & 2 != 0, c.leaf, regs(c.set), regs(c.del)))?;
-            with_vcpu(mach, vcpu, |v| check(v.vcpu.configure(VcpuConf::Cpuid(conf))))
+            on_vcpu(mach, vcpu, |v| check(v.configure(VcpuConf::Cpuid(conf))))
         }
         VCPU_CONF_TPR => {
             let t: ConfTpr = read_conf(conf)?;
-            with_vcpu(mach, vcpu, |v| check(v.vcpu.configure(VcpuConf::Tpr { exit_changed: t.flags & 1 != 0 })))
+            on_vcpu(mach, vcpu, |v| check(v.configure(VcpuConf::Tpr { exit_changed: t.flags & 1 != 0 })))
         }
         _ => {
-            with_vcpu(mach, vcpu, |_| Ok(()))?;
+            on_vcpu(mach, vcpu, |_| Ok(()))?;
             Err(libc::EINVAL)
         }
     })
+}
+
+/// Parses `NVMM_X64_STATE_*` bits (`EINVAL` for unknown ones).
+fn mask_of(flags: u64) -> CResult<StateMask> {
+    StateMask::from_bits(flags).ok_or(libc::EINVAL)
 }
 
 /// `nvmm_vcpu_setstate`: marks the components the caller wrote into
@@ -112,7 +131,7 @@ pub extern "C" fn nvmm_vcpu_configure(
 pub extern "C" fn nvmm_vcpu_setstate(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu, flags: u64) -> c_int {
     entry(|| {
         let mask = mask_of(flags)?;
-        with_vcpu(mach, vcpu, |v| v.setstate(mask))
+        on_vcpu(mach, vcpu, |v| check(v.set_state(mask)))
     })
 }
 
@@ -122,20 +141,22 @@ pub extern "C" fn nvmm_vcpu_setstate(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu
 pub extern "C" fn nvmm_vcpu_getstate(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu, flags: u64) -> c_int {
     entry(|| {
         let mask = mask_of(flags)?;
-        with_vcpu(mach, vcpu, |v| v.getstate(mask))
+        on_vcpu(mach, vcpu, |v| check(v.get_state(mask)))
     })
 }
 
 /// `nvmm_vcpu_inject`: the event in `vcpu->event` goes in at the next run
-/// (an invalid one makes that run fail with `EINVAL`, as on NetBSD).
+/// (an invalid one makes that run fail with `EINVAL`, as on NetBSD). Only
+/// marks the comm page: it never waits for a VCPU another thread runs.
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_vcpu_inject(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> c_int {
     entry(|| {
-        with_vcpu(mach, vcpu, |v| {
-            // SAFETY: plain field of the live page.
-            unsafe { (*v.comm).event_commit = true };
-            Ok(())
-        })
+        let ctx = handles::machine(mach)?;
+        let v = ctx.vcpu(cpuid_of(vcpu)?)?;
+        // SAFETY: the comm page lives as long as the VCPU, which `v` keeps;
+        // `event_commit` is atomic.
+        unsafe { (*v.comm).event_commit.store(true, Ordering::SeqCst) };
+        Ok(())
     })
 }
 
@@ -144,38 +165,19 @@ pub extern "C" fn nvmm_vcpu_inject(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) 
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_vcpu_run(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> c_int {
     entry(|| {
-        with_vcpu(mach, vcpu, |v| {
-            // SAFETY: the VCPU exists, so `vcpu` is a non-null caller struct.
-            let out = non_null(unsafe { (*vcpu).exit })?;
-            let exit = run(v)?;
-            // SAFETY: non-null `vcpu->exit`, normally the comm page's buffer.
-            unsafe { out.write(exit) };
-            Ok(())
-        })
+        let out = {
+            let vcpu = non_null(vcpu)?;
+            // SAFETY: non-null caller struct.
+            non_null(unsafe { (*vcpu).exit })?
+        };
+        let exit = on_vcpu(mach, vcpu, |v| {
+            check(v.run().map(drop))?;
+            Ok(v.netbsd_exit())
+        })?;
+        // SAFETY: non-null `vcpu->exit`, normally the comm page's buffer.
+        unsafe { out.write(exit) };
+        Ok(())
     })
-}
-
-fn run(v: &mut VcpuCtx) -> CResult<crate::abi::Exit> {
-    // SAFETY: live page; a stop the program requested by setting the flag
-    // itself reaches the VCPU like one from `nvmm_vcpu_stop`.
-    unsafe { CommPage::forward_stop(v.comm) };
-    // SAFETY: plain fields of the live page.
-    if unsafe { std::mem::take(&mut (*v.comm).event_commit) } {
-        // SAFETY: as above.
-        let e = unsafe { (*v.comm).event };
-        let ev = Event::from_raw(e.typ, e.vector, e.error).map_err(|_| libc::EINVAL)?;
-        check(v.vcpu.inject(ev))?;
-    }
-    let summary = match check(v.vcpu.run())? {
-        Exit::Stopped => {
-            // SAFETY: live page; NVMM clears the flag when it reports it.
-            unsafe { CommPage::clear_stop(v.comm) };
-            Summary::of(&Exit::Stopped)
-        }
-        e => Summary::of(&e),
-    };
-    v.uncache(StateMask::ALL);
-    Ok(exit::build(&summary, &mut v.vcpu))
 }
 
 /// `nvmm_vcpu_stop`: makes the VCPU leave `nvmm_vcpu_run` with
@@ -187,9 +189,9 @@ pub extern "C" fn nvmm_vcpu_stop(vcpu: *mut NvmmVcpu) -> c_int {
         let vcpu = non_null(vcpu)?;
         // SAFETY: non-null caller struct; `stop` of a VCPU this library
         // created points into its comm page (checked by its magic).
-        let page = unsafe { CommPage::from_stop((*vcpu).stop) }.ok_or(libc::EINVAL)?;
-        // SAFETY: a live comm page.
-        unsafe { CommPage::request_stop(page) };
+        if !unsafe { nvmm::netbsd::stop_by_flag((*vcpu).stop) } {
+            return Err(libc::EINVAL);
+        }
         Ok(())
     })
 }
@@ -204,10 +206,7 @@ unsafe extern "C" {
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_vcpu_dump(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> c_int {
     entry(|| {
-        let text = with_vcpu(mach, vcpu, |v| {
-            v.getstate(StateMask::ALL)?;
-            check(v.vcpu.dump())
-        })?;
+        let text = on_vcpu(mach, vcpu, |v| check(v.dump()))?;
         let text = CString::new(text).map_err(|_| libc::EIO)?;
         // SAFETY: `stdout` is the C library's stream, initialised before
         // `main`; `text` is a NUL-terminated string.

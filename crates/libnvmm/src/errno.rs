@@ -33,12 +33,12 @@ pub(crate) fn entry(body: impl FnOnce() -> CResult) -> c_int {
 }
 
 /// The errno of a library error.
-pub(crate) fn errno_of(e: &nvmm_core::Error) -> Errno {
+pub(crate) fn errno_of(e: &nvmm::Error) -> Errno {
     e.errno()
 }
 
 /// Converts a library result.
-pub(crate) fn check<T>(r: nvmm_core::Result<T>) -> CResult<T> {
+pub(crate) fn check<T>(r: nvmm::Result<T>) -> CResult<T> {
     r.map_err(|e| errno_of(&e))
 }
 

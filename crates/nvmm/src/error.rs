@@ -275,6 +275,23 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// The VCPU is busy: the call was made from inside one of its own assist
+    /// callbacks (where running it again or starting another assist is
+    /// not possible), or it is being destroyed.
+    #[error("{what}: the VCPU is busy (inside one of its own assist callbacks, or being destroyed)")]
+    Busy {
+        /// The operation refused.
+        what: &'static str,
+    },
+
+    /// The instruction behind an exit could not be settled without running
+    /// the guest (KVM kept producing exits while finishing it).
+    #[error("{what}: KVM kept producing exits while finishing the instruction behind the last exit")]
+    Unsettled {
+        /// The operation.
+        what: &'static str,
+    },
+
     /// A guest virtual address has no valid translation.
     #[error("guest virtual address {gva:#x} has no valid translation")]
     Translation {
@@ -346,6 +363,8 @@ impl Error {
             Error::KickSignalInUse { .. } => libc::EBUSY,
             Error::AlreadyOpen => libc::EBUSY,
             Error::WrongExit { .. } => libc::EINVAL,
+            Error::Busy { .. } => libc::EBUSY,
+            Error::Unsettled { .. } => libc::EIO,
             Error::Translation { .. } => libc::EFAULT,
             Error::InvalidRegister { .. } => libc::EINVAL,
             Error::UnsupportedInstruction { .. } => libc::ENODEV,

@@ -56,11 +56,12 @@ pub mod error;
 pub mod exit;
 mod machine;
 pub mod memory;
+pub mod netbsd;
 mod os;
 pub mod registry;
-mod stop;
 mod system;
 mod vcpu;
+mod vmem;
 pub mod x86;
 
 pub use backend::BackendFacts;
@@ -71,10 +72,9 @@ pub use exit::{
 pub use machine::Machine;
 pub use memory::Prot;
 pub use registry::MachineInfo;
-pub use stop::StopHandle;
 pub use system::{
     CAP_ARCH_VCPU_CONF_CPUID, CAP_ARCH_VCPU_CONF_TPR, Capability, CapabilityArch, MAX_MACHINES, NVMM_KERN_VERSION,
     NVMM_USER_VERSION, Nvmm, Options,
 };
-pub use vcpu::{AssistOutcome, IoRequest, MemRequest, Vcpu, VcpuConf};
+pub use vcpu::{AssistOutcome, IoRequest, MemRequest, StopHandle, Unanswered, Vcpu, VcpuConf, VcpuHandle};
 pub use x86::{Cr, Dr, Event, EventKind, Gpr, Msr, Seg, State, StateMask};

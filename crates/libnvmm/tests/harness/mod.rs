@@ -53,7 +53,7 @@ pub fn library_dir() -> &'static Path {
         // Tests run in parallel processes: each makes the directory aside
         // and renames it into place; the first one wins, the others use it.
         let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let stage = tmp.join(format!("libnvmm-{}", if release { "release" } else { "debug" }));
+        let stage = tmp.join(format!("libnvmm-v2-{}", if release { "release" } else { "debug" }));
         if !stage.join("libnvmm.a").exists() {
             let mine = tmp.join(format!("libnvmm-stage-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&mine);
@@ -61,9 +61,9 @@ pub fn library_dir() -> &'static Path {
             let link = |target: &str, name: &str| {
                 std::os::unix::fs::symlink(profile_dir.join(target), mine.join(name)).expect("link the library")
             };
-            link("libnvmm.so", "libnvmm.so.0");
-            link("libnvmm.so", "libnvmm.so");
-            link("libnvmm.a", "libnvmm.a");
+            link("liblibnvmm.so", "libnvmm.so.0");
+            link("liblibnvmm.so", "libnvmm.so");
+            link("liblibnvmm.a", "libnvmm.a");
             if std::fs::rename(&mine, &stage).is_err() {
                 let _ = std::fs::remove_dir_all(&mine);
             }

@@ -23,7 +23,7 @@
 //! tests check over every opcode, ModRM, SIB and prefix combination.
 #![forbid(unsafe_code)]
 
-pub use super::io_insn::CpuMode;
+pub use crate::x86::mode::CpuMode;
 
 /// Longest x86 instruction.
 pub const MAX_LEN: usize = 15;

@@ -25,7 +25,7 @@ use super::decode::{AluOp, CpuMode, Instruction, Mem, Op, Operand, Reg, Rep, Sha
 use super::flags::{self, rflags};
 use super::mmu::{Access, AccessKind};
 use super::x87;
-use crate::x86::state::{Cr, Gpr, Msr, Seg, State, StateMask};
+use crate::x86::state::{Cr, Gpr, Seg, State, StateMask};
 use crate::x86::xsave::Xsave;
 
 /// Why an instruction could not be emulated.
@@ -102,14 +102,7 @@ pub const REP_BATCH: u64 = 4096;
 
 /// The code mode from CS and EFER (64-bit only with CS.L in long mode).
 pub fn cpu_mode(st: &State) -> CpuMode {
-    let cs = st.segs[Seg::Cs];
-    if st.msrs[Msr::Efer] & (1 << 10) != 0 && cs.attrib.l() {
-        CpuMode::Bits64
-    } else if st.crs[Cr::Cr0] & 1 != 0 && cs.attrib.def() {
-        CpuMode::Bits32
-    } else {
-        CpuMode::Bits16
-    }
+    CpuMode::of(st)
 }
 
 struct Ctx<'a> {
@@ -121,13 +114,8 @@ struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     fn new(st: &'a mut State, insn: &Instruction) -> Ctx<'a> {
-        let mode = cpu_mode(st);
-        let mask_ip = match mode {
-            CpuMode::Bits16 => 0xffff,
-            CpuMode::Bits32 => 0xffff_ffff,
-            CpuMode::Bits64 => u64::MAX,
-        };
-        let next_rip = st.gprs[Gpr::Rip].wrapping_add(u64::from(insn.len())) & mask_ip;
+        let mode = CpuMode::of(st);
+        let next_rip = mode.advance(st.gprs[Gpr::Rip], u64::from(insn.len()));
         let cpl = st.segs[Seg::Ss].attrib.dpl();
         Ctx { st, mode, cpl, next_rip }
     }

@@ -4,33 +4,7 @@
 //! it against the real CPU).
 #![forbid(unsafe_code)]
 
-/// RFLAGS bits.
-pub mod rflags {
-    /// Carry.
-    pub const CF: u64 = 1 << 0;
-    /// Parity of the low byte.
-    pub const PF: u64 = 1 << 2;
-    /// Auxiliary carry (bit 3 to 4).
-    pub const AF: u64 = 1 << 4;
-    /// Zero.
-    pub const ZF: u64 = 1 << 6;
-    /// Sign.
-    pub const SF: u64 = 1 << 7;
-    /// Trap (single step).
-    pub const TF: u64 = 1 << 8;
-    /// Interrupts enabled.
-    pub const IF: u64 = 1 << 9;
-    /// Direction.
-    pub const DF: u64 = 1 << 10;
-    /// Overflow.
-    pub const OF: u64 = 1 << 11;
-    /// Resume.
-    pub const RF: u64 = 1 << 16;
-    /// Alignment check.
-    pub const AC: u64 = 1 << 18;
-    /// The six arithmetic flags.
-    pub const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
-}
+pub use crate::x86::bits::rflags;
 
 use rflags::*;
 

@@ -5,16 +5,7 @@
 
 use crate::x86::state::Seg;
 
-/// CPU execution mode, as the decoder needs it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-pub enum CpuMode {
-    /// Real mode, virtual-8086 or 16-bit protected mode code.
-    Bits16,
-    /// 32-bit protected mode or compatibility mode with a 32-bit CS.
-    Bits32,
-    /// 64-bit mode.
-    Bits64,
-}
+pub use crate::x86::mode::CpuMode;
 
 /// A decoded I/O instruction.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -42,55 +42,20 @@ pub struct PagingRegs {
     pub gib_pages: bool,
 }
 
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const CR4_SMEP: u64 = 1 << 20;
-const CR4_SMAP: u64 = 1 << 21;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+use crate::x86::bits::pte::{P, PS, RW, US, XD};
+use crate::x86::bits::{cr0, cr4, efer};
 
-const P: u64 = 1 << 0;
-const RW: u64 = 1 << 1;
-const US: u64 = 1 << 2;
-const PS: u64 = 1 << 7;
-const XD: u64 = 1 << 63;
-
-/// The paging mode the registers select.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PagingMode {
-    /// CR0.PG = 0: linear addresses are physical.
-    Off,
-    /// 32-bit paging.
-    Bits32,
-    /// PAE paging.
-    Pae,
-    /// 4-level paging.
-    Level4,
-    /// 5-level paging.
-    Level5,
-}
+pub use crate::x86::mode::PagingMode;
 
 impl PagingRegs {
     /// The paging mode, or `None` for an impossible combination (long mode
     /// without PAE).
     pub fn mode(&self) -> Option<PagingMode> {
-        if self.cr0 & CR0_PG == 0 {
-            return Some(PagingMode::Off);
-        }
-        match (self.efer & EFER_LMA != 0, self.cr4 & CR4_PAE != 0) {
-            (false, false) => Some(PagingMode::Bits32),
-            (false, true) => Some(PagingMode::Pae),
-            (true, true) if self.cr4 & CR4_LA57 != 0 => Some(PagingMode::Level5),
-            (true, true) => Some(PagingMode::Level4),
-            (true, false) => None,
-        }
+        PagingMode::of(self.cr0, self.cr4, self.efer)
     }
 
     fn nxe(&self) -> bool {
-        self.efer & EFER_NXE != 0
+        self.efer & efer::NXE != 0
     }
 
     /// Mask of the physical address bits the guest may use.
@@ -263,7 +228,7 @@ fn access_code(regs: &PagingRegs, access: Option<Access>, mode: PagingMode) -> u
         code |= pf::U;
     }
     let nx_capable = mode != PagingMode::Bits32 && regs.nxe();
-    if a.kind == AccessKind::Fetch && (nx_capable || regs.cr4 & CR4_SMEP != 0) {
+    if a.kind == AccessKind::Fetch && (nx_capable || regs.cr4 & cr4::SMEP != 0) {
         code |= pf::ID;
     }
     code
@@ -298,9 +263,9 @@ pub fn translate(mem: &dyn PhysMemory, regs: &PagingRegs, gva: u64, access: Acce
         (AccessKind::Fetch, true) => user_page && t.prot.has(PageProt::EXEC),
         (AccessKind::Read, false) => !(user_page && smap(regs, access)),
         (AccessKind::Write, false) => {
-            !(user_page && smap(regs, access)) && (t.prot.has(PageProt::WRITE) || regs.cr0 & CR0_WP == 0)
+            !(user_page && smap(regs, access)) && (t.prot.has(PageProt::WRITE) || regs.cr0 & cr0::WP == 0)
         }
-        (AccessKind::Fetch, false) => t.prot.has(PageProt::EXEC) && !(user_page && regs.cr4 & CR4_SMEP != 0),
+        (AccessKind::Fetch, false) => t.prot.has(PageProt::EXEC) && !(user_page && regs.cr4 & cr4::SMEP != 0),
     };
     if allowed {
         Ok(t)
@@ -310,7 +275,7 @@ pub fn translate(mem: &dyn PhysMemory, regs: &PagingRegs, gva: u64, access: Acce
 }
 
 fn smap(regs: &PagingRegs, access: Access) -> bool {
-    regs.cr4 & CR4_SMAP != 0 && !access.ac
+    regs.cr4 & cr4::SMAP != 0 && !access.ac
 }
 
 /// Splits `[gva, gva + len)` at page boundaries and translates each piece
@@ -362,7 +327,7 @@ fn walk_inner(
                 return Err(not_present(2));
             }
             let mut rights = pde;
-            if pde & PS != 0 && regs.cr4 & CR4_PSE != 0 {
+            if pde & PS != 0 && regs.cr4 & cr4::PSE != 0 {
                 // 4 MiB page; bits 20:13 hold physical address bits 39:32
                 // (PSE-36/40), bit 21 is reserved.
                 let high = ((pde >> 13) & 0xff) << 32;

@@ -6,12 +6,17 @@
 //! about KVM.
 #![allow(unsafe_code)]
 
+mod comm_page;
 mod host_memory;
 mod kick;
 mod publish;
 mod rlimit;
+mod signals;
 
+pub(crate) use comm_page::CommBox;
+pub use comm_page::stop_by_flag;
 pub(crate) use host_memory::HostRegion;
 pub(crate) use kick::{install_kick_handler, kick_thread, this_thread_id};
 pub(crate) use publish::Publisher;
 pub(crate) use rlimit::raise_fd_limit;
+pub(crate) use signals::{SignalMask, consume_pending};

@@ -1,22 +1,37 @@
-//! `assist_io` and `assist_mem`: NVMM's I/O and memory assists on a VCPU.
+//! `assist_io` and `assist_mem`: NVMM's I/O and memory assists on a VCPU,
+//! and the [`Exit`] view of an exit record.
 //!
 //! On KVM a plain I/O or MMIO exit is already decoded by the kernel, which
-//! also performs the guest-memory side of string I/O: the assists hand each
-//! element to the VMM's callback and KVM completes the instruction at the
-//! next run. An emulation-failure exit (KVM could not emulate the
-//! instruction) goes through the decoder and the emulator instead: operands
-//! are reached through the MMU walker, guest RAM directly and everything
-//! else through the memory callback, and the registers through the state
-//! cache; RIP is advanced and the state committed at the next run.
+//! also performs the guest-memory side of string I/O: the assists hand
+//! each element to the VMM's callback and KVM completes the instruction at
+//! the next run. An emulation failure (KVM could not emulate the
+//! instruction), an instruction fetch from unmapped memory, and an MMIO
+//! exit whose state the program changed before assisting go through the
+//! decoder and the emulator instead: operands are reached through the MMU
+//! walker, guest RAM directly and everything else through the memory
+//! callback, and the registers through the state cache; RIP is advanced
+//! and the state stored at the next run.
+//!
+//! The callbacks may call back: each request carries the VCPU
+//! ([`IoRequest::vcpu`], [`MemRequest::vcpu`]), whose state, injection,
+//! stop handle and machine work from there as anywhere else (no lock is
+//! held); only running it or starting another assist is refused (`EBUSY`).
 
-use super::{ExitKind, Vcpu, part};
+use super::Vcpu;
+use super::inflight::Inflight;
 use crate::assist::decode::{DecodeError, MAX_LEN, decode};
-use crate::assist::emulate::{EmuCpu, EmuError, EmuMemory, cpu_mode, execute};
+use crate::assist::emulate::{EmuCpu, EmuError, EmuMemory, execute};
 use crate::assist::mmu::{Access, AccessKind, WalkError, translate_range};
+use crate::backend::{Parts, VcpuBackend};
 use crate::error::{Error, Result};
-use crate::memory::{MemoryMap, Prot};
+use crate::exit::record::ExitRecord;
+use crate::exit::{
+    EmulationFailure, Exit, InvalidExit, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit,
+};
+use crate::memory::Prot;
 use crate::x86::event::Event;
-use crate::x86::state::{Cr, Gpr, State, StateMask};
+use crate::x86::mode::{CpuMode, linear_rip};
+use crate::x86::state::{Cr, State, StateMask};
 use crate::x86::xsave::Xsave;
 
 /// One port access handed to the I/O callback (`struct nvmm_io`).
@@ -28,6 +43,17 @@ pub struct IoRequest<'a> {
     pub is_in: bool,
     /// The element: 1, 2 or 4 bytes.
     pub data: &'a mut [u8],
+    vcpu: &'a mut Vcpu,
+}
+
+impl IoRequest<'_> {
+    /// The VCPU being assisted: get and set its state, inject, stop it,
+    /// reach its machine, as outside the callback (running it or starting
+    /// another assist is refused with `EBUSY`). The state shows the
+    /// instruction not done yet, as NVMM's assists do.
+    pub fn vcpu(&mut self) -> &mut Vcpu {
+        self.vcpu
+    }
 }
 
 /// One device memory access handed to the memory callback
@@ -42,6 +68,14 @@ pub struct MemRequest<'a> {
     /// The bytes: 1 to 8 for plain accesses, up to a page chunk (32 bytes
     /// for AVX moves, 16 for CMPXCHG16B, 10 for x87 m80) for emulated ones.
     pub data: &'a mut [u8],
+    vcpu: &'a mut Vcpu,
+}
+
+impl MemRequest<'_> {
+    /// The VCPU being assisted (see [`IoRequest::vcpu`]).
+    pub fn vcpu(&mut self) -> &mut Vcpu {
+        self.vcpu
+    }
 }
 
 /// How an assist ended.
@@ -58,94 +92,160 @@ pub enum AssistOutcome {
 }
 
 impl Vcpu {
-    /// The I/O assist (`nvmm_assist_io`) for the last [`Exit::Io`](crate::Exit::Io):
-    /// calls `io` once per element (for OUT with the data the guest wrote,
-    /// for IN to get the data it reads). KVM completes the instruction
-    /// (registers, guest memory for INS, RIP) at the next run.
+    /// The I/O assist (`nvmm_assist_io`) for the last [`Exit::Io`]: calls
+    /// `io` once per element (for OUT with the data the guest wrote, for IN
+    /// to get the data it reads). KVM completes the instruction (registers,
+    /// guest memory for INS, RIP) at the next run; the state shows it
+    /// completed from now on.
     pub fn assist_io(&mut self, mut io: impl FnMut(&mut IoRequest<'_>)) -> Result<AssistOutcome> {
-        if self.last_exit != ExitKind::Io {
+        self.refuse_in_assist("assist_io")?;
+        let ExitRecord::Io { port, size, is_in, .. } = self.last else {
             return Err(Error::WrongExit { what: "assist_io", expected: "an I/O exit" });
-        }
-        let mut exit = self.kvm.io_exit();
-        let (port, is_in, size) = (exit.port, exit.is_in(), exit.size());
-        if size == 0 {
+        };
+        let size = usize::from(size);
+        let was_answered = self.inflight.is_some_and(|f| f.answered);
+        if !(1..=4).contains(&size) {
             return Ok(AssistOutcome::Completed);
         }
-        for chunk in exit.data_mut().chunks_exact_mut(size) {
-            io(&mut IoRequest { port, is_in, data: chunk });
+        let total = self.backend.io_data().len();
+        self.in_assist = true;
+        let mut at = 0;
+        while at + size <= total {
+            let mut elem = [0u8; 4];
+            elem[..size].copy_from_slice(&self.backend.io_data()[at..at + size]);
+            io(&mut IoRequest { port, is_in, data: &mut elem[..size], vcpu: self });
+            self.backend.io_data()[at..at + size].copy_from_slice(&elem[..size]);
+            at += size;
         }
-        self.assisted = true;
+        self.in_assist = false;
+        self.mark_answered(was_answered)?;
         Ok(AssistOutcome::Completed)
     }
 
+    /// The exit is answered: the state shows the instruction done. Cached
+    /// registers that showed it undone are dropped (fetched again as done);
+    /// registers the program set are taken as the state the instruction
+    /// starts from, and it is applied to them, as NVMM's assists do.
+    fn mark_answered(&mut self, was_answered: bool) -> Result<()> {
+        let Some(f) = self.inflight.as_mut() else { return Ok(()) };
+        f.answered = true;
+        let f = *f;
+        if was_answered {
+            return Ok(());
+        }
+        if !self.cache.dirty.intersects(Parts::GPRS) {
+            self.cache.have = self.cache.have.minus(Parts::GPRS);
+            self.publish_cache_bits();
+            return Ok(());
+        }
+        if let ExitRecord::Io { is_in, size, .. } = f.exit {
+            let site = self.io_site()?;
+            let n = usize::from(size).min(4);
+            let mut data = [0u8; 4];
+            data[..n].copy_from_slice(&self.backend.io_data()[..n]);
+            let g = &mut self.comm.state_mut().gprs;
+            let count = match f.exit {
+                ExitRecord::Io { count, .. } => count,
+                _ => 0,
+            };
+            super::inflight::apply_io(&site, g, is_in, &data[..n], count);
+        }
+        Ok(())
+    }
+
     /// Whether KVM finishes the instruction an assist answered at the next
-    /// run. Until then [`Vcpu::state`] shows it unfinished;
-    /// [`Vcpu::get_state`] shows it finished.
+    /// run (the registers then change again in KVM, matching what the
+    /// state already shows).
     pub fn finishes_at_next_run(&self) -> bool {
-        self.assisted
+        self.inflight.is_some_and(|f| f.answered && !f.finished)
     }
 
     /// The memory assist (`nvmm_assist_mem`) for the last
-    /// [`Exit::Memory`](crate::Exit::Memory) or
-    /// [`Exit::EmulationFailure`](crate::Exit::EmulationFailure): calls
-    /// `mem` for every device access of the instruction.
+    /// [`Exit::Memory`] or [`Exit::EmulationFailure`]: calls `mem` for
+    /// every device access of the instruction.
     ///
     /// For an MMIO exit KVM has decoded the instruction: one call, and KVM
-    /// completes it at the next run. For an emulation failure the
-    /// instruction is decoded and emulated here; if it faults (a #PF from
-    /// the page tables, a #GP for a misaligned MOVAPS, INT3's #BP...) the
-    /// exception is made pending for the guest. Unsupported instructions
-    /// fail with `ENODEV`.
+    /// completes it at the next run. For an emulation failure, an
+    /// instruction fetch from unmapped memory, or an MMIO exit after the
+    /// program changed the state, the instruction is decoded and emulated
+    /// here; if it faults (a #PF from the page tables, a #GP for a
+    /// misaligned MOVAPS, INT3's #BP...) the exception is made pending for
+    /// the guest. Unsupported instructions fail with `ENODEV`.
     pub fn assist_mem(&mut self, mut mem: impl FnMut(&mut MemRequest<'_>)) -> Result<AssistOutcome> {
-        match self.last_exit {
-            ExitKind::Memory => {
-                let mut exit = self.kvm.memory_exit();
-                let (gpa, write) = (exit.gpa(), exit.is_write());
-                mem(&mut MemRequest { gpa, write, data: exit.data_mut() });
-                self.assisted = true;
+        self.refuse_in_assist("assist_mem")?;
+        match self.last {
+            ExitRecord::Memory { gpa, write, .. } if self.cache.dirty.is_empty() => {
+                let n = self.backend.mmio_data().len();
+                let mut buf = [0u8; 8];
+                buf[..n].copy_from_slice(self.backend.mmio_data());
+                self.in_assist = true;
+                mem(&mut MemRequest { gpa, write, data: &mut buf[..n], vcpu: self });
+                self.in_assist = false;
+                self.backend.mmio_data().copy_from_slice(&buf[..n]);
+                if let Some(f) = self.inflight.as_mut() {
+                    f.answered = true;
+                }
+                // The instruction may change anything: what is cached shows
+                // it undone.
+                let clean = self.cache.have.minus(self.cache.dirty);
+                self.cache.have = self.cache.have.minus(clean.minus(Parts::MSRS | Parts::DRS | Parts::XCR0));
+                self.publish_cache_bits();
                 Ok(AssistOutcome::Completed)
             }
-            ExitKind::EmulationFailure => self.emulate(&mut mem),
+            ExitRecord::Memory { .. } | ExitRecord::Fetch { .. } | ExitRecord::EmulationFailure { .. } => {
+                self.in_assist = true;
+                let r = self.emulate(&mut mem);
+                self.in_assist = false;
+                r
+            }
             _ => Err(Error::WrongExit { what: "assist_mem", expected: "a memory or emulation-failure exit" }),
         }
     }
 
     fn emulate(&mut self, mem: &mut dyn FnMut(&mut MemRequest<'_>)) -> Result<AssistOutcome> {
-        let mut bytes = [0u8; MAX_LEN];
-        let n = match self.kvm.emulation_failure().bytes {
-            Some(b) => {
-                bytes[..b.len()].copy_from_slice(b);
-                b.len()
-            }
-            None => self.fetch_instruction(&mut bytes)?,
-        };
+        let from_kvm = matches!(self.last, ExitRecord::Memory { .. });
         self.get_state(StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS)?;
-        let mode = cpu_mode(&self.state);
+        let mut bytes = [0u8; MAX_LEN];
+        let n = match self.last {
+            ExitRecord::EmulationFailure { bytes: b, len, .. } if len > 0 => {
+                bytes[..usize::from(len)].copy_from_slice(&b[..usize::from(len)]);
+                usize::from(len)
+            }
+            _ => self.fetch_instruction(&mut bytes, mem)?,
+        };
+        let state = *self.comm.state();
+        let mode = CpuMode::of(&state);
         let insn = decode(&bytes[..n], mode).map_err(|e| match e {
-            DecodeError::Truncated => Error::Translation { gva: self.state.gprs[Gpr::Rip] },
+            DecodeError::Truncated => Error::Translation { gva: linear_rip(&state) },
             _ => Error::UnsupportedInstruction { detail: e.to_string() },
         })?;
-        let regs = self.paging_regs()?;
+        let regs = self.paging_of(&state);
+        let fpu = matches!(insn.op(), crate::assist::decode::Op::X87(_) | crate::assist::decode::Op::Vec(_));
+        if fpu {
+            self.get_state(StateMask::FPU)?;
+        }
+        let state = *self.comm.state();
+        let mut cpu = CpuCopy { state, xsave: fpu.then(|| self.xsave.clone()), marked: StateMask::NONE };
         let result = {
-            let machine = self.machine.clone();
-            let memory = machine.memory();
-            let mut guest = GuestMemory { map: &memory, regs, callback: mem };
-            execute(&insn, &mut CpuView { vcpu: self }, &mut guest)
+            let mut guest = GuestMemory { vcpu: self, regs, callback: mem };
+            execute(&insn, &mut cpu, &mut guest)
         };
-        self.set_state(StateMask::GPRS)?;
+        self.adopt(&cpu)?;
+        // The instruction is done here: KVM must not finish anything.
+        if let Some(f) = self.inflight.as_mut() {
+            f.emulated = true;
+        } else if from_kvm {
+            self.inflight = Some(Inflight { emulated: true, ..Inflight::new(self.last) });
+        }
         match result {
-            Ok(()) => {
-                // The instruction is done: nothing for KVM to complete.
-                self.last_exit = ExitKind::None;
-                Ok(AssistOutcome::Completed)
-            }
+            Ok(()) => Ok(AssistOutcome::Completed),
             Err(EmuError::Exception { vector, error_code, cr2 }) => {
                 if let Some(cr2) = cr2 {
-                    self.state.crs[Cr::Cr2] = cr2;
+                    self.get_state(StateMask::CRS)?;
+                    self.comm.state_mut().crs[Cr::Cr2] = cr2;
                     self.set_state(StateMask::CRS)?;
                 }
                 self.inject_internal(Event::exception(vector, u64::from(error_code.unwrap_or(0))));
-                self.last_exit = ExitKind::None;
                 Ok(AssistOutcome::Exception { vector })
             }
             Err(EmuError::State(e)) => Err(e),
@@ -154,48 +254,123 @@ impl Vcpu {
         }
     }
 
-    /// Reads up to 15 instruction bytes at CS:RIP, stopping early only at a
-    /// page that cannot be read (NVMM bug #16: an instruction at the end of
-    /// the last mapped page still decodes).
-    fn fetch_instruction(&mut self, bytes: &mut [u8; MAX_LEN]) -> Result<usize> {
-        let (_, _, linear) = self.code_position()?;
-        self.read_linear(linear, bytes)
+    /// Takes the emulator's results into the cache.
+    fn adopt(&mut self, cpu: &CpuCopy) -> Result<()> {
+        // The registers always: a fault leaves them as they were, INT3
+        // moves RIP past itself before raising #BP.
+        let m = cpu.marked | StateMask::GPRS;
+        let s = self.comm.state_mut();
+        s.gprs = cpu.state.gprs;
+        if m.contains(StateMask::FPU) {
+            s.fpu = cpu.state.fpu;
+            if let Some(x) = &cpu.xsave {
+                self.xsave = x.clone();
+                self.cache.xsave_current = true;
+            }
+        }
+        if !m.is_empty() {
+            self.set_state(m)?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to 15 instruction bytes at CS:RIP: from guest RAM, and
+    /// through the memory callback where RIP's page is not RAM (code run
+    /// from a device). Stops early only at a page the walker cannot
+    /// translate (NVMM bug #16: an instruction at the end of the last
+    /// mapped page still decodes).
+    fn fetch_instruction(
+        &mut self,
+        bytes: &mut [u8; MAX_LEN],
+        mem: &mut dyn FnMut(&mut MemRequest<'_>),
+    ) -> Result<usize> {
+        let state = *self.comm.state();
+        let linear = linear_rip(&state);
+        let regs = self.paging_of(&state);
+        let access = Access {
+            kind: AccessKind::Fetch,
+            user: state.segs[crate::x86::state::Seg::Ss].attrib.dpl() == 3,
+            ac: false,
+        };
+        let mut done = 0;
+        while done < MAX_LEN {
+            let at = linear.wrapping_add(done as u64);
+            let n = ((4096 - (at & 0xfff)) as usize).min(MAX_LEN - done);
+            let pieces = {
+                let map = self.machine.memory();
+                match translate_range(&*map, &regs, at, n, access) {
+                    Ok(p) => p,
+                    Err(_) => break,
+                }
+            };
+            for (gpa, len) in pieces {
+                let chunk = &mut bytes[done..done + len];
+                if !self.read_ram(gpa, chunk) {
+                    mem(&mut MemRequest { gpa, write: false, data: chunk, vcpu: self });
+                }
+                done += len;
+            }
+        }
+        if done == 0 {
+            return Err(Error::Translation { gva: linear });
+        }
+        Ok(done)
+    }
+
+    /// Copies guest RAM at `gpa` when all of it is RAM the guest may read.
+    fn read_ram(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let map = self.machine.memory();
+        let ram = map.area(gpa).is_some_and(|a| {
+            a.slot.is_some() && a.prot.contains(Prot::READ) && gpa + buf.len() as u64 <= a.gpa + a.size
+        });
+        ram && map.read(gpa, buf).is_ok()
+    }
+
+    /// Writes guest RAM at `gpa` when all of it is RAM the guest may write.
+    fn write_ram(&self, gpa: u64, buf: &[u8]) -> bool {
+        let map = self.machine.memory();
+        let ram = map.area(gpa).is_some_and(|a| {
+            a.slot.is_some() && a.prot.contains(Prot::WRITE) && gpa + buf.len() as u64 <= a.gpa + a.size
+        });
+        ram && map.write(gpa, buf).is_ok()
     }
 }
 
-/// The VCPU state cache as the emulator's CPU.
-struct CpuView<'a> {
-    vcpu: &'a mut Vcpu,
+/// The emulator's CPU: a copy of the state (the FPU fetched beforehand for
+/// x87 and vector instructions), so that the memory callback can use the
+/// VCPU meanwhile; [`Vcpu::adopt`] takes the result back.
+struct CpuCopy {
+    state: State,
+    xsave: Option<Xsave>,
+    marked: StateMask,
 }
 
-impl EmuCpu for CpuView<'_> {
-    fn state(&mut self, mask: StateMask) -> Result<&mut State, EmuError> {
-        self.vcpu.get_state(mask).map_err(EmuError::State)?;
-        Ok(&mut self.vcpu.state)
+impl EmuCpu for CpuCopy {
+    fn state(&mut self, _mask: StateMask) -> std::result::Result<&mut State, EmuError> {
+        Ok(&mut self.state)
     }
 
     fn xsave(&mut self) -> &mut Xsave {
-        &mut self.vcpu.xsave
+        self.xsave.get_or_insert_with(Xsave::default)
     }
 
     fn mark(&mut self, mask: StateMask) {
-        let parts = super::parts_of(mask);
-        self.vcpu.dirty |= parts;
-        self.vcpu.have |= parts & part::ALL;
+        self.marked |= mask;
     }
 }
 
 /// Guest memory for the emulator: linear addresses through the walker,
-/// RAM directly, devices through the callback.
-struct GuestMemory<'a, 'b> {
-    map: &'a MemoryMap,
+/// RAM directly, devices through the callback (no lock held while it runs).
+struct GuestMemory<'v, 'b> {
+    vcpu: &'v mut Vcpu,
     regs: crate::assist::mmu::PagingRegs,
     callback: &'b mut dyn FnMut(&mut MemRequest<'_>),
 }
 
 impl GuestMemory<'_, '_> {
-    fn pieces(&self, linear: u64, len: usize, access: Access) -> Result<Vec<(u64, usize)>, EmuError> {
-        translate_range(self.map, &self.regs, linear, len, access).map_err(|e| match e {
+    fn pieces(&self, linear: u64, len: usize, access: Access) -> std::result::Result<Vec<(u64, usize)>, EmuError> {
+        let map = self.vcpu.machine.memory();
+        translate_range(&*map, &self.regs, linear, len, access).map_err(|e| match e {
             WalkError::TableUnreadable { .. } | WalkError::InvalidMode => {
                 EmuError::Memory("page tables outside guest RAM")
             }
@@ -207,45 +382,89 @@ impl GuestMemory<'_, '_> {
             }
         })
     }
-
-    /// Whether `gpa..gpa+len` is RAM the access may use directly.
-    fn ram(&self, gpa: u64, len: usize, write: bool) -> bool {
-        let need = if write { Prot::WRITE } else { Prot::READ };
-        match self.map.area(gpa) {
-            Some(a) => a.prot.contains(need) && gpa + len as u64 <= a.gpa + a.size,
-            None => false,
-        }
-    }
 }
 
 impl EmuMemory for GuestMemory<'_, '_> {
-    fn read(&mut self, linear: u64, buf: &mut [u8], access: Access) -> Result<(), EmuError> {
+    fn read(&mut self, linear: u64, buf: &mut [u8], access: Access) -> std::result::Result<(), EmuError> {
         let mut done = 0;
         for (gpa, n) in self.pieces(linear, buf.len(), access)? {
             let chunk = &mut buf[done..done + n];
-            if self.ram(gpa, n, false) {
-                self.map.read(gpa, chunk).map_err(|_| EmuError::Memory("RAM read"))?;
-            } else {
-                (self.callback)(&mut MemRequest { gpa, write: false, data: chunk });
+            if !self.vcpu.read_ram(gpa, chunk) {
+                (self.callback)(&mut MemRequest { gpa, write: false, data: chunk, vcpu: self.vcpu });
             }
             done += n;
         }
         Ok(())
     }
 
-    fn write(&mut self, linear: u64, buf: &[u8], access: Access) -> Result<(), EmuError> {
+    fn write(&mut self, linear: u64, buf: &[u8], access: Access) -> std::result::Result<(), EmuError> {
         let access = Access { kind: AccessKind::Write, ..access };
         let mut done = 0;
         for (gpa, n) in self.pieces(linear, buf.len(), access)? {
             let chunk = &buf[done..done + n];
-            if self.ram(gpa, n, true) {
-                self.map.write(gpa, chunk).map_err(|_| EmuError::Memory("RAM write"))?;
-            } else {
-                let mut data = chunk.to_vec();
-                (self.callback)(&mut MemRequest { gpa, write: true, data: &mut data });
+            if !self.vcpu.write_ram(gpa, chunk) {
+                let mut data = [0u8; 64];
+                let len = n.min(64);
+                data[..len].copy_from_slice(&chunk[..len]);
+                let mut big;
+                let slice: &mut [u8] = if n <= 64 {
+                    &mut data[..n]
+                } else {
+                    big = chunk.to_vec();
+                    &mut big
+                };
+                (self.callback)(&mut MemRequest { gpa, write: true, data: slice, vcpu: self.vcpu });
             }
             done += n;
         }
         Ok(())
+    }
+}
+
+/// The zero-copy view of an exit record.
+pub(super) fn view(v: &mut Vcpu, r: ExitRecord) -> Exit<'_> {
+    match r {
+        ExitRecord::None => Exit::None,
+        ExitRecord::Stopped => Exit::Stopped,
+        ExitRecord::Memory { gpa, write, .. } => Exit::Memory(MemoryExit {
+            gpa,
+            access: if write { MemAccess::Write } else { MemAccess::Read },
+            data: v.backend.mmio_data(),
+            answered: &v.payload_used,
+        }),
+        ExitRecord::Fetch { gpa } => {
+            Exit::Memory(MemoryExit { gpa, access: MemAccess::Exec, data: &mut [], answered: &v.payload_used })
+        }
+        ExitRecord::Io { port, size, count, is_in } => Exit::Io(IoExit {
+            port,
+            direction: if is_in { IoDirection::In } else { IoDirection::Out },
+            size,
+            count,
+            data: v.backend.io_data(),
+            answered: &v.payload_used,
+        }),
+        ExitRecord::Rdmsr { msr } => {
+            let npc = v.msr_npc().unwrap_or(0);
+            let a = v.backend.msr_answer();
+            Exit::Rdmsr(RdmsrExit { msr, npc, data: a.data, error: a.error })
+        }
+        ExitRecord::Wrmsr { msr, value } => {
+            let npc = v.msr_npc().unwrap_or(0);
+            let a = v.backend.msr_answer();
+            Exit::Wrmsr(WrmsrExit { msr, value, npc, error: a.error })
+        }
+        ExitRecord::Halted => Exit::Halted,
+        ExitRecord::Shutdown => Exit::Shutdown,
+        ExitRecord::IntReady => Exit::IntReady,
+        ExitRecord::NmiReady => Exit::NmiReady,
+        ExitRecord::TprChanged => Exit::TprChanged,
+        ExitRecord::EmulationFailure { len, info, .. } => {
+            let bytes = match &v.last {
+                ExitRecord::EmulationFailure { bytes, .. } if len > 0 => Some(&bytes[..usize::from(len)]),
+                _ => None,
+            };
+            Exit::EmulationFailure(EmulationFailure { bytes, info })
+        }
+        ExitRecord::Invalid { hwcode, detail } => Exit::Invalid(InvalidExit { hwcode, detail }),
     }
 }

@@ -1,10 +1,25 @@
-//! The partial state NVMM reports with every exit.
+//! What NVMM reports with an exit besides its reason: the partial state
+//! of every exit (`exit->exitstate`) and NetBSD's C exit structure.
+//!
+//! Cost of each field of [`NbExit`], once the VCPU's exits are read this
+//! way (KVM then copies registers and events through `kvm_run` at every
+//! exit): `reason`, the memory exit's `gpa` and `prot`, the MSR exits'
+//! `msr` and `val`, `exitstate`: no system call; the I/O exit's `npc`,
+//! `rep`, `str`, `seg` and sizes, the MSR exits' `npc`: a decode of the
+//! instruction bytes at RIP in guest memory, no system call but for an
+//! `out; out` pair (see [`Vcpu::io_instruction`]).
 
-use super::{Vcpu, part, sync};
-use crate::backend::kvm::convert;
+use super::Vcpu;
+use crate::backend::{Parts, VcpuBackend};
 use crate::error::Result;
 use crate::exit::ExitState;
-use crate::x86::state::{Gpr, Intr};
+use crate::exit::record::ExitRecord;
+use crate::netbsd::{NbExit, NbExitIo, NbExitMemory, NbExitPayload, NbExitRdmsr, NbExitState, NbExitWrmsr};
+use crate::x86::state::{Gpr, StateMask};
+
+/// SVM's nested-page-fault exit code, in an emulation failure's exit
+/// information (KVM then reports the faulting address too).
+const SVM_EXIT_NPF: u64 = 0x400;
 
 impl Vcpu {
     /// RFLAGS, CR8, the interrupt shadow, the armed window exits and
@@ -13,18 +28,101 @@ impl Vcpu {
     /// out at every exit, which it does for a VCPU whose exits are read
     /// this way.
     pub fn exit_state(&mut self) -> Result<ExitState> {
-        self.used |= sync::REGS | sync::EVENTS;
-        self.fetch(part::GPRS & !self.have)?;
-        let events = self.current_events()?;
-        let mut intr = Intr::default();
-        convert::intr_from_kvm(&events, &mut intr);
+        self.backend.want(Parts::GPRS | Parts::INTR);
+        if !self.cache.have.contains(Parts::GPRS) {
+            self.get_state(StateMask::GPRS)?;
+        }
+        let events = self.backend.event_status()?;
+        let s = self.comm.state();
         Ok(ExitState {
-            rflags: self.state.gprs[Gpr::Rflags],
-            cr8: self.kvm.cr8(),
-            int_shadow: intr.int_shadow(),
-            int_window_exiting: self.state.intr.int_window_exiting(),
-            nmi_window_exiting: self.state.intr.nmi_window_exiting(),
-            evt_pending: intr.evt_pending(),
+            rflags: s.gprs[Gpr::Rflags],
+            cr8: u64::from(self.backend.tpr()),
+            int_shadow: events.int_shadow,
+            int_window_exiting: s.intr.int_window_exiting(),
+            nmi_window_exiting: s.intr.nmi_window_exiting(),
+            evt_pending: events.pending,
         })
+    }
+
+    /// NetBSD's `struct nvmm_vcpu_exit` for the last exit, as
+    /// `nvmm_vcpu_run` fills it. Like NetBSD's kernel it also provides
+    /// state with the exit: after an I/O exit GPRS and SEGS are cached
+    /// (showing the instruction not done), after an MSR exit GPRS.
+    /// A detail that cannot be found is left zero rather than failing.
+    pub fn netbsd_exit(&mut self) -> NbExit {
+        let mut out = NbExit { reason: self.last.reason(), ..NbExit::default() };
+        match self.last {
+            ExitRecord::Memory { gpa, write, .. } => {
+                let prot = if write { libc::PROT_WRITE } else { libc::PROT_READ };
+                out.u = NbExitPayload { mem: NbExitMemory { prot, gpa, inst_len: 0, inst_bytes: [0; 15] } };
+            }
+            ExitRecord::Fetch { gpa } => {
+                out.u = NbExitPayload {
+                    mem: NbExitMemory { prot: libc::PROT_EXEC, gpa, inst_len: 0, inst_bytes: [0; 15] },
+                };
+            }
+            ExitRecord::EmulationFailure { bytes, len, info } => {
+                let (gpa, prot) = if info[0] == SVM_EXIT_NPF {
+                    let prot = if info[1] & 2 != 0 {
+                        libc::PROT_WRITE
+                    } else if info[1] & 0x10 != 0 {
+                        libc::PROT_EXEC
+                    } else {
+                        libc::PROT_READ
+                    };
+                    (info[2], prot)
+                } else {
+                    (0, libc::PROT_READ)
+                };
+                out.u = NbExitPayload { mem: NbExitMemory { prot, gpa, inst_len: len, inst_bytes: bytes } };
+            }
+            ExitRecord::Io { port, size, is_in, .. } => {
+                let io = match self.io_site() {
+                    Ok(site) => NbExitIo {
+                        is_in,
+                        port,
+                        seg: site.insn.segment.map_or(-1, |s| s as i8),
+                        address_size: site.insn.address_size,
+                        operand_size: size,
+                        rep: site.insn.rep,
+                        string: site.insn.string,
+                        npc: site.npc,
+                    },
+                    Err(_) => NbExitIo {
+                        is_in,
+                        port,
+                        seg: -1,
+                        address_size: 0,
+                        operand_size: size,
+                        rep: false,
+                        string: false,
+                        npc: 0,
+                    },
+                };
+                out.u = NbExitPayload { io };
+                let _ = self.get_state(StateMask::GPRS | StateMask::SEGS);
+            }
+            ExitRecord::Rdmsr { msr } => {
+                out.u = NbExitPayload { rdmsr: NbExitRdmsr { msr, npc: self.msr_npc().unwrap_or(0) } };
+                let _ = self.get_state(StateMask::GPRS);
+            }
+            ExitRecord::Wrmsr { msr, value } => {
+                out.u = NbExitPayload { wrmsr: NbExitWrmsr { msr, val: value, npc: self.msr_npc().unwrap_or(0) } };
+                let _ = self.get_state(StateMask::GPRS);
+            }
+            ExitRecord::Invalid { hwcode, .. } => out.u = NbExitPayload { word: hwcode },
+            _ => {}
+        }
+        if let Ok(s) = self.exit_state() {
+            out.exitstate = NbExitState {
+                rflags: s.rflags,
+                cr8: s.cr8,
+                bits: u64::from(s.int_shadow)
+                    | u64::from(s.int_window_exiting) << 1
+                    | u64::from(s.nmi_window_exiting) << 2
+                    | u64::from(s.evt_pending) << 3,
+            };
+        }
+        out
     }
 }

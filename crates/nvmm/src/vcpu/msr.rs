@@ -1,53 +1,58 @@
 //! MSR exits with NVMM's convention.
 //!
-//! KVM finishes an RDMSR or WRMSR that exited to user space itself, at
-//! the next `KVM_RUN`: with the value the VMM gave, or with a #GP. NVMM
-//! leaves the instruction to the VMM instead: RIP stays on it, and the
-//! VMM either emulates it (writes RAX/RDX, sets RIP to `npc`) or lets the
-//! guest execute it again. So an exit the VMM answered through
+//! KVM finishes an RDMSR or WRMSR that exited to user space itself, at the
+//! next `KVM_RUN`: with the value the VMM gave, or with a #GP. NVMM leaves
+//! the instruction to the VMM instead: RIP stays on it, and the VMM either
+//! emulates it (writes RAX/RDX, sets RIP to `npc`) or lets the guest
+//! execute it again. So an exit the VMM answered through
 //! [`RdmsrExit`](crate::RdmsrExit) / [`WrmsrExit`](crate::WrmsrExit) goes
-//! to KVM as usual, and an unanswered one is settled here before the next
+//! to KVM as usual, and an unanswered one is settled before the next
 //! entry: KVM finishes it without entering the guest, and the registers
 //! the VMM wants (its own, or those of the exit) are loaded over KVM's.
 
-use super::{Vcpu, part, sync};
-use crate::backend::kvm::RunOutcome;
-use crate::error::{Error, Result};
+use super::Vcpu;
+use crate::backend::kvm::MSR_UNANSWERED;
+use crate::backend::{Parts, VcpuBackend};
+use crate::error::Result;
+use crate::vmem::GuestView;
+use crate::x86::mode::{CpuMode, linear_rip};
 use crate::x86::state::Gpr;
 
 impl Vcpu {
-    /// Settles the last exit if it is an unanswered MSR access.
+    /// Settles the last exit, an MSR access, before the next run.
     pub(super) fn settle_msr_exit(&mut self) -> Result<()> {
-        if !std::mem::take(&mut self.msr_pending) || !self.kvm.msr_unanswered() {
+        let answered = *self.backend.msr_answer().error != MSR_UNANSWERED;
+        if answered {
             return Ok(());
         }
         // The registers the guest must resume with: the VMM's if it set
         // them, else the ones of the exit (RIP on the instruction).
-        self.fetch(part::GPRS & !self.have)?;
-        let (rax, rdx) = (self.state.gprs[Gpr::Rax], self.state.gprs[Gpr::Rdx]);
-        self.kvm.answer_msr((rdx << 32) | (rax & 0xffff_ffff));
-        // Nothing else may change in this run: no register sets in or out.
-        self.kvm.set_valid_regs(0);
-        self.kvm.set_immediate_exit();
-        let outcome = self.kvm.run();
-        self.kvm.clear_immediate_exit();
-        self.synced = 0;
-        self.valid_regs = 0;
-        self.used |= sync::REGS;
-        self.dirty |= part::GPRS;
-        match outcome? {
-            RunOutcome::Interrupted => Ok(()),
-            RunOutcome::Exited => Err(Error::Unsupported { what: "settling an MSR exit without running the guest" }),
+        self.fetch(Parts::GPRS.minus(self.cache.have))?;
+        let g = self.comm.state().gprs;
+        let a = self.backend.msr_answer();
+        *a.data = (g[Gpr::Rdx] << 32) | (g[Gpr::Rax] & 0xffff_ffff);
+        *a.error = 0;
+        if let Some(next) = self.backend.finish_pending()? {
+            // Finishing an MSR access produces no exit; should KVM produce
+            // one, report it next.
+            self.queued = Some(next);
         }
+        self.cache.dirty |= Parts::GPRS;
+        self.backend.want(Parts::GPRS);
+        Ok(())
     }
 
     /// The address past the RDMSR or WRMSR at RIP (normally RIP + 2; more
     /// with prefixes, which the instruction allows and ignores).
     pub(super) fn msr_npc(&mut self) -> Result<u64> {
-        let (mode, rip, linear) = self.code_position()?;
+        let raw = self.raw_state(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
+        let mode = CpuMode::of(&raw);
         let mut bytes = [0u8; 15];
-        let n = self.read_linear(linear, &mut bytes).unwrap_or(0);
-        let long = mode == crate::assist::io_insn::CpuMode::Bits64;
+        let n = {
+            let mem = self.machine.memory();
+            GuestView::new(&mem, self.paging_of(&raw)).read(linear_rip(&raw), &mut bytes).done
+        };
+        let long = mode == CpuMode::Bits64;
         let prefixes = bytes[..n]
             .iter()
             .take_while(|&&b| {
@@ -57,11 +62,6 @@ impl Vcpu {
             .count();
         let is_msr = matches!(bytes.get(prefixes..prefixes + 2), Some([0x0f, 0x30 | 0x32]));
         let len = if is_msr { prefixes as u64 + 2 } else { 2 };
-        let width = match mode {
-            crate::assist::io_insn::CpuMode::Bits16 => 0xffff,
-            crate::assist::io_insn::CpuMode::Bits32 => 0xffff_ffff,
-            crate::assist::io_insn::CpuMode::Bits64 => u64::MAX,
-        };
-        Ok(rip.wrapping_add(len) & width)
+        Ok(mode.advance(raw.gprs[Gpr::Rip], len))
     }
 }

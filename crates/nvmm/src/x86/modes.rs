@@ -18,47 +18,7 @@ pub const USER_DATA_SELECTOR: u16 = 0x2b;
 /// Selector (with RPL 3) of the 64-bit user code segment in [`gdt`].
 pub const USER_CODE64_SELECTOR: u16 = 0x33;
 
-/// CR0 bits.
-pub mod cr0 {
-    /// Protection enable.
-    pub const PE: u64 = 1 << 0;
-    /// Monitor coprocessor.
-    pub const MP: u64 = 1 << 1;
-    /// Extension type (always 1).
-    pub const ET: u64 = 1 << 4;
-    /// Numeric error.
-    pub const NE: u64 = 1 << 5;
-    /// Write protect.
-    pub const WP: u64 = 1 << 16;
-    /// Paging.
-    pub const PG: u64 = 1 << 31;
-}
-
-/// CR4 bits.
-pub mod cr4 {
-    /// Page size extensions.
-    pub const PSE: u64 = 1 << 4;
-    /// Physical address extension.
-    pub const PAE: u64 = 1 << 5;
-    /// OS supports FXSAVE/FXRSTOR.
-    pub const OSFXSR: u64 = 1 << 9;
-    /// OS supports unmasked SIMD exceptions.
-    pub const OSXMMEXCPT: u64 = 1 << 10;
-    /// XSAVE and XCR0 enabled.
-    pub const OSXSAVE: u64 = 1 << 18;
-}
-
-/// EFER bits.
-pub mod efer {
-    /// SYSCALL enable.
-    pub const SCE: u64 = 1 << 0;
-    /// Long mode enable.
-    pub const LME: u64 = 1 << 8;
-    /// Long mode active.
-    pub const LMA: u64 = 1 << 10;
-    /// No-execute enable.
-    pub const NXE: u64 = 1 << 11;
-}
+pub use super::bits::{cr0, cr4, efer};
 
 /// The GDT the modes below expect: null, flat code32, flat data, code64,
 /// then the same three for user mode (DPL 3).

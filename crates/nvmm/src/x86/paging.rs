@@ -3,21 +3,9 @@
 
 use std::collections::BTreeMap;
 
-pub use crate::assist::mmu::PagingMode;
+pub use super::mode::PagingMode;
 
-/// Page-table entry bits.
-pub mod pte {
-    /// Present.
-    pub const P: u64 = 1 << 0;
-    /// Writable.
-    pub const RW: u64 = 1 << 1;
-    /// User-accessible.
-    pub const US: u64 = 1 << 2;
-    /// Large page.
-    pub const PS: u64 = 1 << 7;
-    /// No-execute (PAE and long mode, with EFER.NXE).
-    pub const XD: u64 = 1 << 63;
-}
+pub use super::bits::pte;
 
 /// Page tables under construction, kept as pages of bytes to copy into
 /// guest memory.

@@ -55,12 +55,12 @@ impl Builder {
     fn new(mode: PagingMode) -> Builder {
         let (cr4, efer) = match mode {
             PagingMode::Off => (0, 0),
-            PagingMode::Bits32 => (CR4_PSE, 0),
-            PagingMode::Pae => (CR4_PAE, EFER_NXE),
-            PagingMode::Level4 => (CR4_PAE, EFER_NXE | EFER_LMA),
-            PagingMode::Level5 => (CR4_PAE | CR4_LA57, EFER_NXE | EFER_LMA),
+            PagingMode::Bits32 => (cr4::PSE, 0),
+            PagingMode::Pae => (cr4::PAE, efer::NXE),
+            PagingMode::Level4 => (cr4::PAE, efer::NXE | efer::LMA),
+            PagingMode::Level5 => (cr4::PAE | cr4::LA57, efer::NXE | efer::LMA),
         };
-        let cr0 = if mode == PagingMode::Off { 0 } else { CR0_PG | CR0_WP | 1 };
+        let cr0 = if mode == PagingMode::Off { 0 } else { cr0::PG | cr0::WP | 1 };
         let tables = PageTables::new(if mode == PagingMode::Off { PagingMode::Level4 } else { mode }, 0x10_0000);
         let regs = PagingRegs { cr0, cr3: tables.cr3(), cr4, efer, phys_bits: 46, gib_pages: true };
         Builder { tables, regs, ram: Ram::default() }
@@ -159,7 +159,7 @@ fn bits32_pse_rules() {
     assert_eq!((t.gpa, t.page_size), (0x12_3440_1234 & 0xff_ffff_ffff, 4 << 20), "PSE-36 high bits");
     // With CR4.PSE clear the PS bit is ignored: the PDE points at a table.
     let mut regs = b.regs;
-    regs.cr4 &= !CR4_PSE;
+    regs.cr4 &= !cr4::PSE;
     assert!(matches!(walk(&b.ram, &regs, 0x40_1234), Err(WalkError::NotPresent { level: 1, .. })));
     // Bit 21 of a 4 MiB PDE is reserved.
     b.ram.write(b.regs.cr3 + 4, 0x40_0000 | PS | P | (1 << 21), false);
@@ -200,7 +200,7 @@ fn long_mode_sizes_canonical_and_reserved() {
     );
     // NX without EFER.NXE is a reserved bit.
     let mut regs = b.regs;
-    regs.efer &= !EFER_NXE;
+    regs.efer &= !efer::NXE;
     assert!(matches!(walk(&b.ram, &regs, 0x20_0010), Err(WalkError::Reserved { .. })));
     // Physical address bits beyond the width are reserved.
     regs = b.regs;
@@ -212,7 +212,7 @@ fn long_mode_sizes_canonical_and_reserved() {
     assert!(matches!(walk(&b.ram, &regs, 0xffff_8000_0000_0000), Err(WalkError::Reserved { level: 3, .. })));
     // LMA without PAE is no mode at all.
     regs = b.regs;
-    regs.cr4 &= !CR4_PAE;
+    regs.cr4 &= !cr4::PAE;
     assert_eq!(walk(&b.ram, &regs, 0), Err(WalkError::InvalidMode));
 }
 
@@ -224,7 +224,7 @@ fn five_level_uses_the_fifth_level() {
     assert!(matches!(walk(&b.ram, &b.regs, 0x0100_0000_0000_0000), Err(WalkError::NonCanonical { .. })));
     // In 4-level paging that address is not canonical.
     let mut regs = b.regs;
-    regs.cr4 &= !CR4_LA57;
+    regs.cr4 &= !cr4::LA57;
     assert!(matches!(walk(&b.ram, &regs, 0x0080_0000_0000_0123), Err(WalkError::NonCanonical { .. })));
 }
 
@@ -248,10 +248,10 @@ fn access_checks_and_error_codes() {
     assert!(ok(0x3000, Access::user(Write)));
     assert_eq!(code(0x4000, Access::user(Write)), pf::W | pf::U, "not present: P clear");
     let mut regs = *r;
-    regs.cr0 &= !CR0_WP;
+    regs.cr0 &= !cr0::WP;
     assert!(translate(ram, &regs, 0x1000, Access::supervisor(Write)).is_ok(), "WP clear");
     regs = *r;
-    regs.cr4 |= CR4_SMAP | CR4_SMEP;
+    regs.cr4 |= cr4::SMAP | cr4::SMEP;
     assert!(translate(ram, &regs, 0x2000, Access::supervisor(Read)).is_err(), "SMAP");
     assert!(translate(ram, &regs, 0x2000, Access { kind: Read, user: false, ac: true }).is_ok(), "AC lifts SMAP");
     assert_eq!(

@@ -5,6 +5,7 @@ use kvm_bindings::{
     kvm_segment, kvm_sregs, kvm_vcpu_events,
 };
 
+use crate::backend::EventStatus;
 use crate::x86::cpuid::{CpuidEntry, CpuidRegs};
 use crate::x86::event::{Event, EventKind};
 use crate::x86::state::{Cr, Crs, Dr, Drs, Gpr, Gprs, Intr, Seg, SegAttrib, Segment, Segs};
@@ -225,9 +226,16 @@ pub(crate) fn reset_events() -> kvm_vcpu_events {
     }
 }
 
-/// Whether NMIs are blocked or one is on its way.
-pub(crate) fn nmi_busy(e: &kvm_vcpu_events) -> bool {
-    e.nmi.masked != 0 || e.nmi.pending != 0 || e.nmi.injected != 0
+/// The event state the front end reasons about.
+pub(crate) fn event_status(e: &kvm_vcpu_events) -> EventStatus {
+    EventStatus {
+        int_shadow: e.interrupt.shadow != 0,
+        pending: e.exception.injected != 0
+            || e.exception.pending != 0
+            || e.interrupt.injected != 0
+            || e.nmi.injected != 0,
+        nmi_busy: e.nmi.masked != 0 || e.nmi.pending != 0 || e.nmi.injected != 0,
+    }
 }
 
 #[cfg(test)]

@@ -7,14 +7,16 @@
 pub(crate) mod convert;
 pub(crate) mod msr_filter;
 mod run_alias;
+mod state;
 mod vcpu;
 
 use std::io;
 use std::os::fd::{IntoRawFd, OwnedFd};
 
 use kvm_bindings::{
-    KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
-    KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_userspace_memory_region,
+    KVM_CAP_DISABLE_QUIRKS2, KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_READONLY, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, KVM_X86_QUIRK_OUT_7E_INC_RIP,
+    kvm_enable_cap, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VmFd};
 
@@ -23,12 +25,7 @@ use crate::os::HostRegion;
 use crate::x86::cpuid::CpuidEntry;
 
 pub(crate) use run_alias::RunAlias;
-pub(crate) use vcpu::{KvmVcpu, RawExit, RunOutcome};
-
-/// KVM's special registers, as cached by the VCPU front end.
-pub(crate) type Sregs = kvm_bindings::kvm_sregs;
-/// KVM's event state, as cached by the VCPU front end.
-pub(crate) type Events = kvm_bindings::kvm_vcpu_events;
+pub(crate) use vcpu::{KvmVcpu, MSR_UNANSWERED};
 
 /// A KVM capability: number, name, and what nvmm needs it for.
 struct Requirement {
@@ -200,6 +197,11 @@ impl KvmSystem {
         let msr_exits = KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER;
         enable(KVM_CAP_X86_USER_SPACE_MSR, msr_exits.into(), "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)")?;
         msr_filter::install(&fd)?;
+        // OUT to port 0x7E advances RIP before the exit unless this quirk
+        // is off; NVMM leaves RIP on the instruction for every port.
+        if self.kvm.check_extension_raw(KVM_CAP_DISABLE_QUIRKS2.into()) as u32 & KVM_X86_QUIRK_OUT_7E_INC_RIP != 0 {
+            enable(KVM_CAP_DISABLE_QUIRKS2, KVM_X86_QUIRK_OUT_7E_INC_RIP.into(), "KVM_ENABLE_CAP(DISABLE_QUIRKS2)")?;
+        }
         if self.is_intel {
             // Real mode on VMX without unrestricted guest needs a TSS; the
             // three pages below 0xfffc0000 are where firmware-less VMMs put it.
@@ -298,6 +300,8 @@ impl KvmVm {
         // SAFETY: `raw` is a VCPU descriptor of this VM, owned by us (it was
         // duplicated by `KvmVcpu::park`); ownership passes to the VcpuFd.
         let fd = unsafe { self.fd.create_vcpu_from_rawfd(raw) }.map_err(|e| Error::kvm_errno("mmap(kvm_run)", e))?;
-        KvmVcpu::new(fd, self.run_size)
+        let mut v = KvmVcpu::new(fd, self.run_size)?;
+        v.forget_loaded_state();
+        Ok(v)
     }
 }

@@ -1,6 +1,6 @@
-//! A second mapping of a VCPU's `kvm_run` page, owned by its stop handles,
-//! so that any thread can set `immediate_exit` for as long as a handle lives,
-//! even after the VCPU itself is gone.
+//! A second mapping of a VCPU's `kvm_run` page, owned by its handles, so
+//! that any thread can set `immediate_exit` for as long as a handle lives,
+//! even after the VCPU itself is gone: KVM's kick.
 
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use kvm_bindings::kvm_run;
 
+use crate::backend::Kick;
 use crate::error::{Error, Result};
+use crate::os::kick_thread;
 
 const PAGE: usize = 4096;
 
@@ -45,10 +47,17 @@ impl RunAlias {
         // space (the kernel reads it with READ_ONCE at KVM_RUN entry).
         unsafe { AtomicU8::from_ptr(self.page.as_ptr().add(off)) }
     }
+}
 
-    /// Sets or clears `kvm_run.immediate_exit`.
-    pub(crate) fn set_immediate_exit(&self, on: bool) {
-        self.immediate_exit().store(on as u8, Ordering::SeqCst);
+impl Kick for RunAlias {
+    /// Sets `kvm_run.immediate_exit` (a run that has not entered the guest
+    /// yet returns at once), then signals the thread inside `KVM_RUN`, if
+    /// any (a run in the guest returns).
+    fn kick(&self, thread: i32, signal: i32) {
+        self.immediate_exit().store(1, Ordering::SeqCst);
+        if thread != 0 {
+            kick_thread(thread, signal);
+        }
     }
 }
 

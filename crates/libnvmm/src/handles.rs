@@ -5,15 +5,24 @@
 //! Locks are taken in one order, each briefly except the last: the machine
 //! table, a machine's VCPU table, then one VCPU (held while it runs, so
 //! that the VCPUs of a machine run in parallel on their own threads).
+//! Calls that NetBSD makes without touching the kernel take no VCPU lock:
+//! `nvmm_vcpu_inject` and `nvmm_vcpu_stop` only write the comm page, so
+//! they never wait for a running VCPU.
+//!
+//! Calls on a VCPU from inside one of its own assist callbacks reach it
+//! through the callback (which holds it) instead of its lock: the callback
+//! records the VCPU for its thread, and a call on that same VCPU from that
+//! thread uses it.
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use nvmm_core::{Machine, Nvmm, Vcpu};
+use nvmm::netbsd::CommPage;
+use nvmm::{Machine, Nvmm, Vcpu};
 
-use crate::abi::{NvmmMachine, NvmmVcpu};
-use crate::comm::CommPage;
+use crate::abi::NvmmMachine;
 use crate::errno::{CResult, non_null};
 
 /// What `nvmm_init` / `nvmm_root_init` opened.
@@ -54,29 +63,39 @@ pub(crate) fn is_root() -> bool {
     lock(&LIB).as_ref().is_some_and(|l| l.root)
 }
 
-/// A VCPU and its comm page.
+/// A VCPU and what other threads may use without its lock.
 pub(crate) struct VcpuCtx {
-    pub(crate) vcpu: Vcpu,
+    pub(crate) vcpu: Mutex<Vcpu>,
+    /// Its comm page (lives as long as the VCPU).
     pub(crate) comm: *mut CommPage,
+    /// Being destroyed: runs that have not started are refused.
+    dying: AtomicBool,
+    handle: nvmm::VcpuHandle,
 }
 
-// SAFETY: the comm page is heap memory owned by this context (freed in its
-// `Drop`); moving the context between threads moves that ownership. The C
-// side touches the page only from the thread driving the VCPU, except for
-// the atomic `stop` field.
+// SAFETY: `comm` points to the VCPU's comm page, which lives as long as the
+// VCPU this context owns; other threads only touch its atomic fields
+// (`event_commit`, `stop`) through it.
 unsafe impl Send for VcpuCtx {}
+// SAFETY: as above; the VCPU itself is behind a mutex.
+unsafe impl Sync for VcpuCtx {}
 
-impl Drop for VcpuCtx {
-    fn drop(&mut self) {
-        // SAFETY: `comm` came from `CommPage::alloc` and dies with the VCPU.
-        unsafe { CommPage::free(self.comm) };
+impl VcpuCtx {
+    pub(crate) fn new(vcpu: Vcpu) -> VcpuCtx {
+        let comm = vcpu.comm_page();
+        let handle = vcpu.handle();
+        VcpuCtx { vcpu: Mutex::new(vcpu), comm, dying: AtomicBool::new(false), handle }
+    }
+
+    pub(crate) fn dying(&self) -> bool {
+        self.dying.load(Ordering::SeqCst)
     }
 }
 
 /// A machine, its VCPUs and the `pages` array the C struct points to.
 pub(crate) struct MachineCtx {
     pub(crate) machine: Machine,
-    vcpus: Mutex<HashMap<u32, Arc<Mutex<VcpuCtx>>>>,
+    vcpus: Mutex<HashMap<u32, Arc<VcpuCtx>>>,
     /// `mach->pages`: comm page pointers by VCPU id.
     pages: *mut *mut CommPage,
     npages: usize,
@@ -101,35 +120,42 @@ impl MachineCtx {
     }
 
     /// VCPU `id`, or `ENOENT`.
-    pub(crate) fn vcpu(&self, id: u32) -> CResult<Arc<Mutex<VcpuCtx>>> {
+    pub(crate) fn vcpu(&self, id: u32) -> CResult<Arc<VcpuCtx>> {
         lock(&self.vcpus).get(&id).cloned().ok_or(libc::ENOENT)
     }
 
     /// Adds a created VCPU.
     pub(crate) fn add_vcpu(&self, id: u32, ctx: VcpuCtx) {
         let comm = ctx.comm;
-        lock(&self.vcpus).insert(id, Arc::new(Mutex::new(ctx)));
+        lock(&self.vcpus).insert(id, Arc::new(ctx));
         if (id as usize) < self.npages {
             // SAFETY: in bounds of the array from `new`.
             unsafe { *self.pages.add(id as usize) = comm };
         }
     }
 
-    /// Removes VCPU `id` (waiting for a run in progress to end).
+    /// Removes VCPU `id`: stops it if it runs, waits for the run to end,
+    /// then destroys it. A run that starts afterwards on another thread
+    /// fails with `ENOENT`.
     pub(crate) fn remove_vcpu(&self, id: u32) -> CResult<()> {
+        if in_callback_of(self.machine.id(), id) {
+            return Err(libc::EBUSY);
+        }
         let ctx = lock(&self.vcpus).remove(&id).ok_or(libc::ENOENT)?;
         if (id as usize) < self.npages {
             // SAFETY: in bounds of the array from `new`.
             unsafe { *self.pages.add(id as usize) = std::ptr::null_mut() };
         }
-        // Drop after any run in progress on another thread.
-        drop(lock_vcpu(&ctx)?);
+        ctx.dying.store(true, Ordering::SeqCst);
+        ctx.handle.stop();
+        // Wait for a run in progress on another thread to leave.
+        drop(lock(&ctx.vcpu));
         drop(ctx);
         Ok(())
     }
 
     /// Removes every VCPU.
-    fn remove_all_vcpus(&self) {
+    pub(crate) fn remove_all_vcpus(&self) {
         let ids: Vec<u32> = lock(&self.vcpus).keys().copied().collect();
         for id in ids {
             let _ = self.remove_vcpu(id);
@@ -168,40 +194,61 @@ pub(crate) fn machine(mach: *mut NvmmMachine) -> CResult<Arc<MachineCtx>> {
     Ok(ctx)
 }
 
-/// Unregisters machine `id` (it is destroyed when the last user lets go).
+/// Unregisters machine `id`; it is destroyed (its VCPUs stopped and
+/// destroyed first) when the last user lets go.
 pub(crate) fn remove_machine(id: u32) -> Option<Arc<MachineCtx>> {
     lock(&MACHINES).as_mut().and_then(|m| m.remove(&id))
 }
 
-/// The VCPU `vcpu` names in `ctx` (`EFAULT` for null, `ENOENT` otherwise).
-pub(crate) fn vcpu(ctx: &MachineCtx, vcpu: *mut NvmmVcpu) -> CResult<Arc<Mutex<VcpuCtx>>> {
-    let vcpu = non_null(vcpu)?;
-    // SAFETY: non-null; the caller passes a `struct nvmm_vcpu`.
-    let id = unsafe { (*vcpu).cpuid };
-    ctx.vcpu(id)
+/// The VCPU an assist callback on this thread is serving.
+#[derive(Clone, Copy)]
+struct InCallback {
+    machid: u32,
+    cpuid: u32,
+    vcpu: *mut Vcpu,
 }
 
 thread_local! {
-    /// Inside an assist callback on this thread.
-    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+    static IN_CALLBACK: Cell<Option<InCallback>> = const { Cell::new(None) };
 }
 
-/// Locks a VCPU. From inside one of its own assist callbacks that would
-/// wait forever: `EDEADLK` instead.
-pub(crate) fn lock_vcpu(v: &Mutex<VcpuCtx>) -> CResult<MutexGuard<'_, VcpuCtx>> {
-    if IN_CALLBACK.get() {
-        return match v.try_lock() {
-            Ok(g) => Ok(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => Err(libc::EDEADLK),
-        };
+/// Whether this thread is inside an assist callback of a VCPU of machine
+/// `machid`.
+pub(crate) fn in_callback_of_machine(machid: u32) -> bool {
+    IN_CALLBACK.get().is_some_and(|c| c.machid == machid)
+}
+
+fn in_callback_of(machid: u32, cpuid: u32) -> bool {
+    IN_CALLBACK.get().is_some_and(|c| c.machid == machid && c.cpuid == cpuid)
+}
+
+/// Runs `f` on VCPU `cpuid` of `ctx`: through the assist callback that
+/// holds it when called from inside one on this thread, else under its
+/// lock. `ENOENT` when it is being destroyed.
+pub(crate) fn with_vcpu<R>(ctx: &MachineCtx, cpuid: u32, f: impl FnOnce(&mut Vcpu) -> CResult<R>) -> CResult<R> {
+    if let Some(c) = IN_CALLBACK.get()
+        && c.machid == ctx.machine.id()
+        && c.cpuid == cpuid
+    {
+        // SAFETY: the pointer comes from the `&mut Vcpu` the assist lent to
+        // the callback this thread is inside (see `in_callback`); nothing
+        // else uses that borrow until the callback returns, and `f` runs
+        // within it.
+        return f(unsafe { &mut *c.vcpu });
     }
-    Ok(v.lock().unwrap_or_else(PoisonError::into_inner))
+    let v = ctx.vcpu(cpuid)?;
+    let mut g = lock(&v.vcpu);
+    if v.dying() {
+        return Err(libc::ENOENT);
+    }
+    f(&mut g)
 }
 
-/// Runs a C callback, marking the thread as inside one.
-pub(crate) fn in_callback<R>(f: impl FnOnce() -> R) -> R {
-    let outer = IN_CALLBACK.replace(true);
+/// Calls a C callback with `vcpu` recorded as this thread's VCPU in a
+/// callback, so that calls on it from the callback reach it.
+pub(crate) fn in_callback<R>(machid: u32, vcpu: &mut Vcpu, f: impl FnOnce() -> R) -> R {
+    let me = InCallback { machid, cpuid: vcpu.id(), vcpu };
+    let outer = IN_CALLBACK.replace(Some(me));
     let r = f();
     IN_CALLBACK.set(outer);
     r

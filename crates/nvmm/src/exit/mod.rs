@@ -3,6 +3,10 @@
 //! copies). Completing an exit (data for a read, the result of an MSR
 //! access) is a write through the payload before the next run.
 
+pub(crate) mod record;
+
+use std::cell::Cell;
+
 /// NVMM's exit reason codes (`NVMM_VCPU_EXIT_*`).
 pub mod reason {
     /// `NVMM_VCPU_EXIT_NONE`.
@@ -110,15 +114,24 @@ pub enum MemAccess {
     Exec,
 }
 
-/// A guest access to memory nvmm has no mapping for (MMIO).
+/// A guest access to memory nvmm has no mapping for (MMIO), a write to a
+/// read-only mapping, or an instruction fetch from unmapped memory
+/// ([`MemAccess::Exec`]).
 ///
-/// For a read, fill [`MemoryExit::data_mut`] before the next run (it holds
-/// all-ones, like an open bus, until you do).
+/// As with NVMM the guest stopped *before* the instruction: the state
+/// shows RIP on it. The exit is answered by [`Vcpu::assist_mem`](crate::Vcpu::assist_mem)
+/// or by using its data ([`MemoryExit::data`] for a write,
+/// [`MemoryExit::data_mut`] for a read, which holds all-ones, like an
+/// open bus, until you fill it); the instruction then completes at the
+/// next run. Mapping memory at [`MemoryExit::gpa`] instead makes the next
+/// run execute the instruction against that memory; changing the state
+/// without answering means the VMM emulated the instruction itself.
 #[derive(Debug)]
 pub struct MemoryExit<'a> {
     pub(crate) gpa: u64,
     pub(crate) access: MemAccess,
     pub(crate) data: &'a mut [u8],
+    pub(crate) answered: &'a Cell<bool>,
 }
 
 impl MemoryExit<'_> {
@@ -139,12 +152,15 @@ impl MemoryExit<'_> {
         self.data.len()
     }
     /// The bytes written by the guest (for a write), or the bytes it will
-    /// read (for a read).
+    /// read (for a read). Answers the exit.
     pub fn data(&self) -> &[u8] {
+        self.answered.set(true);
         self.data
     }
     /// The bytes the guest will read; set them before the next run.
+    /// Answers the exit.
     pub fn data_mut(&mut self) -> &mut [u8] {
+        self.answered.set(true);
         self.data
     }
     /// The instruction bytes, when KVM supplies them. KVM decodes MMIO
@@ -170,6 +186,13 @@ pub enum IoDirection {
 /// KVM hands over the data of every repetition of a string instruction at
 /// once: `count` elements of `size` bytes. For IN, fill
 /// [`IoExit::data_mut`] before the next run (all-ones until you do).
+///
+/// As with NVMM the guest stopped before the instruction (the state shows
+/// RIP on it) until the exit is answered: by using its data, by
+/// [`Vcpu::assist_io`](crate::Vcpu::assist_io), or by running again
+/// without changing the state (the data answers it, unless
+/// [`Unanswered::Reexecute`](crate::Unanswered::Reexecute) is chosen).
+/// Once answered the state shows the instruction done.
 /// Whether the instruction was a string or REP instruction, its segment,
 /// address size and next RIP are decoded on demand by
 /// [`Vcpu::io_instruction`](crate::Vcpu::io_instruction).
@@ -180,6 +203,7 @@ pub struct IoExit<'a> {
     pub(crate) size: u8,
     pub(crate) count: u32,
     pub(crate) data: &'a mut [u8],
+    pub(crate) answered: &'a Cell<bool>,
 }
 
 impl IoExit<'_> {
@@ -203,12 +227,14 @@ impl IoExit<'_> {
     pub fn count(&self) -> u32 {
         self.count
     }
-    /// All elements, `count * size` bytes.
+    /// All elements, `count * size` bytes. Answers the exit.
     pub fn data(&self) -> &[u8] {
+        self.answered.set(true);
         self.data
     }
-    /// All elements, for IN.
+    /// All elements, for IN. Answers the exit.
     pub fn data_mut(&mut self) -> &mut [u8] {
+        self.answered.set(true);
         self.data
     }
 }

@@ -1,0 +1,120 @@
+//! Reaching a VCPU from other threads: stop it (`nvmm_vcpu_stop`) and
+//! inject an event for its next run (`nvmm_vcpu_inject`), without waiting
+//! for it to leave the guest.
+//!
+//! A stop sets a request flag, then kicks the VCPU: the backend's kick
+//! makes a run that has not entered the guest yet return at once
+//! (`immediate_exit` on KVM, through a mapping the handle owns, so it
+//! stays valid even if the VCPU is dropped) and, if a thread is inside the
+//! run, sends it the kick signal. The VCPU side clears the kick *before*
+//! it looks at the flag, so a request that arrives after the check still
+//! finds the kick armed when the run starts: no request is lost, and a
+//! request that interrupts a run makes it return at once. The VCPU reports
+//! each request once, as [`Exit::Stopped`](crate::Exit::Stopped).
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::{Kick, KickImpl};
+use crate::error::Result;
+use crate::os::this_thread_id;
+use crate::x86::event::Event;
+
+/// State shared by a VCPU and its handles.
+pub(crate) struct Shared {
+    requested: AtomicBool,
+    /// Kernel thread id of the thread inside `run()`, 0 when none.
+    tid: AtomicI32,
+    kick: KickImpl,
+    signal: i32,
+    /// An event injected from another thread, for the next run.
+    injected: Mutex<Option<Event>>,
+}
+
+impl Shared {
+    pub(crate) fn new(kick: KickImpl, signal: i32) -> Shared {
+        Shared { requested: AtomicBool::new(false), tid: AtomicI32::new(0), kick, signal, injected: Mutex::new(None) }
+    }
+
+    /// Called by `run()` before entering the guest, after it cleared the
+    /// kick: publishes the thread, then consumes a pending request.
+    pub(crate) fn enter(&self) -> bool {
+        self.tid.store(this_thread_id(), Ordering::SeqCst);
+        if self.requested.swap(false, Ordering::SeqCst) {
+            self.tid.store(0, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// Called by `run()` once the guest has exited.
+    pub(crate) fn leave(&self) {
+        self.tid.store(0, Ordering::SeqCst);
+    }
+
+    /// Consumes a pending request (after an interrupted run).
+    pub(crate) fn take(&self) -> bool {
+        self.requested.swap(false, Ordering::SeqCst)
+    }
+
+    /// The event injected from another thread, if any (consumed).
+    pub(crate) fn take_injected(&self) -> Option<Event> {
+        self.injected.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Whether another thread injected an event for the next run.
+    pub(crate) fn has_injected(&self) -> bool {
+        self.injected.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    pub(crate) fn signal(&self) -> i32 {
+        self.signal
+    }
+
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        self.kick.kick(self.tid.load(Ordering::SeqCst), self.signal);
+    }
+}
+
+/// Stops a VCPU, or injects an event into it, from any thread.
+///
+/// Cloneable, `Send + Sync`. [`VcpuHandle::stop`] is async-signal-safe (two
+/// atomic stores, one load and at most one `tgkill`): a stop requested
+/// before `run()` makes that `run()` return [`Exit::Stopped`](crate::Exit::Stopped)
+/// without entering the guest; one requested during `run()` makes it return
+/// at once, whatever signals the running thread blocks. Requests made
+/// before the VCPU reports `Stopped` are reported once.
+///
+/// A handle keeps one page of the VCPU's kernel state mapped, so the kernel
+/// frees the VM only when its last handle is dropped.
+#[derive(Clone)]
+pub struct VcpuHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// The name this handle had when all it did was stop.
+pub type StopHandle = VcpuHandle;
+
+impl VcpuHandle {
+    /// Asks the VCPU to stop (`nvmm_vcpu_stop`).
+    pub fn stop(&self) {
+        self.shared.request();
+    }
+
+    /// Records `event` for the VCPU's next run (`nvmm_vcpu_inject` from
+    /// another thread), checking NVMM's rules now. It does not interrupt a
+    /// run in progress: stop the VCPU too for the event to be delivered
+    /// promptly. A later injection before that run replaces this one.
+    pub fn inject(&self, event: Event) -> Result<()> {
+        event.validate()?;
+        *self.shared.injected.lock().unwrap_or_else(|e| e.into_inner()) = Some(event);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for VcpuHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuHandle").field("requested", &self.shared.requested.load(Ordering::Relaxed)).finish()
+    }
+}

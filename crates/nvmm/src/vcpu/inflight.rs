@@ -1,0 +1,436 @@
+//! The instruction behind the last I/O or memory exit, as NVMM shows it.
+//!
+//! NVMM stops the guest *before* such an instruction: RIP is on it and
+//! nothing is done until the VMM answers (an assist, or the exit's data)
+//! or emulates it (changes the state); if the VMM does neither, the next
+//! run executes it again, against whatever memory is mapped by then. KVM
+//! stops the guest in the middle of it instead: it has already done part
+//! of the work (an OUT or an MMIO write may be complete, RIP past it) and
+//! finishes the rest at the next `KVM_RUN`, whatever the state then says.
+//!
+//! This module reconciles the two. The state a program reads shows the
+//! instruction undone while the exit is unanswered, done once answered;
+//! at the next run the library lets KVM finish it (answered), finishes it
+//! against memory mapped meanwhile (an MMIO access whose address is now
+//! RAM), or cancels it (the program changed the state, or NetBSD's rule
+//! says execute it again) by letting KVM finish it without entering the
+//! guest and loading the state the instruction started from.
+
+use super::Vcpu;
+use super::io::IoSite;
+use crate::backend::{Parts, VcpuBackend};
+use crate::error::{Error, Result};
+use crate::exit::record::ExitRecord;
+use crate::vcpu::Unanswered;
+use crate::vmem::GuestView;
+use crate::x86::bits::rflags;
+use crate::x86::mode::{CpuMode, linear_rip};
+use crate::x86::state::{Gpr, Gprs, State};
+
+/// How many exits finishing one instruction may produce before the library
+/// gives up (a REP string instruction touching MMIO exits per element).
+const FINISH_ATTEMPTS: usize = 4096;
+
+/// The instruction behind the last I/O, memory or MSR exit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Inflight {
+    /// The exit.
+    pub(crate) exit: ExitRecord,
+    /// The VMM answered it (an assist, the exit's data, an MSR reply).
+    pub(crate) answered: bool,
+    /// KVM has nothing left to do for it.
+    pub(crate) finished: bool,
+    /// The I/O instruction, once decoded.
+    pub(crate) site: Option<IoSite>,
+    /// The general-purpose registers before the instruction, once known.
+    pub(crate) before: Option<Gprs>,
+    /// The assists emulated it in the library: KVM must not finish it.
+    pub(crate) emulated: bool,
+}
+
+impl Inflight {
+    pub(crate) fn new(exit: ExitRecord) -> Inflight {
+        Inflight { exit, answered: false, finished: false, site: None, before: None, emulated: false }
+    }
+}
+
+/// What the next run does instead of entering the guest.
+pub(super) enum Settled {
+    /// Enter the guest.
+    Enter,
+    /// Report this exit again without entering (NetBSD would execute the
+    /// instruction again and get the same exit).
+    Replay(ExitRecord),
+}
+
+impl Vcpu {
+    /// Shows the general-purpose registers just loaded from the backend as
+    /// NVMM would: before the instruction while the exit is unanswered (or
+    /// still hidden behind another report), after it once answered.
+    pub(super) fn present_gprs(&mut self) -> Result<()> {
+        let Some(f) = self.inflight else { return Ok(()) };
+        if f.finished && f.answered {
+            return Ok(());
+        }
+        if f.answered && self.queued.is_none() {
+            return self.present_after();
+        }
+        let before = self.gprs_before()?;
+        self.comm.state_mut().gprs = before;
+        Ok(())
+    }
+
+    /// The answered I/O instruction done: RIP past it, the IN's data in
+    /// RAX (KVM does the same at the next run).
+    fn present_after(&mut self) -> Result<()> {
+        let Some(ExitRecord::Io { is_in, size, .. }) = self.inflight.map(|f| f.exit) else { return Ok(()) };
+        let site = self.io_site()?;
+        if site.advanced || site.insn.string {
+            return Ok(());
+        }
+        let mut data = [0u8; 4];
+        let n = usize::from(size).min(4);
+        if is_in {
+            data[..n].copy_from_slice(&self.backend.io_data()[..n]);
+        }
+        let g = &mut self.comm.state_mut().gprs;
+        g[Gpr::Rip] = site.npc;
+        if is_in {
+            g[Gpr::Rax] = merge_in(g[Gpr::Rax], &data[..n]);
+        }
+        Ok(())
+    }
+
+    /// The general-purpose registers before the instruction behind the
+    /// last exit (computed once per exit).
+    pub(super) fn gprs_before(&mut self) -> Result<Gprs> {
+        let Some(f) = self.inflight else { return Err(Error::WrongExit { what: "gprs_before", expected: "an exit" }) };
+        if let Some(g) = f.before {
+            return Ok(g);
+        }
+        let raw = self.raw_state(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
+        let mut g = raw.gprs;
+        match f.exit {
+            ExitRecord::Io { .. } => {
+                let site = self.io_site()?;
+                if site.advanced {
+                    site.rewind(&mut g);
+                }
+            }
+            ExitRecord::Memory { write: true, .. } => self.rewind_memory_write(&raw, &mut g),
+            ExitRecord::Halted => {
+                let mem = self.machine.memory();
+                let view = GuestView::new(&mem, self.paging_of(&raw));
+                let mut b = [0u8; 1];
+                let linear = linear_rip(&raw).wrapping_sub(1);
+                let hlt = view.read(linear, &mut b).done == 1 && b[0] == 0xf4;
+                drop(mem);
+                if hlt {
+                    g[Gpr::Rip] = CpuMode::of(&raw).advance(g[Gpr::Rip], u64::MAX);
+                }
+            }
+            _ => {}
+        }
+        if let Some(f) = self.inflight.as_mut() {
+            f.before = Some(g);
+        }
+        Ok(g)
+    }
+
+    /// Parts of the state as the backend has them now (not the cache,
+    /// which may hold the program's changes or NVMM's view).
+    pub(super) fn raw_state(&mut self, parts: Parts) -> Result<State> {
+        let mut s = *self.comm.state();
+        let mut scratch = crate::x86::xsave::Xsave::default();
+        self.backend.load(parts.minus(Parts::FPU), &mut s, &mut scratch)?;
+        Ok(s)
+    }
+
+    /// Undoes an MMIO write KVM executed before the exit: finds the
+    /// instruction that ends at RIP and puts RIP back on it, with the
+    /// string registers of MOVS/STOS as they were. When no instruction
+    /// decodes there the registers are left as KVM has them.
+    fn rewind_memory_write(&self, raw: &State, g: &mut Gprs) {
+        let mode = CpuMode::of(raw);
+        let linear = linear_rip(raw);
+        let mem = self.machine.memory();
+        let view = GuestView::new(&mem, self.paging_of(raw));
+        let mut window = [0u8; 15];
+        let back = linear.min(15) as usize;
+        let got = view.read(linear - back as u64, &mut window[..back]).done;
+        if got < back {
+            return;
+        }
+        // The longest instruction that ends exactly at RIP and writes
+        // memory.
+        for len in (1..=back).rev() {
+            let Ok(insn) = crate::assist::decode::decode(&window[back - len..back], mode) else { continue };
+            if usize::from(insn.len()) != len || insn.memory().is_none() {
+                continue;
+            }
+            g[Gpr::Rip] = mode.advance(g[Gpr::Rip], (len as u64).wrapping_neg());
+            if matches!(insn.op(), crate::assist::decode::Op::Movs | crate::assist::decode::Op::Stos) {
+                let step = u64::from(insn.opsize());
+                let down = g[Gpr::Rflags] & rflags::DF != 0;
+                let undo = |v: u64| if down { v.wrapping_add(step) } else { v.wrapping_sub(step) };
+                let amask = crate::assist::decode::mask(insn.addr_size());
+                let merge = |old: u64, new: u64| (old & !amask) | (new & amask);
+                g[Gpr::Rdi] = merge(g[Gpr::Rdi], undo(g[Gpr::Rdi]));
+                if insn.op() == crate::assist::decode::Op::Movs {
+                    g[Gpr::Rsi] = merge(g[Gpr::Rsi], undo(g[Gpr::Rsi]));
+                }
+                if insn.rep() != crate::assist::decode::Rep::None {
+                    g[Gpr::Rcx] = merge(g[Gpr::Rcx], g[Gpr::Rcx].wrapping_add(1));
+                }
+            }
+            return;
+        }
+    }
+
+    /// Before the backend's values of `parts` are read: when the
+    /// instruction behind an answered exit changes them, KVM finishes it
+    /// first (for an I/O instruction the library knows the result and
+    /// shows it without that, but for INS).
+    pub(super) fn settle_for_read(&mut self, parts: Parts) -> Result<()> {
+        let Some(f) = self.inflight else { return Ok(()) };
+        if !f.answered || f.finished || self.queued.is_some() {
+            return Ok(());
+        }
+        let finish = match f.exit {
+            ExitRecord::Io { is_in: true, .. } => parts.intersects(Parts::GPRS) && self.io_site()?.insn.string,
+            ExitRecord::Memory { .. } => {
+                parts.intersects(Parts::GPRS | Parts::SEGS | Parts::CR | Parts::EFER | Parts::INTR | Parts::FPU)
+            }
+            _ => false,
+        };
+        if finish {
+            self.finish_inflight("reading the state")?;
+        }
+        Ok(())
+    }
+
+    /// Lets KVM finish the instruction behind the last exit now, without
+    /// entering the guest. A further exit finishing it produces (the next
+    /// fragment of a split MMIO access) is reported at the next run.
+    pub(super) fn finish_inflight(&mut self, what: &'static str) -> Result<()> {
+        if let Some(next) = self.backend.finish_pending()? {
+            self.queue_behind(next);
+        }
+        if let Some(f) = self.inflight.as_mut() {
+            f.finished = true;
+        }
+        let _ = what;
+        Ok(())
+    }
+
+    /// Lets KVM run whatever it has pending to its end without entering
+    /// the guest, discarding the exits that produces (for an instruction
+    /// being cancelled).
+    fn drain_pending(&mut self, what: &'static str) -> Result<()> {
+        for _ in 0..FINISH_ATTEMPTS {
+            match self.backend.finish_pending()? {
+                None => return Ok(()),
+                Some(ExitRecord::Memory { .. }) | Some(ExitRecord::Io { .. }) => continue,
+                Some(_) => continue,
+            }
+        }
+        Err(Error::Unsettled { what })
+    }
+
+    /// A further exit produced while finishing an instruction: reported at
+    /// the next run.
+    fn queue_behind(&mut self, next: ExitRecord) {
+        if self.queued.is_none() {
+            self.queued = Some(next);
+            self.inflight = Some(Inflight::new(next));
+        }
+    }
+
+    /// Settles the instruction behind the last exit before the next run,
+    /// the way NVMM's semantics need (see the module documentation).
+    /// Called with the program's changes still in the cache, not stored.
+    pub(super) fn settle_inflight(&mut self) -> Result<Settled> {
+        let changed = !self.cache.dirty.is_empty() || self.event_waiting();
+        if let Some(q) = self.queued {
+            if !changed {
+                self.queued = None;
+                if let Some(f) = self.inflight.as_mut() {
+                    f.answered = false;
+                }
+                return Ok(Settled::Replay(q));
+            }
+            // The program acted on the report that went first: the queued
+            // exit's instruction runs again.
+            self.queued = None;
+            if let Some(f) = self.inflight.as_mut() {
+                f.answered = false;
+            }
+            if q == ExitRecord::IntReady && !self.cache.dirty.intersects(Parts::INTR) {
+                // The window the program armed did open; it still waits.
+                self.comm.state_mut().intr.set_int_window_exiting(true);
+            }
+        }
+        let Some(mut f) = self.inflight else { return Ok(Settled::Enter) };
+        if f.emulated {
+            // Done by the emulator, whose results are in the cache.
+            if !f.finished {
+                self.drain_pending("settling an emulated instruction")?;
+            }
+            self.inflight = None;
+            return Ok(Settled::Enter);
+        }
+        if matches!(f.exit, ExitRecord::Rdmsr { .. } | ExitRecord::Wrmsr { .. }) {
+            self.settle_msr_exit()?;
+            self.inflight = None;
+            return Ok(Settled::Enter);
+        }
+        if !f.answered
+            && let ExitRecord::Memory { gpa, len, write } = f.exit
+            && self.memory_now_ram(gpa, len)
+        {
+            // Mapped meanwhile: the access goes to the new memory.
+            self.redo_on_ram(gpa, len, write)?;
+            f.answered = true;
+        }
+        let complete = f.answered || (!changed && self.conf.unanswered == Unanswered::Complete);
+        if complete {
+            self.complete_inflight(&f)?;
+        } else if changed || matches!(f.exit, ExitRecord::Io { .. } | ExitRecord::Halted) {
+            self.cancel_inflight(&f)?;
+        } else if matches!(f.exit, ExitRecord::Memory { .. }) {
+            // NetBSD executes it again and exits again, the same way.
+            return Ok(Settled::Replay(f.exit));
+        }
+        self.inflight = None;
+        Ok(Settled::Enter)
+    }
+
+    /// KVM finishes the instruction in the run; the program's changes to
+    /// the registers go in after it.
+    fn complete_inflight(&mut self, f: &Inflight) -> Result<()> {
+        if f.finished || !self.cache.dirty.intersects(Parts::GPRS) {
+            return Ok(());
+        }
+        if self.gprs_survive_completion(f)? {
+            return Ok(());
+        }
+        self.finish_inflight("completing the last exit")
+    }
+
+    /// Whether storing the cache's registers before KVM finishes the
+    /// instruction gives the same result as storing them after: true for
+    /// plain IN and OUT when RIP is past the instruction (KVM then skips
+    /// its completion, or repeats exactly what the registers say).
+    fn gprs_survive_completion(&mut self, f: &Inflight) -> Result<bool> {
+        let ExitRecord::Io { is_in, size, .. } = f.exit else { return Ok(false) };
+        let site = self.io_site()?;
+        if site.insn.string {
+            return Ok(false);
+        }
+        if site.advanced {
+            return Ok(true);
+        }
+        let g = self.comm.state().gprs;
+        if g[Gpr::Rip] != site.npc {
+            return Ok(false);
+        }
+        if is_in {
+            // An emulated IN writes its data into RAX again: make it the
+            // value the registers hold.
+            let n = usize::from(size).min(4);
+            let bytes = g[Gpr::Rax].to_le_bytes();
+            self.backend.io_data()[..n].copy_from_slice(&bytes[..n]);
+        }
+        Ok(true)
+    }
+
+    /// The instruction does not take effect: KVM finishes it without
+    /// entering the guest, then the state it started from (with the
+    /// program's changes) is loaded.
+    fn cancel_inflight(&mut self, f: &Inflight) -> Result<()> {
+        let program_gprs = self.cache.dirty.intersects(Parts::GPRS);
+        let before = if program_gprs { None } else { Some(self.gprs_before()?) };
+        if !f.finished {
+            self.drain_pending("cancelling the last exit")?;
+        }
+        if let Some(g) = before {
+            self.comm.state_mut().gprs = g;
+            self.cache.dirty |= Parts::GPRS;
+            self.cache.have |= Parts::GPRS;
+        }
+        Ok(())
+    }
+
+    /// Whether guest RAM now backs `gpa..gpa+len`.
+    fn memory_now_ram(&self, gpa: u64, len: u8) -> bool {
+        let mem = self.machine.memory();
+        mem.area(gpa).is_some_and(|a| a.slot.is_some() && gpa + u64::from(len) <= a.gpa + a.size)
+    }
+
+    /// Performs the access of an MMIO exit on RAM mapped at its address
+    /// since: a read gets the RAM's bytes, a write lands in it.
+    fn redo_on_ram(&mut self, gpa: u64, len: u8, write: bool) -> Result<()> {
+        let n = usize::from(len).min(8);
+        let mut buf = [0u8; 8];
+        if write {
+            buf[..n].copy_from_slice(&self.backend.mmio_data()[..n]);
+            self.machine.memory().write(gpa, &buf[..n])
+        } else {
+            self.machine.memory().read(gpa, &mut buf[..n])?;
+            self.backend.mmio_data()[..n].copy_from_slice(&buf[..n]);
+            Ok(())
+        }
+    }
+}
+
+/// Applies an answered I/O instruction to the registers it started from,
+/// as NVMM's I/O assist does: the IN's data in RAX, the string registers
+/// moved by the `count` elements, RIP past it unless a REP has elements
+/// left.
+pub(super) fn apply_io(site: &IoSite, g: &mut Gprs, is_in: bool, data: &[u8], count: u32) {
+    let insn = site.insn;
+    if !insn.string {
+        if is_in {
+            g[Gpr::Rax] = merge_in(g[Gpr::Rax], data);
+        }
+        g[Gpr::Rip] = site.npc;
+        return;
+    }
+    let amask = crate::assist::decode::mask(insn.address_size);
+    let merge = |old: u64, new: u64| (old & !amask) | (new & amask);
+    let bytes = u64::from(insn.operand_size) * u64::from(count);
+    let down = g[Gpr::Rflags] & rflags::DF != 0;
+    let reg = if is_in { Gpr::Rdi } else { Gpr::Rsi };
+    let moved = if down { g[reg].wrapping_sub(bytes) } else { g[reg].wrapping_add(bytes) };
+    g[reg] = merge(g[reg], moved);
+    let mut done = true;
+    if insn.rep {
+        let left = (g[Gpr::Rcx] & amask).wrapping_sub(u64::from(count)) & amask;
+        g[Gpr::Rcx] = merge(g[Gpr::Rcx], left);
+        done = left == 0;
+    }
+    g[Gpr::Rip] = if done { site.npc } else { site.start };
+}
+
+/// RAX after an IN of `data` (1, 2 or 4 bytes): the low bytes replaced; a
+/// 4-byte IN zero-extends, as writing EAX does.
+pub(super) fn merge_in(rax: u64, data: &[u8]) -> u64 {
+    match data.len() {
+        1 => (rax & !0xff) | u64::from(data[0]),
+        2 => (rax & !0xffff) | u64::from(u16::from_le_bytes([data[0], data[1]])),
+        4 => u64::from(u32::from_le_bytes([data[0], data[1], data[2], data[3]])),
+        _ => rax,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_in;
+
+    #[test]
+    fn in_merges_like_the_cpu() {
+        assert_eq!(merge_in(0x1122_3344_5566_7788, &[0xaa]), 0x1122_3344_5566_77aa);
+        assert_eq!(merge_in(0x1122_3344_5566_7788, &[0xaa, 0xbb]), 0x1122_3344_5566_bbaa);
+        assert_eq!(merge_in(0x1122_3344_5566_7788, &[1, 2, 3, 4]), 0x0403_0201);
+    }
+}

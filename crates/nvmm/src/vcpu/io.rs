@@ -1,0 +1,200 @@
+//! The I/O instruction behind an I/O exit: what NVMM's exit carries and
+//! KVM's does not (string and REP flags, segment, address size, the next
+//! RIP), and where the instruction is.
+//!
+//! KVM does not report where the instruction is. An IN, and an OUT it
+//! intercepted, leave RIP on the instruction; an OUT or OUTS it emulated
+//! (all string I/O, and all guest code on hosts that emulate it) has RIP
+//! past it already. So the instruction at RIP is decoded, and when it is a
+//! plain OUT matching the exit, the bytes before RIP too: only when an
+//! OUT matching the exit also ends at RIP (an `out; out` pair) is the
+//! answer ambiguous, and then KVM finishes the instruction without
+//! entering the guest and RIP tells (it moved only if the OUT was not
+//! done yet).
+
+use super::Vcpu;
+use crate::assist::io_insn::{IoInstruction, decode_io};
+use crate::assist::mmu::PagingRegs;
+use crate::backend::{Parts, VcpuBackend};
+use crate::error::{Error, Result};
+use crate::exit::record::ExitRecord;
+use crate::vmem::GuestView;
+use crate::x86::bits::rflags;
+use crate::x86::mode::{CpuMode, linear_rip};
+use crate::x86::state::{Cr, Gpr, Gprs, Msr, State};
+
+/// Where the I/O instruction of the last exit is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IoSite {
+    /// The instruction.
+    pub(crate) insn: IoInstruction,
+    /// Its address (RIP before it).
+    pub(crate) start: u64,
+    /// RIP after it (NVMM's `npc`).
+    pub(crate) npc: u64,
+    /// KVM already executed it (RIP past it, string registers advanced).
+    pub(crate) advanced: bool,
+}
+
+impl IoSite {
+    /// Puts `g` back to before the instruction (when KVM executed it).
+    pub(crate) fn rewind(&self, g: &mut Gprs) {
+        g[Gpr::Rip] = self.start;
+        if self.insn.string {
+            // One element of OUTS was done: RSI moved, RCX counted it.
+            let step = u64::from(self.insn.operand_size);
+            let amask = crate::assist::decode::mask(self.insn.address_size);
+            let merge = |old: u64, new: u64| (old & !amask) | (new & amask);
+            let down = g[Gpr::Rflags] & rflags::DF != 0;
+            let rsi = if down { g[Gpr::Rsi].wrapping_add(step) } else { g[Gpr::Rsi].wrapping_sub(step) };
+            g[Gpr::Rsi] = merge(g[Gpr::Rsi], rsi);
+            if self.insn.rep {
+                g[Gpr::Rcx] = merge(g[Gpr::Rcx], g[Gpr::Rcx].wrapping_add(1));
+            }
+        }
+    }
+}
+
+impl Vcpu {
+    /// Decodes the instruction behind the last [`Exit::Io`](crate::Exit::Io):
+    /// string and REP flags, segment, sizes, and the next RIP (NVMM's
+    /// `npc`). Free of system calls once the VCPU's exits are read this way
+    /// (KVM then copies the registers out at every exit), but for an
+    /// `out; out` pair, where KVM finishes the instruction first to tell
+    /// which of the two exited.
+    pub fn io_instruction(&mut self) -> Result<(IoInstruction, u64)> {
+        if !matches!(self.last, ExitRecord::Io { .. }) {
+            return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
+        }
+        let site = self.io_site()?;
+        Ok((site.insn, site.npc))
+    }
+
+    /// The paging registers of `state`, for the walker.
+    pub(super) fn paging_of(&self, s: &State) -> PagingRegs {
+        PagingRegs {
+            cr0: s.crs[Cr::Cr0],
+            cr3: s.crs[Cr::Cr3],
+            cr4: s.crs[Cr::Cr4],
+            efer: s.msrs[Msr::Efer],
+            phys_bits: self.conf.phys_bits,
+            gib_pages: self.conf.gib_pages,
+        }
+    }
+
+    /// Where the I/O instruction of the last (or queued) I/O exit is;
+    /// decoded once per exit.
+    pub(super) fn io_site(&mut self) -> Result<IoSite> {
+        let f = self.inflight.ok_or(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" })?;
+        if let Some(site) = f.site {
+            return Ok(site);
+        }
+        let ExitRecord::Io { port, size, is_in, .. } = f.exit else {
+            return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
+        };
+        self.backend.want(Parts::GPRS | Parts::SEGS | Parts::PAGING);
+        let raw = self.raw_state(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
+        let mode = CpuMode::of(&raw);
+        let rip = raw.gprs[Gpr::Rip];
+        let linear = linear_rip(&raw);
+        let rdx = raw.gprs[Gpr::Rdx];
+        let matches = |d: &IoInstruction| {
+            d.is_in == is_in
+                && d.operand_size == size
+                && d.port_immediate.map_or(rdx as u16 == port, |p| u16::from(p) == port)
+        };
+        let (at_rip, ending) = {
+            let mem = self.machine.memory();
+            let view = GuestView::new(&mem, self.paging_of(&raw));
+            let mut bytes = [0u8; 15];
+            let n = view.read(linear, &mut bytes).done;
+            let at_rip = decode_io(&bytes[..n], mode).ok().filter(|d| matches(d));
+            let needs_back = match at_rip {
+                None => !is_in,
+                Some(d) if d.string => !(is_in || (d.rep && rep_count(&raw.gprs, &d) != 0)),
+                Some(_) => !is_in && ends_with_out(&view, linear, port),
+            };
+            (at_rip, if needs_back { ending_at(&view, linear, mode, &matches) } else { None })
+        };
+        let site = match (at_rip, ending) {
+            // KVM stopped before the instruction (an IN, an intercepted
+            // OUT, a REP OUTS with elements left).
+            (Some(d), None) => {
+                IoSite { insn: d, start: rip, npc: mode.advance(rip, d.length.into()), advanced: d.string && !is_in }
+            }
+            // KVM executed it: it ends at RIP.
+            (None, Some(d)) => IoSite {
+                insn: d,
+                start: mode.advance(rip, u64::from(d.length).wrapping_neg()),
+                npc: rip,
+                advanced: true,
+            },
+            (Some(d), Some(before)) => self.disambiguate(d, before, rip, mode)?,
+            (None, None) => return Err(Error::Unsupported { what: "locating the I/O instruction behind the exit" }),
+        };
+        if let Some(f) = self.inflight.as_mut() {
+            f.site = Some(site);
+        }
+        Ok(site)
+    }
+
+    /// An OUT at RIP and one ending at RIP both match the exit: KVM
+    /// finishes the pending one, and RIP moves only if it was the first.
+    fn disambiguate(&mut self, at: IoInstruction, before: IoInstruction, rip: u64, mode: CpuMode) -> Result<IoSite> {
+        self.finish_inflight("locating the I/O instruction")?;
+        let after = self.raw_state(Parts::GPRS)?.gprs[Gpr::Rip];
+        Ok(if after != rip {
+            IoSite { insn: at, start: rip, npc: after, advanced: true }
+        } else {
+            IoSite {
+                insn: before,
+                start: mode.advance(rip, u64::from(before.length).wrapping_neg()),
+                npc: rip,
+                advanced: true,
+            }
+        })
+    }
+}
+
+/// RCX (or ECX, CX by address size) as a REP string instruction counts it.
+fn rep_count(g: &Gprs, d: &IoInstruction) -> u64 {
+    g[Gpr::Rcx] & crate::assist::decode::mask(d.address_size)
+}
+
+/// Whether the bytes before `linear` can be the end of an OUT to `port`:
+/// `EE`/`EF` (port in DX) or `E6`/`E7 port`. A cheap filter before the
+/// full backwards decode.
+fn ends_with_out(view: &GuestView<'_>, linear: u64, port: u16) -> bool {
+    if linear < 1 {
+        return false;
+    }
+    let mut b = [0u8; 2];
+    let two = linear >= 2 && view.read(linear - 2, &mut b).done == 2;
+    if !two {
+        let mut one = [0u8; 1];
+        return view.read(linear - 1, &mut one).done == 1 && matches!(one[0], 0xee | 0xef);
+    }
+    matches!(b[1], 0xee | 0xef) || (matches!(b[0], 0xe6 | 0xe7) && u16::from(b[1]) == port)
+}
+
+/// The I/O instruction matching the exit that ends right before `linear`.
+fn ending_at(
+    view: &GuestView<'_>,
+    linear: u64,
+    mode: CpuMode,
+    matches: &dyn Fn(&IoInstruction) -> bool,
+) -> Option<IoInstruction> {
+    // The bytes before `linear`: up to 15, fewer near address 0, and only
+    // from `linear`'s page when the page before cannot be read.
+    let mut window = [0u8; 15];
+    let mut back = linear.min(15) as usize;
+    if view.read(linear - back as u64, &mut window[..back]).done < back {
+        back = (((linear.wrapping_sub(1)) & 0xfff) + 1).min(15).min(linear) as usize;
+        if view.read(linear - back as u64, &mut window[..back]).done < back {
+            return None;
+        }
+    }
+    (1..=back).rev().find_map(|len| {
+        decode_io(&window[back - len..back], mode).ok().filter(|d| usize::from(d.length) == len && matches(d))
+    })
+}

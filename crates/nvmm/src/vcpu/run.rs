@@ -1,0 +1,236 @@
+//! The run loop: stop requests, settling the last exit, storing the
+//! state, entering the guest, and turning what the backend reports into
+//! the exits NVMM reports (window exits only when armed, TPR changes only
+//! when asked for, an NMI window checked at run boundaries, the exit a
+//! TPR or NMI report went before kept for the next run).
+
+use super::inflight::{Inflight, Settled};
+use super::{Vcpu, assist};
+use crate::backend::{Parts, RunResult, VcpuBackend};
+use crate::error::Result;
+use crate::exit::Exit;
+use crate::exit::record::ExitRecord;
+use crate::vmem::GuestView;
+use crate::x86::mode::linear_rip;
+
+impl Vcpu {
+    /// Runs the VCPU until an exit the VMM must see (`nvmm_vcpu_run`).
+    ///
+    /// Stores set state and the injected event first; an invalid one fails
+    /// the run with `EINVAL`.
+    pub fn run(&mut self) -> Result<Exit<'_>> {
+        let record = self.run_to_exit()?;
+        Ok(self.exit_view(record))
+    }
+
+    /// Runs until an exit for the VMM and records it as the last exit.
+    pub(crate) fn run_to_exit(&mut self) -> Result<ExitRecord> {
+        self.refuse_in_assist("running the VCPU")?;
+        self.take_payload_answer();
+        self.last = ExitRecord::None;
+        let record = self.next_exit()?;
+        self.last = record;
+        Ok(record)
+    }
+
+    fn next_exit(&mut self) -> Result<ExitRecord> {
+        self.backend.prepare_thread(self.shared.signal())?;
+        self.backend.clear_kick();
+        let flagged = self.comm.stop_flag().swap(0, std::sync::atomic::Ordering::SeqCst) != 0;
+        if self.shared.enter() | flagged {
+            let _ = self.shared.take();
+            return Ok(ExitRecord::Stopped);
+        }
+        let r = self.enter_guest();
+        self.shared.leave();
+        if matches!(r, Ok(ExitRecord::Stopped)) {
+            self.comm.stop_flag().store(0, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn enter_guest(&mut self) -> Result<ExitRecord> {
+        if self.comm.state().intr.nmi_window_exiting() && self.queued.is_none() && self.nmi_window_open()? {
+            self.comm.state_mut().intr.set_nmi_window_exiting(false);
+            return Ok(ExitRecord::NmiReady);
+        }
+        if self.comm.state().intr.int_window_exiting() && self.queued.is_none() && self.int_window_open()? {
+            // NVMM's window exit fires as the guest is entered when it can
+            // take an interrupt already, before any instruction.
+            self.comm.state_mut().intr.set_int_window_exiting(false);
+            return Ok(ExitRecord::IntReady);
+        }
+        match self.settle_inflight()? {
+            Settled::Replay(r) => {
+                if !matches!(
+                    r,
+                    ExitRecord::Io { .. }
+                        | ExitRecord::Memory { .. }
+                        | ExitRecord::Rdmsr { .. }
+                        | ExitRecord::Wrmsr { .. }
+                ) {
+                    self.inflight = None;
+                }
+                return Ok(r);
+            }
+            Settled::Enter => {}
+        }
+        self.commit()?;
+        let result = self.backend.run();
+        self.conf.has_run = true;
+        self.cache.have = Parts::NONE;
+        self.publish_cache_bits();
+        let record = match result? {
+            RunResult::Interrupted => {
+                if self.shared.take() {
+                    ExitRecord::Stopped
+                } else {
+                    ExitRecord::None
+                }
+            }
+            RunResult::Exit(r) => self.classify(r),
+        };
+        if has_pending_instruction(record) {
+            self.inflight = Some(Inflight::new(record));
+        }
+        let tpr = self.backend.tpr();
+        let tpr_changed = tpr != self.last_tpr;
+        self.last_tpr = tpr;
+        if self.conf.tpr_exit && (tpr_changed || record == ExitRecord::TprChanged) {
+            return Ok(self.report_first(ExitRecord::TprChanged, record));
+        }
+        if self.comm.state().intr.nmi_window_exiting() && record != ExitRecord::NmiReady && self.nmi_window_open()? {
+            self.comm.state_mut().intr.set_nmi_window_exiting(false);
+            return Ok(self.report_first(ExitRecord::NmiReady, record));
+        }
+        Ok(record)
+    }
+
+    /// Reports `first` now and keeps `then` for the next run, which reports
+    /// it without entering the guest unless the program changed the state
+    /// meanwhile (then the guest executes its instruction again).
+    fn report_first(&mut self, first: ExitRecord, then: ExitRecord) -> ExitRecord {
+        if !matches!(then, ExitRecord::None) && then != first {
+            self.queued = Some(then);
+            if matches!(then, ExitRecord::Halted) {
+                self.inflight = Some(Inflight::new(then));
+            }
+            if let Some(f) = self.inflight.as_mut() {
+                f.answered = false;
+            }
+        }
+        first
+    }
+
+    /// The program used the last exit's data: that answers it.
+    pub(super) fn take_payload_answer(&mut self) {
+        if self.payload_used.replace(false)
+            && let Some(f) = self.inflight.as_mut()
+            && self.queued.is_none()
+        {
+            f.answered = true;
+        }
+    }
+
+    /// Loads set parts and the pending events into the backend before a
+    /// run.
+    fn commit(&mut self) -> Result<()> {
+        if !self.conf.has_run && self.conf.cpuid_nvcpus != self.machine.nvcpus() {
+            self.apply_cpuid()?;
+        }
+        self.store_dirty()?;
+        let window = self.comm.state().intr.int_window_exiting();
+        self.backend.set_interrupt_window(window);
+        Ok(())
+    }
+
+    /// NVMM's exit for what the backend reported.
+    fn classify(&mut self, r: ExitRecord) -> ExitRecord {
+        let intr = &mut self.comm.state_mut().intr;
+        match r {
+            ExitRecord::Halted => {
+                if intr.int_window_exiting() && self.backend.interrupts_enabled() {
+                    self.comm.state_mut().intr.set_int_window_exiting(false);
+                }
+                ExitRecord::Halted
+            }
+            ExitRecord::IntReady if intr.int_window_exiting() => {
+                intr.set_int_window_exiting(false);
+                ExitRecord::IntReady
+            }
+            ExitRecord::IntReady => ExitRecord::None,
+            ExitRecord::TprChanged if !self.conf.tpr_exit => ExitRecord::None,
+            ExitRecord::EmulationFailure { len: 0, .. } => self.fetch_fault().unwrap_or(r),
+            other => other,
+        }
+    }
+
+    /// An emulation failure with no instruction bytes: KVM could not fetch
+    /// the instruction. When RIP's page is not guest RAM that is NVMM's
+    /// MEMORY exit for an instruction fetch.
+    fn fetch_fault(&mut self) -> Option<ExitRecord> {
+        let raw = self.raw_state(Parts::GPRS | Parts::SEGS | Parts::PAGING).ok()?;
+        let mem = self.machine.memory();
+        let view = GuestView::new(&mem, self.paging_of(&raw));
+        let linear = linear_rip(&raw);
+        let t = view.translate(linear).ok()?;
+        let ram = mem.area(t.gpa).is_some_and(|a| a.slot.is_some());
+        (!ram).then_some(ExitRecord::Fetch { gpa: t.gpa })
+    }
+
+    /// Whether the guest can take an external interrupt now: IF set, no
+    /// interrupt shadow, nothing else to deliver first.
+    fn int_window_open(&mut self) -> Result<bool> {
+        if self.event_waiting() {
+            return Ok(false);
+        }
+        let rflags = if self.cache.have.contains(Parts::GPRS) {
+            self.comm.state().gprs[crate::x86::state::Gpr::Rflags]
+        } else {
+            self.raw_state(Parts::GPRS)?.gprs[crate::x86::state::Gpr::Rflags]
+        };
+        let e = self.backend.event_status()?;
+        let shadow =
+            if self.cache.dirty.intersects(Parts::INTR) { self.comm.state().intr.int_shadow() } else { e.int_shadow };
+        Ok(rflags & crate::x86::bits::rflags::IF != 0 && !shadow && !e.pending)
+    }
+
+    fn nmi_window_open(&mut self) -> Result<bool> {
+        let e = self.backend.event_status()?;
+        Ok(!e.nmi_busy && self.event.is_none_or(|ev| !ev.is_nmi()))
+    }
+
+    /// Lets KVM finish the instruction behind the last I/O or memory exit
+    /// (with the data the exit holds now) without running the guest, so
+    /// that the state reflects the completed instruction, and stores the
+    /// set state and pending events. `run` does this on its own; call it
+    /// when you need the completed state before running again.
+    pub fn complete_pending(&mut self) -> Result<()> {
+        self.refuse_in_assist("completing the last exit")?;
+        if let Some(f) = self.inflight.as_mut() {
+            f.answered = true;
+        }
+        if let Settled::Replay(r) = self.settle_inflight()? {
+            self.queued = Some(r);
+        }
+        self.commit()?;
+        if let Some(next) = self.backend.finish_pending()? {
+            self.queued = Some(next);
+            self.inflight = Some(Inflight::new(next));
+        }
+        self.cache.have = Parts::NONE;
+        self.publish_cache_bits();
+        Ok(())
+    }
+
+    /// The zero-copy view of `record`.
+    fn exit_view(&mut self, record: ExitRecord) -> Exit<'_> {
+        assist::view(self, record)
+    }
+}
+
+/// Whether KVM keeps something of the exit's instruction to finish at the
+/// next run.
+fn has_pending_instruction(r: ExitRecord) -> bool {
+    matches!(r, ExitRecord::Io { .. } | ExitRecord::Memory { .. } | ExitRecord::Rdmsr { .. } | ExitRecord::Wrmsr { .. })
+}

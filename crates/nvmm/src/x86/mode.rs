@@ -1,0 +1,120 @@
+//! The CPU's execution mode and what follows from it: the code size that
+//! decoding uses, the width of RIP, the linear address of RIP, and the
+//! paging mode the control registers select. One definition of each,
+//! shared by the assists, the VCPU and the debugger's memory access.
+
+use super::bits::{cr0, cr4, efer};
+use super::state::{Cr, Gpr, Msr, Seg, State};
+
+/// Execution mode of the code, as decoding needs it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum CpuMode {
+    /// Real mode, virtual-8086 or 16-bit protected mode code.
+    Bits16,
+    /// 32-bit protected mode or compatibility mode with a 32-bit CS.
+    Bits32,
+    /// 64-bit mode.
+    Bits64,
+}
+
+impl CpuMode {
+    /// The mode `state` runs in: 64-bit with CS.L in long mode, 32-bit with
+    /// CS.D in protected mode, 16-bit otherwise. Needs SEGS, CRS and MSRS
+    /// (EFER).
+    pub fn of(state: &State) -> CpuMode {
+        let cs = state.segs[Seg::Cs];
+        if state.msrs[Msr::Efer] & efer::LMA != 0 && cs.attrib.l() {
+            CpuMode::Bits64
+        } else if state.crs[Cr::Cr0] & cr0::PE != 0 && cs.attrib.def() {
+            CpuMode::Bits32
+        } else {
+            CpuMode::Bits16
+        }
+    }
+
+    /// The mask of an instruction pointer in this mode (IP, EIP or RIP).
+    pub const fn ip_mask(self) -> u64 {
+        match self {
+            CpuMode::Bits16 => 0xffff,
+            CpuMode::Bits32 => 0xffff_ffff,
+            CpuMode::Bits64 => u64::MAX,
+        }
+    }
+
+    /// `ip + len`, wrapped to this mode's instruction pointer width.
+    pub const fn advance(self, ip: u64, len: u64) -> u64 {
+        ip.wrapping_add(len) & self.ip_mask()
+    }
+}
+
+/// The linear address of `state`'s RIP: CS base plus RIP, truncated to
+/// 32 bits outside 64-bit mode. Needs GPRS, SEGS, CRS and MSRS.
+pub fn linear_rip(state: &State) -> u64 {
+    let rip = state.gprs[Gpr::Rip];
+    match CpuMode::of(state) {
+        CpuMode::Bits64 => rip,
+        _ => state.segs[Seg::Cs].base.wrapping_add(rip) & 0xffff_ffff,
+    }
+}
+
+/// The paging mode the control registers select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PagingMode {
+    /// CR0.PG = 0: linear addresses are physical.
+    Off,
+    /// 32-bit paging.
+    Bits32,
+    /// PAE paging.
+    Pae,
+    /// 4-level paging.
+    Level4,
+    /// 5-level paging.
+    Level5,
+}
+
+impl PagingMode {
+    /// The mode CR0, CR4 and EFER select, or `None` for an impossible
+    /// combination (long mode without PAE).
+    pub fn of(cr0: u64, cr4: u64, efer: u64) -> Option<PagingMode> {
+        if cr0 & self::cr0::PG == 0 {
+            return Some(PagingMode::Off);
+        }
+        match (efer & self::efer::LMA != 0, cr4 & self::cr4::PAE != 0) {
+            (false, false) => Some(PagingMode::Bits32),
+            (false, true) => Some(PagingMode::Pae),
+            (true, true) if cr4 & self::cr4::LA57 != 0 => Some(PagingMode::Level5),
+            (true, true) => Some(PagingMode::Level4),
+            (true, false) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::x86::modes;
+
+    #[test]
+    fn modes_of_the_ready_made_states() {
+        let mut s = crate::x86::reset::reset_state();
+        assert_eq!(CpuMode::of(&s), CpuMode::Bits16);
+        assert_eq!(linear_rip(&s), 0xffff_fff0);
+        modes::protected_mode(&mut s, 0x1000);
+        assert_eq!(CpuMode::of(&s), CpuMode::Bits32);
+        modes::long_mode(&mut s, 0x1000, 0x10000);
+        assert_eq!(CpuMode::of(&s), CpuMode::Bits64);
+        assert_eq!(CpuMode::Bits16.advance(0xffff, 2), 1);
+        assert_eq!(CpuMode::Bits32.advance(0xffff_ffff, 1), 0);
+    }
+
+    #[test]
+    fn paging_modes() {
+        use crate::x86::bits::{cr0, cr4, efer};
+        assert_eq!(PagingMode::of(0, 0, 0), Some(PagingMode::Off));
+        assert_eq!(PagingMode::of(cr0::PG, 0, 0), Some(PagingMode::Bits32));
+        assert_eq!(PagingMode::of(cr0::PG, cr4::PAE, 0), Some(PagingMode::Pae));
+        assert_eq!(PagingMode::of(cr0::PG, cr4::PAE, efer::LMA), Some(PagingMode::Level4));
+        assert_eq!(PagingMode::of(cr0::PG, cr4::PAE | cr4::LA57, efer::LMA), Some(PagingMode::Level5));
+        assert_eq!(PagingMode::of(cr0::PG, 0, efer::LMA), None);
+    }
+}

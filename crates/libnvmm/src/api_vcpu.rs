@@ -131,7 +131,11 @@ fn mask_of(flags: u64) -> CResult<StateMask> {
 pub extern "C" fn nvmm_vcpu_setstate(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu, flags: u64) -> c_int {
     entry(|| {
         let mask = mask_of(flags)?;
-        on_vcpu(mach, vcpu, |v| check(v.set_state(mask)))
+        on_vcpu(mach, vcpu, |v| {
+            check(v.set_state(mask))?;
+            v.publish_comm_bits();
+            Ok(())
+        })
     })
 }
 
@@ -141,7 +145,11 @@ pub extern "C" fn nvmm_vcpu_setstate(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu
 pub extern "C" fn nvmm_vcpu_getstate(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu, flags: u64) -> c_int {
     entry(|| {
         let mask = mask_of(flags)?;
-        on_vcpu(mach, vcpu, |v| check(v.get_state(mask)))
+        on_vcpu(mach, vcpu, |v| {
+            check(v.get_state(mask))?;
+            v.publish_comm_bits();
+            Ok(())
+        })
     })
 }
 
@@ -171,8 +179,34 @@ pub extern "C" fn nvmm_vcpu_run(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> 
             non_null(unsafe { (*vcpu).exit })?
         };
         let exit = on_vcpu(mach, vcpu, |v| {
-            check(v.run().map(drop))?;
-            Ok(v.netbsd_exit())
+            let comm = v.comm_page();
+            // SAFETY: the VCPU's live comm page; `stop` and `event_commit`
+            // are atomic, `event` is copied (another thread writing it
+            // meanwhile is the program's race, as on NetBSD).
+            let (stop, posted) = unsafe {
+                let posted = (*comm).event_commit.swap(false, Ordering::SeqCst);
+                (
+                    (*comm).stop.load(Ordering::SeqCst) != 0,
+                    posted.then(|| std::ptr::read_volatile(&raw const (*comm).event)),
+                )
+            };
+            if stop {
+                // Set by the program itself rather than nvmm_vcpu_stop.
+                v.handle().stop();
+            }
+            if let Some(e) = posted {
+                // An invalid event fails the run, as on NetBSD.
+                let ev = check(nvmm::Event::from_raw(e.typ, e.vector, e.error))?;
+                check(v.inject(ev))?;
+            }
+            let r = check(v.run().map(drop));
+            let exit = v.netbsd_exit();
+            if exit.reason == nvmm::exit::reason::STOPPED {
+                // SAFETY: as above; NVMM clears the flag when it reports it.
+                unsafe { (*comm).stop.store(0, Ordering::SeqCst) };
+            }
+            v.publish_comm_bits();
+            r.map(|()| exit)
         })?;
         // SAFETY: non-null `vcpu->exit`, normally the comm page's buffer.
         unsafe { out.write(exit) };

@@ -16,7 +16,8 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use nvmm::netbsd::CommPage;
@@ -24,6 +25,28 @@ use nvmm::{Machine, Nvmm, Vcpu};
 
 use crate::abi::NvmmMachine;
 use crate::errno::{CResult, non_null};
+
+/// Hashes the small integer ids the tables are keyed by as themselves (the
+/// default hasher costs more than the rest of a lookup).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n);
+    }
+}
+
+/// A table keyed by id.
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
 /// What `nvmm_init` / `nvmm_root_init` opened.
 struct Lib {
@@ -95,7 +118,7 @@ impl VcpuCtx {
 /// A machine, its VCPUs and the `pages` array the C struct points to.
 pub(crate) struct MachineCtx {
     pub(crate) machine: Machine,
-    vcpus: Mutex<HashMap<u32, Arc<VcpuCtx>>>,
+    vcpus: Mutex<IdMap<Arc<VcpuCtx>>>,
     /// `mach->pages`: comm page pointers by VCPU id.
     pages: *mut *mut CommPage,
     npages: usize,
@@ -111,7 +134,7 @@ impl MachineCtx {
     fn new(machine: Machine, max_vcpus: u32) -> MachineCtx {
         let pages: Box<[*mut CommPage]> = vec![std::ptr::null_mut(); max_vcpus as usize].into_boxed_slice();
         let npages = pages.len();
-        MachineCtx { machine, vcpus: Mutex::new(HashMap::new()), pages: Box::into_raw(pages).cast(), npages }
+        MachineCtx { machine, vcpus: Mutex::new(IdMap::default()), pages: Box::into_raw(pages).cast(), npages }
     }
 
     /// The array for `mach->pages`.
@@ -171,13 +194,13 @@ impl Drop for MachineCtx {
     }
 }
 
-static MACHINES: Mutex<Option<HashMap<u32, Arc<MachineCtx>>>> = Mutex::new(None);
+static MACHINES: Mutex<Option<IdMap<Arc<MachineCtx>>>> = Mutex::new(None);
 
 /// Registers a new machine; returns its context.
 pub(crate) fn add_machine(machine: Machine, max_vcpus: u32) -> Arc<MachineCtx> {
     let id = machine.id();
     let ctx = Arc::new(MachineCtx::new(machine, max_vcpus));
-    lock(&MACHINES).get_or_insert_with(HashMap::new).insert(id, ctx.clone());
+    lock(&MACHINES).get_or_insert_with(IdMap::default).insert(id, ctx.clone());
     ctx
 }
 
@@ -212,21 +235,32 @@ thread_local! {
     static IN_CALLBACK: Cell<Option<InCallback>> = const { Cell::new(None) };
 }
 
+/// Threads inside an assist callback now: while none is, no lookup needs
+/// the thread-local record (it costs more than the rest of a call).
+static CALLBACKS: AtomicUsize = AtomicUsize::new(0);
+
+fn current_callback() -> Option<InCallback> {
+    if CALLBACKS.load(Ordering::SeqCst) == 0 {
+        return None;
+    }
+    IN_CALLBACK.get()
+}
+
 /// Whether this thread is inside an assist callback of a VCPU of machine
 /// `machid`.
 pub(crate) fn in_callback_of_machine(machid: u32) -> bool {
-    IN_CALLBACK.get().is_some_and(|c| c.machid == machid)
+    current_callback().is_some_and(|c| c.machid == machid)
 }
 
 fn in_callback_of(machid: u32, cpuid: u32) -> bool {
-    IN_CALLBACK.get().is_some_and(|c| c.machid == machid && c.cpuid == cpuid)
+    current_callback().is_some_and(|c| c.machid == machid && c.cpuid == cpuid)
 }
 
 /// Runs `f` on VCPU `cpuid` of `ctx`: through the assist callback that
 /// holds it when called from inside one on this thread, else under its
 /// lock. `ENOENT` when it is being destroyed.
 pub(crate) fn with_vcpu<R>(ctx: &MachineCtx, cpuid: u32, f: impl FnOnce(&mut Vcpu) -> CResult<R>) -> CResult<R> {
-    if let Some(c) = IN_CALLBACK.get()
+    if let Some(c) = current_callback()
         && c.machid == ctx.machine.id()
         && c.cpuid == cpuid
     {
@@ -248,8 +282,10 @@ pub(crate) fn with_vcpu<R>(ctx: &MachineCtx, cpuid: u32, f: impl FnOnce(&mut Vcp
 /// callback, so that calls on it from the callback reach it.
 pub(crate) fn in_callback<R>(machid: u32, vcpu: &mut Vcpu, f: impl FnOnce() -> R) -> R {
     let me = InCallback { machid, cpuid: vcpu.id(), vcpu };
+    CALLBACKS.fetch_add(1, Ordering::SeqCst);
     let outer = IN_CALLBACK.replace(Some(me));
     let r = f();
     IN_CALLBACK.set(outer);
+    CALLBACKS.fetch_sub(1, Ordering::SeqCst);
     r
 }

@@ -41,17 +41,61 @@ impl<'a> GuestView<'a> {
         self.transfer(linear, buf.len(), |gpa, range| self.map.read(gpa, &mut buf[range]).is_ok())
     }
 
+    /// Copies page by page, as one copy while the pages are contiguous in
+    /// guest physical memory.
     fn transfer(&self, linear: u64, len: usize, mut copy: impl FnMut(u64, std::ops::Range<usize>) -> bool) -> Transfer {
         let mut done = 0;
+        let mut failed_at = None;
+        // A run of contiguous guest physical pages not copied yet.
+        let mut run: Option<(u64, usize, usize)> = None;
         while done < len {
             let at = linear.wrapping_add(done as u64);
             let n = ((PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize).min(len - done);
-            let Ok(t) = self.translate(at) else { return Transfer { done, failed_at: Some(at) } };
-            if !copy(t.gpa, done..done + n) {
+            let Ok(t) = self.translate(at) else {
+                failed_at = Some(at);
+                break;
+            };
+            match run.as_mut() {
+                Some((gpa, from, to)) if *gpa + (*to - *from) as u64 == t.gpa => *to += n,
+                _ => {
+                    if let Some((gpa, from, to)) = run.take()
+                        && !copy(gpa, from..to)
+                    {
+                        return self.transfer_pages(linear, from, to, &mut copy);
+                    }
+                    run = Some((t.gpa, done, done + n));
+                }
+            }
+            done += n;
+        }
+        if let Some((gpa, from, to)) = run
+            && !copy(gpa, from..to)
+        {
+            return self.transfer_pages(linear, from, to, &mut copy);
+        }
+        Transfer { done, failed_at }
+    }
+
+    /// Page-by-page copy of `start..end`, after a copy of several pages at
+    /// once failed: how far it gets.
+    fn transfer_pages(
+        &self,
+        linear: u64,
+        start: usize,
+        len: usize,
+        copy: &mut impl FnMut(u64, std::ops::Range<usize>) -> bool,
+    ) -> Transfer {
+        let mut done = start;
+        while done < len {
+            let at = linear.wrapping_add(done as u64);
+            let n = ((PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize).min(len - done);
+            let ok = self.translate(at).is_ok_and(|t| copy(t.gpa, done..done + n));
+            if !ok {
                 return Transfer { done, failed_at: Some(at) };
             }
             done += n;
         }
-        Transfer { done, failed_at: None }
+        // The whole run copied page by page: the failure was elsewhere.
+        Transfer { done, failed_at: Some(linear.wrapping_add(done as u64)) }
     }
 }

@@ -35,9 +35,9 @@ pub struct PagingRegs {
     pub cr4: u64,
     /// EFER.
     pub efer: u64,
-    /// Guest physical address width (CPUID 0x80000008 EAX[7:0]), 32..=52.
+    /// Guest physical address width (CPUID 0x80000008 EAX\[7:0\]), 32..=52.
     pub phys_bits: u8,
-    /// The guest has 1 GiB pages (CPUID 0x80000001 EDX[26]); without them
+    /// The guest has 1 GiB pages (CPUID 0x80000001 EDX\[26\]); without them
     /// the PS bit of a PDPTE is reserved.
     pub gib_pages: bool,
 }

@@ -56,8 +56,13 @@ impl Parts {
     /// The FPU: FXSAVE image and the XSAVE area beyond it.
     pub(crate) const FPU: Parts = Parts(1 << 8);
     pub(crate) const ALL: Parts = Parts((1 << 9) - 1);
+    /// CS alone (part of SEGS): what locating the code needs, cheaper than
+    /// all segments. Never a part of the cache's bookkeeping.
+    pub(crate) const CS: Parts = Parts(1 << 9);
     /// What a paging walk needs: control registers and EFER.
     pub(crate) const PAGING: Parts = Parts(Self::CR.0 | Self::EFER.0);
+    /// What locating and decoding the instruction at RIP needs.
+    pub(crate) const CODE: Parts = Parts(Self::GPRS.0 | Self::CS.0 | Self::PAGING.0);
 
     /// The parts of NVMM components `mask`.
     pub(crate) const fn of(mask: StateMask) -> Parts {
@@ -89,21 +94,30 @@ impl Parts {
 
     /// The NVMM components all of whose parts are in `self`.
     pub(crate) fn complete_components(self) -> StateMask {
-        let mut m = StateMask::NONE;
-        for c in [
-            StateMask::GPRS,
-            StateMask::SEGS,
-            StateMask::CRS,
-            StateMask::MSRS,
-            StateMask::DRS,
-            StateMask::INTR,
-            StateMask::FPU,
-        ] {
-            if self.contains(Parts::of(c)) {
-                m |= c;
-            }
-        }
-        m
+        let p = self.0;
+        let bit = |on: bool, c: StateMask| if on { c.bits() } else { 0 };
+        let bits = bit(p & Self::GPRS.0 != 0, StateMask::GPRS)
+            | bit(p & Self::SEGS.0 != 0, StateMask::SEGS)
+            | bit(p & (Self::CR.0 | Self::XCR0.0) == Self::CR.0 | Self::XCR0.0, StateMask::CRS)
+            | bit(p & (Self::EFER.0 | Self::MSRS.0) == Self::EFER.0 | Self::MSRS.0, StateMask::MSRS)
+            | bit(p & Self::DRS.0 != 0, StateMask::DRS)
+            | bit(p & Self::INTR.0 != 0, StateMask::INTR)
+            | bit(p & Self::FPU.0 != 0, StateMask::FPU);
+        StateMask::from_bits(bits).unwrap_or(StateMask::NONE)
+    }
+
+    /// The NVMM components with at least one part in `self`.
+    pub(crate) fn touched_components(self) -> StateMask {
+        let p = self.0;
+        let bit = |on: bool, c: StateMask| if on { c.bits() } else { 0 };
+        let bits = bit(p & Self::GPRS.0 != 0, StateMask::GPRS)
+            | bit(p & Self::SEGS.0 != 0, StateMask::SEGS)
+            | bit(p & (Self::CR.0 | Self::XCR0.0) != 0, StateMask::CRS)
+            | bit(p & (Self::EFER.0 | Self::MSRS.0) != 0, StateMask::MSRS)
+            | bit(p & Self::DRS.0 != 0, StateMask::DRS)
+            | bit(p & Self::INTR.0 != 0, StateMask::INTR)
+            | bit(p & Self::FPU.0 != 0, StateMask::FPU);
+        StateMask::from_bits(bits).unwrap_or(StateMask::NONE)
     }
 
     pub(crate) const fn union(self, o: Parts) -> Parts {
@@ -180,10 +194,10 @@ pub(crate) trait VcpuBackend: Send {
     /// front end checks for stop requests).
     fn clear_kick(&mut self);
 
-    /// Makes sure `signal` interrupts a run on the calling thread even if
-    /// the thread blocks it (called before each run; cheap when the thread
-    /// did not change).
-    fn prepare_thread(&mut self, signal: i32) -> Result<()>;
+    /// Makes sure `signal` interrupts a run on the calling thread (kernel
+    /// id `thread`) even if the thread blocks it (called before each run;
+    /// cheap when the thread did not change).
+    fn prepare_thread(&mut self, thread: i32, signal: i32) -> Result<()>;
 
     /// Enters the guest until the next exit. Loads the state stored since
     /// the last run and finishes the instruction behind the last exit first.

@@ -77,32 +77,6 @@ impl CommBox {
             (*self.raw()).state_commit = commit;
         }
     }
-
-    /// The event a C program posted with `nvmm_vcpu_inject`, if any
-    /// (consumed).
-    pub(crate) fn take_event(&self) -> Option<NbEvent> {
-        // SAFETY: `event_commit` is atomic; `event` is copied with a volatile
-        // read, as C code of other threads may be writing it (then it is the
-        // program's race, as on NetBSD, and the copy is some byte mix).
-        unsafe {
-            if !(*self.raw()).event_commit.swap(false, Ordering::SeqCst) {
-                return None;
-            }
-            Some(std::ptr::read_volatile(&raw const (*self.raw()).event))
-        }
-    }
-
-    /// Whether a C program posted an event for the next run.
-    pub(crate) fn event_posted(&self) -> bool {
-        // SAFETY: an atomic field of the live page.
-        unsafe { (*self.raw()).event_commit.load(Ordering::SeqCst) }
-    }
-
-    /// The stop flag (`volatile int stop`).
-    pub(crate) fn stop_flag(&self) -> &AtomicI32 {
-        // SAFETY: an atomic field of the live page.
-        unsafe { &(*self.raw()).stop }
-    }
 }
 
 impl Drop for CommBox {

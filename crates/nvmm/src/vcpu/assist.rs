@@ -135,7 +135,6 @@ impl Vcpu {
         }
         if !self.cache.dirty.intersects(Parts::GPRS) {
             self.cache.have = self.cache.have.minus(Parts::GPRS);
-            self.publish_cache_bits();
             return Ok(());
         }
         if let ExitRecord::Io { is_in, size, .. } = f.exit {
@@ -189,7 +188,6 @@ impl Vcpu {
                 // it undone.
                 let clean = self.cache.have.minus(self.cache.dirty);
                 self.cache.have = self.cache.have.minus(clean.minus(Parts::MSRS | Parts::DRS | Parts::XCR0));
-                self.publish_cache_bits();
                 Ok(AssistOutcome::Completed)
             }
             ExitRecord::Memory { .. } | ExitRecord::Fetch { .. } | ExitRecord::EmulationFailure { .. } => {

@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::exit::ExitState;
 use crate::exit::record::ExitRecord;
 use crate::netbsd::{NbExit, NbExitIo, NbExitMemory, NbExitPayload, NbExitRdmsr, NbExitState, NbExitWrmsr};
-use crate::x86::state::{Gpr, StateMask};
+use crate::x86::state::Gpr;
 
 /// SVM's nested-page-fault exit code, in an emulation failure's exit
 /// information (KVM then reports the faulting address too).
@@ -29,25 +29,43 @@ impl Vcpu {
     /// this way.
     pub fn exit_state(&mut self) -> Result<ExitState> {
         self.backend.want(Parts::GPRS | Parts::INTR);
-        if !self.cache.have.contains(Parts::GPRS) {
-            self.get_state(StateMask::GPRS)?;
-        }
+        // RFLAGS as the cache shows it, else as KVM has it (the view of an
+        // in-flight instruction differs in RIP and string registers only).
+        let rflags = if self.cache.have.contains(Parts::GPRS) {
+            self.comm.state().gprs[Gpr::Rflags]
+        } else {
+            self.raw_state(Parts::GPRS)?.gprs[Gpr::Rflags]
+        };
         let events = self.backend.event_status()?;
-        let s = self.comm.state();
         Ok(ExitState {
-            rflags: s.gprs[Gpr::Rflags],
+            rflags,
             cr8: u64::from(self.backend.tpr()),
             int_shadow: events.int_shadow,
-            int_window_exiting: s.intr.int_window_exiting(),
-            nmi_window_exiting: s.intr.nmi_window_exiting(),
+            int_window_exiting: self.windows.int,
+            nmi_window_exiting: self.windows.nmi,
             evt_pending: events.pending,
         })
     }
 
+    /// Caches GPRS as NVMM shows them at this exit, as NetBSD's kernel
+    /// provides them with it (a failure just leaves them uncached).
+    fn provide_gprs(&mut self) {
+        if self.cache.have.contains(Parts::GPRS) {
+            return;
+        }
+        if let Ok(g) = self.gprs_before() {
+            self.comm.state_mut().gprs = g;
+            self.cache.have |= Parts::GPRS;
+        }
+    }
+
     /// NetBSD's `struct nvmm_vcpu_exit` for the last exit, as
     /// `nvmm_vcpu_run` fills it. Like NetBSD's kernel it also provides
-    /// state with the exit: after an I/O exit GPRS and SEGS are cached
-    /// (showing the instruction not done), after an MSR exit GPRS.
+    /// state with the exit: after an I/O or MSR exit GPRS are cached
+    /// (showing the instruction not done). NetBSD also provides SEGS, CRS
+    /// and MSRS after I/O and memory exits, and GPRS after memory exits;
+    /// here those are fetched by `nvmm_vcpu_getstate` (without a system
+    /// call for GPRS, SEGS and CRS but XCR0).
     /// A detail that cannot be found is left zero rather than failing.
     pub fn netbsd_exit(&mut self) -> NbExit {
         let mut out = NbExit { reason: self.last.reason(), ..NbExit::default() };
@@ -100,15 +118,15 @@ impl Vcpu {
                     },
                 };
                 out.u = NbExitPayload { io };
-                let _ = self.get_state(StateMask::GPRS | StateMask::SEGS);
+                self.provide_gprs();
             }
             ExitRecord::Rdmsr { msr } => {
                 out.u = NbExitPayload { rdmsr: NbExitRdmsr { msr, npc: self.msr_npc().unwrap_or(0) } };
-                let _ = self.get_state(StateMask::GPRS);
+                self.provide_gprs();
             }
             ExitRecord::Wrmsr { msr, value } => {
                 out.u = NbExitPayload { wrmsr: NbExitWrmsr { msr, val: value, npc: self.msr_npc().unwrap_or(0) } };
-                let _ = self.get_state(StateMask::GPRS);
+                self.provide_gprs();
             }
             ExitRecord::Invalid { hwcode, .. } => out.u = NbExitPayload { word: hwcode },
             _ => {}

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::backend::{Kick, KickImpl};
 use crate::error::Result;
-use crate::os::this_thread_id;
 use crate::x86::event::Event;
 
 /// State shared by a VCPU and its handles.
@@ -29,17 +28,26 @@ pub(crate) struct Shared {
     signal: i32,
     /// An event injected from another thread, for the next run.
     injected: Mutex<Option<Event>>,
+    /// Whether `injected` holds one (read without the lock on every run).
+    has_injected: AtomicBool,
 }
 
 impl Shared {
     pub(crate) fn new(kick: KickImpl, signal: i32) -> Shared {
-        Shared { requested: AtomicBool::new(false), tid: AtomicI32::new(0), kick, signal, injected: Mutex::new(None) }
+        Shared {
+            requested: AtomicBool::new(false),
+            tid: AtomicI32::new(0),
+            kick,
+            signal,
+            injected: Mutex::new(None),
+            has_injected: AtomicBool::new(false),
+        }
     }
 
     /// Called by `run()` before entering the guest, after it cleared the
     /// kick: publishes the thread, then consumes a pending request.
-    pub(crate) fn enter(&self) -> bool {
-        self.tid.store(this_thread_id(), Ordering::SeqCst);
+    pub(crate) fn enter(&self, tid: i32) -> bool {
+        self.tid.store(tid, Ordering::SeqCst);
         if self.requested.swap(false, Ordering::SeqCst) {
             self.tid.store(0, Ordering::SeqCst);
             return true;
@@ -59,12 +67,17 @@ impl Shared {
 
     /// The event injected from another thread, if any (consumed).
     pub(crate) fn take_injected(&self) -> Option<Event> {
-        self.injected.lock().unwrap_or_else(|e| e.into_inner()).take()
+        if !self.has_injected.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut slot = self.injected.lock().unwrap_or_else(|e| e.into_inner());
+        self.has_injected.store(false, Ordering::SeqCst);
+        slot.take()
     }
 
     /// Whether another thread injected an event for the next run.
     pub(crate) fn has_injected(&self) -> bool {
-        self.injected.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.has_injected.load(Ordering::SeqCst)
     }
 
     pub(crate) fn signal(&self) -> i32 {
@@ -108,7 +121,9 @@ impl VcpuHandle {
     /// promptly. A later injection before that run replaces this one.
     pub fn inject(&self, event: Event) -> Result<()> {
         event.validate()?;
-        *self.shared.injected.lock().unwrap_or_else(|e| e.into_inner()) = Some(event);
+        let mut slot = self.shared.injected.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(event);
+        self.shared.has_injected.store(true, Ordering::SeqCst);
         Ok(())
     }
 }

@@ -108,8 +108,8 @@ impl Vcpu {
         if let Some(g) = f.before {
             return Ok(g);
         }
-        let raw = self.raw_state(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
-        let mut g = raw.gprs;
+        self.raw_state(Parts::CODE)?;
+        let mut g = self.raw.gprs;
         match f.exit {
             ExitRecord::Io { .. } => {
                 let site = self.io_site()?;
@@ -117,16 +117,17 @@ impl Vcpu {
                     site.rewind(&mut g);
                 }
             }
-            ExitRecord::Memory { write: true, .. } => self.rewind_memory_write(&raw, &mut g),
+            ExitRecord::Memory { write: true, .. } => self.rewind_memory_write(&mut g),
             ExitRecord::Halted => {
+                let raw = &self.raw;
                 let mem = self.machine.memory();
-                let view = GuestView::new(&mem, self.paging_of(&raw));
+                let view = GuestView::new(&mem, self.paging_of(raw));
                 let mut b = [0u8; 1];
-                let linear = linear_rip(&raw).wrapping_sub(1);
+                let linear = linear_rip(raw).wrapping_sub(1);
                 let hlt = view.read(linear, &mut b).done == 1 && b[0] == 0xf4;
                 drop(mem);
                 if hlt {
-                    g[Gpr::Rip] = CpuMode::of(&raw).advance(g[Gpr::Rip], u64::MAX);
+                    g[Gpr::Rip] = CpuMode::of(&self.raw).advance(g[Gpr::Rip], u64::MAX);
                 }
             }
             _ => {}
@@ -139,18 +140,33 @@ impl Vcpu {
 
     /// Parts of the state as the backend has them now (not the cache,
     /// which may hold the program's changes or NVMM's view).
-    pub(super) fn raw_state(&mut self, parts: Parts) -> Result<State> {
-        let mut s = *self.comm.state();
-        let mut scratch = crate::x86::xsave::Xsave::default();
-        self.backend.load(parts.minus(Parts::FPU), &mut s, &mut scratch)?;
-        Ok(s)
+    /// (Read from the backend once per exit: the result stays valid until
+    /// KVM runs again.)
+    pub(super) fn raw_state(&mut self, parts: Parts) -> Result<&State> {
+        let mut missing = parts.minus(Parts::FPU).minus(self.raw_parts);
+        if self.raw_parts.intersects(Parts::SEGS) {
+            missing = missing.minus(Parts::CS);
+        }
+        if !missing.is_empty() {
+            self.backend.want(missing);
+            // No FPU part: the XSAVE area is not touched.
+            self.backend.load(missing, &mut self.raw, &mut self.xsave)?;
+            self.raw_parts |= missing;
+        }
+        Ok(&self.raw)
+    }
+
+    /// KVM ran: what [`Vcpu::raw_state`] read is stale.
+    pub(super) fn forget_raw(&mut self) {
+        self.raw_parts = Parts::NONE;
     }
 
     /// Undoes an MMIO write KVM executed before the exit: finds the
     /// instruction that ends at RIP and puts RIP back on it, with the
     /// string registers of MOVS/STOS as they were. When no instruction
     /// decodes there the registers are left as KVM has them.
-    fn rewind_memory_write(&self, raw: &State, g: &mut Gprs) {
+    fn rewind_memory_write(&self, g: &mut Gprs) {
+        let raw = &self.raw;
         let mode = CpuMode::of(raw);
         let linear = linear_rip(raw);
         let mem = self.machine.memory();
@@ -213,6 +229,7 @@ impl Vcpu {
     /// entering the guest. A further exit finishing it produces (the next
     /// fragment of a split MMIO access) is reported at the next run.
     pub(super) fn finish_inflight(&mut self, what: &'static str) -> Result<()> {
+        self.forget_raw();
         if let Some(next) = self.backend.finish_pending()? {
             self.queue_behind(next);
         }
@@ -227,6 +244,7 @@ impl Vcpu {
     /// the guest, discarding the exits that produces (for an instruction
     /// being cancelled).
     fn drain_pending(&mut self, what: &'static str) -> Result<()> {
+        self.forget_raw();
         for _ in 0..FINISH_ATTEMPTS {
             match self.backend.finish_pending()? {
                 None => return Ok(()),
@@ -267,7 +285,7 @@ impl Vcpu {
             }
             if q == ExitRecord::IntReady && !self.cache.dirty.intersects(Parts::INTR) {
                 // The window the program armed did open; it still waits.
-                self.comm.state_mut().intr.set_int_window_exiting(true);
+                self.set_int_window(true);
             }
         }
         let Some(mut f) = self.inflight else { return Ok(Settled::Enter) };

@@ -15,7 +15,7 @@
 use super::Vcpu;
 use crate::assist::io_insn::{IoInstruction, decode_io};
 use crate::assist::mmu::PagingRegs;
-use crate::backend::{Parts, VcpuBackend};
+use crate::backend::Parts;
 use crate::error::{Error, Result};
 use crate::exit::record::ExitRecord;
 use crate::vmem::GuestView;
@@ -92,11 +92,11 @@ impl Vcpu {
         let ExitRecord::Io { port, size, is_in, .. } = f.exit else {
             return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
         };
-        self.backend.want(Parts::GPRS | Parts::SEGS | Parts::PAGING);
-        let raw = self.raw_state(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
-        let mode = CpuMode::of(&raw);
+        self.raw_state(Parts::CODE)?;
+        let raw = &self.raw;
+        let mode = CpuMode::of(raw);
         let rip = raw.gprs[Gpr::Rip];
-        let linear = linear_rip(&raw);
+        let linear = linear_rip(raw);
         let rdx = raw.gprs[Gpr::Rdx];
         let matches = |d: &IoInstruction| {
             d.is_in == is_in
@@ -105,16 +105,15 @@ impl Vcpu {
         };
         let (at_rip, ending) = {
             let mem = self.machine.memory();
-            let view = GuestView::new(&mem, self.paging_of(&raw));
-            let mut bytes = [0u8; 15];
-            let n = view.read(linear, &mut bytes).done;
-            let at_rip = decode_io(&bytes[..n], mode).ok().filter(|d| matches(d));
+            let view = GuestView::new(&mem, self.paging_of(raw));
+            let w = Window::around(&view, linear);
+            let at_rip = decode_io(w.after(), mode).ok().filter(|d| matches(d));
             let needs_back = match at_rip {
                 None => !is_in,
                 Some(d) if d.string => !(is_in || (d.rep && rep_count(&raw.gprs, &d) != 0)),
-                Some(_) => !is_in && ends_with_out(&view, linear, port),
+                Some(_) => !is_in && ends_with_out(w.before(), port),
             };
-            (at_rip, if needs_back { ending_at(&view, linear, mode, &matches) } else { None })
+            (at_rip, if needs_back { ending_at(w.before(), mode, &matches) } else { None })
         };
         let site = match (at_rip, ending) {
             // KVM stopped before the instruction (an IN, an intercepted
@@ -161,40 +160,89 @@ fn rep_count(g: &Gprs, d: &IoInstruction) -> u64 {
     g[Gpr::Rcx] & crate::assist::decode::mask(d.address_size)
 }
 
-/// Whether the bytes before `linear` can be the end of an OUT to `port`:
-/// `EE`/`EF` (port in DX) or `E6`/`E7 port`. A cheap filter before the
-/// full backwards decode.
-fn ends_with_out(view: &GuestView<'_>, linear: u64, port: u16) -> bool {
-    if linear < 1 {
-        return false;
-    }
-    let mut b = [0u8; 2];
-    let two = linear >= 2 && view.read(linear - 2, &mut b).done == 2;
-    if !two {
-        let mut one = [0u8; 1];
-        return view.read(linear - 1, &mut one).done == 1 && matches!(one[0], 0xee | 0xef);
-    }
-    matches!(b[1], 0xee | 0xef) || (matches!(b[0], 0xe6 | 0xe7) && u16::from(b[1]) == port)
+/// Up to 15 guest bytes before a linear address and up to 15 from it,
+/// read at once.
+struct Window {
+    bytes: [u8; 30],
+    /// Bytes before the address (fewer near address 0 or when the page
+    /// before cannot be read).
+    back: usize,
+    /// Bytes from the address.
+    ahead: usize,
 }
 
-/// The I/O instruction matching the exit that ends right before `linear`.
-fn ending_at(
-    view: &GuestView<'_>,
-    linear: u64,
-    mode: CpuMode,
-    matches: &dyn Fn(&IoInstruction) -> bool,
-) -> Option<IoInstruction> {
-    // The bytes before `linear`: up to 15, fewer near address 0, and only
-    // from `linear`'s page when the page before cannot be read.
-    let mut window = [0u8; 15];
-    let mut back = linear.min(15) as usize;
-    if view.read(linear - back as u64, &mut window[..back]).done < back {
-        back = (((linear.wrapping_sub(1)) & 0xfff) + 1).min(15).min(linear) as usize;
-        if view.read(linear - back as u64, &mut window[..back]).done < back {
-            return None;
+impl Window {
+    fn around(view: &GuestView<'_>, linear: u64) -> Window {
+        let mut w = Window { bytes: [0; 30], back: linear.min(15) as usize, ahead: 0 };
+        let start = linear - w.back as u64;
+        let t = view.read(start, &mut w.bytes[..w.back + 15]);
+        if t.done >= w.back {
+            w.ahead = t.done - w.back;
+            return w;
+        }
+        // The page before cannot be read: only what lies in RIP's page
+        // before it.
+        let in_page = (linear & 0xfff).min(15) as usize;
+        w.back = in_page;
+        let t = view.read(linear - in_page as u64, &mut w.bytes[..in_page + 15]);
+        if t.done < in_page {
+            w.back = 0;
+            w.ahead = view.read(linear, &mut w.bytes[..15]).done;
+        } else {
+            w.ahead = t.done - in_page;
+        }
+        w
+    }
+
+    fn before(&self) -> &[u8] {
+        &self.bytes[..self.back]
+    }
+
+    fn after(&self) -> &[u8] {
+        &self.bytes[self.back..self.back + self.ahead]
+    }
+}
+
+/// Whether `before` (the bytes before RIP) can end with an OUT to `port`:
+/// `EE`/`EF` (port in DX) or `E6`/`E7 port`. A cheap filter before the
+/// backwards decode.
+fn ends_with_out(before: &[u8], port: u16) -> bool {
+    match before {
+        [.., a, b] => matches!(b, 0xee | 0xef) || (matches!(a, 0xe6 | 0xe7) && u16::from(*b) == port),
+        [b] => matches!(b, 0xee | 0xef),
+        [] => false,
+    }
+}
+
+/// The I/O instruction matching the exit that ends right at the end of
+/// `window` (the bytes before RIP).
+fn ending_at(window: &[u8], mode: CpuMode, matches: &dyn Fn(&IoInstruction) -> bool) -> Option<IoInstruction> {
+    let back = window.len();
+    // The opcode is the last byte (port in DX, string forms) or the one
+    // before it (port immediate); prefixes may precede it. Longest first.
+    for opcode_at in [back.wrapping_sub(1), back.wrapping_sub(2)] {
+        let Some(&op) = window.get(opcode_at) else { continue };
+        let fits =
+            if opcode_at + 1 == back { matches!(op, 0xec..=0xef | 0x6c..=0x6f) } else { matches!(op, 0xe4..=0xe7) };
+        if !fits {
+            continue;
+        }
+        let mut first = opcode_at;
+        while first > 0 && is_prefix(window[first - 1], mode) {
+            first -= 1;
+        }
+        let found = (first..=opcode_at).find_map(|start| {
+            decode_io(&window[start..back], mode).ok().filter(|d| usize::from(d.length) == back - start && matches(d))
+        });
+        if found.is_some() {
+            return found;
         }
     }
-    (1..=back).rev().find_map(|len| {
-        decode_io(&window[back - len..back], mode).ok().filter(|d| usize::from(d.length) == len && matches(d))
-    })
+    None
+}
+
+/// Whether `b` can be a prefix of an I/O instruction.
+fn is_prefix(b: u8, mode: CpuMode) -> bool {
+    matches!(b, 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65)
+        || (mode == CpuMode::Bits64 && (0x40..=0x4f).contains(&b))
 }

@@ -39,6 +39,7 @@ use crate::os::CommBox;
 use crate::x86::cpuid::{CpuidConf, CpuidConfig};
 use crate::x86::event::Event;
 use crate::x86::reset::reset_state;
+use crate::x86::state::State;
 use crate::x86::xsave::{Xsave, xfeature};
 
 mod assist;
@@ -102,6 +103,13 @@ struct Conf {
     gib_pages: bool,
 }
 
+/// Window exits armed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Windows {
+    int: bool,
+    nmi: bool,
+}
+
 /// The state cache's bookkeeping (the values live in the comm page).
 #[derive(Debug, Default)]
 struct Cache {
@@ -114,6 +122,8 @@ struct Cache {
     xsave_current: bool,
     /// Clear every pending event at the next store (a reused VCPU).
     reset_events: bool,
+    /// `have` and `dirty` as last written into the comm page.
+    published: Option<(Parts, Parts)>,
 }
 
 /// A virtual CPU.
@@ -142,9 +152,17 @@ pub struct Vcpu {
     /// Events made pending by the assists (NVMM's public injection refuses
     /// some of them, like #BP), for the next run.
     internal_events: Vec<Event>,
+    /// Parts of the state as the backend had them at the last exit (read
+    /// once per exit for the library's own decoding), and which are valid.
+    raw: State,
+    raw_parts: Parts,
     /// The program used the data of the last exit's Rust view (which
     /// answers it).
     payload_used: std::cell::Cell<bool>,
+    /// The interrupt and NMI window exits armed (NVMM's
+    /// `int_window_exiting`, `nmi_window_exiting`; the library's own state,
+    /// shown in the INTR component).
+    windows: Windows,
     /// The TPR the guest had at the last run's end.
     last_tpr: u8,
     /// An assist is calling back: runs and nested assists are refused.
@@ -180,6 +198,7 @@ impl Vcpu {
                 dirty: Parts::GPRS | Parts::SEGS | Parts::FPU,
                 xsave_current: true,
                 reset_events: false,
+                published: None,
             },
             shared,
             conf: Conf {
@@ -196,7 +215,10 @@ impl Vcpu {
             inflight: None,
             event: None,
             internal_events: Vec::new(),
+            raw: State::default(),
+            raw_parts: Parts::NONE,
             payload_used: std::cell::Cell::new(false),
+            windows: Windows::default(),
             last_tpr: 0,
             in_assist: false,
         };
@@ -209,7 +231,7 @@ impl Vcpu {
         } else {
             v.apply_cpuid()?;
         }
-        v.publish_cache_bits();
+        v.publish_comm_bits();
         Ok(v)
     }
 
@@ -284,6 +306,20 @@ impl Vcpu {
         let t =
             crate::assist::mmu::walk(&*self.machine.memory(), &regs, gva).map_err(|_| Error::Translation { gva })?;
         Ok((t.gpa, t.prot))
+    }
+
+    /// Arms or disarms the interrupt window exit (also in the cached
+    /// INTR component).
+    fn set_int_window(&mut self, on: bool) {
+        self.windows.int = on;
+        self.comm.state_mut().intr.set_int_window_exiting(on);
+    }
+
+    /// Arms or disarms the NMI window exit (also in the cached INTR
+    /// component).
+    fn set_nmi_window(&mut self, on: bool) {
+        self.windows.nmi = on;
+        self.comm.state_mut().intr.set_nmi_window_exiting(on);
     }
 
     fn refuse_in_assist(&self, what: &'static str) -> Result<()> {

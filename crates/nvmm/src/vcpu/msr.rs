@@ -32,6 +32,7 @@ impl Vcpu {
         let a = self.backend.msr_answer();
         *a.data = (g[Gpr::Rdx] << 32) | (g[Gpr::Rax] & 0xffff_ffff);
         *a.error = 0;
+        self.forget_raw();
         if let Some(next) = self.backend.finish_pending()? {
             // Finishing an MSR access produces no exit; should KVM produce
             // one, report it next.
@@ -45,12 +46,13 @@ impl Vcpu {
     /// The address past the RDMSR or WRMSR at RIP (normally RIP + 2; more
     /// with prefixes, which the instruction allows and ignores).
     pub(super) fn msr_npc(&mut self) -> Result<u64> {
-        let raw = self.raw_state(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
-        let mode = CpuMode::of(&raw);
+        self.raw_state(Parts::CODE)?;
+        let raw = &self.raw;
+        let mode = CpuMode::of(raw);
         let mut bytes = [0u8; 15];
         let n = {
             let mem = self.machine.memory();
-            GuestView::new(&mem, self.paging_of(&raw)).read(linear_rip(&raw), &mut bytes).done
+            GuestView::new(&mem, self.paging_of(raw)).read(linear_rip(raw), &mut bytes).done
         };
         let long = mode == CpuMode::Bits64;
         let prefixes = bytes[..n]

@@ -34,30 +34,27 @@ impl Vcpu {
     }
 
     fn next_exit(&mut self) -> Result<ExitRecord> {
-        self.backend.prepare_thread(self.shared.signal())?;
+        let tid = crate::os::this_thread_id();
+        self.backend.prepare_thread(tid, self.shared.signal())?;
         self.backend.clear_kick();
-        let flagged = self.comm.stop_flag().swap(0, std::sync::atomic::Ordering::SeqCst) != 0;
-        if self.shared.enter() | flagged {
-            let _ = self.shared.take();
+        if self.shared.enter(tid) {
             return Ok(ExitRecord::Stopped);
         }
         let r = self.enter_guest();
         self.shared.leave();
-        if matches!(r, Ok(ExitRecord::Stopped)) {
-            self.comm.stop_flag().store(0, std::sync::atomic::Ordering::SeqCst);
-        }
         r
     }
 
     fn enter_guest(&mut self) -> Result<ExitRecord> {
-        if self.comm.state().intr.nmi_window_exiting() && self.queued.is_none() && self.nmi_window_open()? {
-            self.comm.state_mut().intr.set_nmi_window_exiting(false);
+        let windows = self.pending_windows();
+        if windows.nmi && self.queued.is_none() && self.nmi_window_open()? {
+            self.set_nmi_window(false);
             return Ok(ExitRecord::NmiReady);
         }
-        if self.comm.state().intr.int_window_exiting() && self.queued.is_none() && self.int_window_open()? {
+        if windows.int && self.queued.is_none() && self.int_window_open()? {
             // NVMM's window exit fires as the guest is entered when it can
             // take an interrupt already, before any instruction.
-            self.comm.state_mut().intr.set_int_window_exiting(false);
+            self.set_int_window(false);
             return Ok(ExitRecord::IntReady);
         }
         match self.settle_inflight()? {
@@ -77,9 +74,9 @@ impl Vcpu {
         }
         self.commit()?;
         let result = self.backend.run();
+        self.forget_raw();
         self.conf.has_run = true;
         self.cache.have = Parts::NONE;
-        self.publish_cache_bits();
         let record = match result? {
             RunResult::Interrupted => {
                 if self.shared.take() {
@@ -99,8 +96,8 @@ impl Vcpu {
         if self.conf.tpr_exit && (tpr_changed || record == ExitRecord::TprChanged) {
             return Ok(self.report_first(ExitRecord::TprChanged, record));
         }
-        if self.comm.state().intr.nmi_window_exiting() && record != ExitRecord::NmiReady && self.nmi_window_open()? {
-            self.comm.state_mut().intr.set_nmi_window_exiting(false);
+        if self.windows.nmi && record != ExitRecord::NmiReady && self.nmi_window_open()? {
+            self.set_nmi_window(false);
             return Ok(self.report_first(ExitRecord::NmiReady, record));
         }
         Ok(record)
@@ -139,23 +136,22 @@ impl Vcpu {
             self.apply_cpuid()?;
         }
         self.store_dirty()?;
-        let window = self.comm.state().intr.int_window_exiting();
+        let window = self.windows.int;
         self.backend.set_interrupt_window(window);
         Ok(())
     }
 
     /// NVMM's exit for what the backend reported.
     fn classify(&mut self, r: ExitRecord) -> ExitRecord {
-        let intr = &mut self.comm.state_mut().intr;
         match r {
             ExitRecord::Halted => {
-                if intr.int_window_exiting() && self.backend.interrupts_enabled() {
-                    self.comm.state_mut().intr.set_int_window_exiting(false);
+                if self.windows.int && self.backend.interrupts_enabled() {
+                    self.set_int_window(false);
                 }
                 ExitRecord::Halted
             }
-            ExitRecord::IntReady if intr.int_window_exiting() => {
-                intr.set_int_window_exiting(false);
+            ExitRecord::IntReady if self.windows.int => {
+                self.set_int_window(false);
                 ExitRecord::IntReady
             }
             ExitRecord::IntReady => ExitRecord::None,
@@ -169,13 +165,25 @@ impl Vcpu {
     /// the instruction. When RIP's page is not guest RAM that is NVMM's
     /// MEMORY exit for an instruction fetch.
     fn fetch_fault(&mut self) -> Option<ExitRecord> {
-        let raw = self.raw_state(Parts::GPRS | Parts::SEGS | Parts::PAGING).ok()?;
+        self.raw_state(Parts::CODE).ok()?;
+        let raw = &self.raw;
         let mem = self.machine.memory();
-        let view = GuestView::new(&mem, self.paging_of(&raw));
-        let linear = linear_rip(&raw);
+        let view = GuestView::new(&mem, self.paging_of(raw));
+        let linear = linear_rip(raw);
         let t = view.translate(linear).ok()?;
         let ram = mem.area(t.gpa).is_some_and(|a| a.slot.is_some());
         (!ram).then_some(ExitRecord::Fetch { gpa: t.gpa })
+    }
+
+    /// The window exits armed for this run: the program's INTR when it set
+    /// it since the last run (stored in `commit`, read here first).
+    fn pending_windows(&self) -> super::Windows {
+        if self.cache.dirty.intersects(Parts::INTR) {
+            let i = self.comm.state().intr;
+            super::Windows { int: i.int_window_exiting(), nmi: i.nmi_window_exiting() }
+        } else {
+            self.windows
+        }
     }
 
     /// Whether the guest can take an external interrupt now: IF set, no
@@ -214,12 +222,12 @@ impl Vcpu {
             self.queued = Some(r);
         }
         self.commit()?;
+        self.forget_raw();
         if let Some(next) = self.backend.finish_pending()? {
             self.queued = Some(next);
             self.inflight = Some(Inflight::new(next));
         }
         self.cache.have = Parts::NONE;
-        self.publish_cache_bits();
         Ok(())
     }
 

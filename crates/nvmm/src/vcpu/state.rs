@@ -4,7 +4,6 @@
 use super::Vcpu;
 use crate::backend::{Parts, VcpuBackend};
 use crate::error::{Error, Result};
-use crate::netbsd::NbEvent;
 use crate::x86::event::Event;
 use crate::x86::state::{Cr, State, StateMask};
 use crate::x86::xsave::{Xsave, xfeature};
@@ -50,7 +49,6 @@ impl Vcpu {
             self.settle_for_read(need)?;
             self.fetch(need)?;
         }
-        self.publish_cache_bits();
         Ok(())
     }
 
@@ -62,7 +60,6 @@ impl Vcpu {
         self.backend.want(parts);
         self.cache.dirty |= parts;
         self.cache.have |= parts;
-        self.publish_cache_bits();
         Ok(())
     }
 
@@ -104,10 +101,7 @@ impl Vcpu {
 
     /// Whether an event waits for the next run.
     pub(super) fn event_waiting(&self) -> bool {
-        self.event.is_some()
-            || !self.internal_events.is_empty()
-            || self.shared.has_injected()
-            || self.comm.event_posted()
+        self.event.is_some() || !self.internal_events.is_empty() || self.shared.has_injected()
     }
 
     /// Loads `need` from the backend into the cache, showing the
@@ -116,22 +110,57 @@ impl Vcpu {
         if need.is_empty() {
             return Ok(());
         }
-        let state = self.comm.state_mut();
-        self.backend.load(need, state, &mut self.xsave)?;
+        // What the library already read this exit comes from there.
+        let from_raw = need.and(self.raw_parts).and(Parts::GPRS | Parts::SEGS | Parts::CR | Parts::EFER);
+        if !from_raw.is_empty() {
+            let (raw, state) = (&self.raw, self.comm.state_mut());
+            if from_raw.intersects(Parts::GPRS) {
+                state.gprs = raw.gprs;
+            }
+            if from_raw.intersects(Parts::SEGS) {
+                state.segs = raw.segs;
+            }
+            if from_raw.intersects(Parts::CR) {
+                let xcr0 = state.crs[Cr::Xcr0];
+                state.crs = raw.crs;
+                state.crs[Cr::Xcr0] = xcr0;
+            }
+            if from_raw.intersects(Parts::EFER) {
+                state.msrs[crate::x86::state::Msr::Efer] = raw.msrs[crate::x86::state::Msr::Efer];
+            }
+        }
+        let rest = need.minus(from_raw);
+        if !rest.is_empty() {
+            let state = self.comm.state_mut();
+            self.backend.load(rest, state, &mut self.xsave)?;
+        }
         if need.intersects(Parts::GPRS) {
             self.present_gprs()?;
         }
         if need.intersects(Parts::FPU) {
             self.cache.xsave_current = true;
         }
+        if need.intersects(Parts::INTR) {
+            let w = self.windows;
+            let intr = &mut self.comm.state_mut().intr;
+            intr.set_int_window_exiting(w.int);
+            intr.set_nmi_window_exiting(w.nmi);
+        }
         self.cache.have |= need;
         Ok(())
     }
 
-    /// NVMM's `state_cached` and `state_commit`, where C programs see them.
-    pub(super) fn publish_cache_bits(&mut self) {
+    /// Writes NVMM's `state_cached` and `state_commit` into the comm page,
+    /// where C programs see them (the C library does after each call; Rust
+    /// programs have no use for them).
+    pub fn publish_comm_bits(&mut self) {
+        let bits = (self.cache.have, self.cache.dirty);
+        if self.cache.published == Some(bits) {
+            return;
+        }
+        self.cache.published = Some(bits);
         let cached = self.cache.have.complete_components().bits();
-        let commit = touched_components(self.cache.dirty).bits();
+        let commit = self.cache.dirty.touched_components().bits();
         self.comm.set_bits(cached, commit);
     }
 
@@ -142,6 +171,10 @@ impl Vcpu {
         let mut pending = std::mem::take(&mut self.cache.dirty);
         let intr = pending.intersects(Parts::INTR);
         pending = pending.minus(Parts::INTR);
+        if intr {
+            let i = self.comm.state().intr;
+            self.windows = super::Windows { int: i.int_window_exiting(), nmi: i.nmi_window_exiting() };
+        }
         let result = self.store_parts(&mut pending);
         if result.is_err() {
             self.cache.dirty = pending;
@@ -149,12 +182,14 @@ impl Vcpu {
                 self.cache.dirty |= Parts::INTR;
             }
         }
-        self.publish_cache_bits();
         result?;
         self.store_events(intr).inspect_err(|_| self.cache.have = self.cache.have.minus(Parts::INTR))
     }
 
     fn store_parts(&mut self, pending: &mut Parts) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
         // The order KVM needs: XCR0 before the XSAVE area that uses it.
         for group in
             [Parts::XCR0, Parts::MSRS, Parts::DRS, Parts::FPU, Parts::GPRS, Parts::SEGS | Parts::CR | Parts::EFER]
@@ -203,23 +238,17 @@ impl Vcpu {
     /// the run with `EINVAL`, as on NetBSD.
     fn store_events(&mut self, intr_dirty: bool) -> Result<()> {
         let mut events = std::mem::take(&mut self.internal_events);
-        let posted = self.comm.take_event().map(event_of_c).transpose();
         if let Some(e) = self.shared.take_injected() {
             events.push(e);
         }
         if let Some(e) = self.event.take() {
             events.push(e);
         }
-        match posted {
-            Ok(Some(e)) => events.push(e),
-            Ok(None) => {}
-            Err(e) => return Err(e),
-        }
         if events.is_empty() && !intr_dirty && !self.cache.reset_events {
             return Ok(());
         }
         if events.iter().any(Event::is_nmi) {
-            self.comm.state_mut().intr.set_nmi_window_exiting(true);
+            self.set_nmi_window(true);
         }
         let intr = intr_dirty.then(|| self.comm.state().intr);
         let reset = std::mem::take(&mut self.cache.reset_events);
@@ -227,33 +256,6 @@ impl Vcpu {
     }
 }
 
-/// An event a C program wrote into the comm page, checked with NVMM's
-/// rules.
-fn event_of_c(e: NbEvent) -> Result<Event> {
-    let ev = Event::from_raw(e.typ, e.vector, e.error)?;
-    ev.validate()?;
-    Ok(ev)
-}
-
 fn mask_of_bits(bits: u64) -> Result<StateMask> {
     StateMask::from_bits(bits).ok_or(Error::InvalidStateMask { bits: bits & !StateMask::ALL.bits() })
-}
-
-/// The components with at least one part in `parts`.
-fn touched_components(parts: Parts) -> StateMask {
-    let mut m = StateMask::NONE;
-    for c in [
-        StateMask::GPRS,
-        StateMask::SEGS,
-        StateMask::CRS,
-        StateMask::MSRS,
-        StateMask::DRS,
-        StateMask::INTR,
-        StateMask::FPU,
-    ] {
-        if parts.intersects(Parts::of(c)) {
-            m |= c;
-        }
-    }
-    m
 }

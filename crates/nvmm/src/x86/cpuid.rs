@@ -200,7 +200,7 @@ pub fn xcr0_mask(supported: &[CpuidEntry]) -> u64 {
     })
 }
 
-/// Guest physical address width (CPUID 0x80000008 EAX[7:0]), 36 if absent.
+/// Guest physical address width (CPUID 0x80000008 EAX\[7:0\]), 36 if absent.
 pub fn phys_addr_bits(supported: &[CpuidEntry]) -> u32 {
     supported.iter().find(|e| e.function == 0x8000_0008).map_or(36, |e| e.regs.eax & 0xff)
 }

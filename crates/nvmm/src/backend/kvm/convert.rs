@@ -130,6 +130,11 @@ pub(crate) fn segs_from_kvm(k: &kvm_sregs, s: &mut Segs) {
     s[Seg::Tr] = seg_from_kvm(&k.tr);
 }
 
+/// Fills CS alone.
+pub(crate) fn cs_from_kvm(k: &kvm_sregs, s: &mut Segs) {
+    s[Seg::Cs] = seg_from_kvm(&k.cs);
+}
+
 pub(crate) fn segs_into_kvm(s: &Segs, k: &mut kvm_sregs) {
     k.es = seg_to_kvm(&s[Seg::Es]);
     k.cs = seg_to_kvm(&s[Seg::Cs]);

@@ -70,7 +70,7 @@ fn sync_sets_of(parts: Parts) -> u64 {
     if parts.intersects(Parts::GPRS) {
         s |= sync_sets::REGS;
     }
-    if parts.intersects(Parts::SEGS | Parts::CR | Parts::EFER) {
+    if parts.intersects(Parts::SEGS | Parts::CS | Parts::CR | Parts::EFER) {
         s |= sync_sets::SREGS;
     }
     if parts.intersects(Parts::INTR) {
@@ -163,10 +163,12 @@ impl KvmVcpu {
             };
             convert::gprs_from_kvm(&regs, &mut state.gprs);
         }
-        if parts.intersects(Parts::SEGS | Parts::CR | Parts::EFER) {
+        if parts.intersects(Parts::SEGS | Parts::CS | Parts::CR | Parts::EFER) {
             let s = self.current_sregs()?;
             if parts.intersects(Parts::SEGS) {
                 convert::segs_from_kvm(&s, &mut state.segs);
+            } else if parts.intersects(Parts::CS) {
+                convert::cs_from_kvm(&s, &mut state.segs);
             }
             if parts.intersects(Parts::CR) {
                 convert::crs_from_kvm(&s, &mut state.crs);

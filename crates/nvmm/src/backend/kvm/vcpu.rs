@@ -16,7 +16,7 @@ use super::state::SyncPolicy;
 use crate::backend::{MsrAnswer, Parts, RunResult, VcpuBackend};
 use crate::error::{Error, Result};
 use crate::exit::record::ExitRecord;
-use crate::os::{SignalMask, this_thread_id};
+use crate::os::SignalMask;
 use crate::x86::cpuid::CpuidEntry;
 
 /// How many pending exits [`KvmVcpu::park`] completes before giving up.
@@ -243,8 +243,7 @@ impl VcpuBackend for KvmVcpu {
         self.set_immediate_exit(false);
     }
 
-    fn prepare_thread(&mut self, signal: i32) -> Result<()> {
-        let tid = this_thread_id();
+    fn prepare_thread(&mut self, tid: i32, signal: i32) -> Result<()> {
         if tid == self.mask_thread {
             return Ok(());
         }

@@ -184,6 +184,11 @@ impl Vcpu {
                 if let Some(f) = self.inflight.as_mut() {
                     f.answered = true;
                 }
+                if self.cache.dirty.intersects(Parts::GPRS) {
+                    // The callback changed registers: they are the state the
+                    // instruction ran from, as for NetBSD's assist.
+                    self.merge_after_completion()?;
+                }
                 // The instruction may change anything: what is cached shows
                 // it undone.
                 let clean = self.cache.have.minus(self.cache.dirty);
@@ -223,7 +228,8 @@ impl Vcpu {
             self.get_state(StateMask::FPU)?;
         }
         let state = *self.comm.state();
-        let mut cpu = CpuCopy { state, xsave: fpu.then(|| self.xsave.clone()), marked: StateMask::NONE };
+        let mut cpu =
+            CpuCopy { state, xsave: fpu.then(|| self.xsave.clone()), marked: StateMask::NONE, before: state.gprs };
         let result = {
             let mut guest = GuestMemory { vcpu: self, regs, callback: mem };
             execute(&insn, &mut cpu, &mut guest)
@@ -252,13 +258,35 @@ impl Vcpu {
         }
     }
 
-    /// Takes the emulator's results into the cache.
+    /// After a callback changed registers during a KVM-decoded memory
+    /// assist: KVM finishes the instruction now, and the registers become
+    /// its result with the callback's changes kept (those it made to
+    /// registers the instruction leaves alone; the instruction's result
+    /// wins where both wrote).
+    fn merge_after_completion(&mut self) -> Result<()> {
+        let before = self.gprs_before()?;
+        let program = self.comm.state().gprs;
+        self.finish_inflight("completing a memory assist")?;
+        let after = self.raw_state(Parts::GPRS)?.gprs;
+        let merged = &mut self.comm.state_mut().gprs;
+        for i in 0..merged.0.len() {
+            merged.0[i] = if after.0[i] != before.0[i] { after.0[i] } else { program.0[i] };
+        }
+        Ok(())
+    }
+
+    /// Takes the emulator's results into the cache: the registers it
+    /// changed (a callback may have changed others meanwhile, which stay;
+    /// INT3 moves RIP past itself before raising #BP), the FPU when it
+    /// ran an x87 or vector instruction.
     fn adopt(&mut self, cpu: &CpuCopy) -> Result<()> {
-        // The registers always: a fault leaves them as they were, INT3
-        // moves RIP past itself before raising #BP.
         let m = cpu.marked | StateMask::GPRS;
         let s = self.comm.state_mut();
-        s.gprs = cpu.state.gprs;
+        for ((reg, new), old) in s.gprs.0.iter_mut().zip(cpu.state.gprs.0).zip(cpu.before.0) {
+            if new != old {
+                *reg = new;
+            }
+        }
         if m.contains(StateMask::FPU) {
             s.fpu = cpu.state.fpu;
             if let Some(x) = &cpu.xsave {
@@ -341,6 +369,8 @@ struct CpuCopy {
     state: State,
     xsave: Option<Xsave>,
     marked: StateMask,
+    /// The registers the emulation started from.
+    before: crate::x86::state::Gprs,
 }
 
 impl EmuCpu for CpuCopy {

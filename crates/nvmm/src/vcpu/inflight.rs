@@ -46,11 +46,14 @@ pub(crate) struct Inflight {
     pub(crate) before: Option<Gprs>,
     /// The assists emulated it in the library: KVM must not finish it.
     pub(crate) emulated: bool,
+    /// KVM reported an instruction fetch from unmapped memory as a read
+    /// (its emulator fetches that way); reported as a fetch.
+    pub(crate) fetch: bool,
 }
 
 impl Inflight {
     pub(crate) fn new(exit: ExitRecord) -> Inflight {
-        Inflight { exit, answered: false, finished: false, site: None, before: None, emulated: false }
+        Inflight { exit, answered: false, finished: false, site: None, before: None, emulated: false, fetch: false }
     }
 }
 
@@ -166,38 +169,39 @@ impl Vcpu {
     /// string registers of MOVS/STOS as they were. When no instruction
     /// decodes there the registers are left as KVM has them.
     fn rewind_memory_write(&self, g: &mut Gprs) {
+        use crate::assist::decode::{Op, Rep, decode, mask};
         let raw = &self.raw;
         let mode = CpuMode::of(raw);
         let linear = linear_rip(raw);
         let mem = self.machine.memory();
         let view = GuestView::new(&mem, self.paging_of(raw));
-        let mut window = [0u8; 15];
-        let back = linear.min(15) as usize;
-        let got = view.read(linear - back as u64, &mut window[..back]).done;
-        if got < back {
+        // A REP string store with elements left: KVM did one element and
+        // left RIP on the instruction.
+        let mut ahead = [0u8; 15];
+        let n = view.read(linear, &mut ahead).done;
+        if let Ok(insn) = decode(&ahead[..n], mode)
+            && matches!(insn.op(), Op::Movs | Op::Stos)
+            && insn.rep() != Rep::None
+            && g[Gpr::Rcx] & mask(insn.addr_size()) != 0
+        {
+            undo_string_element(g, insn.op(), insn.opsize(), insn.addr_size(), true);
             return;
         }
-        // The longest instruction that ends exactly at RIP and writes
-        // memory.
+        // Else it is done: the longest instruction that ends exactly at
+        // RIP and writes memory.
+        let mut window = [0u8; 15];
+        let back = linear.min(15) as usize;
+        if view.read(linear - back as u64, &mut window[..back]).done < back {
+            return;
+        }
         for len in (1..=back).rev() {
-            let Ok(insn) = crate::assist::decode::decode(&window[back - len..back], mode) else { continue };
+            let Ok(insn) = decode(&window[back - len..back], mode) else { continue };
             if usize::from(insn.len()) != len || insn.memory().is_none() {
                 continue;
             }
             g[Gpr::Rip] = mode.advance(g[Gpr::Rip], (len as u64).wrapping_neg());
-            if matches!(insn.op(), crate::assist::decode::Op::Movs | crate::assist::decode::Op::Stos) {
-                let step = u64::from(insn.opsize());
-                let down = g[Gpr::Rflags] & rflags::DF != 0;
-                let undo = |v: u64| if down { v.wrapping_add(step) } else { v.wrapping_sub(step) };
-                let amask = crate::assist::decode::mask(insn.addr_size());
-                let merge = |old: u64, new: u64| (old & !amask) | (new & amask);
-                g[Gpr::Rdi] = merge(g[Gpr::Rdi], undo(g[Gpr::Rdi]));
-                if insn.op() == crate::assist::decode::Op::Movs {
-                    g[Gpr::Rsi] = merge(g[Gpr::Rsi], undo(g[Gpr::Rsi]));
-                }
-                if insn.rep() != crate::assist::decode::Rep::None {
-                    g[Gpr::Rcx] = merge(g[Gpr::Rcx], g[Gpr::Rcx].wrapping_add(1));
-                }
+            if matches!(insn.op(), Op::Movs | Op::Stos) {
+                undo_string_element(g, insn.op(), insn.opsize(), insn.addr_size(), insn.rep() != Rep::None);
             }
             return;
         }
@@ -269,6 +273,7 @@ impl Vcpu {
     /// Called with the program's changes still in the cache, not stored.
     pub(super) fn settle_inflight(&mut self) -> Result<Settled> {
         let changed = !self.cache.dirty.is_empty() || self.event_waiting();
+        let mut dropped = false;
         if let Some(q) = self.queued {
             if !changed {
                 self.queued = None;
@@ -280,6 +285,7 @@ impl Vcpu {
             // The program acted on the report that went first: the queued
             // exit's instruction runs again.
             self.queued = None;
+            dropped = true;
             if let Some(f) = self.inflight.as_mut() {
                 f.answered = false;
             }
@@ -310,10 +316,25 @@ impl Vcpu {
             self.redo_on_ram(gpa, len, write)?;
             f.answered = true;
         }
-        let complete = f.answered || (!changed && self.conf.unanswered == Unanswered::Complete);
+        if f.fetch && !f.answered {
+            // Nothing at the code's address: executing again faults the
+            // same way, unless the program changed something.
+            if changed {
+                self.cancel_inflight(&f)?;
+                self.inflight = None;
+                return Ok(Settled::Enter);
+            }
+            if let ExitRecord::Memory { gpa, .. } = f.exit {
+                return Ok(Settled::Replay(ExitRecord::Fetch { gpa }));
+            }
+        }
+        // Unanswered: the VMM emulated it if it changed the registers; with
+        // NetBSD's rule it executes again; else the exit's data answers it.
+        let emulated_by_vmm = self.cache.dirty.intersects(Parts::GPRS);
+        let complete = f.answered || (!dropped && !emulated_by_vmm && self.conf.unanswered == Unanswered::Complete);
         if complete {
             self.complete_inflight(&f)?;
-        } else if changed || matches!(f.exit, ExitRecord::Io { .. } | ExitRecord::Halted) {
+        } else if changed || dropped || matches!(f.exit, ExitRecord::Io { .. } | ExitRecord::Halted) {
             self.cancel_inflight(&f)?;
         } else if matches!(f.exit, ExitRecord::Memory { .. }) {
             // NetBSD executes it again and exits again, the same way.
@@ -398,6 +419,23 @@ impl Vcpu {
             self.backend.mmio_data()[..n].copy_from_slice(&buf[..n]);
             Ok(())
         }
+    }
+}
+
+/// Undoes one element of a MOVS or STOS: RDI (and RSI) back by the element
+/// size in the direction DF says, RCX up by one for REP.
+fn undo_string_element(g: &mut Gprs, op: crate::assist::decode::Op, size: u8, addr_size: u8, rep: bool) {
+    let step = u64::from(size);
+    let down = g[Gpr::Rflags] & rflags::DF != 0;
+    let undo = |v: u64| if down { v.wrapping_add(step) } else { v.wrapping_sub(step) };
+    let amask = crate::assist::decode::mask(addr_size);
+    let merge = |old: u64, new: u64| (old & !amask) | (new & amask);
+    g[Gpr::Rdi] = merge(g[Gpr::Rdi], undo(g[Gpr::Rdi]));
+    if op == crate::assist::decode::Op::Movs {
+        g[Gpr::Rsi] = merge(g[Gpr::Rsi], undo(g[Gpr::Rsi]));
+    }
+    if rep {
+        g[Gpr::Rcx] = merge(g[Gpr::Rcx], g[Gpr::Rcx].wrapping_add(1));
     }
 }
 

@@ -77,6 +77,7 @@ impl Vcpu {
         self.forget_raw();
         self.conf.has_run = true;
         self.cache.have = Parts::NONE;
+        self.cache.xsave_current = false;
         let record = match result? {
             RunResult::Interrupted => {
                 if self.shared.take() {
@@ -87,9 +88,20 @@ impl Vcpu {
             }
             RunResult::Exit(r) => self.classify(r),
         };
-        if has_pending_instruction(record) {
-            self.inflight = Some(Inflight::new(record));
-        }
+        let record = if has_pending_instruction(record) {
+            let mut f = Inflight::new(record);
+            let reported = match record {
+                ExitRecord::Memory { gpa, write: false, .. } if self.is_fetch(gpa) => {
+                    f.fetch = true;
+                    ExitRecord::Fetch { gpa }
+                }
+                other => other,
+            };
+            self.inflight = Some(f);
+            reported
+        } else {
+            record
+        };
         let tpr = self.backend.tpr();
         let tpr_changed = tpr != self.last_tpr;
         self.last_tpr = tpr;
@@ -203,6 +215,19 @@ impl Vcpu {
         Ok(rflags & crate::x86::bits::rflags::IF != 0 && !shadow && !e.pending)
     }
 
+    /// Whether a memory read at `gpa` is the instruction fetch at RIP
+    /// (KVM's emulator fetches through its MMIO path when the code is not
+    /// in RAM).
+    fn is_fetch(&mut self, gpa: u64) -> bool {
+        let Ok(raw) = self.raw_state(Parts::CODE) else { return false };
+        let raw = *raw;
+        let mem = self.machine.memory();
+        let view = GuestView::new(&mem, self.paging_of(&raw));
+        let linear = linear_rip(&raw);
+        let Ok(t) = view.translate(linear) else { return false };
+        gpa >= t.gpa && gpa < t.gpa + 15 && mem.area(t.gpa).is_none_or(|a| a.slot.is_none())
+    }
+
     fn nmi_window_open(&mut self) -> Result<bool> {
         let e = self.backend.event_status()?;
         Ok(!e.nmi_busy && self.event.is_none_or(|ev| !ev.is_nmi()))
@@ -228,6 +253,7 @@ impl Vcpu {
             self.inflight = Some(Inflight::new(next));
         }
         self.cache.have = Parts::NONE;
+        self.cache.xsave_current = false;
         Ok(())
     }
 

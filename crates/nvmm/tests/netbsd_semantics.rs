@@ -1,0 +1,463 @@
+//! NetBSD's semantics where KVM behaves differently: memory exits that
+//! leave the instruction undone (map memory and run again), instruction
+//! fetches from unmapped memory, exits reported in order and never stale,
+//! assist callbacks that call back, other threads injecting and stopping,
+//! stops whatever signals the VCPU thread blocks, and an FPU set without a
+//! get.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nvmm::exit::reason;
+use nvmm::x86::modes;
+use nvmm::x86::xsave::xfeature;
+use nvmm::{Event, Exit, Gpr, MemAccess, Prot, Seg, StateMask, Vcpu, VcpuConf};
+
+/// Guest physical page with nothing mapped until a test maps it.
+const HOLE: u64 = 0x80_0000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Real,
+    Protected,
+    Long,
+}
+
+const MODES: [Mode; 3] = [Mode::Real, Mode::Protected, Mode::Long];
+
+/// A guest in `mode` running `code`, with RBX (or DS:BX in real mode)
+/// addressing the first byte of `HOLE`.
+fn guest(mode: Mode, code: &[u8]) -> Guest {
+    let mut g = match mode {
+        Mode::Real => real_mode(code),
+        Mode::Protected => protected_mode(code),
+        Mode::Long => long_mode(code),
+    };
+    g.vcpu
+        .update(StateMask::GPRS | StateMask::SEGS, |s| match mode {
+            Mode::Real => {
+                // DS = ES = HOLE >> 4: offset 0 is HOLE.
+                for seg in [Seg::Ds, Seg::Es] {
+                    s.segs[seg].selector = (HOLE >> 4) as u16;
+                    s.segs[seg].base = HOLE;
+                }
+                s.gprs[Gpr::Rbx] = 0;
+                s.gprs[Gpr::Rdi] = 0;
+            }
+            _ => {
+                s.gprs[Gpr::Rbx] = HOLE;
+                s.gprs[Gpr::Rdi] = HOLE;
+            }
+        })
+        .unwrap();
+    g
+}
+
+/// The MOV encodings `[(size, store, load)]` of `mode` with `[rbx]`
+/// (`[bx]` in real mode) and AL/AX/EAX/RAX.
+fn movs(mode: Mode) -> Vec<(usize, Vec<u8>, Vec<u8>)> {
+    match mode {
+        Mode::Real => vec![
+            (1, vec![0x88, 0x07], vec![0x8a, 0x07]),
+            (2, vec![0x89, 0x07], vec![0x8b, 0x07]),
+            (4, vec![0x66, 0x89, 0x07], vec![0x66, 0x8b, 0x07]),
+        ],
+        Mode::Protected => vec![
+            (1, vec![0x88, 0x03], vec![0x8a, 0x03]),
+            (2, vec![0x66, 0x89, 0x03], vec![0x66, 0x8b, 0x03]),
+            (4, vec![0x89, 0x03], vec![0x8b, 0x03]),
+        ],
+        Mode::Long => vec![
+            (1, vec![0x88, 0x03], vec![0x8a, 0x03]),
+            (2, vec![0x66, 0x89, 0x03], vec![0x66, 0x8b, 0x03]),
+            (4, vec![0x89, 0x03], vec![0x8b, 0x03]),
+            (8, vec![0x48, 0x89, 0x03], vec![0x48, 0x8b, 0x03]),
+        ],
+    }
+}
+
+/// Runs to the next exit that is not NONE, through `f`.
+fn next_exit<R>(vcpu: &mut Vcpu, f: impl Fn(Exit<'_>) -> R) -> R {
+    for _ in 0..1000 {
+        match vcpu.run().expect("run") {
+            Exit::None => continue,
+            e => return f(e),
+        }
+    }
+    panic!("only NONE exits");
+}
+
+/// The memory exit of `vcpu`'s next run: its address, kind and size,
+/// without answering it.
+fn memory_exit(vcpu: &mut Vcpu) -> (u64, MemAccess, usize) {
+    next_exit(vcpu, |e| match e {
+        Exit::Memory(m) => (m.gpa(), m.access(), m.size()),
+        other => panic!("expected a memory exit, got {other:?}"),
+    })
+}
+
+const VALUE: u64 = 0x8877_6655_4433_2211;
+
+#[test]
+fn a_store_to_memory_mapped_after_its_exit_lands_there() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        for (size, store, _) in movs(mode) {
+            let mut code = store.clone();
+            code.push(0xf4); // hlt
+            let mut g = guest(mode, &code);
+            g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = VALUE).unwrap();
+            assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Write, size), "{mode:?} size {size}");
+            // NetBSD: the guest stopped before the store.
+            assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE, "{mode:?} size {size}: RIP on the store");
+            g.machine.map_anonymous(HOLE, 4096, Prot::ALL).unwrap();
+            run_to_halt(&mut g.vcpu);
+            let mut got = [0u8; 8];
+            g.machine.read_gpa(HOLE, &mut got).unwrap();
+            assert_eq!(&got[..size], &VALUE.to_le_bytes()[..size], "{mode:?} size {size}: the store landed");
+            assert!(got[size..].iter().all(|&b| b == 0), "{mode:?} size {size}: no more than the store");
+            assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + code.len() as u64, "{mode:?}: halted once");
+        }
+    }
+}
+
+#[test]
+fn a_load_from_memory_mapped_after_its_exit_reads_it() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        for (size, _, load) in movs(mode) {
+            let mut code = load.clone();
+            code.push(0xf4);
+            let mut g = guest(mode, &code);
+            let old = 0xa5a5_a5a5_a5a5_a5a5u64;
+            g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = old).unwrap();
+            assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Read, size), "{mode:?} size {size}");
+            assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE, "{mode:?} size {size}: RIP on the load");
+            g.machine.map_anonymous(HOLE, 4096, Prot::ALL).unwrap();
+            g.machine.write_gpa(HOLE, &VALUE.to_le_bytes()).unwrap();
+            run_to_halt(&mut g.vcpu);
+            let mask = if size == 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 };
+            let rax = gpr(&mut g.vcpu, Gpr::Rax);
+            // A 32-bit load zero-extends in 64-bit mode; outside it the
+            // upper half of RAX is not architectural.
+            let (rax, old) = if mode == Mode::Long { (rax, old) } else { (rax & 0xffff_ffff, old & 0xffff_ffff) };
+            let want = if size == 4 && mode == Mode::Long { VALUE & mask } else { (old & !mask) | (VALUE & mask) };
+            assert_eq!(rax, want, "{mode:?} size {size}: loaded from the new memory");
+        }
+    }
+}
+
+#[test]
+fn string_stores_to_memory_mapped_after_their_exit_land_there() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        // rep stosb with CX = 4 ; rep movsb with CX = 4 (from CODE + 0x100)
+        for (name, insn) in [("rep stosb", [0xf3u8, 0xaa]), ("rep movsb", [0xf3, 0xa4])] {
+            let mut g = guest(mode, &[insn[0], insn[1], 0xf4]);
+            let src = CODE + 0x100;
+            g.machine.write_gpa(src, &[1, 2, 3, 4]).unwrap();
+            g.vcpu
+                .update(StateMask::GPRS | StateMask::SEGS, |s| {
+                    s.gprs[Gpr::Rax] = 0x5a;
+                    s.gprs[Gpr::Rcx] = 4;
+                    s.gprs[Gpr::Rsi] = src;
+                    if mode == Mode::Real {
+                        // DS addresses the source for MOVS: ES holds HOLE.
+                        s.segs[Seg::Ds].selector = 0;
+                        s.segs[Seg::Ds].base = 0;
+                    }
+                })
+                .unwrap();
+            let (gpa, access, _) = memory_exit(&mut g.vcpu);
+            assert_eq!((gpa, access), (HOLE, MemAccess::Write), "{mode:?} {name}");
+            g.vcpu.get_state(StateMask::GPRS).unwrap();
+            let s = g.vcpu.state();
+            assert_eq!((s.gprs[Gpr::Rip], s.gprs[Gpr::Rcx] & 0xffff), (CODE, 4), "{mode:?} {name}: nothing done");
+            g.machine.map_anonymous(HOLE, 4096, Prot::ALL).unwrap();
+            run_to_halt(&mut g.vcpu);
+            let mut got = [0u8; 5];
+            g.machine.read_gpa(HOLE, &mut got).unwrap();
+            let want: [u8; 5] = if name == "rep stosb" { [0x5a, 0x5a, 0x5a, 0x5a, 0] } else { [1, 2, 3, 4, 0] };
+            assert_eq!(got, want, "{mode:?} {name}");
+            assert_eq!(gpr(&mut g.vcpu, Gpr::Rcx) & 0xffff, 0, "{mode:?} {name}");
+        }
+    }
+}
+
+#[test]
+fn an_instruction_fetch_from_unmapped_memory_is_an_exec_memory_exit() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        // Start the VCPU at HOLE (CS base HOLE in real mode).
+        let mut g = guest(mode, &[0xf4]);
+        g.vcpu
+            .update(StateMask::GPRS | StateMask::SEGS, |s| {
+                if mode == Mode::Real {
+                    s.segs[Seg::Cs].base = HOLE;
+                    s.gprs[Gpr::Rip] = 0;
+                } else {
+                    s.gprs[Gpr::Rip] = HOLE;
+                }
+            })
+            .unwrap();
+        let (gpa, access, _) = memory_exit(&mut g.vcpu);
+        assert_eq!((gpa, access), (HOLE, MemAccess::Exec), "{mode:?}");
+        // Map code there and run again: the guest executes it.
+        g.machine.map_anonymous(HOLE, 4096, Prot::ALL).unwrap();
+        g.machine.write_gpa(HOLE, &[0x90, 0xf4]).unwrap(); // nop ; hlt
+        run_to_halt(&mut g.vcpu);
+        let rip = gpr(&mut g.vcpu, Gpr::Rip);
+        let want = if mode == Mode::Real { 2 } else { HOLE + 2 };
+        assert_eq!(rip, want, "{mode:?}");
+    }
+}
+
+/// A long-mode guest: `mov rax,5 ; mov cr8,rax ; out 0x10,al ; hlt`.
+fn tpr_guest() -> Guest {
+    let mut g = long_mode(&[
+        0x48, 0xc7, 0xc0, 0x05, 0x00, 0x00, 0x00, // mov rax,5
+        0x44, 0x0f, 0x22, 0xc0, //                  mov cr8,rax
+        0xe6, 0x10, //                              out 0x10,al
+        0xf4, //                                    hlt
+    ]);
+    g.vcpu.configure(VcpuConf::Tpr { exit_changed: true }).unwrap();
+    g
+}
+
+/// The data byte of the next exit, an OUT.
+fn out_byte(vcpu: &mut Vcpu) -> u8 {
+    next_exit(vcpu, |e| match e {
+        Exit::Io(io) => io.data()[0],
+        other => panic!("expected the OUT, got {other:?}"),
+    })
+}
+
+#[test]
+fn a_tpr_exit_goes_first_once_and_shows_the_new_tpr() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = tpr_guest();
+    assert_eq!(next_reason(&mut g.vcpu), reason::TPR_CHANGED);
+    assert_eq!(g.vcpu.exit_state().unwrap().cr8, 5);
+    g.vcpu.get_state(StateMask::CRS).unwrap();
+    assert_eq!(g.vcpu.state().crs[nvmm::Cr::Cr8], 5, "CR8 in the state");
+    // The OUT has not happened yet as far as the program can see.
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 11, "RIP on the OUT");
+    // Nothing changed: the OUT comes next, once.
+    assert_eq!(out_byte(&mut g.vcpu), 5);
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+}
+
+#[test]
+fn an_exit_after_a_tpr_exit_is_not_stale_when_the_state_changed() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = tpr_guest();
+    assert_eq!(next_reason(&mut g.vcpu), reason::TPR_CHANGED);
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x42).unwrap();
+    // The guest executes the OUT with the new RAX: no stale exit.
+    assert_eq!(out_byte(&mut g.vcpu), 0x42);
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+}
+
+/// A real-mode guest: `mov al,0x11 ; out 0x10,al ; hlt`, with a handler
+/// for vector 0x40 at 0x1800 (`mov byte [0x2000],0x40 ; hlt`).
+fn io_then_halt() -> Guest {
+    let g = real_mode(&[0xb0, 0x11, 0xe6, 0x10, 0xf4]);
+    g.machine.write_gpa(0x1800, &[0xc6, 0x06, 0x00, 0x20, 0x40, 0xf4]).unwrap();
+    ivt(&g, 0x40, 0x1800);
+    g
+}
+
+#[test]
+fn io_callbacks_reach_the_vcpu_they_serve() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = io_then_halt();
+    let machine = &g.machine;
+    assert_eq!(next_reason(&mut g.vcpu), reason::IO);
+    let mut seen = Vec::new();
+    g.vcpu
+        .assist_io(|io| {
+            assert_eq!(io.data[0], 0x11);
+            let v = io.vcpu();
+            v.get_state(StateMask::ALL).unwrap();
+            // As NVMM's assist shows it: the OUT not done yet.
+            seen.push(v.state().gprs[Gpr::Rip]);
+            v.state_mut().gprs[Gpr::Rbx] = 0x1234;
+            v.set_state(StateMask::GPRS).unwrap();
+            v.inject(Event::interrupt(0x40)).unwrap();
+            // Running or another assist from here is refused.
+            assert_eq!(v.run().unwrap_err().errno(), libc_ebusy());
+            assert_eq!(v.assist_io(|_| {}).unwrap_err().errno(), libc_ebusy());
+            // Memory calls work.
+            machine.map_anonymous(HOLE, 4096, Prot::ALL).unwrap();
+            assert!(machine.gpa_to_hva(HOLE).is_ok());
+        })
+        .unwrap();
+    assert_eq!(seen, [CODE + 2]);
+    // The assist kept the callback's change and finished the OUT.
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    assert_eq!((g.vcpu.state().gprs[Gpr::Rbx], g.vcpu.state().gprs[Gpr::Rip]), (0x1234, CODE + 4));
+    // The event injected from the callback is delivered.
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(read_u32(&g, 0x2000) & 0xff, 0x40);
+}
+
+#[test]
+fn memory_callbacks_reach_the_vcpu_they_serve() {
+    nvmm_testkit::kvm_or_skip!();
+    for emulated in [false, true] {
+        // mov al,[bx] with DS:BX at HOLE ; hlt
+        let mut g = guest(Mode::Real, &[0x8a, 0x07, 0xf4]);
+        let stop = g.vcpu.handle();
+        assert_eq!(memory_exit(&mut g.vcpu).0, HOLE);
+        if emulated {
+            // A state change before the assist makes it emulate the
+            // instruction in the library (as NetBSD's assist does).
+            g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rcx] = 7).unwrap();
+        }
+        let mut calls = 0;
+        g.vcpu
+            .assist_mem(|m| {
+                calls += 1;
+                assert!(!m.write);
+                m.data.fill(0x66);
+                let v = m.vcpu();
+                v.get_state(StateMask::GPRS | StateMask::SEGS).unwrap();
+                assert_eq!(v.state().gprs[Gpr::Rip], CODE, "the load not done yet");
+                v.state_mut().gprs[Gpr::Rdx] = 0xdd;
+                v.set_state(StateMask::GPRS).unwrap();
+                stop.stop();
+            })
+            .unwrap();
+        assert_eq!(calls, 1);
+        g.vcpu.get_state(StateMask::GPRS).unwrap();
+        let s = g.vcpu.state().gprs;
+        assert_eq!((s[Gpr::Rdx], s[Gpr::Rax] & 0xff), (0xdd, 0x66), "emulated={emulated}");
+        assert!(matches!(g.vcpu.run().unwrap(), Exit::Stopped), "the stop from the callback");
+        run_to_halt(&mut g.vcpu);
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 3, "emulated={emulated}");
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rax) & 0xff, 0x66, "emulated={emulated}");
+        if emulated {
+            assert_eq!(gpr(&mut g.vcpu, Gpr::Rcx), 7);
+        }
+    }
+}
+
+fn libc_ebusy() -> i32 {
+    16
+}
+
+/// A real-mode guest that counts in the word at 0x500 forever
+/// (`inc word [0x500] ; jmp $-4`), with the vector 0x40 handler of
+/// [`io_then_halt`].
+fn counting_guest() -> Guest {
+    let g = real_mode(&[0xff, 0x06, 0x00, 0x05, 0xeb, 0xfa]);
+    g.machine.write_gpa(0x1800, &[0xc6, 0x06, 0x00, 0x20, 0x40, 0xf4]).unwrap();
+    ivt(&g, 0x40, 0x1800);
+    g
+}
+
+/// Waits (bounded) until the counting guest has counted: it is inside a
+/// run then.
+fn wait_until_counting(m: &nvmm::Machine) {
+    let mut first = [0u8; 2];
+    m.read_gpa(0x500, &mut first).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut now = [0u8; 2];
+        m.read_gpa(0x500, &mut now).unwrap();
+        if now != first {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the guest never ran");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn another_thread_injects_and_stops_a_spinning_vcpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let g = counting_guest();
+    let (machine, mut vcpu) = (g.machine, g.vcpu);
+    let handle = vcpu.handle();
+    let (tx, rx) = mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        // Runs until the stop, then until the injected interrupt's HLT.
+        let first = next_exit(&mut vcpu, |e| e.reason());
+        let second = next_exit(&mut vcpu, |e| e.reason());
+        tx.send(()).unwrap();
+        (first, second)
+    });
+    wait_until_counting(&machine);
+    // Neither waits for the VCPU to leave the guest.
+    handle.inject(Event::interrupt(0x40)).unwrap();
+    handle.stop();
+    rx.recv_timeout(Duration::from_secs(20)).expect("the VCPU stopped");
+    let (first, second) = runner.join().unwrap();
+    assert_eq!((first, second), (reason::STOPPED, reason::HALTED));
+    let mut marker = [0u8; 1];
+    machine.read_gpa(0x2000, &mut marker).unwrap();
+    assert_eq!(marker[0], 0x40, "the interrupt injected from another thread was delivered");
+}
+
+#[test]
+fn a_vcpu_thread_that_blocks_every_signal_still_stops() {
+    nvmm_testkit::kvm_or_skip!();
+    for _ in 0..20 {
+        let g = counting_guest();
+        let (machine, mut vcpu) = (g.machine, g.vcpu);
+        let handle = vcpu.handle();
+        let runner = std::thread::spawn(move || {
+            block_every_signal();
+            next_exit(&mut vcpu, |e| e.reason())
+        });
+        wait_until_counting(&machine);
+        handle.stop();
+        let start = Instant::now();
+        assert_eq!(runner.join().unwrap(), reason::STOPPED);
+        assert!(start.elapsed() < Duration::from_secs(20));
+    }
+}
+
+/// Blocks every signal in the calling thread (QEMU's VCPU threads block
+/// all but their own).
+#[allow(unsafe_code)]
+fn block_every_signal() {
+    let all: u64 = !0;
+    // SAFETY: rt_sigprocmask(SIG_BLOCK, &all, NULL, 8) reads 8 bytes of
+    // mask and changes only the calling thread's signal mask.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &all as *const u64, 0usize, 8usize) };
+    assert_eq!(r, 0, "rt_sigprocmask");
+}
+
+#[test]
+fn setting_the_fpu_without_getting_it_keeps_the_avx_upper_halves() {
+    nvmm_testkit::kvm_or_skip!();
+    // At CPL 3: hosts that emulate guest kernel code cannot emulate AVX.
+    let mut g = user_mode64(&[
+        0xc5, 0xfd, 0x74, 0xc0, //                               vpcmpeqb ymm0,ymm0,ymm0
+        0xe6, 0x10, //                                           out 0x10,al
+        0xc5, 0xfe, 0x7f, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00, // vmovdqu YMMWORD PTR ds:0x2000,ymm0
+        0xe6, 0x10, //                                           out 0x10,al
+    ]);
+    assert_ne!(g.vcpu.state().fpu.fx_cw, 0);
+    g.vcpu
+        .update(StateMask::CRS, |s| {
+            s.crs[nvmm::Cr::Cr4] |= modes::cr4::OSXSAVE;
+            s.crs[nvmm::Cr::Xcr0] = xfeature::X87 | xfeature::SSE | xfeature::AVX;
+        })
+        .unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::IO);
+    // Set XMM0 without getting the FPU first.
+    g.vcpu.state_mut().fpu.fx_xmm[0] = [0x42; 16];
+    g.vcpu.state_mut().fpu.fx_cw = 0x37f;
+    g.vcpu.state_mut().fpu.fx_mxcsr = 0x1f80;
+    g.vcpu.set_state(StateMask::FPU).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::IO);
+    let mut ymm0 = [0u8; 32];
+    g.machine.read_gpa(0x2000, &mut ymm0).unwrap();
+    assert_eq!(&ymm0[..16], &[0x42; 16], "the FXSAVE part was set");
+    assert_eq!(&ymm0[16..], &[0xff; 16], "the upper half the guest wrote is kept");
+}

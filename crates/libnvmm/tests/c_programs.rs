@@ -82,3 +82,31 @@ fn instructions_kvm_cannot_emulate_complete_through_the_assist() {
     let out = run_ok(&exe, &[]);
     assert!(out.ends_with(" 0 failures\n"), "{out}");
 }
+
+#[test]
+fn memory_exits_tpr_exits_and_callbacks_follow_netbsd() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("semantics.c", &["guest.c"], Link::Shared);
+    let out = run_ok(&exe, &[]);
+    assert!(out.ends_with("\n0 failures\n"), "{out}");
+    // 3 modes x (4 or 3 MOV sizes + 2 string forms + 1 fetch), TPR x2,
+    // callbacks x2.
+    assert_eq!(out.matches("passed").count(), 7 + 6 + 6 + 2 + 2, "{out}");
+}
+
+#[test]
+fn other_threads_inject_stop_and_destroy_running_vcpus() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("threads.c", &[], Link::Shared);
+    let out = run_ok(&exe, &[]);
+    assert!(out.ends_with("\n0 failures\n"), "{out}");
+    assert_eq!(out.matches("passed").count(), 3, "{out}");
+}
+
+#[test]
+fn an_fpu_set_without_a_get_keeps_the_avx_upper_halves() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("fpu.c", &[], Link::Shared);
+    let out = run_ok(&exe, &[]);
+    assert!(out.ends_with("passed\n0 failures\n"), "{out}");
+}

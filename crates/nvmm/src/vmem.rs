@@ -35,6 +35,12 @@ impl<'a> GuestView<'a> {
         walk(self.map, &self.regs, linear)
     }
 
+    /// Up to 15 bytes before `linear` and 15 from it (what decoding the
+    /// instruction at, or ending at, an address needs).
+    pub(crate) fn around(&self, linear: u64) -> Window {
+        Window::around(self, linear)
+    }
+
     /// Reads `buf.len()` bytes at `linear`, stopping at the first page that
     /// is not translated or not guest RAM.
     pub(crate) fn read(&self, linear: u64, buf: &mut [u8]) -> Transfer {
@@ -97,5 +103,48 @@ impl<'a> GuestView<'a> {
         }
         // The whole run copied page by page: the failure was elsewhere.
         Transfer { done, failed_at: Some(linear.wrapping_add(done as u64)) }
+    }
+}
+
+/// Up to 15 guest bytes before a linear address and up to 15 from it,
+/// read at once.
+pub(crate) struct Window {
+    bytes: [u8; 30],
+    /// Bytes before the address (fewer near address 0 or when the page
+    /// before cannot be read).
+    back: usize,
+    /// Bytes from the address.
+    ahead: usize,
+}
+
+impl Window {
+    fn around(view: &GuestView<'_>, linear: u64) -> Window {
+        let mut w = Window { bytes: [0; 30], back: linear.min(15) as usize, ahead: 0 };
+        let start = linear - w.back as u64;
+        let t = view.read(start, &mut w.bytes[..w.back + 15]);
+        if t.done >= w.back {
+            w.ahead = t.done - w.back;
+            return w;
+        }
+        // The page before cannot be read: only what lies in RIP's page
+        // before it.
+        let in_page = (linear & 0xfff).min(15) as usize;
+        w.back = in_page;
+        let t = view.read(linear - in_page as u64, &mut w.bytes[..in_page + 15]);
+        if t.done < in_page {
+            w.back = 0;
+            w.ahead = view.read(linear, &mut w.bytes[..15]).done;
+        } else {
+            w.ahead = t.done - in_page;
+        }
+        w
+    }
+
+    pub(crate) fn before(&self) -> &[u8] {
+        &self.bytes[..self.back]
+    }
+
+    pub(crate) fn after(&self) -> &[u8] {
+        &self.bytes[self.back..self.back + self.ahead]
     }
 }

@@ -175,11 +175,10 @@ impl Vcpu {
         let linear = linear_rip(raw);
         let mem = self.machine.memory();
         let view = GuestView::new(&mem, self.paging_of(raw));
+        let w = view.around(linear);
         // A REP string store with elements left: KVM did one element and
         // left RIP on the instruction.
-        let mut ahead = [0u8; 15];
-        let n = view.read(linear, &mut ahead).done;
-        if let Ok(insn) = decode(&ahead[..n], mode)
+        if let Ok(insn) = decode(w.after(), mode)
             && matches!(insn.op(), Op::Movs | Op::Stos)
             && insn.rep() != Rep::None
             && g[Gpr::Rcx] & mask(insn.addr_size()) != 0
@@ -189,11 +188,8 @@ impl Vcpu {
         }
         // Else it is done: the longest instruction that ends exactly at
         // RIP and writes memory.
-        let mut window = [0u8; 15];
-        let back = linear.min(15) as usize;
-        if view.read(linear - back as u64, &mut window[..back]).done < back {
-            return;
-        }
+        let window = w.before();
+        let back = window.len();
         for len in (1..=back).rev() {
             let Ok(insn) = decode(&window[back - len..back], mode) else { continue };
             if usize::from(insn.len()) != len || insn.memory().is_none() {

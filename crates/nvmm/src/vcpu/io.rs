@@ -106,7 +106,7 @@ impl Vcpu {
         let (at_rip, ending) = {
             let mem = self.machine.memory();
             let view = GuestView::new(&mem, self.paging_of(raw));
-            let w = Window::around(&view, linear);
+            let w = view.around(linear);
             let at_rip = decode_io(w.after(), mode).ok().filter(|d| matches(d));
             let needs_back = match at_rip {
                 None => !is_in,
@@ -158,49 +158,6 @@ impl Vcpu {
 /// RCX (or ECX, CX by address size) as a REP string instruction counts it.
 fn rep_count(g: &Gprs, d: &IoInstruction) -> u64 {
     g[Gpr::Rcx] & crate::assist::decode::mask(d.address_size)
-}
-
-/// Up to 15 guest bytes before a linear address and up to 15 from it,
-/// read at once.
-struct Window {
-    bytes: [u8; 30],
-    /// Bytes before the address (fewer near address 0 or when the page
-    /// before cannot be read).
-    back: usize,
-    /// Bytes from the address.
-    ahead: usize,
-}
-
-impl Window {
-    fn around(view: &GuestView<'_>, linear: u64) -> Window {
-        let mut w = Window { bytes: [0; 30], back: linear.min(15) as usize, ahead: 0 };
-        let start = linear - w.back as u64;
-        let t = view.read(start, &mut w.bytes[..w.back + 15]);
-        if t.done >= w.back {
-            w.ahead = t.done - w.back;
-            return w;
-        }
-        // The page before cannot be read: only what lies in RIP's page
-        // before it.
-        let in_page = (linear & 0xfff).min(15) as usize;
-        w.back = in_page;
-        let t = view.read(linear - in_page as u64, &mut w.bytes[..in_page + 15]);
-        if t.done < in_page {
-            w.back = 0;
-            w.ahead = view.read(linear, &mut w.bytes[..15]).done;
-        } else {
-            w.ahead = t.done - in_page;
-        }
-        w
-    }
-
-    fn before(&self) -> &[u8] {
-        &self.bytes[..self.back]
-    }
-
-    fn after(&self) -> &[u8] {
-        &self.bytes[self.back..self.back + self.ahead]
-    }
 }
 
 /// Whether `before` (the bytes before RIP) can end with an OUT to `port`:

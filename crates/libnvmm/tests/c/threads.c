@@ -1,0 +1,290 @@
+/*
+ * Other threads, as NetBSD allows them, against a VCPU spinning in the
+ * guest (a counter in guest RAM proves it runs):
+ *
+ * - nvmm_vcpu_inject from another thread returns at once (it only marks
+ *   the comm page) and the event lands at the next run;
+ * - nvmm_vcpu_destroy and nvmm_machine_destroy stop the VCPU, wait for its
+ *   run to end, then destroy it: the runner gets STOPPED, later calls fail
+ *   with ENOENT, never a crash; 1000 rounds, no descriptor leaked;
+ * - a VCPU thread that blocks every signal still stops.
+ *
+ * No sleeps as synchronisation: threads wait for the guest's counter or
+ * for each other, with bounded waits.
+ */
+
+#include <nvmm.h>
+
+#include <dirent.h>
+#include <err.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#define PAGE_SIZE	4096
+#define CODE		0x1000
+#define COUNTER		0x500
+#define ROUNDS		1000
+
+static int failures;
+
+#define TRUE(cond) do {							\
+	if (!(cond)) {							\
+		printf("FAIL %s:%d: %s\n", __func__, __LINE__, #cond);	\
+		failures++;						\
+	}								\
+} while (0)
+
+struct guest {
+	struct nvmm_machine mach;
+	struct nvmm_vcpu vcpu;
+	volatile uint8_t *ram;
+};
+
+static double
+now(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/*
+ * A real-mode guest counting in the word at COUNTER forever:
+ * inc word [0x500] ; jmp $-4. A handler for vector 0x40 at 0x800:
+ * mov byte [0x600],0x40 ; hlt.
+ */
+static void
+guest_create(struct guest *g)
+{
+	static const uint8_t code[] = { 0xff, 0x06, 0x00, 0x05, 0xeb, 0xfa };
+	static const uint8_t handler[] = { 0xc6, 0x06, 0x00, 0x06, 0x40, 0xf4 };
+	struct nvmm_x64_state *s;
+	uint8_t *ram;
+
+	if (nvmm_machine_create(&g->mach) == -1)
+		err(EXIT_FAILURE, "nvmm_machine_create");
+	if (nvmm_vcpu_create(&g->mach, 0, &g->vcpu) == -1)
+		err(EXIT_FAILURE, "nvmm_vcpu_create");
+	ram = mmap(NULL, 4 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE, -1, 0);
+	if (ram == MAP_FAILED)
+		err(EXIT_FAILURE, "mmap");
+	if (nvmm_hva_map(&g->mach, (uintptr_t)ram, 4 * PAGE_SIZE) == -1)
+		err(EXIT_FAILURE, "nvmm_hva_map");
+	if (nvmm_gpa_map(&g->mach, (uintptr_t)ram, 0, 4 * PAGE_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC) == -1)
+		err(EXIT_FAILURE, "nvmm_gpa_map");
+	memcpy(ram + CODE, code, sizeof(code));
+	memcpy(ram + 0x800, handler, sizeof(handler));
+	/* IVT[0x40] = 0000:0800 */
+	ram[0x40 * 4 + 0] = 0x00;
+	ram[0x40 * 4 + 1] = 0x08;
+	if (nvmm_vcpu_getstate(&g->mach, &g->vcpu, NVMM_X64_STATE_GPRS | NVMM_X64_STATE_SEGS) == -1)
+		err(EXIT_FAILURE, "nvmm_vcpu_getstate");
+	s = g->vcpu.state;
+	s->segs[NVMM_X64_SEG_CS].base = 0;
+	s->segs[NVMM_X64_SEG_CS].selector = 0;
+	s->segs[NVMM_X64_SEG_IDT].base = 0;
+	s->segs[NVMM_X64_SEG_IDT].limit = 0x3ff;
+	s->gprs[NVMM_X64_GPR_RIP] = CODE;
+	s->gprs[NVMM_X64_GPR_RSP] = 0x3000;
+	if (nvmm_vcpu_setstate(&g->mach, &g->vcpu, NVMM_X64_STATE_GPRS | NVMM_X64_STATE_SEGS) == -1)
+		err(EXIT_FAILURE, "nvmm_vcpu_setstate");
+	g->ram = ram;
+}
+
+static uint16_t
+counter(struct guest *g)
+{
+	return *(volatile uint16_t *)(g->ram + COUNTER);
+}
+
+/* Waits (at most 20 s) until the guest has counted: it is in a run. */
+static int
+wait_counting(struct guest *g)
+{
+	uint16_t first = counter(g);
+	double deadline = now() + 20;
+
+	while (counter(g) == first) {
+		if (now() > deadline)
+			return -1;
+		sched_yield();
+	}
+	return 0;
+}
+
+/* Runs until an exit other than NONE: its reason, or ~0 when a call
+ * fails (errno then says why). */
+static uint64_t
+run(struct guest *g)
+{
+	for (;;) {
+		if (nvmm_vcpu_run(&g->mach, &g->vcpu) == -1)
+			return ~0ULL;
+		if (g->vcpu.exit->reason != NVMM_VCPU_EXIT_NONE)
+			return g->vcpu.exit->reason;
+	}
+}
+
+struct runner {
+	struct guest *g;
+	uint64_t reasons[2];
+	int nreasons;
+	int last_errno;
+	int block_signals;
+	atomic_int exits;	/* exits seen so far, for the other thread */
+};
+
+static void *
+runner_main(void *arg)
+{
+	struct runner *r = arg;
+
+	if (r->block_signals) {
+		sigset_t all;
+
+		sigfillset(&all);
+		pthread_sigmask(SIG_BLOCK, &all, NULL);
+	}
+	for (r->nreasons = 0; r->nreasons < 2; r->nreasons++) {
+		uint64_t reason = run(r->g);
+
+		r->reasons[r->nreasons] = reason;
+		atomic_fetch_add(&r->exits, 1);
+		if (reason == ~0ULL) {
+			r->last_errno = errno;
+			break;
+		}
+		if (reason == NVMM_VCPU_EXIT_HALTED)
+			break;
+	}
+	return NULL;
+}
+
+static void
+test_inject_from_another_thread(void)
+{
+	struct guest g;
+	struct runner r = { .g = &g };
+	pthread_t t;
+	double t0;
+
+	guest_create(&g);
+	if (pthread_create(&t, NULL, runner_main, &r) != 0)
+		err(EXIT_FAILURE, "pthread_create");
+	TRUE(wait_counting(&g) == 0);
+	/* Neither waits for the VCPU to leave the guest. */
+	t0 = now();
+	g.vcpu.event->type = NVMM_VCPU_EVENT_INTR;
+	g.vcpu.event->vector = 0x40;
+	TRUE(nvmm_vcpu_inject(&g.mach, &g.vcpu) == 0);
+	TRUE(nvmm_vcpu_stop(&g.vcpu) == 0);
+	TRUE(now() - t0 < 5);
+	pthread_join(t, NULL);
+	TRUE(r.nreasons == 1 && r.reasons[0] == NVMM_VCPU_EXIT_STOPPED);
+	TRUE(r.reasons[1] == NVMM_VCPU_EXIT_HALTED);
+	TRUE(g.ram[0x600] == 0x40);
+	TRUE(nvmm_machine_destroy(&g.mach) == 0);
+	if (failures == 0)
+		printf("Test 'inject and stop from another thread' passed\n");
+}
+
+static int
+open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	if (d == NULL)
+		err(EXIT_FAILURE, "/proc/self/fd");
+	while (readdir(d) != NULL)
+		n++;
+	closedir(d);
+	return n;
+}
+
+static void
+test_destroy_while_running(void)
+{
+	int before = -1, f0 = failures;
+
+	for (int i = 0; i < ROUNDS; i++) {
+		struct guest g;
+		struct runner r = { .g = &g };
+		pthread_t t;
+
+		if (i == 1)
+			before = open_fds();
+		guest_create(&g);
+		if (pthread_create(&t, NULL, runner_main, &r) != 0)
+			err(EXIT_FAILURE, "pthread_create");
+		if (wait_counting(&g) != 0) {
+			TRUE(!"the guest never ran");
+			break;
+		}
+		if (i % 2 == 0)
+			TRUE(nvmm_vcpu_destroy(&g.mach, &g.vcpu) == 0);
+		else
+			TRUE(nvmm_machine_destroy(&g.mach) == 0);
+		pthread_join(t, NULL);
+		/* The run in progress ended STOPPED; the next call failed. */
+		TRUE(r.reasons[0] == NVMM_VCPU_EXIT_STOPPED);
+		TRUE(r.nreasons == 1 && r.reasons[1] == ~0ULL && r.last_errno == ENOENT);
+		if (i % 2 == 0)
+			TRUE(nvmm_machine_destroy(&g.mach) == 0);
+		munmap((void *)g.ram, 4 * PAGE_SIZE);
+		if (failures > f0 + 5)
+			break;
+	}
+	TRUE(open_fds() == before);
+	if (failures == f0)
+		printf("Test 'destroy while running, %d rounds' passed\n", ROUNDS);
+}
+
+static void
+test_stop_with_every_signal_blocked(void)
+{
+	int f0 = failures;
+
+	for (int i = 0; i < 20; i++) {
+		struct guest g;
+		struct runner r = { .g = &g, .block_signals = 1 };
+		pthread_t t;
+
+		guest_create(&g);
+		if (pthread_create(&t, NULL, runner_main, &r) != 0)
+			err(EXIT_FAILURE, "pthread_create");
+		TRUE(wait_counting(&g) == 0);
+		TRUE(nvmm_vcpu_stop(&g.vcpu) == 0);
+		/* The stop alone ends the run; destroy ends the next one. */
+		double deadline = now() + 20;
+		while (atomic_load(&r.exits) == 0 && now() < deadline)
+			sched_yield();
+		TRUE(atomic_load(&r.exits) >= 1);
+		TRUE(nvmm_machine_destroy(&g.mach) == 0);
+		pthread_join(t, NULL);
+		TRUE(r.reasons[0] == NVMM_VCPU_EXIT_STOPPED);
+		munmap((void *)g.ram, 4 * PAGE_SIZE);
+	}
+	if (failures == f0)
+		printf("Test 'stop with every signal blocked' passed\n");
+}
+
+int
+main(void)
+{
+	if (nvmm_init() == -1)
+		err(EXIT_FAILURE, "nvmm_init");
+	test_inject_from_another_thread();
+	test_destroy_while_running();
+	test_stop_with_every_signal_blocked();
+	printf("%d failures\n", failures);
+	return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -227,12 +227,47 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
     }
 }
 
+/// The memory operand of an instruction the machine does not decode
+/// itself (the FPU, MXCSR and XSAVE-family instructions): `modrm` holds the
+/// ModRM byte and what follows it; `legacy` the segment-override and
+/// address-size prefixes in front of the instruction; `rex` its REX (or
+/// VEX) X and B bits. Decoded with the machine's own ModRM, SIB and
+/// displacement grammar, as the memory operand of `mov r32, r/m32`. Returns
+/// the operand with its size set to `size`, and how many bytes ModRM and
+/// the rest took. `None` for a register form or bytes that end early.
+pub fn memory_operand(legacy: &[u8], rex: u8, modrm: &[u8], mode: CpuMode, size: u8) -> Option<(Mem, usize)> {
+    if modrm.first().is_none_or(|m| m >> 6 == 3) || legacy.len() > 4 {
+        return None;
+    }
+    let mut bytes = [0u8; MAX_LEN];
+    let mut n = 0;
+    for &p in legacy {
+        bytes[n] = p;
+        n += 1;
+    }
+    if mode == CpuMode::Bits64 && rex & 3 != 0 {
+        bytes[n] = 0x40 | (rex & 3);
+        n += 1;
+    }
+    let head = n;
+    bytes[n] = 0x8b;
+    n += 1;
+    let rest = modrm.len().min(MAX_LEN - n);
+    bytes[n..n + rest].copy_from_slice(&modrm[..rest]);
+    let insn = fsm::decode(&bytes[..n + rest], mode).ok()?;
+    let m = insn.memory()?;
+    let used = usize::from(insn.len()) - head - 1;
+    Some((Mem::new(m.seg(), m.base(), m.index(), m.disp(), m.rip_relative(), m.addr_size(), size), used))
+}
+
 mod common;
+mod control;
 mod fsm;
 mod instruction;
 mod mem;
 mod tables;
 
+pub use control::{ControlInsn, ControlOp, decode_control};
 pub use instruction::{Instruction, Shape};
 pub use mem::Mem;
 

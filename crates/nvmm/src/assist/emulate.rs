@@ -28,6 +28,11 @@ use super::x87;
 use crate::x86::state::{Cr, Gpr, Seg, State, StateMask};
 use crate::x86::xsave::Xsave;
 
+mod control;
+mod xsave_area;
+
+pub use control::execute_control;
+
 /// Why an instruction could not be emulated.
 #[derive(Debug)]
 pub enum EmuError {
@@ -114,8 +119,13 @@ struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     fn new(st: &'a mut State, insn: &Instruction) -> Ctx<'a> {
+        Ctx::with_len(st, insn.len())
+    }
+
+    /// The context of an instruction of `len` bytes at RIP.
+    fn with_len(st: &'a mut State, len: u8) -> Ctx<'a> {
         let mode = CpuMode::of(st);
-        let next_rip = mode.advance(st.gprs[Gpr::Rip], u64::from(insn.len()));
+        let next_rip = mode.advance(st.gprs[Gpr::Rip], u64::from(len));
         let cpl = st.segs[Seg::Ss].attrib.dpl();
         Ctx { st, mode, cpl, next_rip }
     }

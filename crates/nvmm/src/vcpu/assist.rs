@@ -18,21 +18,12 @@
 //! held); only running it or starting another assist is refused (`EBUSY`).
 
 use super::Vcpu;
-use super::inflight::Inflight;
-use crate::assist::decode::{DecodeError, MAX_LEN, decode};
-use crate::assist::emulate::{EmuCpu, EmuError, EmuMemory, execute};
-use crate::assist::mmu::{Access, AccessKind, WalkError, translate_range};
 use crate::backend::{Parts, VcpuBackend};
 use crate::error::{Error, Result};
 use crate::exit::record::ExitRecord;
 use crate::exit::{
     EmulationFailure, Exit, InvalidExit, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit,
 };
-use crate::memory::Prot;
-use crate::x86::event::Event;
-use crate::x86::mode::{CpuMode, linear_rip};
-use crate::x86::state::{Cr, State, StateMask};
-use crate::x86::xsave::Xsave;
 
 /// One port access handed to the I/O callback (`struct nvmm_io`).
 #[derive(Debug)]
@@ -66,9 +57,10 @@ pub struct MemRequest<'a> {
     /// fills `data`).
     pub write: bool,
     /// The bytes: 1 to 8 for plain accesses, up to a page chunk (32 bytes
-    /// for AVX moves, 16 for CMPXCHG16B, 10 for x87 m80) for emulated ones.
+    /// for AVX moves, 16 for CMPXCHG16B, 10 for x87 m80, up to 1024 for an
+    /// XSAVE component) for emulated ones.
     pub data: &'a mut [u8],
-    vcpu: &'a mut Vcpu,
+    pub(super) vcpu: &'a mut Vcpu,
 }
 
 impl MemRequest<'_> {
@@ -205,59 +197,6 @@ impl Vcpu {
         }
     }
 
-    fn emulate(&mut self, mem: &mut dyn FnMut(&mut MemRequest<'_>)) -> Result<AssistOutcome> {
-        let from_kvm = matches!(self.last, ExitRecord::Memory { .. });
-        self.get_state(StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS)?;
-        let mut bytes = [0u8; MAX_LEN];
-        let n = match self.last {
-            ExitRecord::EmulationFailure { bytes: b, len, .. } if len > 0 => {
-                bytes[..usize::from(len)].copy_from_slice(&b[..usize::from(len)]);
-                usize::from(len)
-            }
-            _ => self.fetch_instruction(&mut bytes, mem)?,
-        };
-        let state = *self.comm.state();
-        let mode = CpuMode::of(&state);
-        let insn = decode(&bytes[..n], mode).map_err(|e| match e {
-            DecodeError::Truncated => Error::Translation { gva: linear_rip(&state) },
-            _ => Error::UnsupportedInstruction { detail: e.to_string() },
-        })?;
-        let regs = self.paging_of(&state);
-        let fpu = matches!(insn.op(), crate::assist::decode::Op::X87(_) | crate::assist::decode::Op::Vec(_));
-        if fpu {
-            self.get_state(StateMask::FPU)?;
-        }
-        let state = *self.comm.state();
-        let mut cpu =
-            CpuCopy { state, xsave: fpu.then(|| self.xsave.clone()), marked: StateMask::NONE, before: state.gprs };
-        let result = {
-            let mut guest = GuestMemory { vcpu: self, regs, callback: mem };
-            execute(&insn, &mut cpu, &mut guest)
-        };
-        self.adopt(&cpu)?;
-        // The instruction is done here: KVM must not finish anything.
-        if let Some(f) = self.inflight.as_mut() {
-            f.emulated = true;
-        } else if from_kvm {
-            self.inflight = Some(Inflight { emulated: true, ..Inflight::new(self.last) });
-        }
-        match result {
-            Ok(()) => Ok(AssistOutcome::Completed),
-            Err(EmuError::Exception { vector, error_code, cr2 }) => {
-                if let Some(cr2) = cr2 {
-                    self.get_state(StateMask::CRS)?;
-                    self.comm.state_mut().crs[Cr::Cr2] = cr2;
-                    self.set_state(StateMask::CRS)?;
-                }
-                self.inject_internal(Event::exception(vector, u64::from(error_code.unwrap_or(0))));
-                Ok(AssistOutcome::Exception { vector })
-            }
-            Err(EmuError::State(e)) => Err(e),
-            Err(EmuError::Memory(what)) => Err(Error::GuestMemory { what }),
-            Err(EmuError::Unsupported(what)) => Err(Error::UnsupportedInstruction { detail: what.to_string() }),
-        }
-    }
-
     /// After a callback changed registers during a KVM-decoded memory
     /// assist: KVM finishes the instruction now, and the registers become
     /// its result with the callback's changes kept (those it made to
@@ -271,179 +210,6 @@ impl Vcpu {
         let merged = &mut self.comm.state_mut().gprs;
         for i in 0..merged.0.len() {
             merged.0[i] = if after.0[i] != before.0[i] { after.0[i] } else { program.0[i] };
-        }
-        Ok(())
-    }
-
-    /// Takes the emulator's results into the cache: the registers it
-    /// changed (a callback may have changed others meanwhile, which stay;
-    /// INT3 moves RIP past itself before raising #BP), the FPU when it
-    /// ran an x87 or vector instruction.
-    fn adopt(&mut self, cpu: &CpuCopy) -> Result<()> {
-        let m = cpu.marked | StateMask::GPRS;
-        let s = self.comm.state_mut();
-        for ((reg, new), old) in s.gprs.0.iter_mut().zip(cpu.state.gprs.0).zip(cpu.before.0) {
-            if new != old {
-                *reg = new;
-            }
-        }
-        if m.contains(StateMask::FPU) {
-            s.fpu = cpu.state.fpu;
-            if let Some(x) = &cpu.xsave {
-                self.xsave = x.clone();
-                self.cache.xsave_current = true;
-            }
-        }
-        if !m.is_empty() {
-            self.set_state(m)?;
-        }
-        Ok(())
-    }
-
-    /// Reads up to 15 instruction bytes at CS:RIP: from guest RAM, and
-    /// through the memory callback where RIP's page is not RAM (code run
-    /// from a device). Stops early only at a page the walker cannot
-    /// translate (NVMM bug #16: an instruction at the end of the last
-    /// mapped page still decodes).
-    fn fetch_instruction(
-        &mut self,
-        bytes: &mut [u8; MAX_LEN],
-        mem: &mut dyn FnMut(&mut MemRequest<'_>),
-    ) -> Result<usize> {
-        let state = *self.comm.state();
-        let linear = linear_rip(&state);
-        let regs = self.paging_of(&state);
-        let access = Access {
-            kind: AccessKind::Fetch,
-            user: state.segs[crate::x86::state::Seg::Ss].attrib.dpl() == 3,
-            ac: false,
-        };
-        let mut done = 0;
-        while done < MAX_LEN {
-            let at = linear.wrapping_add(done as u64);
-            let n = ((4096 - (at & 0xfff)) as usize).min(MAX_LEN - done);
-            let pieces = {
-                let map = self.machine.memory();
-                match translate_range(&*map, &regs, at, n, access) {
-                    Ok(p) => p,
-                    Err(_) => break,
-                }
-            };
-            for (gpa, len) in pieces {
-                let chunk = &mut bytes[done..done + len];
-                if !self.read_ram(gpa, chunk) {
-                    mem(&mut MemRequest { gpa, write: false, data: chunk, vcpu: self });
-                }
-                done += len;
-            }
-        }
-        if done == 0 {
-            return Err(Error::Translation { gva: linear });
-        }
-        Ok(done)
-    }
-
-    /// Copies guest RAM at `gpa` when all of it is RAM the guest may read.
-    fn read_ram(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let map = self.machine.memory();
-        let ram = map.area(gpa).is_some_and(|a| {
-            a.slot.is_some() && a.prot.contains(Prot::READ) && gpa + buf.len() as u64 <= a.gpa + a.size
-        });
-        ram && map.read(gpa, buf).is_ok()
-    }
-
-    /// Writes guest RAM at `gpa` when all of it is RAM the guest may write.
-    fn write_ram(&self, gpa: u64, buf: &[u8]) -> bool {
-        let map = self.machine.memory();
-        let ram = map.area(gpa).is_some_and(|a| {
-            a.slot.is_some() && a.prot.contains(Prot::WRITE) && gpa + buf.len() as u64 <= a.gpa + a.size
-        });
-        ram && map.write(gpa, buf).is_ok()
-    }
-}
-
-/// The emulator's CPU: a copy of the state (the FPU fetched beforehand for
-/// x87 and vector instructions), so that the memory callback can use the
-/// VCPU meanwhile; [`Vcpu::adopt`] takes the result back.
-struct CpuCopy {
-    state: State,
-    xsave: Option<Xsave>,
-    marked: StateMask,
-    /// The registers the emulation started from.
-    before: crate::x86::state::Gprs,
-}
-
-impl EmuCpu for CpuCopy {
-    fn state(&mut self, _mask: StateMask) -> std::result::Result<&mut State, EmuError> {
-        Ok(&mut self.state)
-    }
-
-    fn xsave(&mut self) -> &mut Xsave {
-        self.xsave.get_or_insert_with(Xsave::default)
-    }
-
-    fn mark(&mut self, mask: StateMask) {
-        self.marked |= mask;
-    }
-}
-
-/// Guest memory for the emulator: linear addresses through the walker,
-/// RAM directly, devices through the callback (no lock held while it runs).
-struct GuestMemory<'v, 'b> {
-    vcpu: &'v mut Vcpu,
-    regs: crate::assist::mmu::PagingRegs,
-    callback: &'b mut dyn FnMut(&mut MemRequest<'_>),
-}
-
-impl GuestMemory<'_, '_> {
-    fn pieces(&self, linear: u64, len: usize, access: Access) -> std::result::Result<Vec<(u64, usize)>, EmuError> {
-        let map = self.vcpu.machine.memory();
-        translate_range(&*map, &self.regs, linear, len, access).map_err(|e| match e {
-            WalkError::TableUnreadable { .. } | WalkError::InvalidMode => {
-                EmuError::Memory("page tables outside guest RAM")
-            }
-            WalkError::NonCanonical { .. } => EmuError::Exception { vector: 13, error_code: Some(0), cr2: None },
-            WalkError::NotPresent { gva, error_code, .. }
-            | WalkError::Reserved { gva, error_code, .. }
-            | WalkError::Protection { gva, error_code } => {
-                EmuError::Exception { vector: 14, error_code: Some(error_code), cr2: Some(gva) }
-            }
-        })
-    }
-}
-
-impl EmuMemory for GuestMemory<'_, '_> {
-    fn read(&mut self, linear: u64, buf: &mut [u8], access: Access) -> std::result::Result<(), EmuError> {
-        let mut done = 0;
-        for (gpa, n) in self.pieces(linear, buf.len(), access)? {
-            let chunk = &mut buf[done..done + n];
-            if !self.vcpu.read_ram(gpa, chunk) {
-                (self.callback)(&mut MemRequest { gpa, write: false, data: chunk, vcpu: self.vcpu });
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, linear: u64, buf: &[u8], access: Access) -> std::result::Result<(), EmuError> {
-        let access = Access { kind: AccessKind::Write, ..access };
-        let mut done = 0;
-        for (gpa, n) in self.pieces(linear, buf.len(), access)? {
-            let chunk = &buf[done..done + n];
-            if !self.vcpu.write_ram(gpa, chunk) {
-                let mut data = [0u8; 64];
-                let len = n.min(64);
-                data[..len].copy_from_slice(&chunk[..len]);
-                let mut big;
-                let slice: &mut [u8] = if n <= 64 {
-                    &mut data[..n]
-                } else {
-                    big = chunk.to_vec();
-                    &mut big
-                };
-                (self.callback)(&mut MemRequest { gpa, write: true, data: slice, vcpu: self.vcpu });
-            }
-            done += n;
         }
         Ok(())
     }

@@ -45,6 +45,7 @@ use crate::x86::xsave::{Xsave, xfeature};
 mod assist;
 mod configure;
 mod dump;
+mod emulation;
 mod exit_state;
 mod handle;
 mod inflight;

@@ -1,0 +1,250 @@
+//! Execution of the control instructions ([`ControlInsn`]): x87 control,
+//! MXCSR, vector register moves and zeroing, XGETBV, and (in
+//! [`xsave_area`](super::xsave_area)) the XSAVE family.
+//!
+//! Each checks what the CPU checks first: CR0.EM and CR0.TS for x87
+//! (#NM), CR0.EM, CR4.OSFXSR and CR0.TS for SSE (#UD, #NM), real mode,
+//! CR4.OSXSAVE and XCR0 for VEX (#UD), pending unmasked x87 exceptions
+//! for the waiting instructions FWAIT and FLDCW (#MF, with CR0.NE; with
+//! CR0.NE clear the CPU signals FERR# instead, which the emulator does
+//! not model, so nothing is raised). The instruction works on a copy of
+//! the FPU state, taken back only when it completes.
+#![forbid(unsafe_code)]
+
+use super::{Ctx, EmuCpu, EmuError, EmuMemory, gp0, xsave_area};
+use crate::assist::decode::{ControlInsn, ControlOp, CpuMode, Reg};
+use crate::x86::bits::{cr0, cr4, rflags};
+use crate::x86::state::{Cr, Fxsave, Gpr, StateMask};
+use crate::x86::xsave::{Xsave, xfeature};
+
+/// An exception without error code.
+pub(super) fn fault(vector: u8) -> EmuError {
+    EmuError::Exception { vector, error_code: None, cr2: None }
+}
+
+const UD: u8 = 6;
+const NM: u8 = 7;
+const MF: u8 = 16;
+
+/// x87 status-word bits.
+const FSW_ES: u16 = 1 << 7;
+const FSW_B: u16 = 1 << 15;
+
+/// Executes a control instruction (see the [module](self)). On success
+/// RIP is past it.
+///
+/// # Errors
+///
+/// [`EmuError::Exception`] for the exception the CPU raises (nothing
+/// changed), [`EmuError::Unsupported`] for an XSAVE of components the
+/// emulator does not know (AMX), [`EmuError::State`] and
+/// [`EmuError::Memory`] from the CPU and memory.
+pub fn execute_control<C: EmuCpu + ?Sized, M: EmuMemory + ?Sized>(
+    insn: &ControlInsn,
+    cpu: &mut C,
+    mem: &mut M,
+) -> Result<(), EmuError> {
+    let want = StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS | StateMask::FPU;
+    let mut fx = cpu.state(want)?.fpu;
+    let mut xs = cpu.xsave().clone();
+    let mut c = Ctx::with_len(cpu.state(StateMask::NONE)?, insn.len);
+    run(&mut c, insn, mem, &mut fx, &mut xs)?;
+    c.complete(true);
+    c.st.fpu = fx;
+    *cpu.xsave() = xs;
+    cpu.mark(StateMask::FPU | StateMask::GPRS);
+    Ok(())
+}
+
+fn run<M: EmuMemory + ?Sized>(
+    c: &mut Ctx<'_>,
+    insn: &ControlInsn,
+    mem: &mut M,
+    fx: &mut Fxsave,
+    xs: &mut Xsave,
+) -> Result<(), EmuError> {
+    use ControlOp::*;
+    let cr0v = c.st.crs[Cr::Cr0];
+    match insn.op {
+        Fninit | Fnclex | FnstswAx | Fnstsw | Fnstcw | Fldcw => {
+            if cr0v & (cr0::EM | cr0::TS) != 0 {
+                return Err(fault(NM));
+            }
+        }
+        Fwait => {
+            if cr0v & (cr0::MP | cr0::TS) == cr0::MP | cr0::TS {
+                return Err(fault(NM));
+            }
+        }
+        Xgetbv => {}
+        Xsave | Xsaveopt | Xsavec | Xrstor => {
+            if c.st.crs[Cr::Cr4] & cr4::OSXSAVE == 0 {
+                return Err(fault(UD));
+            }
+            if cr0v & cr0::TS != 0 {
+                return Err(fault(NM));
+            }
+        }
+        _ => vector_available(c, insn.vex)?,
+    }
+    if matches!(insn.op, Fwait | Fldcw) && fx.fx_sw & FSW_ES != 0 && cr0v & cr0::NE != 0 {
+        return Err(fault(MF));
+    }
+    let mem_op = || insn.mem.ok_or(EmuError::Unsupported("control instruction without its memory operand"));
+    match insn.op {
+        Fninit => {
+            fx.fx_cw = 0x37f;
+            fx.fx_sw = 0;
+            fx.fx_tw = 0;
+            fx.fx_opcode = 0;
+            fx.fx_ip = 0;
+            fx.fx_dp = 0;
+        }
+        // IE, DE, ZE, OE, UE, PE, SF, ES and B.
+        Fnclex => fx.fx_sw &= !0x80ff,
+        Fwait => {}
+        FnstswAx => c.write_reg(Reg::Gpr { num: 0, size: 2, high8: false }, u64::from(fx.fx_sw)),
+        Fnstsw => c.store(mem, &mem_op()?, &fx.fx_sw.to_le_bytes())?,
+        Fnstcw => c.store(mem, &mem_op()?, &fx.fx_cw.to_le_bytes())?,
+        Fldcw => {
+            let mut b = [0u8; 2];
+            c.load(mem, &mem_op()?, &mut b)?;
+            // Bit 6 reads as 1, bits 13-15 as 0.
+            fx.fx_cw = (u16::from_le_bytes(b) & 0x1f3f) | 0x40;
+            // The new masks decide whether an exception is pending.
+            if fx.fx_sw & 0x3f & !fx.fx_cw != 0 {
+                fx.fx_sw |= FSW_ES | FSW_B;
+            } else {
+                fx.fx_sw &= !(FSW_ES | FSW_B);
+            }
+        }
+        Ldmxcsr => {
+            let mut b = [0u8; 4];
+            c.load(mem, &mem_op()?, &mut b)?;
+            let v = u32::from_le_bytes(b);
+            if v & !mxcsr_mask(fx) != 0 {
+                return Err(gp0());
+            }
+            fx.fx_mxcsr = v;
+        }
+        Stmxcsr => c.store(mem, &mem_op()?, &fx.fx_mxcsr.to_le_bytes())?,
+        MovReg => {
+            let v = ymm(fx, xs, insn.src);
+            set_vector(fx, xs, insn, v);
+        }
+        MovqReg => {
+            let mut v = [0u8; 32];
+            v[..8].copy_from_slice(&fx.fx_xmm[usize::from(insn.src)][..8]);
+            set_vector(fx, xs, insn, v);
+        }
+        MovdToXmm => {
+            let size = if insn.w { 8 } else { 4 };
+            let g = c.read_reg(Reg::Gpr { num: insn.src, size, high8: false });
+            let mut v = [0u8; 32];
+            v[..8].copy_from_slice(&g.to_le_bytes());
+            set_vector(fx, xs, insn, v);
+        }
+        MovdFromXmm => {
+            let size = if insn.w { 8 } else { 4 };
+            let x = u64::from_le_bytes(fx.fx_xmm[usize::from(insn.src)][..8].try_into().expect("8 bytes"));
+            c.write_reg(Reg::Gpr { num: insn.dst, size, high8: false }, x);
+        }
+        Xor => {
+            let a = ymm(fx, xs, insn.src1);
+            let b = match insn.mem {
+                Some(m) => {
+                    let size = if insn.wide { 32 } else { 16 };
+                    let lin = c.mem_linear(&m, size as u64, false)?;
+                    // Legacy SSE memory operands are aligned.
+                    if !insn.vex && lin % 16 != 0 {
+                        return Err(gp0());
+                    }
+                    let mut b = [0u8; 32];
+                    c.load(mem, &m, &mut b[..size])?;
+                    b
+                }
+                None => ymm(fx, xs, insn.src),
+            };
+            let mut v = [0u8; 32];
+            for (o, (x, y)) in v.iter_mut().zip(a.iter().zip(b)) {
+                *o = x ^ y;
+            }
+            set_vector(fx, xs, insn, v);
+        }
+        Vzeroupper | Vzeroall => {
+            let n = if c.mode == CpuMode::Bits64 { 16 } else { 8 };
+            for r in 0..n {
+                if insn.op == Vzeroall {
+                    fx.fx_xmm[r] = [0; 16];
+                }
+                let _ = xs.set_ymm_hi(r, [0; 16]);
+            }
+            if (0..16).all(|r| xs.ymm_hi(r).is_ok_and(|h| h == [0; 16])) {
+                xs.set_xstate_bv(xs.xstate_bv() & !xfeature::AVX);
+            }
+        }
+        Xgetbv => {
+            if c.st.crs[Cr::Cr4] & cr4::OSXSAVE == 0 {
+                return Err(fault(UD));
+            }
+            let xcr0 = c.st.crs[Cr::Xcr0];
+            let v = match c.gpr(1) as u32 {
+                0 => xcr0,
+                1 => xcr0 & xsave_area::in_use(fx, xs),
+                _ => return Err(gp0()),
+            };
+            c.write_reg(Reg::Gpr { num: 0, size: 4, high8: false }, v & 0xffff_ffff);
+            c.write_reg(Reg::Gpr { num: 2, size: 4, high8: false }, v >> 32);
+        }
+        Xsave | Xsaveopt => xsave_area::save(c, insn, mem, fx, xs, false)?,
+        Xsavec => xsave_area::save(c, insn, mem, fx, xs, true)?,
+        Xrstor => xsave_area::restore(c, insn, mem, fx, xs)?,
+    }
+    Ok(())
+}
+
+/// #UD and #NM for SSE (`vex` false) and AVX instructions.
+fn vector_available(c: &Ctx<'_>, vex: bool) -> Result<(), EmuError> {
+    let cr0v = c.st.crs[Cr::Cr0];
+    let cr4v = c.st.crs[Cr::Cr4];
+    if vex {
+        let real = cr0v & cr0::PE == 0 || c.st.gprs[Gpr::Rflags] & rflags::VM != 0;
+        let enabled = xfeature::SSE | xfeature::AVX;
+        if real || cr4v & cr4::OSXSAVE == 0 || c.st.crs[Cr::Xcr0] & enabled != enabled {
+            return Err(fault(UD));
+        }
+    } else if cr0v & cr0::EM != 0 || cr4v & cr4::OSFXSR == 0 {
+        return Err(fault(UD));
+    }
+    if cr0v & cr0::TS != 0 {
+        return Err(fault(NM));
+    }
+    Ok(())
+}
+
+/// The MXCSR bits software may set (the CPU's MXCSR_MASK, 0xffbf when it
+/// reports none).
+pub(super) fn mxcsr_mask(fx: &Fxsave) -> u32 {
+    if fx.fx_mxcsr_mask == 0 { 0xffbf } else { fx.fx_mxcsr_mask }
+}
+
+/// YMM`r` (XMM in the low half).
+fn ymm(fx: &Fxsave, xs: &Xsave, r: u8) -> [u8; 32] {
+    let r = usize::from(r & 15);
+    let mut v = [0u8; 32];
+    v[..16].copy_from_slice(&fx.fx_xmm[r]);
+    v[16..].copy_from_slice(&xs.ymm_hi(r).unwrap_or([0; 16]));
+    v
+}
+
+/// Writes the destination of a vector instruction: legacy SSE writes the
+/// XMM register and keeps bits 255:128; VEX.128 zeroes them; VEX.256
+/// writes all 256 bits.
+fn set_vector(fx: &mut Fxsave, xs: &mut Xsave, insn: &ControlInsn, v: [u8; 32]) {
+    let r = usize::from(insn.dst & 15);
+    fx.fx_xmm[r].copy_from_slice(&v[..16]);
+    if insn.vex {
+        let hi: [u8; 16] = if insn.wide { v[16..].try_into().expect("16 bytes") } else { [0; 16] };
+        let _ = xs.set_ymm_hi(r, hi);
+    }
+}

@@ -1,5 +1,6 @@
-//! Any bytes, any mode: the decoder never panics, and whatever it accepts
-//! iced-x86 decodes the same way (the oracle of the decoder tests).
+//! Any bytes, any mode: the decoders (general and control) never panic,
+//! and whatever they accept iced-x86 decodes the same way (the oracle of
+//! the decoder tests).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,4 +19,5 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = bytes.to_vec();
     buf.truncate(16);
     oracle::compare(&buf, mode);
+    oracle::compare_control(&buf, mode);
 });

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nvmm::assist::decode::{Op, Rep, decode};
-use nvmm::assist::emulate::{EmuCpu, EmuError, EmuMemory, cpu_mode, execute};
+use nvmm::assist::decode::{Op, Rep, decode, decode_control};
+use nvmm::assist::emulate::{EmuCpu, EmuError, EmuMemory, cpu_mode, execute, execute_control};
 use nvmm::assist::mmu::Access;
 use nvmm::x86::{SegAttrib, State, StateMask, Xsave};
 use nvmm::{Cr, Gpr, Msr, Seg};
@@ -80,18 +80,29 @@ fuzz_target!(|data: &[u8]| {
     st.fpu.fx_sw = (word(regs, 21) >> 16) as u16;
     st.fpu.fx_tw = (word(regs, 21) >> 32) as u8;
     let mode = cpu_mode(&st);
-    let Ok(d) = decode(insn, mode) else { return };
+    let mask = match mode {
+        nvmm::assist::decode::CpuMode::Bits16 => 0xffff,
+        nvmm::assist::decode::CpuMode::Bits32 => 0xffff_ffff,
+        nvmm::assist::decode::CpuMode::Bits64 => u64::MAX,
+    };
+    let Ok(d) = decode(insn, mode) else {
+        // The control instructions (x87 control, MXCSR, vector registers,
+        // XSAVE family).
+        let Ok(c) = decode_control(insn, mode) else { return };
+        let rip = st.gprs[Gpr::Rip];
+        let mut cpu = Cpu { st, xs: Xsave::default() };
+        let mut mem = Mem { bytes: memory, accesses: 0 };
+        if execute_control(&c, &mut cpu, &mut mem).is_ok() {
+            assert_eq!(cpu.st.gprs[Gpr::Rip], rip.wrapping_add(u64::from(c.len)) & mask);
+        }
+        return;
+    };
     let rip = st.gprs[Gpr::Rip];
     let mut cpu = Cpu { st, xs: Xsave::default() };
     let mut mem = Mem { bytes: memory, accesses: 0 };
     if execute(&d, &mut cpu, &mut mem).is_ok() {
         let string = matches!(d.op(), Op::Movs | Op::Cmps | Op::Stos | Op::Lods) && d.rep() != Rep::None;
         if !string {
-            let mask = match mode {
-                nvmm::assist::decode::CpuMode::Bits16 => 0xffff,
-                nvmm::assist::decode::CpuMode::Bits32 => 0xffff_ffff,
-                nvmm::assist::decode::CpuMode::Bits64 => u64::MAX,
-            };
             assert_eq!(cpu.st.gprs[Gpr::Rip], rip.wrapping_add(u64::from(d.len())) & mask);
         }
         assert!(mem.accesses <= 2 * nvmm::assist::emulate::REP_BATCH as usize + 4);

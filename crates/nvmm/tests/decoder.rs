@@ -6,7 +6,7 @@
 mod oracle;
 
 use nvmm::assist::decode::CpuMode;
-use oracle::{PREFIXES, Rng, compare, templates};
+use oracle::{PREFIXES, Rng, compare, compare_control, control_templates, templates};
 
 #[test]
 fn every_supported_opcode_agrees_with_iced() {
@@ -75,4 +75,42 @@ fn random_bytes_are_never_misdecoded() {
             compare(&bytes, mode);
         }
     }
+}
+
+#[test]
+fn control_instructions_agree_with_iced() {
+    let mut rng = Rng(0x6a09_e667_f3bc_c908);
+    let mut accepted = 0usize;
+    for mode in [CpuMode::Bits16, CpuMode::Bits32, CpuMode::Bits64] {
+        for t in control_templates() {
+            for modrm in 0..=255u8 {
+                for variant in 0..4 {
+                    let mut bytes = Vec::with_capacity(16);
+                    for _ in 0..(variant % 3) {
+                        bytes.push(PREFIXES[(rng.next() % PREFIXES.len() as u64) as usize]);
+                    }
+                    if mode == CpuMode::Bits64 && variant == 3 && t[0] != 0xc4 && t[0] != 0xc5 {
+                        bytes.push(0x40 | (rng.byte() & 0xf));
+                    }
+                    bytes.extend_from_slice(&t);
+                    bytes.push(modrm);
+                    while bytes.len() < 16 {
+                        bytes.push(rng.byte());
+                    }
+                    if compare_control(&bytes, mode) {
+                        accepted += 1;
+                    }
+                }
+            }
+        }
+        // FWAIT alone and in front of the x87 control instructions.
+        for next in [0xdbu8, 0xd9, 0x90] {
+            assert!(compare_control(&[0x9b, next, 0xe3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], mode));
+        }
+        for _ in 0..100_000 {
+            let bytes: Vec<u8> = (0..16).map(|_| rng.byte()).collect();
+            compare_control(&bytes, mode);
+        }
+    }
+    assert!(accepted > 10_000, "only {accepted} decoded");
 }

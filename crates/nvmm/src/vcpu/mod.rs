@@ -98,6 +98,9 @@ struct Conf {
     has_run: bool,
     tpr_exit: bool,
     unanswered: Unanswered,
+    /// Emulation failures the emulator can complete on RAM are completed
+    /// by the run loop.
+    complete_failures: bool,
     /// Guest physical address width, from the guest's CPUID.
     phys_bits: u8,
     /// Whether the guest's CPUID offers 1 GiB pages.
@@ -208,6 +211,7 @@ impl Vcpu {
                 has_run: false,
                 tpr_exit: false,
                 unanswered: Unanswered::default(),
+                complete_failures: true,
                 phys_bits: 36,
                 gib_pages: false,
             },
@@ -255,6 +259,17 @@ impl Vcpu {
     /// answered (see [`Unanswered`]).
     pub fn set_unanswered(&mut self, policy: Unanswered) {
         self.conf.unanswered = policy;
+    }
+
+    /// Whether [`run`](Self::run) completes the emulation failures whose
+    /// instruction the emulator implements and that touch guest RAM only
+    /// (on by default: NetBSD runs that code natively, and the program
+    /// never sees an exit for it). Off, every emulation failure is
+    /// reported as [`Exit::EmulationFailure`](crate::Exit::EmulationFailure),
+    /// for a program that wants to see where the kernel's emulator gives
+    /// up.
+    pub fn set_complete_emulation_failures(&mut self, on: bool) {
+        self.conf.complete_failures = on;
     }
 
     /// How many state system calls (everything but entering the guest)

@@ -33,7 +33,10 @@ impl Vcpu {
             self.last = record;
             // What NetBSD runs natively, KVM's emulator may give up on:
             // complete it here when it touches RAM only.
-            if matches!(record, ExitRecord::EmulationFailure { len: 1.., .. }) && self.complete_in_userland()? {
+            if self.conf.complete_failures
+                && matches!(record, ExitRecord::EmulationFailure { len: 1.., .. })
+                && self.complete_in_userland()?
+            {
                 continue;
             }
             return Ok(record);

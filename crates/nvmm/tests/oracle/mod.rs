@@ -311,3 +311,175 @@ pub fn templates() -> Vec<Vec<u8>> {
 }
 
 pub const PREFIXES: [u8; 11] = [0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65];
+
+/// Whether iced's instruction is one the control decoder claims: x87
+/// control, MXCSR, vector register moves (register forms: the memory
+/// forms are the main decoder's), MOVD/MOVQ with a GPR, the XOR idioms,
+/// VZEROUPPER/VZEROALL, XGETBV and the XSAVE family.
+fn claimed_control(i: &iced_x86::Instruction) -> bool {
+    use Mnemonic::*;
+    let code = format!("{:?}", i.code()).to_lowercase();
+    let has_mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
+    if code.contains("_mm_") || code.ends_with("_mm") || code.contains("evex") || code.contains("_k") {
+        return false;
+    }
+    match i.mnemonic() {
+        Fninit | Fnclex | Fnstcw | Fldcw | Ldmxcsr | Vldmxcsr | Stmxcsr | Vstmxcsr | Vzeroupper | Vzeroall | Xgetbv => {
+            true
+        }
+        Fnstsw => true,
+        Xsave | Xsave64 | Xsaveopt | Xsaveopt64 | Xsavec | Xsavec64 | Xrstor | Xrstor64 => true,
+        Movaps | Movups | Movapd | Movupd | Movdqa | Movdqu | Vmovaps | Vmovups | Vmovapd | Vmovupd | Vmovdqa
+        | Vmovdqu => !has_mem,
+        Movd | Movq | Vmovd | Vmovq => !has_mem,
+        Pxor | Xorps | Xorpd | Vpxor | Vxorps | Vxorpd => true,
+        _ => false,
+    }
+}
+
+/// iced's mnemonics for a control operation.
+fn control_mnemonics(c: &ControlInsn) -> Vec<Mnemonic> {
+    use Mnemonic as M;
+    let w = |a: M, b: M| if c.w { b } else { a };
+    match c.op {
+        ControlOp::Fninit => vec![M::Fninit],
+        ControlOp::Fnclex => vec![M::Fnclex],
+        ControlOp::Fwait => vec![M::Wait],
+        ControlOp::FnstswAx | ControlOp::Fnstsw => vec![M::Fnstsw],
+        ControlOp::Fnstcw => vec![M::Fnstcw],
+        ControlOp::Fldcw => vec![M::Fldcw],
+        ControlOp::Ldmxcsr => vec![if c.vex { M::Vldmxcsr } else { M::Ldmxcsr }],
+        ControlOp::Stmxcsr => vec![if c.vex { M::Vstmxcsr } else { M::Stmxcsr }],
+        ControlOp::MovReg if c.vex => vec![M::Vmovaps, M::Vmovups, M::Vmovapd, M::Vmovupd, M::Vmovdqa, M::Vmovdqu],
+        ControlOp::MovReg => vec![M::Movaps, M::Movups, M::Movapd, M::Movupd, M::Movdqa, M::Movdqu],
+        ControlOp::MovqReg => vec![if c.vex { M::Vmovq } else { M::Movq }],
+        ControlOp::MovdToXmm | ControlOp::MovdFromXmm if c.vex => vec![w(M::Vmovd, M::Vmovq)],
+        ControlOp::MovdToXmm | ControlOp::MovdFromXmm => vec![w(M::Movd, M::Movq)],
+        ControlOp::Xor if c.vex => vec![M::Vpxor, M::Vxorps, M::Vxorpd],
+        ControlOp::Xor => vec![M::Pxor, M::Xorps, M::Xorpd],
+        ControlOp::Vzeroupper => vec![M::Vzeroupper],
+        ControlOp::Vzeroall => vec![M::Vzeroall],
+        ControlOp::Xgetbv => vec![M::Xgetbv],
+        ControlOp::Xsave => vec![w(M::Xsave, M::Xsave64)],
+        ControlOp::Xsaveopt => vec![w(M::Xsaveopt, M::Xsaveopt64)],
+        ControlOp::Xsavec => vec![w(M::Xsavec, M::Xsavec64)],
+        ControlOp::Xrstor => vec![w(M::Xrstor, M::Xrstor64)],
+    }
+}
+
+/// Compares the control decoder with iced on `bytes`; returns whether
+/// ours accepted. FWAIT is an instruction of its own for the CPU (iced
+/// folds it into a following FNINIT/FNCLEX/FNSTSW/FNSTCW): only its length
+/// is checked.
+pub fn compare_control(bytes: &[u8], mode: CpuMode) -> bool {
+    let theirs = iced(bytes, mode);
+    let ours = decode_control(bytes, mode);
+    let ctx = format!("{mode:?} {bytes:02x?} ({:?})", theirs.code());
+    let Ok(c) = ours else {
+        assert!(
+            theirs.code() == Code::INVALID || !claimed_control(&theirs) || theirs.has_lock_prefix(),
+            "{ctx}: iced decodes a claimed control instruction we reject: {ours:?}"
+        );
+        return false;
+    };
+    if c.op == ControlOp::Fwait {
+        assert_eq!(
+            c.len,
+            1 + bytes
+                .iter()
+                .take_while(|b| PREFIXES.contains(b) || (0x40..0x50).contains(*b) && mode == CpuMode::Bits64)
+                .count() as u8,
+            "{ctx}"
+        );
+        return true;
+    }
+    assert_ne!(theirs.code(), Code::INVALID, "{ctx}: we decode {c:?}, iced says invalid");
+    assert_eq!(usize::from(c.len), theirs.len(), "{ctx}: length ({c:?})");
+    assert!(claimed_control(&theirs), "{ctx}: we decode {c:?}, iced an instruction we do not claim");
+    assert!(control_mnemonics(&c).contains(&theirs.mnemonic()), "{ctx}: we decode {c:?}, iced {:?}", theirs.mnemonic());
+    // Registers and the memory operand, in iced's operand order.
+    let regs: Vec<Register> = (0..theirs.op_count())
+        .filter(|&n| theirs.op_kind(n) == OpKind::Register)
+        .map(|n| theirs.op_register(n))
+        .collect();
+    let num = |r: &Register| r.full_register().number() as u8;
+    match c.op {
+        ControlOp::MovReg | ControlOp::MovqReg | ControlOp::MovdToXmm | ControlOp::MovdFromXmm => {
+            assert_eq!((num(&regs[0]), num(&regs[1])), (c.dst, c.src), "{ctx}: registers {regs:?}");
+            if matches!(c.op, ControlOp::MovdToXmm | ControlOp::MovdFromXmm) {
+                let gpr = if c.op == ControlOp::MovdToXmm { regs[1] } else { regs[0] };
+                assert_eq!(gpr.size(), if c.w { 8 } else { 4 }, "{ctx}: GPR size");
+            }
+            if c.op == ControlOp::MovReg {
+                assert_eq!(regs[0].is_ymm(), c.wide, "{ctx}: width");
+            }
+        }
+        ControlOp::Xor => {
+            assert_eq!(num(&regs[0]), c.dst, "{ctx}: destination");
+            assert_eq!(regs[0].is_ymm(), c.wide, "{ctx}: width");
+            if c.vex {
+                assert_eq!(num(&regs[1]), c.src1, "{ctx}: first source");
+            }
+            if c.mem.is_none() {
+                assert_eq!(num(regs.last().unwrap()), c.src, "{ctx}: source");
+            }
+        }
+        ControlOp::FnstswAx => assert_eq!(regs, [Register::AX], "{ctx}"),
+        _ => {}
+    }
+    match c.mem {
+        Some(m) => {
+            assert!((0..theirs.op_count()).any(|n| theirs.op_kind(n) == OpKind::Memory), "{ctx}: memory operand");
+            let mut t = theirs;
+            if matches!(c.op, ControlOp::Xsave | ControlOp::Xsaveopt | ControlOp::Xsavec | ControlOp::Xrstor) {
+                // The XSAVE area has no fixed size: compare the address.
+                assert_eq!(m.size(), 0, "{ctx}");
+                t.set_memory_displacement64(t.memory_displacement64());
+                check_mem(
+                    &Mem::new(
+                        m.seg(),
+                        m.base(),
+                        m.index(),
+                        m.disp(),
+                        m.rip_relative(),
+                        m.addr_size(),
+                        t.memory_size().size() as u8,
+                    ),
+                    &t,
+                    &ctx,
+                );
+            } else {
+                check_mem(&m, &t, &ctx);
+            }
+        }
+        None => {
+            assert!(!(0..theirs.op_count()).any(|n| theirs.op_kind(n) == OpKind::Memory), "{ctx}: no memory operand")
+        }
+    }
+    true
+}
+
+/// Opcode templates of the control instructions (a ModRM follows).
+pub fn control_templates() -> Vec<Vec<u8>> {
+    let mut t: Vec<Vec<u8>> =
+        vec![vec![0xd9], vec![0xdb], vec![0xdd], vec![0xdf], vec![0x0f, 0x01], vec![0x0f, 0xae], vec![0x0f, 0xc7]];
+    for p in [&[][..], &[0x66], &[0xf3], &[0xf2]] {
+        for op in [0x10u8, 0x11, 0x28, 0x29, 0x57, 0x6e, 0x6f, 0x7e, 0x7f, 0xd6, 0xef] {
+            let mut v = p.to_vec();
+            v.extend([0x0f, op]);
+            t.push(v);
+        }
+    }
+    for pp in 0..4u8 {
+        for op in [0x10u8, 0x11, 0x28, 0x29, 0x57, 0x6e, 0x6f, 0x77, 0x7e, 0x7f, 0xae, 0xd6, 0xef] {
+            for l in [0u8, 4] {
+                for vvvv in [0x78u8, 0x00, 0x28] {
+                    t.push(vec![0xc5, 0x80 | vvvv | l | pp, op]);
+                    t.push(vec![0xc4, 0x41, vvvv | l | pp | 0x80, op]);
+                    t.push(vec![0xc4, 0xe1, vvvv | l | pp, op]);
+                }
+            }
+        }
+    }
+    t
+}

@@ -96,10 +96,10 @@ pub struct ControlInsn {
 /// Prefixes read in front of the opcode.
 #[derive(Default)]
 struct Prefixes {
-    /// Segment-override and address-size prefix bytes, for the memory
-    /// operand.
-    legacy: [u8; 4],
-    nlegacy: usize,
+    /// The last segment override.
+    seg: Option<u8>,
+    /// 67: address-size override.
+    addr: bool,
     p66: bool,
     /// The last of F2/F3.
     rep: Option<u8>,
@@ -125,12 +125,17 @@ pub fn decode_control(bytes: &[u8], mode: CpuMode) -> Result<ControlInsn, Decode
     loop {
         let b = at(i)?;
         match b {
-            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 => {
-                if p.nlegacy == p.legacy.len() {
-                    return Err(DecodeError::Unsupported { opcode: b });
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {
+                // In 64-bit mode an FS or GS override wins over ES, CS,
+                // SS and DS ones (the machine's rule).
+                let fs_gs = matches!(p.seg, Some(0x64 | 0x65));
+                if !long || !fs_gs || b >= 0x64 {
+                    p.seg = Some(b);
                 }
-                p.legacy[p.nlegacy] = b;
-                p.nlegacy += 1;
+                p.rex = 0;
+            }
+            0x67 => {
+                p.addr = true;
                 p.rex = 0;
             }
             0x66 => {
@@ -170,8 +175,13 @@ fn modrm(b: u8) -> (u8, u8, u8) {
 /// The memory operand starting at the ModRM byte `bytes[at]`; the
 /// instruction's length with it.
 fn mem_at(bytes: &[u8], at: usize, p: &Prefixes, xb: u8, mode: CpuMode, size: u8) -> Result<(Mem, u8), DecodeError> {
-    let (m, used) =
-        memory_operand(&p.legacy[..p.nlegacy], xb, &bytes[at..], mode, size).ok_or(DecodeError::Truncated)?;
+    let mut legacy = [0u8; 2];
+    let mut n = 0;
+    for b in [p.seg, p.addr.then_some(0x67)].into_iter().flatten() {
+        legacy[n] = b;
+        n += 1;
+    }
+    let (m, used) = memory_operand(&legacy[..n], xb, &bytes[at..], mode, size).ok_or(DecodeError::Truncated)?;
     let len = at + used;
     if len > MAX_LEN {
         return Err(DecodeError::TooLong);
@@ -222,7 +232,7 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
                 (None, false) => 0,
             };
             match (op2, mp, md == 3) {
-                (0x01, _, true) if m == 0xd0 => Ok(insn(ControlOp::Xgetbv, i + 3)),
+                (0x01, 0, true) if m == 0xd0 => Ok(insn(ControlOp::Xgetbv, i + 3)),
                 (0xae, 0, false) => match reg & 7 {
                     2 => memory(i + 2, 4, ControlOp::Ldmxcsr),
                     3 => memory(i + 2, 4, ControlOp::Stmxcsr),

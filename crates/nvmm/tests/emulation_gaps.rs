@@ -1,0 +1,207 @@
+//! Where KVM's instruction emulator gives up, and what the run loop does
+//! about it.
+//!
+//! On hosts where KVM emulates guest CPL 0 code (nested virtualization),
+//! its emulator gives up on instructions that need no device at all.
+//! NetBSD's NVMM runs that code natively, so the run loop completes what
+//! the emulator implements. Each instruction below runs at CPL 0 twice,
+//! with the completion off (KVM's verdict) and on (ours), and where we
+//! completed it, the result (registers, FPU, vector registers, memory)
+//! must equal the CPU's own, run natively at CPL 3 from the same state.
+//! The test prints one JSON line per instruction: the measured list of
+//! what KVM gives up on here and whether we complete it.
+
+mod common;
+
+use common::*;
+use nvmm::x86::modes::cr4;
+use nvmm::x86::xsave::xfeature;
+use nvmm::{Cr, Exit, Gpr, StateMask};
+
+const DATA: u64 = 0x2_0000;
+const DATA_LEN: usize = 1024;
+
+/// How a run ended.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// The instruction executed and the OUT after it exited.
+    Done,
+    /// An emulation failure reached the program.
+    Failure,
+    /// Anything else (a triple fault after an exception, say).
+    Other(String),
+}
+
+/// What the guest state and memory became.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    gprs: [u64; 16],
+    flags: u64,
+    x87: (u16, u16, u8),
+    mxcsr: u32,
+    xmm: [[u8; 16]; 16],
+    ymm_hi: Vec<[u8; 16]>,
+    memory: Vec<u8>,
+}
+
+/// Runs `insn` followed by `out 0x10, al` from a fixed state, at CPL 3
+/// (`user`) or CPL 0, with or without the run loop's completion.
+fn run(insn: &[u8], user: bool, complete: bool) -> (Verdict, Option<Snapshot>) {
+    let mut code = insn.to_vec();
+    code.extend_from_slice(&[0xe6, 0x10]);
+    let mut g = if user { user_mode64(&code) } else { long_mode(&code) };
+    g.vcpu.set_complete_emulation_failures(complete);
+    let avx = nvmm().capability().arch.xcr0_mask & xfeature::AVX != 0;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut data: Vec<u8> = (0..DATA_LEN).map(|_| rng.next() as u8).collect();
+    // A valid MXCSR at RSI, for LDMXCSR.
+    data[128..132].copy_from_slice(&0x1fa0u32.to_le_bytes());
+    g.machine.write_gpa(DATA, &data).unwrap();
+    g.vcpu.get_state(StateMask::ALL).unwrap();
+    {
+        let s = g.vcpu.state_mut();
+        s.crs[Cr::Cr4] |= cr4::OSFXSR | cr4::OSXMMEXCPT | cr4::OSXSAVE;
+        s.crs[Cr::Xcr0] = if avx { 7 } else { 3 };
+        for r in [Gpr::Rax, Gpr::Rcx, Gpr::Rdx, Gpr::R8, Gpr::R9, Gpr::R10] {
+            s.gprs[r] = rng.next();
+        }
+        // XSAVE everything; XGETBV's XCR0.
+        s.gprs[Gpr::Rax] = 7;
+        s.gprs[Gpr::Rdx] = 0;
+        s.gprs[Gpr::Rcx] = 0;
+        s.gprs[Gpr::Rbx] = DATA + 64;
+        s.gprs[Gpr::Rsi] = DATA + 128;
+        s.gprs[Gpr::Rdi] = DATA + 256;
+        s.fpu.fx_cw = 0x27f;
+        s.fpu.fx_mxcsr = 0x1f80;
+        for x in s.fpu.fx_xmm.iter_mut() {
+            *x = std::array::from_fn(|_| rng.next() as u8);
+        }
+    }
+    if avx {
+        let his: Vec<[u8; 16]> = (0..16).map(|_| std::array::from_fn(|_| rng.next() as u8)).collect();
+        for (i, h) in his.into_iter().enumerate() {
+            g.vcpu.xsave_mut().set_ymm_hi(i, h).unwrap();
+        }
+    }
+    g.vcpu.set_state(StateMask::ALL).unwrap();
+    let mut verdict = Verdict::Other("no exit".into());
+    for _ in 0..10 {
+        match g.vcpu.run().unwrap() {
+            Exit::None => continue,
+            Exit::Io(io) if io.port() == 0x10 => verdict = Verdict::Done,
+            Exit::EmulationFailure(_) => verdict = Verdict::Failure,
+            other => verdict = Verdict::Other(format!("{other:?}")),
+        }
+        break;
+    }
+    if verdict != Verdict::Done {
+        return (verdict, None);
+    }
+    g.vcpu.get_state(StateMask::ALL).unwrap();
+    let s = *g.vcpu.state();
+    let mut memory = vec![0u8; DATA_LEN];
+    g.machine.read_gpa(DATA, &mut memory).unwrap();
+    let ymm_hi = (0..16).map(|i| g.vcpu.xsave().ymm_hi(i).unwrap()).collect();
+    let snap = Snapshot {
+        gprs: s.gprs.0[..16].try_into().unwrap(),
+        flags: s.gprs[Gpr::Rflags] & 0x8d5,
+        x87: (s.fpu.fx_cw, s.fpu.fx_sw, s.fpu.fx_tw),
+        mxcsr: s.fpu.fx_mxcsr,
+        xmm: s.fpu.fx_xmm,
+        ymm_hi,
+        memory,
+    };
+    (Verdict::Done, Some(snap))
+}
+
+/// The instructions early boot code of kernels and firmware runs, with
+/// whether the emulator implements them.
+const CASES: &[(&str, &[u8], bool)] = &[
+    ("fninit", &[0xdb, 0xe3], true),
+    ("fnclex", &[0xdb, 0xe2], true),
+    ("fwait", &[0x9b], true),
+    ("fnstcw [rbx]", &[0xd9, 0x3b], true),
+    ("fldcw [rbx]", &[0xd9, 0x2b], true),
+    ("fnstsw [rbx]", &[0xdd, 0x3b], true),
+    ("fnstsw ax", &[0xdf, 0xe0], true),
+    ("fld1", &[0xd9, 0xe8], false),
+    ("fstp st0", &[0xdd, 0xd8], false),
+    ("fnsave [rbx]", &[0xdd, 0x33], false),
+    ("frstor [rbx]", &[0xdd, 0x23], false),
+    ("fnstenv [rbx]", &[0xd9, 0x33], false),
+    ("fldenv [rbx]", &[0xd9, 0x23], false),
+    ("fld qword [rbx]", &[0xdd, 0x03], true),
+    ("fstp qword [rsi]", &[0xdd, 0x1e], true),
+    ("movaps xmm0, xmm1", &[0x0f, 0x28, 0xc1], true),
+    ("movups xmm9, xmm2", &[0x44, 0x0f, 0x10, 0xca], true),
+    ("movdqa xmm0, xmm1", &[0x66, 0x0f, 0x6f, 0xc1], true),
+    ("movdqu xmm0, xmm1", &[0xf3, 0x0f, 0x6f, 0xc1], true),
+    ("movaps [rbx], xmm0", &[0x0f, 0x29, 0x03], true),
+    ("movdqu xmm0, [rbx]", &[0xf3, 0x0f, 0x6f, 0x03], true),
+    ("movq xmm0, rax", &[0x66, 0x48, 0x0f, 0x6e, 0xc0], true),
+    ("movd eax, xmm0", &[0x66, 0x0f, 0x7e, 0xc0], true),
+    ("movq xmm1, xmm2", &[0xf3, 0x0f, 0x7e, 0xca], true),
+    ("pxor xmm0, xmm0", &[0x66, 0x0f, 0xef, 0xc0], true),
+    ("xorps xmm3, xmm5", &[0x0f, 0x57, 0xdd], true),
+    ("pxor xmm2, [rbx]", &[0x66, 0x0f, 0xef, 0x13], true),
+    ("vmovdqa ymm0, ymm1", &[0xc5, 0xfd, 0x6f, 0xc1], true),
+    ("vmovdqu ymm0, [rbx]", &[0xc5, 0xfe, 0x6f, 0x03], true),
+    ("vmovdqu [rsi], ymm2", &[0xc5, 0xfe, 0x7f, 0x16], true),
+    ("vpxor xmm0, xmm0, xmm0", &[0xc5, 0xf9, 0xef, 0xc0], true),
+    ("vxorps ymm1, ymm2, ymm3", &[0xc5, 0xec, 0x57, 0xcb], true),
+    ("vzeroupper", &[0xc5, 0xf8, 0x77], true),
+    ("vzeroall", &[0xc5, 0xfc, 0x77], true),
+    ("fxsave [rbx]", &[0x0f, 0xae, 0x03], true),
+    ("fxrstor [rbx]", &[0x0f, 0xae, 0x0b], true),
+    ("xsave [rbx]", &[0x0f, 0xae, 0x23], true),
+    ("xsave64 [rbx]", &[0x48, 0x0f, 0xae, 0x23], true),
+    ("xsaveopt [rbx]", &[0x0f, 0xae, 0x33], true),
+    ("xsavec [rbx]", &[0x0f, 0xc7, 0x23], true),
+    ("xgetbv", &[0x0f, 0x01, 0xd0], true),
+    ("ldmxcsr [rsi]", &[0x0f, 0xae, 0x16], true),
+    ("stmxcsr [rbx]", &[0x0f, 0xae, 0x1b], true),
+    ("vstmxcsr [rbx]", &[0xc5, 0xf8, 0xae, 0x1b], true),
+    ("lfence", &[0x0f, 0xae, 0xe8], true),
+    ("pause", &[0xf3, 0x90], true),
+    ("int3", &[0xcc], true),
+    ("cmpxchg16b [rbx]", &[0x48, 0x0f, 0xc7, 0x0b], true),
+    ("popcnt eax, ebx", &[0xf3, 0x0f, 0xb8, 0xc3], false),
+    ("rdtscp", &[0x0f, 0x01, 0xf9], false),
+    ("crc32 eax, bl", &[0xf2, 0x0f, 0x38, 0xf0, 0xc3], false),
+];
+
+#[test]
+fn the_run_loop_completes_what_kvm_gives_up_on_as_the_cpu_would() {
+    nvmm_testkit::kvm_or_skip!();
+    let (mut gaps, mut completed) = (0, 0);
+    for &(name, insn, implemented) in CASES {
+        let (kvm, _) = run(insn, false, false);
+        let (ours, snap) = run(insn, false, true);
+        let (native, native_snap) = run(insn, true, true);
+        let gives_up = kvm == Verdict::Failure;
+        println!(
+            "{{\"instruction\":\"{name}\",\"kvm\":\"{}\",\"nvmm\":\"{}\"}}",
+            if gives_up { "gives up" } else { "emulates" },
+            match &ours {
+                Verdict::Done if gives_up => "completes",
+                Verdict::Done => "kvm completes",
+                Verdict::Failure => "exit with the bytes",
+                Verdict::Other(_) => "the exception, as the CPU",
+            }
+        );
+        if !gives_up {
+            continue;
+        }
+        gaps += 1;
+        if implemented {
+            // Completed as the CPU executes it (an exception included).
+            assert_eq!(ours, native, "{name}: outcome");
+            assert_eq!(snap, native_snap, "{name}: registers and memory");
+            completed += 1;
+        } else {
+            assert_eq!(ours, Verdict::Failure, "{name}: an instruction the emulator lacks stays an exit");
+        }
+    }
+    println!("{{\"kvm_gives_up\":{gaps},\"completed\":{completed}}}");
+}

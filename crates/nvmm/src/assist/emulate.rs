@@ -19,6 +19,12 @@
 //! (the instructions that fault into the assists are MMIO accesses, where
 //! the device, not memory, arbitrates). TF single-stepping of an emulated
 //! instruction is not reported.
+//!
+//! [`execute_control`] runs the instructions of
+//! [`decode_control`](super::decode::decode_control): x87 control, MXCSR,
+//! vector register moves and XOR idioms, VZEROUPPER/VZEROALL, XGETBV and
+//! the XSAVE family (standard and compacted formats), each checked against
+//! the CPU in `tests/emulator.rs`.
 #![forbid(unsafe_code)]
 
 use super::decode::{AluOp, CpuMode, Instruction, Mem, Op, Operand, Reg, Rep, Shape, VecMove, X87Op, mask};

@@ -74,9 +74,18 @@ pub enum Exit<'a> {
     /// The guest changed its TPR (CR8); enabled with
     /// [`VcpuConf::Tpr`](crate::VcpuConf::Tpr).
     TprChanged,
-    /// KVM could not emulate the instruction that touched memory behind an
-    /// exit; the bytes come with it when KVM has them. The assists complete
-    /// it; RIP still points at the instruction.
+    /// KVM could not emulate an instruction (on hosts where KVM emulates
+    /// guest CPL 0 code, and for some instructions on MMIO); the bytes come
+    /// with it when KVM has them, RIP still points at the instruction.
+    /// [`Vcpu::run`](crate::Vcpu::run) completes on its own those the
+    /// emulator implements and that touch guest RAM only (x87 control,
+    /// SSE/AVX register moves, the XSAVE family, INT3...: NetBSD runs them
+    /// natively, see
+    /// [`Vcpu::set_complete_emulation_failures`](crate::Vcpu::set_complete_emulation_failures)),
+    /// so this reports an instruction that reaches a device, which
+    /// [`Vcpu::assist_mem`](crate::Vcpu::assist_mem) completes, or one the
+    /// emulator lacks (`ENODEV` from the assist). Its reason code is
+    /// `MEMORY`.
     EmulationFailure(EmulationFailure<'a>),
     /// An exit nvmm does not model; `hwcode` is KVM's raw exit reason.
     Invalid(InvalidExit),

@@ -30,7 +30,8 @@ const MF: u8 = 16;
 const FSW_ES: u16 = 1 << 7;
 const FSW_B: u16 = 1 << 15;
 
-/// Executes a control instruction (see the [module](self)). On success
+/// Executes a control instruction (x87 control, MXCSR, vector registers,
+/// XGETBV, the XSAVE family; see [`ControlOp`]). On success
 /// RIP is past it.
 ///
 /// # Errors

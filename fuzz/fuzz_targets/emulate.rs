@@ -5,25 +5,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use nvmm::assist::decode::{Op, Rep, decode, decode_control};
-use nvmm::assist::emulate::{EmuCpu, EmuError, EmuMemory, cpu_mode, execute, execute_control};
+use nvmm::assist::emulate::{EmuError, EmuMemory, HeldCpu, cpu_mode, execute, execute_control};
 use nvmm::assist::mmu::Access;
-use nvmm::x86::{SegAttrib, State, StateMask, Xsave};
+use nvmm::x86::{SegAttrib, State};
 use nvmm::{Cr, Gpr, Msr, Seg};
-
-struct Cpu {
-    st: State,
-    xs: Xsave,
-}
-
-impl EmuCpu for Cpu {
-    fn state(&mut self, _mask: StateMask) -> Result<&mut State, EmuError> {
-        Ok(&mut self.st)
-    }
-    fn xsave(&mut self) -> &mut Xsave {
-        &mut self.xs
-    }
-    fn mark(&mut self, _mask: StateMask) {}
-}
 
 /// Memory whose bytes come from the input; accesses past it fault.
 struct Mem<'a> {
@@ -90,20 +75,20 @@ fuzz_target!(|data: &[u8]| {
         // XSAVE family).
         let Ok(c) = decode_control(insn, mode) else { return };
         let rip = st.gprs[Gpr::Rip];
-        let mut cpu = Cpu { st, xs: Xsave::default() };
+        let mut cpu = HeldCpu::new(st);
         let mut mem = Mem { bytes: memory, accesses: 0 };
         if execute_control(&c, &mut cpu, &mut mem).is_ok() {
-            assert_eq!(cpu.st.gprs[Gpr::Rip], rip.wrapping_add(u64::from(c.len)) & mask);
+            assert_eq!(cpu.state.gprs[Gpr::Rip], rip.wrapping_add(u64::from(c.len)) & mask);
         }
         return;
     };
     let rip = st.gprs[Gpr::Rip];
-    let mut cpu = Cpu { st, xs: Xsave::default() };
+    let mut cpu = HeldCpu::new(st);
     let mut mem = Mem { bytes: memory, accesses: 0 };
     if execute(&d, &mut cpu, &mut mem).is_ok() {
         let string = matches!(d.op(), Op::Movs | Op::Cmps | Op::Stos | Op::Lods) && d.rep() != Rep::None;
         if !string {
-            assert_eq!(cpu.st.gprs[Gpr::Rip], rip.wrapping_add(u64::from(d.len())) & mask);
+            assert_eq!(cpu.state.gprs[Gpr::Rip], rip.wrapping_add(u64::from(d.len())) & mask);
         }
         assert!(mem.accesses <= 2 * nvmm::assist::emulate::REP_BATCH as usize + 4);
     }

@@ -1,7 +1,8 @@
 //! Test and benchmark support shared by the nvmm-rs crates.
 //!
 //! [`floor`] is the bare `KVM_RUN` loop the benchmarks measure nvmm
-//! against, written on `kvm-ioctls` with nothing of nvmm in it.
+//! against, written on `kvm-ioctls` with nothing of nvmm in it; [`Rng`] the
+//! one deterministic PRNG of the tests, benchmarks and fuzz oracles.
 //!
 //! Every test that needs `/dev/kvm` starts with [`kvm_or_skip!`] (or calls
 //! [`kvm_available`]). Without KVM the test prints one `SKIP` line and
@@ -11,6 +12,9 @@
 use std::fs::OpenOptions;
 
 pub mod floor;
+mod rng;
+
+pub use rng::Rng;
 
 /// Environment variable that turns a missing KVM from a skip into a failure.
 pub const REQUIRE_KVM_ENV: &str = "NVMM_REQUIRE_KVM";

@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use iced_x86::{Decoder, DecoderOptions};
 use nvmm::assist::decode::{CpuMode, decode};
-use nvmm::assist::emulate::{EmuCpu, EmuError, EmuMemory, execute};
+use nvmm::assist::emulate::{EmuError, EmuMemory, HeldCpu, execute};
 use nvmm::assist::mmu::Access;
-use nvmm::x86::{Xsave, modes};
-use nvmm::{Exit, Gpr, Prot, State, StateMask};
+use nvmm::x86::modes;
+use nvmm::{Exit, Gpr, Prot, StateMask};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -89,21 +89,6 @@ fn bench_decode() {
     );
 }
 
-struct Cpu {
-    st: State,
-    xs: Xsave,
-}
-
-impl EmuCpu for Cpu {
-    fn state(&mut self, _mask: StateMask) -> Result<&mut State, EmuError> {
-        Ok(&mut self.st)
-    }
-    fn xsave(&mut self) -> &mut Xsave {
-        &mut self.xs
-    }
-    fn mark(&mut self, _mask: StateMask) {}
-}
-
 struct Device(u32);
 
 impl EmuMemory for Device {
@@ -123,14 +108,14 @@ fn bench_decode_emulate() {
     let mut st = nvmm::x86::reset::reset_state();
     modes::long_mode(&mut st, 0, 0x10000);
     st.gprs[Gpr::Rsi] = 0x1000_0000;
-    let mut cpu = Cpu { st, xs: Xsave::default() };
+    let mut cpu = HeldCpu::new(st);
     let mut dev = Device(7);
     let insn = [0x8b, 0x06, 0x90, 0x90]; // mov eax,[rsi]
     let mut runs = Vec::new();
     for _ in 0..31 {
         let t = Instant::now();
         for _ in 0..100_000 {
-            cpu.st.gprs[Gpr::Rip] = 0x1000;
+            cpu.state.gprs[Gpr::Rip] = 0x1000;
             let d = decode(black_box(&insn), CpuMode::Bits64).expect("decodes");
             execute(&d, &mut cpu, &mut dev).expect("emulates");
         }

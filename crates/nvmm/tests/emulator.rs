@@ -9,32 +9,15 @@ use std::collections::HashMap;
 
 use common::*;
 use nvmm::assist::decode::{CpuMode, decode, decode_control};
-use nvmm::assist::emulate::{EmuCpu, EmuError, EmuMemory, execute, execute_control};
+use nvmm::assist::emulate::{EmuError, EmuMemory, HeldCpu, execute, execute_control};
 use nvmm::assist::flags::rflags;
 use nvmm::assist::mmu::Access;
-use nvmm::x86::Xsave;
 use nvmm::x86::modes::cr4;
 use nvmm::x86::xsave::xfeature;
 use nvmm::{Cr, Exit, Gpr, State, StateMask};
 
 const DATA: u64 = 0x2_0000;
 const DATA_LEN: usize = 1024;
-
-/// The emulator's view of the VCPU: a copy of the state.
-struct Model {
-    st: State,
-    xs: Xsave,
-}
-
-impl EmuCpu for Model {
-    fn state(&mut self, _mask: StateMask) -> Result<&mut State, EmuError> {
-        Ok(&mut self.st)
-    }
-    fn xsave(&mut self) -> &mut Xsave {
-        &mut self.xs
-    }
-    fn mark(&mut self, _mask: StateMask) {}
-}
 
 struct Bench {
     g: Guest,
@@ -138,7 +121,7 @@ impl Bench {
         self.g.machine.read_gpa(DATA, &mut native_mem).unwrap();
         self.g.vcpu.complete_pending().unwrap();
 
-        let mut model = Model { st, xs: xs_in };
+        let mut model = HeldCpu { xsave: xs_in, ..HeldCpu::new(st) };
         let mut mem: HashMap<u64, u8> = data.iter().enumerate().map(|(i, b)| (DATA + i as u64, *b)).collect();
         let done = match decode(insn, CpuMode::Bits64) {
             Ok(d) => execute(&d, &mut model, &mut MemView(&mut mem)),
@@ -151,11 +134,11 @@ impl Bench {
         done.unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let emu_mem: Vec<u8> = (0..DATA_LEN as u64).map(|i| mem[&(DATA + i)]).collect();
         for r in 0..16 {
-            assert_eq!(model.st.gprs.0[r], native.gprs.0[r], "{ctx}: {}", Gpr::NAMES[r]);
+            assert_eq!(model.state.gprs.0[r], native.gprs.0[r], "{ctx}: {}", Gpr::NAMES[r]);
         }
         let fl = rflags::ARITH | rflags::DF;
-        assert_eq!(model.st.gprs[Gpr::Rflags] & fl, native.gprs[Gpr::Rflags] & fl, "{ctx}: rflags");
-        assert_eq!(model.st.gprs[Gpr::Rip], CODE + insn.len() as u64, "{ctx}: rip");
+        assert_eq!(model.state.gprs[Gpr::Rflags] & fl, native.gprs[Gpr::Rflags] & fl, "{ctx}: rflags");
+        assert_eq!(model.state.gprs[Gpr::Rip], CODE + insn.len() as u64, "{ctx}: rip");
         let mut care = vec![0xffu8; DATA_LEN];
         for &(i, m) in &self.ignore {
             care[i] &= !m;
@@ -165,7 +148,7 @@ impl Bench {
             .map(|i| (i, emu_mem[i], native_mem[i]))
             .collect();
         assert!(diff.is_empty(), "{ctx}: memory differs at (offset, emulated, native) {diff:?}");
-        let (e, n) = (&model.st.fpu, &native.fpu);
+        let (e, n) = (&model.state.fpu, &native.fpu);
         assert_eq!((e.fx_cw, e.fx_sw, e.fx_tw), (n.fx_cw, n.fx_sw, n.fx_tw), "{ctx}: x87 control, status, tags");
         for i in 0..8 {
             if n.fx_tw & (1 << (((n.fx_sw >> 11) + i as u16) % 8)) != 0 {
@@ -180,7 +163,7 @@ impl Bench {
             assert_eq!((e.fx_opcode, e.fx_ip, e.fx_dp), (n.fx_opcode, n.fx_ip, n.fx_dp), "{ctx}: x87 pointers");
         }
         for i in 0..16 {
-            assert_eq!(model.xs.ymm_hi(i).unwrap(), native_xs.ymm_hi(i).unwrap(), "{ctx}: YMM{i} upper half");
+            assert_eq!(model.xsave.ymm_hi(i).unwrap(), native_xs.ymm_hi(i).unwrap(), "{ctx}: YMM{i} upper half");
         }
         self.cases += 1;
     }

@@ -35,9 +35,11 @@ use crate::x86::state::{Cr, Gpr, Seg, State, StateMask};
 use crate::x86::xsave::Xsave;
 
 mod control;
+mod held_cpu;
 mod xsave_area;
 
 pub use control::execute_control;
+pub use held_cpu::HeldCpu;
 
 /// Why an instruction could not be emulated.
 #[derive(Debug)]

@@ -7,6 +7,4 @@ pub mod emulate;
 pub mod flags;
 pub mod io_insn;
 pub mod mmu;
-#[cfg(test)]
-mod test_rng;
 pub mod x87;

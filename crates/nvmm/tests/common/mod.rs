@@ -145,15 +145,5 @@ pub fn read_u32(g: &Guest, gpa: u64) -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// A deterministic PRNG (xorshift64) for randomised cases that replay
-/// identically.
-pub struct Rng(pub u64);
-impl Rng {
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+#[allow(unused_imports)]
+pub use nvmm_testkit::Rng;

@@ -6,19 +6,8 @@ use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 use nvmm::assist::decode::*;
 use nvmm::x86::state::Seg;
 
-/// A deterministic PRNG.
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-}
+#[allow(unused_imports)]
+pub use nvmm_testkit::Rng;
 
 fn bits(mode: CpuMode) -> u32 {
     match mode {

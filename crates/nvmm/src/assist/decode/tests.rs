@@ -2,7 +2,7 @@
 //! `tests/decoder.rs`.
 
 use super::*;
-use crate::assist::test_rng::Rng;
+use nvmm_testkit::Rng;
 
 #[test]
 fn known_encodings() {

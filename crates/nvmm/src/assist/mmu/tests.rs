@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use super::*;
-use crate::assist::test_rng::Rng;
 use crate::x86::paging::PageTables;
+use nvmm_testkit::Rng;
 
 /// Sparse guest RAM.
 #[derive(Default)]

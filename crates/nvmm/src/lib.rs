@@ -77,4 +77,5 @@ pub use system::{
     NVMM_USER_VERSION, Nvmm, Options,
 };
 pub use vcpu::{AssistOutcome, IoRequest, MemRequest, StopHandle, Unanswered, Vcpu, VcpuConf, VcpuHandle};
+pub use vmem::{Transfer, WriteRights};
 pub use x86::{Cr, Dr, Event, EventKind, Gpr, Msr, Seg, State, StateMask};

@@ -304,6 +304,13 @@ impl MemoryMap {
         self.for_each_chunk(gpa, buf.len(), |a, off, done, n| a.region.read(off, &mut buf[done..done + n]))
     }
 
+    /// Whether `[gpa, gpa + len)` is mapped with `PROT_WRITE` throughout.
+    pub(crate) fn writable(&self, gpa: u64, len: usize) -> bool {
+        let mut ok = true;
+        let mapped = self.for_each_chunk(gpa, len, |a, _, _, _| ok &= a.prot.contains(Prot::WRITE));
+        mapped.is_ok() && ok
+    }
+
     /// Copies `buf` into guest physical memory; fails if any byte is
     /// unmapped (nothing is copied then).
     pub(crate) fn write(&self, gpa: u64, buf: &[u8]) -> Result<()> {

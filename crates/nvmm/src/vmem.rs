@@ -5,17 +5,30 @@
 //! when a page is missing. One home for what the assists, the I/O
 //! instruction decoder, the MSR exits and the debugger need.
 
-use crate::assist::mmu::{PagingRegs, Translation, WalkError, walk};
+use crate::assist::mmu::{Mapping, PageProt, PagingRegs, Translation, WalkError, mappings, walk};
 use crate::memory::{MemoryMap, PAGE_SIZE};
 
-/// How far a transfer got.
+/// How far a guest-virtual read or write got: a short count stops at the
+/// first page that is not translated, not guest RAM, or (for a guest
+/// write) not writable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Transfer {
+pub struct Transfer {
     /// Bytes transferred (a prefix of the buffer).
-    pub(crate) done: usize,
+    pub done: usize,
     /// The first linear address that could not be reached, when `done` is
     /// short of the buffer.
-    pub(crate) failed_at: Option<u64>,
+    pub failed_at: Option<u64>,
+}
+
+/// Whose rights a guest-virtual write honours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteRights {
+    /// The guest's: the page must be writable in the page tables and the
+    /// guest physical mapping must have `PROT_WRITE`.
+    Guest,
+    /// A debugger's: write protection is ignored (breakpoints in code and
+    /// in read-only mappings such as firmware).
+    Debug,
 }
 
 /// A VCPU's view of guest memory.
@@ -44,12 +57,33 @@ impl<'a> GuestView<'a> {
     /// Reads `buf.len()` bytes at `linear`, stopping at the first page that
     /// is not translated or not guest RAM.
     pub(crate) fn read(&self, linear: u64, buf: &mut [u8]) -> Transfer {
-        self.transfer(linear, buf.len(), |gpa, range| self.map.read(gpa, &mut buf[range]).is_ok())
+        self.transfer(linear, buf.len(), 0, |gpa, range| self.map.read(gpa, &mut buf[range]).is_ok())
+    }
+
+    /// Writes `buf` at `linear`, stopping at the first page that is not
+    /// translated, not guest RAM, or not writable by `rights`.
+    pub(crate) fn write(&self, linear: u64, buf: &[u8], rights: WriteRights) -> Transfer {
+        let guest = rights == WriteRights::Guest;
+        let need = if guest { PageProt::WRITE } else { 0 };
+        self.transfer(linear, buf.len(), need, |gpa, range| {
+            (!guest || self.map.writable(gpa, range.len())) && self.map.write(gpa, &buf[range]).is_ok()
+        })
+    }
+
+    /// Every translation of the page tables, as runs.
+    pub(crate) fn mappings(&self) -> Vec<Mapping> {
+        mappings(self.map, &self.regs)
     }
 
     /// Copies page by page, as one copy while the pages are contiguous in
-    /// guest physical memory.
-    fn transfer(&self, linear: u64, len: usize, mut copy: impl FnMut(u64, std::ops::Range<usize>) -> bool) -> Transfer {
+    /// guest physical memory; pages must grant the `need` rights.
+    fn transfer(
+        &self,
+        linear: u64,
+        len: usize,
+        need: u8,
+        mut copy: impl FnMut(u64, std::ops::Range<usize>) -> bool,
+    ) -> Transfer {
         let mut done = 0;
         let mut failed_at = None;
         // A run of contiguous guest physical pages not copied yet.
@@ -57,7 +91,8 @@ impl<'a> GuestView<'a> {
         while done < len {
             let at = linear.wrapping_add(done as u64);
             let n = ((PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize).min(len - done);
-            let Ok(t) = self.translate(at) else {
+            let Ok(t) = self.translate(at).map_err(|_| ()).and_then(|t| if t.prot.has(need) { Ok(t) } else { Err(()) })
+            else {
                 failed_at = Some(at);
                 break;
             };

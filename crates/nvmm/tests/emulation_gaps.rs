@@ -205,3 +205,40 @@ fn the_run_loop_completes_what_kvm_gives_up_on_as_the_cpu_would() {
     }
     println!("{{\"kvm_gives_up\":{gaps},\"completed\":{completed}}}");
 }
+
+/// An IDT at `idt` whose vector `vector` is a 64-bit interrupt gate to
+/// `handler`.
+fn idt_with(g: &mut Guest, idt: u64, vector: u8, handler: u64) {
+    let mut gate = [0u8; 16];
+    gate[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    gate[2..4].copy_from_slice(&nvmm::x86::modes::CODE64_SELECTOR.to_le_bytes());
+    gate[5] = 0x8e; // present, DPL 0, 64-bit interrupt gate
+    gate[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    gate[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+    g.machine.write_gpa(idt + 16 * u64::from(vector), &gate).unwrap();
+    g.vcpu
+        .update(StateMask::SEGS, |s| {
+            s.segs[nvmm::Seg::Idt].base = idt;
+            s.segs[nvmm::Seg::Idt].limit = 0xfff;
+        })
+        .unwrap();
+}
+
+#[test]
+fn int3_completed_at_cpl0_returns_past_itself() {
+    nvmm_testkit::kvm_or_skip!();
+    // int3 ; nop ; nop ; hlt   and at 0x1100 the #BP handler:
+    // mov rax, [rsp] ; out 0x10, al
+    let mut code = vec![0xcc, 0x90, 0x90, 0xf4];
+    code.resize(0x100, 0x90);
+    code.extend_from_slice(&[0x48, 0x8b, 0x04, 0x24, 0xe6, 0x10]);
+    let mut g = long_mode(&code);
+    idt_with(&mut g, 0x3000, 3, CODE + 0x100);
+    match g.vcpu.run().unwrap() {
+        Exit::Io(io) => assert_eq!(io.port(), 0x10),
+        e => panic!("{e:?}"),
+    }
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    // The return address the CPU pushes for INT3: the byte after it.
+    assert_eq!(g.vcpu.state().gprs[Gpr::Rax], CODE + 1);
+}

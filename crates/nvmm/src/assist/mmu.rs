@@ -447,5 +447,9 @@ fn prot_of(rights: u64, nx: bool) -> PageProt {
     PageProt(p)
 }
 
+mod mappings;
+
+pub use mappings::{Mapping, mappings};
+
 #[cfg(test)]
 mod tests;

@@ -47,6 +47,7 @@ mod configure;
 mod dump;
 mod emulation;
 mod exit_state;
+mod guest_memory;
 mod handle;
 mod inflight;
 mod io;

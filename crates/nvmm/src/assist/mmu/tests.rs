@@ -274,3 +274,97 @@ fn ranges_split_at_pages_and_tables_must_be_ram() {
     b.ram.holes.push(b.regs.cr3);
     assert_eq!(walk(&b.ram, &b.regs, 0x1000), Err(WalkError::TableUnreadable { gpa: b.regs.cr3 }));
 }
+
+/// The model's mappings page by page, merged as `mappings` merges them.
+fn merged_model(model: &[(u64, u64, u64, u64)]) -> Vec<Mapping> {
+    let mut sorted = model.to_vec();
+    sorted.sort_by_key(|m| m.0);
+    let mut out: Vec<Mapping> = Vec::new();
+    for (gva, gpa, size, flags) in sorted {
+        let prot = expect_prot(flags);
+        match out.last_mut() {
+            Some(l) if l.gva.wrapping_add(l.size) == gva && l.gpa + l.size == gpa && l.prot == prot => l.size += size,
+            _ => out.push(Mapping { gva, gpa, size, prot }),
+        }
+    }
+    out
+}
+
+#[test]
+fn mappings_list_what_was_mapped() {
+    for (mode, sizes, va_bits) in [
+        (PagingMode::Bits32, &[4096u64, 4 << 20][..], 32),
+        (PagingMode::Pae, &[4096, MIB2], 32),
+        (PagingMode::Level4, &[4096, MIB2, GIB], 48),
+        (PagingMode::Level5, &[4096, MIB2, GIB], 57),
+    ] {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ va_bits);
+        let mut b = Builder::new(mode);
+        let mut model: Vec<(u64, u64, u64, u64)> = Vec::new();
+        for k in 0..300 {
+            let size = sizes[(rng.next() % sizes.len() as u64) as usize];
+            let mut gva = rng.next() & ((1u64 << va_bits) - 1) & !(size - 1);
+            // Every third mapping follows the previous one, in both
+            // address spaces, so that runs merge.
+            let mut gpa = (rng.next() % (1 << 32)) & !(size - 1);
+            let mut flags = rng.next() & (RW | US);
+            if let Some(&(pg, pp, ps, pf)) = model.last()
+                && k % 3 == 0
+                && ps == size
+            {
+                gva = pg.wrapping_add(ps) & ((1u64 << va_bits) - 1);
+                gpa = pp + ps;
+                flags = pf;
+            }
+            if va_bits > 32 && gva >> (va_bits - 1) != 0 {
+                gva |= !((1u64 << va_bits) - 1);
+            }
+            if mode != PagingMode::Bits32 && flags & 1 == 0 && rng.next() % 3 == 0 {
+                flags |= XD;
+            }
+            if model.iter().any(|m| gva < m.0.wrapping_add(m.2) && m.0 < gva.wrapping_add(size)) {
+                continue;
+            }
+            b.map(gva, gpa, size, flags);
+            model.push((gva, gpa, size, flags));
+        }
+        let ours = mappings(&b.ram, &b.regs);
+        let want = merged_model(&model);
+        assert!(want.len() < model.len(), "{mode:?}: nothing merged");
+        assert_eq!(ours, want, "{mode:?}");
+    }
+    // Without paging: the 4 GiB identity map.
+    let b = Builder::new(PagingMode::Off);
+    assert_eq!(mappings(&b.ram, &b.regs), [Mapping { gva: 0, gpa: 0, size: 1 << 32, prot: PageProt::ALL }]);
+}
+
+#[test]
+fn mappings_skip_reserved_entries_and_unreadable_tables() {
+    let mut b = Builder::new(PagingMode::Level4);
+    b.map(0x40_0000, 0x1000_0000, 4096, RW);
+    b.map(0x8000_0000, 0x2000_0000, 4096, RW);
+    let before = mappings(&b.ram, &b.regs);
+    assert_eq!(before.len(), 2);
+    // Find the PTE of 0x40_0000 and set a reserved bit (above the 46-bit
+    // physical width): the walker faults there, so the list drops it.
+    let t = walk(&b.ram, &b.regs, 0x40_0000).unwrap();
+    assert_eq!(t.gpa, 0x1000_0000);
+    let pte_addr = b
+        .tables
+        .pages()
+        .flat_map(|(a, p)| {
+            (0..512).map(move |i| {
+                (a + 8 * i, u64::from_le_bytes(p[8 * i as usize..8 * i as usize + 8].try_into().unwrap()))
+            })
+        })
+        .find(|&(_, e)| e & !0xfff & ((1 << 46) - 1) == 0x1000_0000 && e & P != 0)
+        .unwrap()
+        .0;
+    b.ram.write(pte_addr, 0x1000_0000 | P | RW | (1 << 50), true);
+    assert!(matches!(walk(&b.ram, &b.regs, 0x40_0000), Err(WalkError::Reserved { .. })));
+    assert_eq!(mappings(&b.ram, &b.regs), [before[1]]);
+    // A table in MMIO: its mappings are not listed, and nothing fails.
+    b.ram.holes.push(pte_addr & !0xfff);
+    let after = mappings(&b.ram, &b.regs);
+    assert!(after.len() <= 1);
+}

@@ -1,0 +1,128 @@
+//! Guest memory by virtual address: reads and writes through the guest's
+//! page tables with short counts, debugger writes past write protection,
+//! and the list of mappings. Oracles: the guest CPU itself (it loads what
+//! we wrote, we read what it stored) and KVM's own translation
+//! (`KVM_TRANSLATE`).
+
+mod common;
+
+use common::*;
+use nvmm::assist::mmu::{Mapping, PageProt};
+use nvmm::x86::PagingMode;
+use nvmm::x86::bits::pte;
+use nvmm::x86::paging::PageTables;
+use nvmm::{Cr, Exit, Gpr, Prot, StateMask, Transfer};
+
+/// Where the test's own page tables go (guest RAM).
+const TABLES: u64 = 0x20_0000;
+/// A read-only guest physical mapping (firmware-like), outside RAM.
+const ROM: u64 = 0x50_0000;
+
+/// A long-mode guest whose page tables map: the low 2 MiB identity (code,
+/// stack, GDT), 0x4000_0000 → 0x30_0000 writable (4 KiB), 0x4000_1000 →
+/// 0x30_1000 read-only, 0x4000_2000 → ROM writable in the page tables,
+/// 0x4000_3000 → 0x10_0000_0000 (not guest RAM), and nothing at
+/// 0x4000_4000.
+fn guest(code: &[u8]) -> (Guest, Vec<(u64, u64, u64, u64)>) {
+    let mut g = long_mode(code);
+    let rom = g.machine.map_anonymous(ROM, 0x1000, Prot::READ | Prot::EXEC);
+    rom.expect("map the read-only page");
+    let mut t = PageTables::new(PagingMode::Level4, TABLES);
+    let maps = vec![
+        (0, 0, 2 << 20, pte::RW),
+        (0x4000_0000, 0x30_0000, 0x1000, pte::RW),
+        (0x4000_1000, 0x30_1000, 0x1000, 0),
+        (0x4000_2000, ROM, 0x1000, pte::RW),
+        (0x4000_3000, 0x10_0000_0000, 0x1000, pte::RW),
+    ];
+    for &(gva, gpa, size, flags) in &maps {
+        t.map(gva, gpa, size, flags).unwrap();
+    }
+    for (gpa, page) in t.pages() {
+        g.machine.write_gpa(gpa, page).unwrap();
+    }
+    g.vcpu.update(StateMask::CRS, |s| s.crs[Cr::Cr3] = t.cr3()).unwrap();
+    (g, maps)
+}
+
+#[test]
+fn reads_and_writes_agree_with_the_guest_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    // mov rax, [rsi] ; mov [rdi], rbx ; out 0x10, al
+    let (mut g, _) = guest(&[0x48, 0x8b, 0x06, 0x48, 0x89, 0x1f, 0xe6, 0x10]);
+    // Our write, the guest's load.
+    let at = 0x4000_0ff8;
+    let t = g.vcpu.write_virtual(at, &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
+    assert_eq!(t, Transfer { done: 8, failed_at: None });
+    g.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rsi] = at;
+            s.gprs[Gpr::Rdi] = 0x4000_0800;
+            s.gprs[Gpr::Rbx] = 0xdead_beef_cafe_f00d;
+        })
+        .unwrap();
+    match g.vcpu.run().unwrap() {
+        Exit::Io(io) => assert_eq!(io.port(), 0x10),
+        e => panic!("{e:?}"),
+    }
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    let rax = g.vcpu.state().gprs[Gpr::Rax];
+    assert_eq!(rax, 0x1122_3344_5566_7788, "the guest loads what we wrote");
+    let mut b = [0u8; 8];
+    assert_eq!(g.vcpu.read_virtual(0x4000_0800, &mut b).unwrap(), Transfer { done: 8, failed_at: None });
+    assert_eq!(u64::from_le_bytes(b), 0xdead_beef_cafe_f00d, "we read what the guest stored");
+}
+
+#[test]
+fn short_counts_stop_at_the_first_page_that_fails() {
+    nvmm_testkit::kvm_or_skip!();
+    let (mut g, _) = guest(&[0xf4]);
+    let mut b = [0u8; 32];
+    // Writable, then read-only in the page tables.
+    let t = g.vcpu.write_virtual(0x4000_0ff0, &[7; 32]).unwrap();
+    assert_eq!(t, Transfer { done: 16, failed_at: Some(0x4000_1000) });
+    // The debugger's write goes through the read-only page.
+    let t = g.vcpu.write_virtual_debug(0x4000_0ff0, &[9; 32]).unwrap();
+    assert_eq!(t, Transfer { done: 32, failed_at: None });
+    g.machine.read_gpa(0x30_1000, &mut b[..16]).unwrap();
+    assert_eq!(b[..16], [9; 16]);
+    // Writable in the page tables, read-only guest physical mapping.
+    assert_eq!(g.vcpu.write_virtual(0x4000_2000, &[1; 4]).unwrap(), Transfer { done: 0, failed_at: Some(0x4000_2000) });
+    assert_eq!(g.vcpu.write_virtual_debug(0x4000_2000, &[1; 4]).unwrap().done, 4);
+    g.machine.read_gpa(ROM, &mut b[..4]).unwrap();
+    assert_eq!(b[..4], [1; 4]);
+    // Mapped to something that is not guest RAM, and not mapped at all.
+    let t = g.vcpu.read_virtual(0x4000_2ff8, &mut b[..16]).unwrap();
+    assert_eq!(t, Transfer { done: 8, failed_at: Some(0x4000_3000) });
+    let t = g.vcpu.read_virtual(0x4000_4000, &mut b[..16]).unwrap();
+    assert_eq!(t, Transfer { done: 0, failed_at: Some(0x4000_4000) });
+    assert_eq!(g.vcpu.write_virtual_debug(0x4000_4000, &[1]).unwrap().done, 0);
+}
+
+#[test]
+fn mappings_are_the_page_tables_and_match_kvm() {
+    nvmm_testkit::kvm_or_skip!();
+    let (mut g, maps) = guest(&[0xf4]);
+    let list = g.vcpu.virtual_mappings().unwrap();
+    let rights = |flags: u64| {
+        // The leaves have no US bit: supervisor pages.
+        let mut p = PageProt::READ | PageProt::EXEC;
+        if flags & pte::RW != 0 {
+            p |= PageProt::WRITE;
+        }
+        PageProt(p)
+    };
+    // 0x4000_0000 and 0x4000_1000 differ in rights; no run merges.
+    let want: Vec<Mapping> =
+        maps.iter().map(|&(gva, gpa, size, flags)| Mapping { gva, gpa, size, prot: rights(flags) }).collect();
+    assert_eq!(list, want);
+    // KVM's walker agrees on every page of every run, and finds nothing
+    // past them.
+    for m in &list {
+        for off in (0..m.size).step_by(0x1000).take(64) {
+            assert_eq!(g.vcpu.kvm_translate(m.gva + off).unwrap(), Some(m.gpa + off), "{m:x?}");
+        }
+    }
+    assert_eq!(g.vcpu.kvm_translate(0x4000_4000).unwrap(), None);
+    assert_eq!(g.vcpu.kvm_translate(2 << 20).unwrap(), None);
+}

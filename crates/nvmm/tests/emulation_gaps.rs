@@ -166,7 +166,8 @@ const CASES: &[(&str, &[u8], bool)] = &[
     ("pause", &[0xf3, 0x90], true),
     ("int3", &[0xcc], true),
     ("cmpxchg16b [rbx]", &[0x48, 0x0f, 0xc7, 0x0b], true),
-    ("popcnt eax, ebx", &[0xf3, 0x0f, 0xb8, 0xc3], false),
+    ("popcnt eax, ebx", &[0xf3, 0x0f, 0xb8, 0xc3], true),
+    ("popcnt rax, [rbx]", &[0xf3, 0x48, 0x0f, 0xb8, 0x03], true),
     ("rdtscp", &[0x0f, 0x01, 0xf9], false),
     ("crc32 eax, bl", &[0xf2, 0x0f, 0x38, 0xf0, 0xc3], false),
 ];
@@ -204,6 +205,38 @@ fn the_run_loop_completes_what_kvm_gives_up_on_as_the_cpu_would() {
         }
     }
     println!("{{\"kvm_gives_up\":{gaps},\"completed\":{completed}}}");
+}
+
+#[test]
+fn clac_stac_and_verw_at_cpl0_do_what_the_sdm_says() {
+    nvmm_testkit::kvm_or_skip!();
+    // stac ; pushf ; pop rbx ; clac ; pushf ; pop rcx ; verw [rsi] ; pushf ;
+    // pop rdx ; verw [rdi] ; pushf ; pop r8 ; out 0x10, al
+    let code = [
+        0x0f, 0x01, 0xcb, 0x9c, 0x5b, 0x0f, 0x01, 0xca, 0x9c, 0x59, 0x0f, 0x00, 0x2e, 0x9c, 0x5a, 0x0f, 0x00, 0x2f,
+        0x9c, 0x41, 0x58, 0xe6, 0x10,
+    ];
+    let mut g = long_mode(&code);
+    g.machine.write_gpa(DATA, &nvmm::x86::modes::DATA_SELECTOR.to_le_bytes()).unwrap();
+    g.machine.write_gpa(DATA + 2, &nvmm::x86::modes::CODE64_SELECTOR.to_le_bytes()).unwrap();
+    g.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rsi] = DATA;
+            s.gprs[Gpr::Rdi] = DATA + 2;
+        })
+        .unwrap();
+    match g.vcpu.run().unwrap() {
+        Exit::Io(io) => assert_eq!(io.port(), 0x10),
+        e => panic!("{e:?}"),
+    }
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    let s = g.vcpu.state();
+    const AC: u64 = 1 << 18;
+    const ZF: u64 = 1 << 6;
+    assert_eq!(s.gprs[Gpr::Rbx] & AC, AC, "STAC sets AC");
+    assert_eq!(s.gprs[Gpr::Rcx] & AC, 0, "CLAC clears it");
+    assert_eq!(s.gprs[Gpr::Rdx] & ZF, ZF, "VERW of the kernel data segment: writable");
+    assert_eq!(s.gprs[Gpr::R8] & ZF, 0, "VERW of a code segment: not writable");
 }
 
 /// An IDT at `idt` whose vector `vector` is a 64-bit interrupt gate to

@@ -123,6 +123,10 @@ impl Bench {
 
         let mut model = HeldCpu { xsave: xs_in, ..HeldCpu::new(st) };
         let mut mem: HashMap<u64, u8> = data.iter().enumerate().map(|(i, b)| (DATA + i as u64, *b)).collect();
+        // The GDT too (VERR/VERW read descriptors).
+        let mut gdt = [0u8; 0x100];
+        self.g.machine.read_gpa(GDT, &mut gdt).unwrap();
+        mem.extend(gdt.iter().enumerate().map(|(i, b)| (GDT + i as u64, *b)));
         let done = match decode(insn, CpuMode::Bits64) {
             Ok(d) => execute(&d, &mut model, &mut MemView(&mut mem)),
             Err(_) => {
@@ -641,6 +645,61 @@ fn xsave_family_matches_the_cpu() {
         // XGETBV 0; XGETBV 1 when the components are in use.
         let ecx = if sse_init || avx_init { 0 } else { round % 2 };
         b.check(&[0x0f, 0x01, 0xd0], 0, &move |st: &mut State, _: &mut Rng| st.gprs[Gpr::Rcx] = ecx);
+    }
+    println!("{} cases", b.cases);
+}
+
+#[test]
+fn popcnt_verr_verw_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    // POPCNT r, r/m in three sizes, registers and [rbx], REX.R/B.
+    for round in 0..8u8 {
+        let modrm_reg = 0xc0 | (round % 8) << 3 | ((round * 3 + 1) % 8);
+        let modrm_mem = (round % 8) << 3 | 3;
+        for prefix in [&[0xf3][..], &[0x66, 0xf3], &[0xf3, 0x48], &[0xf3, 0x4d], &[0xf3, 0x44]] {
+            for modrm in [modrm_reg, modrm_mem] {
+                if modrm == modrm_mem && prefix.contains(&0x4d) {
+                    continue; // REX.B would make the base R11
+                }
+                let mut i = prefix.to_vec();
+                i.extend([0x0f, 0xb8, modrm]);
+                b.check(&i, rflags::ARITH * u64::from(round % 2), &move |st: &mut State, rng: &mut Rng| {
+                    rbx_at_data(st, rng);
+                    if round == 3 {
+                        // A zero source: ZF.
+                        for r in 0..16 {
+                            if r != 3 {
+                                st.gprs.0[r] = 0;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+    // VERR (/4) and VERW (/5) from a register and from memory: null
+    // selectors with every RPL, the user data and 64-bit code descriptors
+    // (entries 5 and 6) with every RPL, in the LDT (there is none), at and
+    // past the GDT's limit. (This host's nested CPU answers ZF=0 for GDT
+    // entries 1 to 4 whatever descriptor they hold, even one it accepts in
+    // entry 5: those are left out.)
+    let selectors: Vec<u16> = (0..4).chain(0x28..0x38).chain([0x38, 0x3b, 0x44, 0x1000, 0xfff8]).collect();
+    for &sel in &selectors {
+        for reg in [4u8, 5] {
+            b.check(&[0x0f, 0x00, 0xc0 | reg << 3 | 1], 0, &move |st: &mut State, _: &mut Rng| {
+                st.gprs[Gpr::Rcx] = u64::from(sel) | 0xabcd_0000;
+            });
+            b.check_data(
+                &[0x0f, 0x00, reg << 3 | 3],
+                rflags::ZF,
+                &rbx_at_data,
+                &move |st: &State, d: &mut [u8], _: &mut Rng| {
+                    let off = (st.gprs[Gpr::Rbx] - DATA) as usize;
+                    d[off..off + 2].copy_from_slice(&sel.to_le_bytes());
+                },
+            );
+        }
     }
     println!("{} cases", b.cases);
 }

@@ -52,7 +52,7 @@ impl Decoded {
     fn uses_fpu(&self) -> bool {
         match self {
             Decoded::General(i) => matches!(i.op(), Op::X87(_) | Op::Vec(_)),
-            Decoded::Control(_) => true,
+            Decoded::Control(c) => c.op.uses_fpu(),
         }
     }
 }

@@ -322,6 +322,7 @@ fn claimed_control(i: &iced_x86::Instruction) -> bool {
         | Vmovdqu => !has_mem,
         Movd | Movq | Vmovd | Vmovq => !has_mem,
         Pxor | Xorps | Xorpd | Vpxor | Vxorps | Vxorpd => true,
+        Clac | Stac | Popcnt | Verr | Verw => true,
         _ => false,
     }
 }
@@ -353,6 +354,11 @@ fn control_mnemonics(c: &ControlInsn) -> Vec<Mnemonic> {
         ControlOp::Xsaveopt => vec![w(M::Xsaveopt, M::Xsaveopt64)],
         ControlOp::Xsavec => vec![w(M::Xsavec, M::Xsavec64)],
         ControlOp::Xrstor => vec![w(M::Xrstor, M::Xrstor64)],
+        ControlOp::Clac => vec![M::Clac],
+        ControlOp::Stac => vec![M::Stac],
+        ControlOp::Popcnt => vec![M::Popcnt],
+        ControlOp::Verr => vec![M::Verr],
+        ControlOp::Verw => vec![M::Verw],
     }
 }
 
@@ -414,6 +420,13 @@ pub fn compare_control(bytes: &[u8], mode: CpuMode) -> bool {
             }
         }
         ControlOp::FnstswAx => assert_eq!(regs, [Register::AX], "{ctx}"),
+        ControlOp::Popcnt => {
+            assert_eq!((num(&regs[0]), regs[0].size()), (c.dst, usize::from(c.opsize)), "{ctx}: destination");
+            if c.mem.is_none() {
+                assert_eq!((num(&regs[1]), regs[1].size()), (c.src, usize::from(c.opsize)), "{ctx}: source");
+            }
+        }
+        ControlOp::Verr | ControlOp::Verw if c.mem.is_none() => assert_eq!(num(&regs[0]), c.src, "{ctx}: selector"),
         _ => {}
     }
     match c.mem {
@@ -450,8 +463,18 @@ pub fn compare_control(bytes: &[u8], mode: CpuMode) -> bool {
 
 /// Opcode templates of the control instructions (a ModRM follows).
 pub fn control_templates() -> Vec<Vec<u8>> {
-    let mut t: Vec<Vec<u8>> =
-        vec![vec![0xd9], vec![0xdb], vec![0xdd], vec![0xdf], vec![0x0f, 0x01], vec![0x0f, 0xae], vec![0x0f, 0xc7]];
+    let mut t: Vec<Vec<u8>> = vec![
+        vec![0xd9],
+        vec![0xdb],
+        vec![0xdd],
+        vec![0xdf],
+        vec![0x0f, 0x00],
+        vec![0x0f, 0x01],
+        vec![0x0f, 0xae],
+        vec![0x0f, 0xc7],
+        vec![0xf3, 0x0f, 0xb8],
+        vec![0x66, 0xf3, 0x0f, 0xb8],
+    ];
     for p in [&[][..], &[0x66], &[0xf3], &[0xf2]] {
         for op in [0x10u8, 0x11, 0x28, 0x29, 0x57, 0x6e, 0x6f, 0x7e, 0x7f, 0xd6, 0xef] {
             let mut v = p.to_vec();

@@ -55,6 +55,18 @@ pub enum ControlOp {
     Vzeroall,
     /// XGETBV: EDX:EAX gets the XCR that ECX selects.
     Xgetbv,
+    /// CLAC: clears RFLAGS.AC (CPL 0 only).
+    Clac,
+    /// STAC: sets RFLAGS.AC (CPL 0 only).
+    Stac,
+    /// POPCNT: `dst` (GPR) gets the number of set bits of the GPR `src`
+    /// or the memory operand, `opsize` bytes.
+    Popcnt,
+    /// VERR: ZF says whether the selector in the GPR `src` or the memory
+    /// operand names a segment readable at the current privilege.
+    Verr,
+    /// VERW: ZF says whether it names a writable one.
+    Verw,
     /// XSAVE: the components EDX:EAX and XCR0 select, standard format.
     Xsave,
     /// XSAVEOPT (executed as XSAVE, which the CPU may always do).
@@ -63,6 +75,14 @@ pub enum ControlOp {
     Xsavec,
     /// XRSTOR, standard or compacted format.
     Xrstor,
+}
+
+impl ControlOp {
+    /// Whether it reads or writes the FPU, vector or XSAVE state (the
+    /// others work on general registers and flags only).
+    pub fn uses_fpu(self) -> bool {
+        !matches!(self, ControlOp::Clac | ControlOp::Stac | ControlOp::Popcnt | ControlOp::Verr | ControlOp::Verw)
+    }
 }
 
 /// A decoded control instruction. Register numbers are XMM/YMM numbers
@@ -91,6 +111,8 @@ pub struct ControlInsn {
     /// REX.W or VEX.W in 64-bit mode: 64-bit GPR for MOVD/MOVQ, 64-bit
     /// FPU pointers for the XSAVE family.
     pub w: bool,
+    /// Operand size in bytes of the integer operations (POPCNT).
+    pub opsize: u8,
 }
 
 /// Prefixes read in front of the opcode.
@@ -190,7 +212,7 @@ fn mem_at(bytes: &[u8], at: usize, p: &Prefixes, xb: u8, mode: CpuMode, size: u8
 }
 
 fn insn(op: ControlOp, len: usize) -> ControlInsn {
-    ControlInsn { op, len: len as u8, mem: None, dst: 0, src: 0, src1: 0, vex: false, wide: false, w: false }
+    ControlInsn { op, len: len as u8, mem: None, dst: 0, src: 0, src1: 0, vex: false, wide: false, w: false, opsize: 0 }
 }
 
 fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<ControlInsn, DecodeError> {
@@ -233,6 +255,27 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
             };
             match (op2, mp, md == 3) {
                 (0x01, 0, true) if m == 0xd0 => Ok(insn(ControlOp::Xgetbv, i + 3)),
+                (0x01, 0, true) if m == 0xca => Ok(insn(ControlOp::Clac, i + 3)),
+                (0x01, 0, true) if m == 0xcb => Ok(insn(ControlOp::Stac, i + 3)),
+                (0x00, _, _) if reg & 7 == 4 || reg & 7 == 5 => {
+                    let op = if reg & 7 == 4 { ControlOp::Verr } else { ControlOp::Verw };
+                    if md == 3 { regs(op, 0, rm) } else { memory(i + 2, 2, op) }
+                }
+                (0xb8, 0xf3, _) => {
+                    let opsize = if w {
+                        8
+                    } else if p.p66 != (mode == CpuMode::Bits16) {
+                        2
+                    } else {
+                        4
+                    };
+                    let x = if md == 3 {
+                        regs(ControlOp::Popcnt, reg, rm)?
+                    } else {
+                        memory(i + 2, opsize, ControlOp::Popcnt)?
+                    };
+                    Ok(ControlInsn { dst: reg, opsize, ..x })
+                }
                 (0xae, 0, false) => match reg & 7 {
                     2 => memory(i + 2, 4, ControlOp::Ldmxcsr),
                     3 => memory(i + 2, 4, ControlOp::Stmxcsr),

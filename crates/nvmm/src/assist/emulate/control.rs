@@ -13,6 +13,7 @@
 
 use super::{Ctx, EmuCpu, EmuError, EmuMemory, gp0, xsave_area};
 use crate::assist::decode::{ControlInsn, ControlOp, CpuMode, Reg};
+use crate::assist::mmu::{Access, AccessKind};
 use crate::x86::bits::{cr0, cr4, rflags};
 use crate::x86::state::{Cr, Fxsave, Gpr, StateMask};
 use crate::x86::xsave::{Xsave, xfeature};
@@ -45,8 +46,17 @@ pub fn execute_control<C: EmuCpu + ?Sized, M: EmuMemory + ?Sized>(
     cpu: &mut C,
     mem: &mut M,
 ) -> Result<(), EmuError> {
-    let want = StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS | StateMask::FPU;
-    let mut fx = cpu.state(want)?.fpu;
+    let want = StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS;
+    if !insn.op.uses_fpu() {
+        // General registers and flags only: no FPU state to fetch or store.
+        let mut c = Ctx::with_len(cpu.state(want)?, insn.len);
+        let (mut fx, mut xs) = (Fxsave::default(), Xsave::default());
+        run(&mut c, insn, mem, &mut fx, &mut xs)?;
+        c.complete(true);
+        cpu.mark(StateMask::GPRS);
+        return Ok(());
+    }
+    let mut fx = cpu.state(want | StateMask::FPU)?.fpu;
     let mut xs = cpu.xsave().clone();
     let mut c = Ctx::with_len(cpu.state(StateMask::NONE)?, insn.len);
     run(&mut c, insn, mem, &mut fx, &mut xs)?;
@@ -77,7 +87,17 @@ fn run<M: EmuMemory + ?Sized>(
                 return Err(fault(NM));
             }
         }
-        Xgetbv => {}
+        Xgetbv | Popcnt => {}
+        Clac | Stac => {
+            if c.cpl != 0 {
+                return Err(fault(UD));
+            }
+        }
+        Verr | Verw => {
+            if cr0v & cr0::PE == 0 || c.st.gprs[Gpr::Rflags] & rflags::VM != 0 {
+                return Err(fault(UD));
+            }
+        }
         Xsave | Xsaveopt | Xsavec | Xrstor => {
             if c.st.crs[Cr::Cr4] & cr4::OSXSAVE == 0 {
                 return Err(fault(UD));
@@ -197,11 +217,66 @@ fn run<M: EmuMemory + ?Sized>(
             c.write_reg(Reg::Gpr { num: 0, size: 4, high8: false }, v & 0xffff_ffff);
             c.write_reg(Reg::Gpr { num: 2, size: 4, high8: false }, v >> 32);
         }
+        Clac => c.st.gprs[Gpr::Rflags] &= !rflags::AC,
+        Stac => c.st.gprs[Gpr::Rflags] |= rflags::AC,
+        Popcnt => {
+            let size = insn.opsize;
+            let v = match insn.mem {
+                Some(m) => c.read_mem(mem, &m, size)?,
+                None => c.read_reg(Reg::Gpr { num: insn.src, size, high8: false }),
+            };
+            c.write_reg(Reg::Gpr { num: insn.dst, size, high8: false }, u64::from(v.count_ones()));
+            // ZF when the source is zero; CF, OF, SF, AF and PF cleared.
+            let zf = if v == 0 { rflags::ZF } else { 0 };
+            c.set_flags(zf);
+        }
+        Verr | Verw => {
+            let selector = match insn.mem {
+                Some(m) => c.read_mem(mem, &m, 2)?,
+                None => c.read_reg(Reg::Gpr { num: insn.src, size: 2, high8: false }),
+            } as u16;
+            let ok = segment_accessible(c, mem, selector, insn.op == Verw)?;
+            let f = &mut c.st.gprs[Gpr::Rflags];
+            *f = if ok { *f | rflags::ZF } else { *f & !rflags::ZF };
+        }
         Xsave | Xsaveopt => xsave_area::save(c, insn, mem, fx, xs, false)?,
         Xsavec => xsave_area::save(c, insn, mem, fx, xs, true)?,
         Xrstor => xsave_area::restore(c, insn, mem, fx, xs)?,
     }
     Ok(())
+}
+
+/// VERR/VERW: whether `selector` names a segment readable (`write`
+/// false) or writable at the current privilege, from its descriptor in the
+/// GDT or LDT.
+fn segment_accessible<M: EmuMemory + ?Sized>(
+    c: &Ctx<'_>,
+    mem: &mut M,
+    selector: u16,
+    write: bool,
+) -> Result<bool, EmuError> {
+    use crate::x86::state::Seg;
+    let table = if selector & 4 != 0 { c.st.segs[Seg::Ldt] } else { c.st.segs[Seg::Gdt] };
+    let index = u64::from(selector & !7);
+    let usable = if selector & 4 != 0 { table.attrib.p() && table.selector & !3 != 0 } else { true };
+    if (selector & !3 == 0) || !usable || index + 7 > u64::from(table.limit) {
+        return Ok(false);
+    }
+    let mut d = [0u8; 8];
+    let lin = table.base.wrapping_add(index);
+    let lin = if c.mode == CpuMode::Bits64 { lin } else { lin & 0xffff_ffff };
+    mem.read(lin, &mut d, Access::supervisor(AccessKind::Read))?;
+    let typ = d[5] & 0xf;
+    let s = d[5] & 0x10 != 0;
+    let dpl = (d[5] >> 5) & 3;
+    if !s {
+        return Ok(false);
+    }
+    let code = typ & 8 != 0;
+    let conforming = code && typ & 4 != 0;
+    let rpl = (selector & 3) as u8;
+    let privileged = conforming || (dpl >= c.cpl && dpl >= rpl);
+    Ok(privileged && if write { !code && typ & 2 != 0 } else { !code || typ & 2 != 0 })
 }
 
 /// #UD and #NM for SSE (`vex` false) and AVX instructions.

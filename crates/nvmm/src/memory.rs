@@ -300,6 +300,13 @@ impl MemoryMap {
     /// Copies guest physical memory into `buf`; fails if any byte is
     /// unmapped (nothing is copied then).
     pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
+        // The common case: one mapping holds it all.
+        if let Some(a) = self.area(gpa)
+            && gpa.saturating_add(buf.len() as u64) <= a.end()
+        {
+            a.region.read(a.offset + (gpa - a.gpa), buf);
+            return Ok(());
+        }
         self.for_each_chunk(gpa, buf.len(), |_, _, _, _| {})?;
         self.for_each_chunk(gpa, buf.len(), |a, off, done, n| a.region.read(off, &mut buf[done..done + n]))
     }
@@ -314,6 +321,12 @@ impl MemoryMap {
     /// Copies `buf` into guest physical memory; fails if any byte is
     /// unmapped (nothing is copied then).
     pub(crate) fn write(&self, gpa: u64, buf: &[u8]) -> Result<()> {
+        if let Some(a) = self.area(gpa)
+            && gpa.saturating_add(buf.len() as u64) <= a.end()
+        {
+            a.region.write(a.offset + (gpa - a.gpa), buf);
+            return Ok(());
+        }
         self.for_each_chunk(gpa, buf.len(), |_, _, _, _| {})?;
         self.for_each_chunk(gpa, buf.len(), |a, off, done, n| a.region.write(off, &buf[done..done + n]))
     }

@@ -5,7 +5,9 @@
 //! when a page is missing. One home for what the assists, the I/O
 //! instruction decoder, the MSR exits and the debugger need.
 
-use crate::assist::mmu::{Mapping, PageProt, PagingRegs, Translation, WalkError, mappings, walk};
+use crate::assist::mmu::{
+    Access, Mapping, PageProt, PagingRegs, Translation, WalkError, mappings, translate_range, walk,
+};
 use crate::memory::{MemoryMap, PAGE_SIZE};
 
 /// How far a guest-virtual read or write got: a short count stops at the
@@ -68,6 +70,12 @@ impl<'a> GuestView<'a> {
         self.transfer(linear, buf.len(), need, |gpa, range| {
             (!guest || self.map.writable(gpa, range.len())) && self.map.write(gpa, &buf[range]).is_ok()
         })
+    }
+
+    /// The guest physical pieces of `[linear, linear + len)` for `access`,
+    /// checked as the CPU checks it (the emulator's operands).
+    pub(crate) fn pieces(&self, linear: u64, len: usize, access: Access) -> Result<Vec<(u64, usize)>, WalkError> {
+        translate_range(self.map, &self.regs, linear, len, access)
     }
 
     /// Every translation of the page tables, as runs.

@@ -19,10 +19,11 @@ use super::assist::{AssistOutcome, MemRequest};
 use super::inflight::Inflight;
 use crate::assist::decode::{ControlInsn, DecodeError, Instruction, MAX_LEN, Op, decode, decode_control};
 use crate::assist::emulate::{EmuCpu, EmuError, EmuMemory, execute, execute_control};
-use crate::assist::mmu::{Access, AccessKind, WalkError, translate_range};
+use crate::assist::mmu::{Access, AccessKind, WalkError};
 use crate::error::{Error, Result};
 use crate::exit::record::ExitRecord;
 use crate::memory::Prot;
+use crate::vmem::GuestView;
 use crate::x86::event::Event;
 use crate::x86::mode::{CpuMode, linear_rip};
 use crate::x86::state::{Cr, State, StateMask};
@@ -207,7 +208,7 @@ impl Vcpu {
             let n = ((4096 - (at & 0xfff)) as usize).min(MAX_LEN - done);
             let pieces = {
                 let map = self.machine.memory();
-                match translate_range(&*map, &regs, at, n, access) {
+                match GuestView::new(&map, regs).pieces(at, n, access) {
                     Ok(p) => p,
                     Err(_) => break,
                 }
@@ -283,7 +284,7 @@ struct GuestMemory<'v, 'b> {
 impl GuestMemory<'_, '_> {
     fn pieces(&self, linear: u64, len: usize, access: Access) -> std::result::Result<Vec<(u64, usize)>, EmuError> {
         let map = self.vcpu.machine.memory();
-        translate_range(&*map, &self.regs, linear, len, access).map_err(|e| match e {
+        GuestView::new(&map, self.regs).pieces(linear, len, access).map_err(|e| match e {
             WalkError::TableUnreadable { .. } | WalkError::InvalidMode => {
                 EmuError::Memory("page tables outside guest RAM")
             }

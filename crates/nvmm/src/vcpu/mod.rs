@@ -320,8 +320,8 @@ impl Vcpu {
     pub fn gva_to_gpa(&mut self, gva: u64) -> Result<(u64, crate::assist::mmu::PageProt)> {
         self.get_state(crate::x86::state::StateMask::CRS | crate::x86::state::StateMask::MSRS)?;
         let regs = self.paging_of(self.comm.state());
-        let t =
-            crate::assist::mmu::walk(&*self.machine.memory(), &regs, gva).map_err(|_| Error::Translation { gva })?;
+        let map = self.machine.memory();
+        let t = crate::vmem::GuestView::new(&map, regs).translate(gva).map_err(|_| Error::Translation { gva })?;
         Ok((t.gpa, t.prot))
     }
 

@@ -104,6 +104,15 @@ fn other_threads_inject_stop_and_destroy_running_vcpus() {
 }
 
 #[test]
+fn kernel_boot_code_gives_no_exit_as_on_netbsd() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("boot_code.c", &["guest.c"], Link::Shared);
+    let out = run_ok(&exe, &[]);
+    assert!(out.ends_with("\n0 failures\n"), "{out}");
+    assert_eq!(out.matches("passed").count(), 2, "{out}");
+}
+
+#[test]
 fn an_fpu_set_without_a_get_keeps_the_avx_upper_halves() {
     nvmm_testkit::kvm_or_skip!();
     let exe = compile("fpu.c", &[], Link::Shared);

@@ -27,7 +27,7 @@ impl std::error::Error for FloorError {}
 
 type Result<T> = std::result::Result<T, FloorError>;
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> FloorError {
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> FloorError {
     move |e| FloorError { what, source: std::io::Error::from_raw_os_error(e.errno()) }
 }
 
@@ -73,7 +73,7 @@ pub struct RawVm {
     vcpu: VcpuFd,
     sync: (bool, bool),
     _vm: VmFd,
-    _mem: GuestRam,
+    mem: GuestRam,
 }
 
 /// What a raw exit was.
@@ -129,7 +129,17 @@ impl RawVm {
         regs.rip = gpa;
         regs.rflags = 2;
         vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
-        Ok(RawVm { vcpu, sync: (false, false), _vm: vm, _mem: mem })
+        Ok(RawVm { vcpu, sync: (false, false), _vm: vm, mem })
+    }
+
+    /// The VCPU, for probes that set up more than real mode.
+    pub(crate) fn vcpu(&self) -> &VcpuFd {
+        &self.vcpu
+    }
+
+    /// Writes `bytes` into guest RAM at `gpa`.
+    pub(crate) fn write(&self, gpa: u64, bytes: &[u8]) {
+        self.mem.write(gpa, bytes);
     }
 
     /// Makes every following run copy the general-purpose and special

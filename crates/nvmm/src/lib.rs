@@ -14,7 +14,7 @@
 //!
 //! ```
 //! # fn main() -> Result<(), nvmm::Error> {
-//! # if !nvmm_testkit::kvm_available("crate docs") { return Ok(()); }
+//! # if !nvmm_testkit::kvm_available() { return Ok(()); }
 //! use nvmm::{Exit, Gpr, Nvmm, Prot, StateMask};
 //!
 //! let nvmm = Nvmm::open()?;

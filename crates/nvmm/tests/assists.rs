@@ -117,7 +117,7 @@ fn has_avx() -> bool {
 fn vmovdqu_loads_from_mmio() {
     nvmm_testkit::kvm_or_skip!();
     if !has_avx() {
-        println!("SKIP vmovdqu_loads_from_mmio: no AVX");
+        nvmm_testkit::skip("the host CPU has no AVX, so no guest can execute a VEX.256 move");
         return;
     }
     for user in [false, true] {
@@ -136,7 +136,7 @@ fn vmovdqu_loads_from_mmio() {
 fn vmovdqu_stores_to_mmio() {
     nvmm_testkit::kvm_or_skip!();
     if !has_avx() {
-        println!("SKIP vmovdqu_stores_to_mmio: no AVX");
+        nvmm_testkit::skip("the host CPU has no AVX, so no guest can execute a VEX.256 move");
         return;
     }
     for user in [false, true] {

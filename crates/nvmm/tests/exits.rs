@@ -425,8 +425,10 @@ fn emulation_failure_carries_the_bytes() {
             assert_eq!(&b[..6], &[0xd9, 0x05, 0x00, 0x00, 0x00, 0x10]);
         }
         Exit::Memory(m) => {
-            // A KVM that can emulate x87 loads reports an ordinary read.
+            // A KVM that can emulate x87 loads reports an ordinary read: the
+            // emulation-failure path is then not reached.
             assert_eq!(m.gpa(), 0x1000_0000);
+            nvmm_testkit::skip("this host's KVM emulates FLD m32 itself, so no emulation failure carries bytes");
             return;
         }
         e => panic!("{e:?}"),

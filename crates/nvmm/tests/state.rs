@@ -145,7 +145,7 @@ fn every_component_round_trips() {
 fn avx_state_is_what_the_guest_sees() {
     nvmm_testkit::kvm_or_skip!();
     if nvmm().capability().arch.xcr0_mask & xfeature::AVX == 0 {
-        println!("SKIP avx_state_is_what_the_guest_sees: no AVX on this host");
+        nvmm_testkit::skip("the host CPU has no AVX, so the guest has no YMM state");
         return;
     }
     // At CPL 3: hosts that emulate guest kernel code cannot emulate AVX.

@@ -1,0 +1,55 @@
+//! What the host's KVM can run, probed with bare `kvm-ioctls` calls and
+//! nothing of nvmm: tests that compare against KVM ask here first, so that
+//! a host limitation is told apart from a library bug.
+
+use crate::floor::{FloorError, RawExitKind, RawKvm, kvm_err};
+
+/// Where the probe's boot page tables live.
+const TABLES: u64 = 0x2000;
+
+/// Whether a guest in 32-bit protected mode can turn on 32-bit paging
+/// (`pae == false`, 4 MiB pages) or PAE paging (`pae == true`, 2 MiB pages)
+/// with `mov %cr0` and go on executing: identity-mapping tables, then
+/// `mov eax, cr0; or eax, 0x80000000; mov cr0, eax; hlt`.
+///
+/// Some nested hosts cannot: the `mov %cr0` shuts the guest down, and
+/// `KVM_SET_SREGS` drops CR0.PG outside long mode.
+pub fn runs_legacy_paging(pae: bool) -> Result<bool, FloorError> {
+    let code = [
+        0x0f, 0x20, 0xc0, //             mov eax, cr0
+        0x0d, 0x00, 0x00, 0x00, 0x80, // or eax, 0x80000000
+        0x0f, 0x22, 0xc0, //             mov cr0, eax
+        0xf4, //                         hlt
+    ];
+    let mut vm = RawKvm::open()?.vm(&code, 0x1000, 1 << 20)?;
+    if pae {
+        vm.write(TABLES, &((TABLES + 0x1000) | 1).to_le_bytes());
+        vm.write(TABLES + 0x1000, &0x83u64.to_le_bytes());
+    } else {
+        vm.write(TABLES, &0x83u32.to_le_bytes());
+    }
+    let vcpu = vm.vcpu();
+    let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    for (seg, ty, sel) in [
+        (&mut s.cs, 0xb, 8),
+        (&mut s.ds, 3, 16),
+        (&mut s.es, 3, 16),
+        (&mut s.ss, 3, 16),
+        (&mut s.fs, 3, 16),
+        (&mut s.gs, 3, 16),
+    ] {
+        seg.base = 0;
+        seg.limit = 0xffff_ffff;
+        seg.g = 1;
+        seg.db = 1;
+        seg.s = 1;
+        seg.present = 1;
+        seg.type_ = ty;
+        seg.selector = sel;
+    }
+    s.cr0 = 0x11; // PE, ET
+    s.cr3 = TABLES;
+    s.cr4 = if pae { 1 << 5 } else { 1 << 4 };
+    vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
+    Ok(vm.run()? == RawExitKind::Hlt)
+}

@@ -99,6 +99,11 @@ impl RawKvm {
         Ok(RawKvm { kvm })
     }
 
+    /// The `/dev/kvm` descriptor, for the host probes.
+    pub(crate) fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
     /// Builds a VM.
     pub fn vm(&self, code: &[u8], gpa: u64, mem_size: usize) -> Result<RawVm> {
         RawVm::new(&self.kvm, code, gpa, mem_size)

@@ -3,6 +3,7 @@
 //! a host limitation is told apart from a library bug.
 
 use crate::floor::{FloorError, RawExitKind, RawKvm, kvm_err};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 
 /// Where the probe's boot page tables live.
 const TABLES: u64 = 0x2000;
@@ -52,4 +53,35 @@ pub fn runs_legacy_paging(pae: bool) -> Result<bool, FloorError> {
     s.cr4 = if pae { 1 << 5 } else { 1 << 4 };
     vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
     Ok(vm.run()? == RawExitKind::Hlt)
+}
+
+/// Whether the CPUID a guest kernel executes returns what `KVM_SET_CPUID2`
+/// set: the probe hides MCE, MTRR and MCA (leaf 1 EDX bits 7, 12, 14) from a
+/// real-mode guest and runs `cpuid; hlt`.
+///
+/// Some nested hosts answer leaf 1 ECX/EDX and leaf 7 from their own
+/// table whatever the VCPU's is; a guest's CPUID there says nothing about
+/// the table a library built.
+pub fn honours_cpuid_table() -> Result<bool, FloorError> {
+    const HIDDEN: u32 = (1 << 7) | (1 << 12) | (1 << 14);
+    let raw = RawKvm::open()?;
+    let mut cpuid = raw.kvm().get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut expected = None;
+    for e in cpuid.as_mut_slice().iter_mut().filter(|e| e.function == 1) {
+        e.edx &= !HIDDEN;
+        expected = Some(e.edx);
+    }
+    let Some(expected) = expected else { return Ok(false) };
+    let mut vm = raw.vm(&[0x0f, 0xa2, 0xf4], 0x1000, 1 << 16)?; // cpuid; hlt
+    let vcpu = vm.vcpu();
+    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+    regs.rax = 1;
+    regs.rcx = 0;
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    if vm.run()? != RawExitKind::Hlt {
+        return Ok(false);
+    }
+    let regs = vm.vcpu().get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+    Ok(regs.rdx as u32 == expected)
 }

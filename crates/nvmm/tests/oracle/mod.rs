@@ -81,28 +81,59 @@ fn check_reg(ours: &Reg, theirs: Register, opsize: u8, ctx: &str) {
     }
 }
 
-fn check_mem(m: &Mem, i: &iced_x86::Instruction, ctx: &str) {
+/// All ones in the low `bytes` bytes (the oracle's own, not the crate's).
+fn width_mask(bytes: u8) -> u64 {
+    match bytes {
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        8 => u64::MAX,
+        b => panic!("address size {b}"),
+    }
+}
+
+/// The address size the legacy prefixes select in `mode`, in bytes, read
+/// from the raw bytes (0x67 toggles 16/32 and selects 32 in 64-bit mode).
+fn prefix_addr_size(bytes: &[u8], mode: CpuMode) -> u8 {
+    // REX bytes may sit between legacy prefixes (then they are ignored).
+    let rex = |b: u8| mode == CpuMode::Bits64 && b & 0xf0 == 0x40;
+    let a67 = bytes.iter().take_while(|&&b| PREFIXES.contains(&b) || rex(b)).any(|&b| b == 0x67);
+    match (mode, a67) {
+        (CpuMode::Bits16, false) | (CpuMode::Bits32, true) => 2,
+        (CpuMode::Bits16, true) | (CpuMode::Bits32, false) | (CpuMode::Bits64, true) => 4,
+        (CpuMode::Bits64, false) => 8,
+    }
+}
+
+fn check_mem(m: &Mem, i: &iced_x86::Instruction, addr: u8, ctx: &str) {
     assert_eq!(m.seg(), seg_of(i.memory_segment()), "{ctx}: segment");
+    assert_eq!(m.addr_size(), addr, "{ctx}: address size");
     let base = i.memory_base();
-    if m.rip_relative() {
-        assert!(matches!(base, Register::RIP | Register::EIP), "{ctx}: rip-relative vs {base:?}");
-        let target = (i.len() as u64).wrapping_add(m.disp() as u64) & mask(m.addr_size());
-        assert_eq!(target, i.memory_displacement64() & mask(m.addr_size()), "{ctx}: rip-relative target");
-    } else {
-        assert_eq!(m.base(), (base != Register::None).then(|| base.full_register().number() as u8), "{ctx}: base");
-        if base != Register::None {
-            assert_eq!(base.size() as u8, m.addr_size(), "{ctx}: base register size");
+    let index = i.memory_index();
+    for r in [base, index] {
+        if r != Register::None && r != Register::RIP && r != Register::EIP {
+            assert_eq!(r.size() as u8, addr, "{ctx}: iced's {r:?} against the prefixes' address size");
         }
+    }
+    if m.rip_relative() {
+        let want = if addr == 8 { Register::RIP } else { Register::EIP };
+        assert_eq!(base, want, "{ctx}: rip-relative");
+        assert_eq!(index, Register::None, "{ctx}: rip-relative with an index");
+        // iced resolves the target with IP 0: the instruction's length
+        // plus the displacement, wrapped to the address size.
+        let target = (i.len() as u64).wrapping_add(m.disp() as u64) & width_mask(addr);
+        assert_eq!(target, i.memory_displacement64(), "{ctx}: rip-relative target");
+    } else {
+        assert!(!matches!(base, Register::RIP | Register::EIP), "{ctx}: iced says rip-relative, we do not");
+        assert_eq!(m.base(), (base != Register::None).then(|| base.full_register().number() as u8), "{ctx}: base");
         assert_eq!(
-            m.disp() as u64 & mask(m.addr_size()),
-            i.memory_displacement64() & mask(m.addr_size()),
+            m.disp() as u64 & width_mask(addr),
+            i.memory_displacement64() & width_mask(addr),
             "{ctx}: displacement"
         );
     }
-    let idx = i.memory_index();
     assert_eq!(
         m.index(),
-        (idx != Register::None).then(|| (idx.full_register().number() as u8, i.memory_index_scale() as u8)),
+        (index != Register::None).then(|| (index.full_register().number() as u8, i.memory_index_scale() as u8)),
         "{ctx}: index"
     );
     assert_eq!(usize::from(m.size()), i.memory_size().size(), "{ctx}: memory size {:?}", i.memory_size());
@@ -115,7 +146,8 @@ fn seg_of(r: Register) -> Seg {
         Register::SS => Seg::Ss,
         Register::DS => Seg::Ds,
         Register::FS => Seg::Fs,
-        _ => Seg::Gs,
+        Register::GS => Seg::Gs,
+        r => panic!("iced's memory segment is {r:?}"),
     }
 }
 
@@ -156,6 +188,7 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
         Op::Cmps => vec![d.dst(), d.src()],
         _ => vec![d.dst(), d.src()],
     };
+    let addr = prefix_addr_size(bytes, mode);
     let mut n = 0;
     for op in ours_ops {
         if n >= theirs.op_count() {
@@ -170,7 +203,7 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
             }
             Operand::Mem(m) => {
                 match kind {
-                    OpKind::Memory => check_mem(&m, &theirs, &ctx),
+                    OpKind::Memory => check_mem(&m, &theirs, addr, &ctx),
                     OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI => {
                         assert_eq!(m.seg(), seg_of(theirs.memory_segment()), "{ctx}: string source segment");
                         assert_eq!(m.base(), Some(6));
@@ -182,22 +215,43 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
                     }
                     k => panic!("{ctx}: operand {n} is {k:?}, ours is memory"),
                 }
-                let addr_bits = match kind {
+                let iced_addr = match kind {
                     OpKind::MemorySegSI | OpKind::MemoryESDI => 2,
                     OpKind::MemorySegESI | OpKind::MemoryESEDI => 4,
                     OpKind::MemorySegRSI | OpKind::MemoryESRDI => 8,
-                    _ => m.addr_size(),
+                    _ => addr,
                 };
-                assert_eq!(m.addr_size(), addr_bits, "{ctx}: address size");
+                assert_eq!(iced_addr, addr, "{ctx}: iced's string address size against the prefixes'");
+                assert_eq!(m.addr_size(), addr, "{ctx}: address size");
             }
             Operand::Imm(v) => {
-                let size = d.opsize();
-                assert_eq!(v & mask(size), theirs.immediate(n) & mask(size), "{ctx}: immediate");
+                assert!(
+                    matches!(
+                        kind,
+                        OpKind::Immediate8
+                            | OpKind::Immediate16
+                            | OpKind::Immediate32
+                            | OpKind::Immediate64
+                            | OpKind::Immediate8to16
+                            | OpKind::Immediate8to32
+                            | OpKind::Immediate8to64
+                            | OpKind::Immediate32to64
+                    ),
+                    "{ctx}: operand {n} is {kind:?}, ours is an immediate"
+                );
+                // iced sign-extends to 64 bits; compare at the operand size.
+                let size = theirs.memory_size().size() as u8;
+                let m = if size >= 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 };
+                assert_eq!(v & m, theirs.immediate(n) & m, "{ctx}: immediate");
             }
             Operand::None => continue,
         }
         n += 1;
     }
+    // Every operand iced sees was matched, but the ones the emulator
+    // takes implicitly: CMPXCHG's accumulator, CMPXCHG8B/16B's register
+    // pairs are not operands in iced either.
+    assert_eq!(n, theirs.op_count(), "{ctx}: we matched {n} of iced's {} operands", theirs.op_count());
     if let Op::Vec(_) = d.op() {
         // The vector register is implied by the check above; nothing else.
     }
@@ -290,10 +344,22 @@ pub fn templates() -> Vec<Vec<u8>> {
             _ => 2,
         };
         for l in [0u8, 4] {
-            t.push(vec![0xc5, 0xf8 | l | pp, op]);
-            for w in [0u8, 0x80] {
-                t.push(vec![0xc4, 0xe1, 0x78 | w | l | pp, op]);
+            // VEX2: R (inverted, bit 7) both ways; vvvv 1111 (the only
+            // valid value for these moves) and 0000 (#UD).
+            for r in [0x80u8, 0] {
+                for vvvv in [0x78u8, 0] {
+                    t.push(vec![0xc5, r | vvvv | l | pp, op]);
+                }
             }
+            // VEX3: every R/X/B, map 1 (and map 2, which has none of
+            // these), W both ways, vvvv 1111 and 0000.
+            for rxb in 0..8u8 {
+                for w in [0u8, 0x80] {
+                    t.push(vec![0xc4, rxb << 5 | 1, 0x78 | w | l | pp, op]);
+                }
+            }
+            t.push(vec![0xc4, 0xe1, l | pp, op]);
+            t.push(vec![0xc4, 0xe2, 0x78 | l | pp, op]);
         }
     }
     t
@@ -448,10 +514,11 @@ pub fn compare_control(bytes: &[u8], mode: CpuMode) -> bool {
                         t.memory_size().size() as u8,
                     ),
                     &t,
+                    prefix_addr_size(bytes, mode),
                     &ctx,
                 );
             } else {
-                check_mem(&m, &t, &ctx);
+                check_mem(&m, &t, prefix_addr_size(bytes, mode), &ctx);
             }
         }
         None => {

@@ -250,6 +250,30 @@ fn refused_msr_access_raises_gp() {
 }
 
 #[test]
+fn refused_wrmsr_raises_gp() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = msr_guest();
+    match g.vcpu.run().unwrap() {
+        Exit::Rdmsr(mut r) => r.complete(0),
+        e => panic!("{e:?}"),
+    }
+    let npc = match g.vcpu.run().unwrap() {
+        Exit::Wrmsr(mut w) => {
+            w.fail();
+            w.npc()
+        }
+        e => panic!("{e:?}"),
+    };
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(read_u32(&g, 0x2100), 0x0d, "the #GP handler ran");
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), 0x1808);
+    // The #GP's return address (the handler's stack) is the WRMSR itself.
+    let mut frame = [0u8; 4];
+    g.machine.read_gpa(STACK - 12, &mut frame).unwrap();
+    assert_eq!(u64::from(u32::from_le_bytes(frame)), npc - 2, "#GP at the WRMSR");
+}
+
+#[test]
 fn unanswered_msr_access_is_executed_again() {
     nvmm_testkit::kvm_or_skip!();
     let mut g = msr_guest();

@@ -108,3 +108,60 @@ fn unmapping_makes_guest_accesses_exit() {
     assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
     assert_eq!(gpr(&mut g.vcpu, nvmm::Gpr::Rax), 0xaaaa_aaaa);
 }
+
+/// `gpa_mappings` lists what was mapped, and each host range is a mapping
+/// of the process with the rights asked for (`/proc/self/maps` is the
+/// oracle for the host side).
+#[test]
+fn gpa_mappings_are_the_process_mappings() {
+    nvmm_testkit::kvm_or_skip!();
+    let n = nvmm();
+    let m = n.create_machine().unwrap();
+    let asked = [
+        (0x10_0000u64, 0x3000u64, Prot::ALL),
+        (0x0, 0x1000, Prot::READ),
+        (0x2000_0000, 0x2_0000, Prot::READ | Prot::WRITE),
+    ];
+    for &(gpa, size, prot) in &asked {
+        m.map_anonymous(gpa, size, prot).unwrap();
+    }
+    let got = m.gpa_mappings();
+    let mut want: Vec<_> = asked.to_vec();
+    want.sort_by_key(|a| a.0);
+    assert_eq!(got.iter().map(|&(g, s, _, p)| (g, s, p)).collect::<Vec<_>>(), want, "in address order");
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for &(gpa, size, hva, _) in &got {
+        let covering = maps.lines().find_map(|l| {
+            let (range, rest) = l.split_once(' ')?;
+            let (lo, hi) = range.split_once('-')?;
+            let (lo, hi) = (u64::from_str_radix(lo, 16).ok()?, u64::from_str_radix(hi, 16).ok()?);
+            (lo <= hva && hva + size <= hi).then(|| rest[..2].to_owned())
+        });
+        // Guest memory is always readable and writable from the host: the
+        // guest's rights live in the KVM slot, not in the host mapping.
+        assert_eq!(covering.as_deref(), Some("rw"), "gpa {gpa:#x}: host range {hva:#x}+{size:#x} in /proc/self/maps");
+        assert_eq!(m.gpa_to_hva(gpa).unwrap().0, hva);
+    }
+}
+
+/// The VCPU's own physical accessors see what the guest wrote and feed
+/// what it reads (the CPU is the oracle).
+#[test]
+fn vcpu_physical_accessors_meet_the_guest() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = protected_mode(&[
+        0xc7, 0x05, 0x00, 0x30, 0x00, 0x00, 0x78, 0x56, 0x34, 0x12, // mov dword [0x3000],0x12345678
+        0xf4, //                                                       hlt
+        0x8b, 0x1d, 0x04, 0x30, 0x00, 0x00, //                         mov ebx,[0x3004]
+        0xf4, //                                                       hlt
+    ]);
+    run_to_halt(&mut g.vcpu);
+    let mut b = [0u8; 4];
+    g.vcpu.read_gpa(0x3000, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 0x1234_5678);
+    g.vcpu.write_gpa(0x3004, &0xcafe_f00du32.to_le_bytes()).unwrap();
+    run_to_halt(&mut g.vcpu);
+    assert_eq!(gpr(&mut g.vcpu, nvmm::Gpr::Rbx), 0xcafe_f00d);
+    // ENOENT, as nvmm_gpa_to_hva for an unmapped address.
+    assert_eq!(g.vcpu.read_gpa(0x1000_0000, &mut b).unwrap_err().errno(), 2, "unmapped");
+}

@@ -21,23 +21,33 @@ fn a_stop_before_run_is_reported_once_without_entering() {
     run_to_halt(&mut g.vcpu);
 }
 
+/// The stop lands while the guest runs: the main thread waits (bounded)
+/// until the guest's counter moves, so the VCPU is inside `KVM_RUN`.
 #[test]
 fn a_stop_during_run_interrupts_the_guest() {
     nvmm_testkit::kvm_or_skip!();
-    let mut g = real_mode(&[0xeb, 0xfe]); // jmp $
-    let h = g.vcpu.stop_handle();
-    let (tx, rx) = mpsc::channel();
+    // l: inc word [0x500] ; jmp l
+    let Guest { machine, mut vcpu } = real_mode(&[0xff, 0x06, 0x00, 0x05, 0xeb, 0xfa]);
+    let h = vcpu.stop_handle();
     let runner = std::thread::spawn(move || {
-        tx.send(()).unwrap();
         loop {
-            match g.vcpu.run().unwrap() {
+            match vcpu.run().unwrap() {
                 Exit::Stopped => return,
                 Exit::None => {}
                 e => panic!("{e:?}"),
             }
         }
     });
-    rx.recv().unwrap();
+    let counter = || {
+        let mut b = [0u8; 2];
+        machine.read_gpa(0x500, &mut b).unwrap();
+        u16::from_le_bytes(b)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while counter() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the guest never ran");
+        std::thread::yield_now();
+    }
     h.stop();
     runner.join().unwrap();
 }

@@ -14,7 +14,10 @@ use common::*;
 use nvmm::assist::mmu::{self, AccessKind, PageProt, PagingRegs, WalkError};
 use nvmm::x86::modes;
 use nvmm::{Cr, Gpr, Msr, StateMask, Vcpu};
-use paging_model::{Kind, Memory, Outcome, Regs};
+use paging_model::{
+    CR0_PE, CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_LME, EFER_NXE, Kind, Memory,
+    Outcome, Regs,
+};
 
 /// Guest physical address of the random page tables.
 const TABLES: u64 = 0x10_0000;
@@ -91,18 +94,6 @@ fn ours(mem: &Memory, r: &Regs, gva: u64, access: Option<paging_model::Access>) 
         Err(WalkError::InvalidMode) => Outcome::Invalid,
     }
 }
-
-const CR0_PE: u64 = 1;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const CR4_SMEP: u64 = 1 << 20;
-const CR4_SMAP: u64 = 1 << 21;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
 
 /// Random registers for `mode`: CR3 at one of the table pages (for PAE at
 /// a random 32-byte slot of one), WP, PSE, SMEP, SMAP, NXE, MAXPHYADDR and

@@ -21,15 +21,18 @@ pub struct Regs {
     pub page1gb: bool,
 }
 
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const CR4_SMEP: u64 = 1 << 20;
-const CR4_SMAP: u64 = 1 << 21;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+/// Control-register and EFER bits, from the SDM (vol. 3A 2.5, 2.2.1).
+pub const CR0_PE: u64 = 1;
+pub const CR0_WP: u64 = 1 << 16;
+pub const CR0_PG: u64 = 1 << 31;
+pub const CR4_PSE: u64 = 1 << 4;
+pub const CR4_PAE: u64 = 1 << 5;
+pub const CR4_LA57: u64 = 1 << 12;
+pub const CR4_SMEP: u64 = 1 << 20;
+pub const CR4_SMAP: u64 = 1 << 21;
+pub const EFER_LME: u64 = 1 << 8;
+pub const EFER_LMA: u64 = 1 << 10;
+pub const EFER_NXE: u64 = 1 << 11;
 
 /// An access: data read, data write or instruction fetch, at CPL 3 or not,
 /// with EFLAGS.AC.

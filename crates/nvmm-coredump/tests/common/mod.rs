@@ -1,0 +1,128 @@
+//! Guests with distinctive state for the core tests, and the debuggers and
+//! ELF readers that check the cores (the oracles).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nvmm::x86::xsave::Xsave;
+use nvmm::{Cr, Gpr, State};
+
+/// The distinctive values VCPU `i` holds.
+pub struct Marks {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rsp: u64,
+    pub st0: f64,
+    pub xmm3: u128,
+    pub ymm5_hi: u128,
+}
+
+pub fn marks(i: u32) -> Marks {
+    let i64 = u64::from(i);
+    Marks {
+        rax: 0x1111_2222_3333_0000 | i64,
+        rbx: 0xb0b0_0000_0000_0000 | i64 << 8,
+        rcx: 0x0c0c_0c0c_0000_0000 + i64,
+        rsp: 0x8000 - 0x100 * i64,
+        st0: 1.5 + f64::from(i),
+        xmm3: 0x3333_3333_3333_3333_0000_0000_0000_0000 | u128::from(i),
+        ymm5_hi: 0x5555_0000_0000_0000_0000_0000_0000_5555 | u128::from(i) << 32,
+    }
+}
+
+/// `v` as an x87 80-bit extended value (normal numbers only).
+pub fn x87(v: f64) -> [u8; 10] {
+    let bits = v.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as u16 - 1023 + 16383;
+    let mant = 1u64 << 63 | (bits & ((1 << 52) - 1)) << 11;
+    let mut b = [0u8; 10];
+    b[..8].copy_from_slice(&mant.to_le_bytes());
+    b[8..].copy_from_slice(&(exp | ((bits >> 48) as u16 & 0x8000)).to_le_bytes());
+    b
+}
+
+/// Puts VCPU `i`'s marks in the FPU part of `s` and `x` (x87 ST0 valid,
+/// XMM3, YMM5's upper half; XCR0 with AVX).
+pub fn put_fpu_marks(i: u32, s: &mut State, x: &mut Xsave) {
+    let m = marks(i);
+    s.fpu.fx_cw = 0x37f;
+    s.fpu.fx_sw = 0;
+    s.fpu.fx_tw = 0x01;
+    s.fpu.fx_mxcsr = 0x1f80;
+    s.fpu.fx_87_ac[0] = [0; 16];
+    s.fpu.fx_87_ac[0][..10].copy_from_slice(&x87(m.st0));
+    s.fpu.fx_xmm[3] = m.xmm3.to_le_bytes();
+    x.set_ymm_hi(5, m.ymm5_hi.to_le_bytes()).unwrap();
+    s.crs[Cr::Xcr0] = 7;
+    s.crs[Cr::Cr4] |= 1 << 18; // OSXSAVE
+}
+
+/// Puts VCPU `i`'s general-purpose marks in `s`.
+pub fn put_gpr_marks(i: u32, s: &mut State) {
+    let m = marks(i);
+    s.gprs[Gpr::Rax] = m.rax;
+    s.gprs[Gpr::Rbx] = m.rbx;
+    s.gprs[Gpr::Rcx] = m.rcx;
+    s.gprs[Gpr::Rsp] = m.rsp;
+}
+
+/// A fresh path for a core under the target directory.
+pub fn core_path(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cores");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{name}.{}.core", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// Runs `program` with `args` under a 120 s bound; its stdout and stderr.
+pub fn run_tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} cannot run ({e}): install it (.ci/run does)"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.code() != Some(124), "{program} timed out:\n{text}");
+    text
+}
+
+/// `gdb -batch -c CORE` with `commands`.
+pub fn gdb(core: &Path, commands: &[String]) -> String {
+    let mut args = vec!["-batch".to_string(), "-nx".into(), "-c".into(), core.display().to_string()];
+    for c in commands {
+        args.push("-ex".into());
+        args.push(c.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_tool("gdb", &args)
+}
+
+/// `lldb --batch --core CORE` with `commands`.
+pub fn lldb(core: &Path, commands: &[String]) -> String {
+    let mut args = vec!["--no-lldbinit".to_string(), "--batch".into(), "--core".into(), core.display().to_string()];
+    for c in commands {
+        args.push("-o".into());
+        args.push(c.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_tool("lldb", &args)
+}
+
+/// The LWP ids of the rows of gdb's `info threads` table.
+pub fn gdb_threads(out: &str) -> Vec<u32> {
+    let mut ids: Vec<u32> = out
+        .lines()
+        .filter_map(|l| {
+            let mut t = l.trim_start_matches([' ', '*']).split_whitespace();
+            t.next()?.parse::<u32>().ok()?;
+            (t.next()? == "LWP").then_some(())?;
+            t.next()?.parse().ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}

@@ -4,6 +4,7 @@
 //! - `list`: every KVM virtual machine on the host;
 //! - `calc A B`: NVMM's calculator guest adds two numbers;
 //! - `run`: the built-in demo guest, or a flat binary;
+//! - `core-info FILE`: what a guest core holds;
 //! - `bench NAME`: benchmarks, one JSON object per line.
 #![forbid(unsafe_code)]
 
@@ -73,6 +74,15 @@ enum Command {
         /// Stop the guest after this many seconds.
         #[arg(long)]
         timeout: Option<f64>,
+        /// Write an ELF core of the guest to FILE when it faults, triple-faults,
+        /// or nvmmctl gets SIGQUIT (open it with gdb -c FILE or lldb --core FILE).
+        #[arg(long, value_name = "FILE")]
+        core: Option<PathBuf>,
+    },
+    /// Print what a core written by nvmm holds: VCPUs, modes, RIPs, memory.
+    CoreInfo {
+        /// The core file.
+        file: PathBuf,
     },
     /// Run a benchmark: exits, exit-state, lifecycle, scale or all.
     Bench {
@@ -166,7 +176,7 @@ fn run_cmd(nvmm: &Nvmm, cfg: &RunConfig) -> ExitCode {
                 Outcome::Halted { .. } => 0,
                 Outcome::Fault { .. } | Outcome::TripleFault => EXIT_GUEST_FAULT,
                 Outcome::Unsupported(_) => EXIT_GUEST_UNSUPPORTED,
-                Outcome::TimedOut => EXIT_TIMEOUT,
+                Outcome::TimedOut | Outcome::Quit => EXIT_TIMEOUT,
             })
         }
     }
@@ -178,6 +188,15 @@ fn load_image(path: &Path) -> Result<Vec<u8>, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CoreInfo { file } = &cli.command {
+        return match nvmm_coredump::read_core(file) {
+            Ok(info) => {
+                print!("{info}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("{}: {e}", file.display())),
+        };
+    }
     let nvmm = match open() {
         Ok(n) => n,
         Err(code) => return code,
@@ -208,7 +227,8 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
-        Command::Run { image, gpa, mode, entry, mem, timeout } => {
+        Command::CoreInfo { .. } => unreachable!("handled before KVM is opened"),
+        Command::Run { image, gpa, mode, entry, mem, timeout, core } => {
             let timeout = match timeout {
                 Some(t) if !(t.is_finite() && t > 0.0) => {
                     return fail("--timeout must be a positive number of seconds");
@@ -223,6 +243,7 @@ fn main() -> ExitCode {
                     entry: guest::DEMO_GPA,
                     mem: 0xa_0000,
                     timeout,
+                    core,
                 },
                 Some(path) => {
                     let image = match load_image(&path) {
@@ -232,7 +253,15 @@ fn main() -> ExitCode {
                     let (Some(gpa), Some(mode)) = (gpa, mode) else {
                         return fail("--image needs --gpa and --mode");
                     };
-                    RunConfig { image, gpa, mode, entry: entry.unwrap_or(gpa), mem: mem.unwrap_or(16 << 20), timeout }
+                    RunConfig {
+                        image,
+                        gpa,
+                        mode,
+                        entry: entry.unwrap_or(gpa),
+                        mem: mem.unwrap_or(16 << 20),
+                        timeout,
+                        core,
+                    }
                 }
             };
             run_cmd(&nvmm, &cfg)

@@ -13,8 +13,13 @@
 //! - the stack starts at the top of RAM (real mode: 0:7C00).
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use nvmm_coredump::WriteCore;
 
 use nvmm::x86::modes;
 use nvmm::{Exit, Gpr, Machine, MemAccess, Nvmm, Prot, Seg, StateMask, Vcpu};
@@ -47,6 +52,9 @@ pub struct RunConfig {
     pub mem: u64,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
+    /// Write a core here when the guest faults, triple-faults or the
+    /// program gets SIGQUIT.
+    pub core: Option<PathBuf>,
 }
 
 /// How the guest ended.
@@ -70,6 +78,8 @@ pub enum Outcome {
     TripleFault,
     /// The timeout expired.
     TimedOut,
+    /// SIGQUIT stopped the guest (with `--core`).
+    Quit,
     /// Something the host cannot handle.
     Unsupported(String),
 }
@@ -207,10 +217,51 @@ pub fn run(nvmm: &Nvmm, cfg: &RunConfig, console: &mut dyn Write, log: &mut dyn 
             }
         });
     }
-    let outcome = exit_loop(&machine, &mut vcpu, cfg, console, log);
+    let quit = Arc::new(AtomicBool::new(false));
+    let signals = match &cfg.core {
+        Some(_) => Some(quit_on_sigquit(&vcpu, &quit)?),
+        None => None,
+    };
+    let mut outcome = exit_loop(&machine, &mut vcpu, cfg, console, log);
     drop(cancel);
+    if let Some(s) = signals {
+        s.close();
+    }
+    if matches!(outcome, Ok(Outcome::TimedOut)) && quit.load(Ordering::SeqCst) {
+        outcome = Ok(Outcome::Quit);
+    }
     let _ = console.flush();
+    if let (Some(path), Ok(Outcome::Fault { .. } | Outcome::TripleFault | Outcome::Quit)) = (&cfg.core, &outcome) {
+        let stats = machine
+            .write_core_file(&mut [&mut vcpu], path)
+            .map_err(|e| RunError(format!("cannot write the core {}: {e}", path.display())))?;
+        let _ = writeln!(
+            log,
+            "[nvmmctl] core written to {} ({} VCPU, {} bytes of guest memory, {} segments)",
+            path.display(),
+            stats.vcpus,
+            stats.data_written,
+            stats.loads
+        );
+    }
     outcome
+}
+
+/// Stops the guest on SIGQUIT (and notes why); the handle closes the
+/// signal thread.
+fn quit_on_sigquit(vcpu: &Vcpu, quit: &Arc<AtomicBool>) -> Result<signal_hook::iterator::Handle, RunError> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGQUIT])
+        .map_err(|e| RunError(format!("cannot catch SIGQUIT: {e}")))?;
+    let handle = signals.handle();
+    let stop = vcpu.stop_handle();
+    let quit = Arc::clone(quit);
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            quit.store(true, Ordering::SeqCst);
+            stop.stop();
+        }
+    });
+    Ok(handle)
 }
 
 fn exit_loop(
@@ -356,6 +407,7 @@ pub fn describe(o: &Outcome) -> String {
         }
         Outcome::TripleFault => "guest triple-faulted (shutdown)".into(),
         Outcome::TimedOut => "guest stopped: timeout expired".into(),
+        Outcome::Quit => "guest stopped: SIGQUIT".into(),
         Outcome::Unsupported(why) => format!("guest stopped: {why}"),
     }
 }
@@ -366,8 +418,15 @@ mod tests {
 
     #[test]
     fn arguments_are_checked() {
-        let cfg =
-            RunConfig { image: vec![0; 100], gpa: 0x1000, mode: Mode::Real, entry: 0x1000, mem: 0x2000, timeout: None };
+        let cfg = RunConfig {
+            image: vec![0; 100],
+            gpa: 0x1000,
+            mode: Mode::Real,
+            entry: 0x1000,
+            mem: 0x2000,
+            timeout: None,
+            core: None,
+        };
         assert!(check(&cfg).is_ok());
         assert!(check(&RunConfig { gpa: 0x1fff, ..cfg.clone() }).unwrap_err().0.contains("does not fit"));
         assert!(check(&RunConfig { mem: 100, ..cfg.clone() }).unwrap_err().0.contains("--mem"));

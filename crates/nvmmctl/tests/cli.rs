@@ -220,3 +220,65 @@ fn bench_prints_json_lines_with_a_ratio() {
         assert!(line.contains(&format!("\"bench\":\"{name}\"")) && line.contains("\"ratio\":"), "{line}");
     }
 }
+
+/// A core path unique to this test.
+fn core_file(name: &str) -> Image {
+    Image(std::env::temp_dir().join(format!("nvmmctl-test-{}-{name}.core", std::process::id())))
+}
+
+#[test]
+fn a_faulting_guest_leaves_a_core_that_core_info_and_gdb_read() {
+    nvmm_testkit::kvm_or_skip!();
+    let ud2 = image("core-ud2", &[0x90, 0x0f, 0x0b]); // nop ; ud2
+    let core = core_file("ud2");
+    let o = nvmmctl(&["run", "--image", ud2.path(), "--gpa", "0x1000", "--mode", "long64", "--core", core.path()]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains(&format!("core written to {}", core.path())), "{}", text(&o.stderr));
+    let o = nvmmctl(&["core-info", core.path()]);
+    let info = text(&o.stdout);
+    assert!(o.status.success(), "{info}{}", text(&o.stderr));
+    assert!(info.starts_with("1 VCPU(s)\n"), "{info}");
+    assert!(info.contains("VCPU 0 (thread 1): 64-bit, 4-level paging, RIP 0xc00020"), "the fault stub's RIP:\n{info}");
+    assert!(info.contains("FXSAVE and XSAVE"), "{info}");
+    // gdb, the independent reader: the guest's code at its virtual address.
+    let g = Command::new("gdb")
+        .args(["-batch", "-nx", "-c", core.path(), "-ex", "info threads", "-ex", "x/3xb 0x1000"])
+        .output()
+        .expect("gdb runs (.ci/run installs it)");
+    let out = text(&g.stdout);
+    assert!(out.contains("LWP 1"), "{out}");
+    assert!(out.contains("0x1000:\t0x90\t0x0f\t0x0b"), "{out}");
+    // Not a core: a clear error.
+    let o = nvmmctl(&["core-info", ud2.path()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("not an x86-64 ELF core"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn sigquit_stops_the_guest_and_writes_a_core() {
+    nvmm_testkit::kvm_or_skip!();
+    use std::io::BufRead;
+    // mov al,'g' ; out 0xe9,al ; mov al,'o' ; out 0xe9,al ; mov al,10 ; out 0xe9,al ; jmp $
+    let spin = image("core-spin", &[0xb0, b'g', 0xe6, 0xe9, 0xb0, b'o', 0xe6, 0xe9, 0xb0, 10, 0xe6, 0xe9, 0xeb, 0xfe]);
+    let core = core_file("quit");
+    // The timeout only bounds the test if SIGQUIT were lost.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvmmctl"))
+        .args(["run", "--image", spin.path(), "--gpa", "0x7c00", "--mode", "real", "--timeout", "60", "--core"])
+        .arg(core.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "go\n", "the guest runs (and spins) before the signal");
+    let kill = Command::new("kill").args(["-QUIT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(err.contains("guest stopped: SIGQUIT"), "{err}");
+    let o = nvmmctl(&["core-info", core.path()]);
+    let info = text(&o.stdout);
+    assert!(info.contains("VCPU 0 (thread 1): real mode, RIP 0x7c0c"), "stopped on its jmp $:\n{info}");
+}

@@ -1,7 +1,7 @@
 //! Whole-VM ELF core files of nvmm guests, for unmodified `gdb` and `lldb`.
 //!
 //! A core holds one thread per VCPU (in VCPU order, thread id = VCPU index
-//! + 1) with its general-purpose registers (`NT_PRSTATUS`), its FXSAVE
+//! plus one) with its general-purpose registers (`NT_PRSTATUS`), its FXSAVE
 //! image (`NT_PRFPREG`), its XSAVE image with XCR0 where Linux keeps it
 //! (`NT_X86_XSTATE`, so debuggers show `$ymm` registers) and QEMU's
 //! CPU-state note (control registers, descriptor tables, segment bases and

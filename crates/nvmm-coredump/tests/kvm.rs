@@ -172,11 +172,11 @@ fn check(name: &str, m: &Machine, vcpus: &mut [Vcpu], outs: &[u64], reads: &[(u6
         cmds.push("register read rax rip".into());
     }
     let out = lldb(&core, &cmds);
-    for i in 0..n {
+    for (i, out_at) in outs.iter().enumerate() {
         let mk = marks(i as u32);
         assert!(out.contains(&format!("tid = {}", i + 1)), "lldb thread {}:\n{out}", i + 1);
         assert!(out.contains(&format!("rax = {:#018x}", mk.rax)), "lldb rax of VCPU {i}:\n{out}");
-        assert!(out.contains(&format!("rip = {:#018x}", outs[i])), "lldb rip of VCPU {i}:\n{out}");
+        assert!(out.contains(&format!("rip = {out_at:#018x}")), "lldb rip of VCPU {i}:\n{out}");
     }
     let info = read_core(&core).unwrap();
     assert_eq!(info.vcpus.iter().map(|v| v.rip).collect::<Vec<_>>(), outs);

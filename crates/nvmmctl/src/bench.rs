@@ -16,7 +16,7 @@ use nvmm_testkit::floor::{RawExitKind, RawKvm};
 use crate::format::{json_f64, json_line, json_str};
 
 /// Benchmarks `nvmmctl bench` knows.
-pub const NAMES: [&str; 4] = ["exits", "exit-state", "lifecycle", "scale"];
+pub const NAMES: [&str; 5] = ["exits", "exit-state", "lifecycle", "scale", "core"];
 
 /// Where the benchmark guests run.
 const CODE: u64 = 0x1000;
@@ -48,6 +48,7 @@ pub fn bench(nvmm: &Nvmm, name: &str, cfg: BenchConfig, out: &mut dyn Write) -> 
         "exit-state" => exits(nvmm, cfg, true, out),
         "lifecycle" => lifecycle(nvmm, cfg, out),
         "scale" => scale(nvmm, out),
+        "core" => crate::bench_core::core(nvmm, cfg, out),
         "all" => NAMES.iter().try_for_each(|n| bench(nvmm, n, cfg, out)),
         other => Err(format!("unknown benchmark '{other}'; choose one of {} or all", NAMES.join(", "))),
     }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_core;
 mod format;
 mod guest;
 mod identify;
@@ -84,7 +85,7 @@ enum Command {
         /// The core file.
         file: PathBuf,
     },
-    /// Run a benchmark: exits, exit-state, lifecycle, scale or all.
+    /// Run a benchmark: exits, exit-state, lifecycle, scale, core or all.
     Bench {
         /// Which benchmark.
         name: String,

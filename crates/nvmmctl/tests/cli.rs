@@ -211,7 +211,7 @@ fn list_shows_this_processs_machine() {
 #[test]
 fn bench_prints_json_lines_with_a_ratio() {
     nvmm_testkit::kvm_or_skip!();
-    for name in ["exits", "exit-state"] {
+    for name in ["exits", "exit-state", "core"] {
         let o = nvmmctl(&["bench", name, "--iterations", "200", "--rounds", "3"]);
         assert!(o.status.success(), "{}", text(&o.stderr));
         let out = text(&o.stdout);

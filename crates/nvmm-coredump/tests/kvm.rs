@@ -120,11 +120,6 @@ fn flat_machine(protected: bool, n: u32) -> (Machine, Vec<Vcpu>, Vec<u64>) {
     (m, vcpus, outs)
 }
 
-/// gdb's `$N = value` lines.
-fn values(out: &str) -> Vec<String> {
-    out.lines().filter(|l| l.starts_with('$')).map(|l| l.split_once(" = ").unwrap().1.to_string()).collect()
-}
-
 /// Writes a core of `m` and checks every VCPU and `reads` (virtual address,
 /// expected u64) through gdb, and the threads and registers through lldb.
 fn check(name: &str, m: &Machine, vcpus: &mut [Vcpu], outs: &[u64], reads: &[(u64, u64)]) {

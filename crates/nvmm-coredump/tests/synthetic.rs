@@ -87,11 +87,6 @@ fn guest(mode: Option<PagingMode>, n: u32) -> (Vec<VcpuImage>, VecMemory, Vec<(u
     (images, mem, pages)
 }
 
-/// gdb's `$N = value` lines, in order.
-fn values(out: &str) -> Vec<String> {
-    out.lines().filter(|l| l.starts_with('$')).map(|l| l.split_once(" = ").unwrap().1.to_string()).collect()
-}
-
 /// Checks every VCPU's registers and the guest's memory through gdb.
 fn check_with_gdb(name: &str, images: &[VcpuImage], pages: &[(u64, u64)], mem: &VecMemory) {
     let core = core_path(name);

@@ -126,3 +126,8 @@ pub fn gdb_threads(out: &str) -> Vec<u32> {
     ids.sort_unstable();
     ids
 }
+
+/// gdb's `$N = value` lines, in order.
+pub fn values(out: &str) -> Vec<String> {
+    out.lines().filter(|l| l.starts_with('$')).filter_map(|l| Some(l.split_once(" = ")?.1.to_string())).collect()
+}

@@ -74,6 +74,14 @@ pub enum Error {
         /// The address.
         gpa: u64,
     },
+    /// A synthetic memory area that is not whole pages or overlaps another.
+    #[error("area of {size:#x} bytes at {gpa:#x}: areas are whole, non-overlapping pages")]
+    Area {
+        /// Its address.
+        gpa: u64,
+        /// Its size.
+        size: u64,
+    },
     /// The ELF structures could not be built.
     #[error("cannot build the ELF headers: {0}")]
     Elf(String),

@@ -7,6 +7,8 @@ use std::io::{Read, Seek, SeekFrom};
 use nvmm::assist::mmu::PhysMemory;
 use nvmm::{Machine, Prot};
 
+use crate::Error;
+
 /// Size of a guest page.
 pub const PAGE: u64 = 4096;
 
@@ -117,26 +119,29 @@ impl VecMemory {
         VecMemory::default()
     }
 
-    /// Adds a zeroed area of `size` bytes at `gpa` (both page aligned, not
-    /// overlapping another area).
-    pub fn add(&mut self, gpa: u64, size: u64, prot: Prot) -> &mut Self {
-        assert!(gpa % PAGE == 0 && size % PAGE == 0 && size > 0, "areas are whole pages");
-        assert!(self.areas.iter().all(|(a, _)| gpa + size <= a.gpa || a.end() <= gpa), "areas do not overlap");
-        self.areas.push((MemoryArea { gpa, size, prot }, vec![0; size as usize]));
+    /// Adds a zeroed area of `size` bytes at `gpa`: both page aligned, the
+    /// area not empty and not overlapping another ([`Error::Area`] else).
+    pub fn add(&mut self, gpa: u64, size: u64, prot: Prot) -> Result<(), Error> {
+        let end = gpa.checked_add(size).filter(|_| gpa % PAGE == 0 && size % PAGE == 0 && size > 0);
+        let Some(end) = end else { return Err(Error::Area { gpa, size }) };
+        if self.areas.iter().any(|(a, _)| gpa < a.end() && a.gpa < end) {
+            return Err(Error::Area { gpa, size });
+        }
+        let len = usize::try_from(size).map_err(|_| Error::Area { gpa, size })?;
+        self.areas.push((MemoryArea { gpa, size, prot }, vec![0; len]));
         self.areas.sort_by_key(|(a, _)| a.gpa);
-        self
+        Ok(())
     }
 
-    /// Writes `data` at `gpa` (inside one area).
-    pub fn write(&mut self, gpa: u64, data: &[u8]) -> &mut Self {
-        let (a, bytes) = self
-            .areas
-            .iter_mut()
-            .find(|(a, _)| a.gpa <= gpa && gpa + data.len() as u64 <= a.end())
-            .expect("write inside an area");
+    /// Writes `data` at `gpa`, inside one area ([`Error::Memory`] else).
+    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Error> {
+        let inside = |a: &MemoryArea| a.gpa <= gpa && gpa.checked_add(data.len() as u64).is_some_and(|e| e <= a.end());
+        let Some((a, bytes)) = self.areas.iter_mut().find(|(a, _)| inside(a)) else {
+            return Err(Error::Memory { gpa });
+        };
         let off = (gpa - a.gpa) as usize;
         bytes[off..off + data.len()].copy_from_slice(data);
-        self
+        Ok(())
     }
 }
 
@@ -146,12 +151,31 @@ impl GuestMemory for VecMemory {
     }
 
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Some((a, bytes)) = self.areas.iter().find(|(a, _)| a.gpa <= gpa && gpa + buf.len() as u64 <= a.end())
-        else {
+        let inside = |a: &MemoryArea| a.gpa <= gpa && gpa.checked_add(buf.len() as u64).is_some_and(|e| e <= a.end());
+        let Some((a, bytes)) = self.areas.iter().find(|(a, _)| inside(a)) else {
             return false;
         };
         let off = (gpa - a.gpa) as usize;
         buf.copy_from_slice(&bytes[off..off + buf.len()]);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_areas_and_writes_are_errors() {
+        let mut m = VecMemory::new();
+        m.add(0, 0x2000, Prot::ALL).unwrap();
+        assert!(matches!(m.add(0x1000, 0x1000, Prot::ALL), Err(Error::Area { .. })), "overlap");
+        assert!(matches!(m.add(0x3001, 0x1000, Prot::ALL), Err(Error::Area { .. })), "unaligned");
+        assert!(matches!(m.add(u64::MAX - 0xfff, 0x2000, Prot::ALL), Err(Error::Area { .. })), "wraps");
+        assert!(matches!(m.write(0x1ff8, &[0; 16]), Err(Error::Memory { gpa: 0x1ff8 })));
+        assert!(!m.read(u64::MAX - 2, &mut [0; 8]));
+        m.write(0x1ff8, &[7; 8]).unwrap();
+        let mut b = [0; 8];
+        assert!(m.read(0x1ff8, &mut b) && b == [7; 8]);
     }
 }

@@ -35,16 +35,16 @@ fn datum(gpa: u64) -> u64 {
 /// RIP with its marks.
 fn guest(mode: Option<PagingMode>, n: u32) -> (Vec<VcpuImage>, VecMemory, Vec<(u64, u64)>) {
     let mut mem = VecMemory::new();
-    mem.add(0, RAM, Prot::ALL);
-    mem.add(0xfff0_0000, 0x1000, Prot::READ | Prot::EXEC);
-    mem.write(0xfff0_0000, &[0xf4; 16]);
-    mem.write(GDT, &modes::gdt_bytes());
+    mem.add(0, RAM, Prot::ALL).unwrap();
+    mem.add(0xfff0_0000, 0x1000, Prot::READ | Prot::EXEC).unwrap();
+    mem.write(0xfff0_0000, &[0xf4; 16]).unwrap();
+    mem.write(GDT, &modes::gdt_bytes()).unwrap();
     let pages = match mode {
         Some(m) if m != PagingMode::Off => data_pages(m),
         _ => (0..4).map(|k| (0x70_0000 - k * 0x3000, 0x70_0000 - k * 0x3000)).collect(),
     };
     for &(_, gpa) in &pages {
-        mem.write(gpa, &datum(gpa).to_le_bytes());
+        mem.write(gpa, &datum(gpa).to_le_bytes()).unwrap();
     }
     let mut cr3 = 0;
     if let Some(m) = mode.filter(|m| *m != PagingMode::Off) {
@@ -55,7 +55,7 @@ fn guest(mode: Option<PagingMode>, n: u32) -> (Vec<VcpuImage>, VecMemory, Vec<(u
             t.map(gva, gpa, 0x1000, pte::RW).unwrap();
         }
         for (gpa, page) in t.pages() {
-            mem.write(gpa, page);
+            mem.write(gpa, page).unwrap();
         }
         cr3 = t.cr3();
     }
@@ -281,8 +281,8 @@ fn readelf_and_eu_readelf_parse_it() {
 fn more_than_65534_segments_use_pn_xnum() {
     const N: u64 = 70_000;
     let mut mem = VecMemory::new();
-    mem.add(0, RAM, Prot::ALL);
-    mem.write(GDT, &modes::gdt_bytes());
+    mem.add(0, RAM, Prot::ALL).unwrap();
+    mem.write(GDT, &modes::gdt_bytes()).unwrap();
     let mut t = PageTables::new(PagingMode::Level4, TABLES);
     // Every other virtual page, onto 16 physical pages: no two mappings merge.
     let gva = |k: u64| 0x1_0000_0000 + 2 * k * 0x1000;
@@ -292,10 +292,10 @@ fn more_than_65534_segments_use_pn_xnum() {
     }
     for (a, page) in t.pages() {
         assert!(a < 0x60_0000, "tables stay below the data pages");
-        mem.write(a, page);
+        mem.write(a, page).unwrap();
     }
     for k in 0..16 {
-        mem.write(gpa(k), &datum(gpa(k)).to_le_bytes());
+        mem.write(gpa(k), &datum(gpa(k)).to_le_bytes()).unwrap();
     }
     let mut s = nvmm::x86::reset::reset_state();
     modes::long_mode(&mut s, GDT, t.cr3());

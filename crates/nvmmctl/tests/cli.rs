@@ -248,6 +248,14 @@ fn a_faulting_guest_leaves_a_core_that_core_info_and_gdb_read() {
     let out = text(&g.stdout);
     assert!(out.contains("LWP 1"), "{out}");
     assert!(out.contains("0x1000:\t0x90\t0x0f\t0x0b"), "{out}");
+    // A triple fault (a non-canonical stack for the #UD frame) leaves one too.
+    let triple = image("core-triple", &[0x48, 0xbc, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x0f, 0x0b]); // movabs rsp,1<<63 ; ud2
+    let core2 = core_file("triple");
+    let o = nvmmctl(&["run", "--image", triple.path(), "--gpa", "0x1000", "--mode", "long64", "--core", core2.path()]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains(&format!("core written to {}", core2.path())), "{}", text(&o.stderr));
+    let o = nvmmctl(&["core-info", core2.path()]);
+    assert!(text(&o.stdout).contains("RSP 0x8000000000000000"), "{}", text(&o.stdout));
     // Not a core: a clear error.
     let o = nvmmctl(&["core-info", ud2.path()]);
     assert_eq!(o.status.code(), Some(1));

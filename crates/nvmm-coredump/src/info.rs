@@ -11,7 +11,10 @@ use object::read::elf::{FileHeader as _, ProgramHeader as _};
 use object::{Endianness, ReadCache};
 
 use crate::Error;
-use crate::notes::{NT_QEMU_CPUSTATE, PRSTATUS_REG_OFFSET, PRSTATUS_SIZE, QEMU_CPUSTATE_SIZE, QEMU_NOTE_OWNER};
+use crate::notes::{
+    NT_QEMU_CPUSTATE, NT_X86_XSTATE, PRSTATUS_PID_OFFSET, PRSTATUS_REG_OFFSET, PRSTATUS_SIZE, QEMU_CPUSTATE_SIZE,
+    QEMU_CR_OFFSET, QEMU_CS_FLAGS_OFFSET, QEMU_NOTE_OWNER,
+};
 
 /// One VCPU of a core.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,6 +79,10 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     b.get(off..off + 8).map_or(0, |s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
 }
 
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4).map_or(0, |s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
+}
+
 fn bad(why: impl Into<String>) -> Error {
     Error::NotACore { why: why.into() }
 }
@@ -109,7 +116,7 @@ pub fn read_core(path: &Path) -> Result<CoreInfo, Error> {
                     return Err(bad(format!("NT_PRSTATUS of {} bytes (x86-64 has {PRSTATUS_SIZE})", desc.len())));
                 }
                 let reg = |i: usize| u64_at(desc, PRSTATUS_REG_OFFSET + 8 * i);
-                let thread = u32::from_le_bytes(desc[32..36].try_into().expect("4 bytes"));
+                let thread = u32_at(desc, PRSTATUS_PID_OFFSET);
                 info.vcpus.push(VcpuInfo {
                     thread,
                     rip: reg(16),
@@ -122,12 +129,12 @@ pub fn read_core(path: &Path) -> Result<CoreInfo, Error> {
             let Some(v) = info.vcpus.last_mut() else { continue };
             if name == elf::ELF_NOTE_CORE && kind == elf::NT_PRFPREG {
                 v.fpu.0 = true;
-            } else if name == elf::ELF_NOTE_LINUX && kind.0 == crate::notes::NT_X86_XSTATE {
+            } else if name == elf::ELF_NOTE_LINUX && kind.0 == NT_X86_XSTATE {
                 v.fpu.1 = true;
             } else if name == QEMU_NOTE_OWNER && kind.0 == NT_QEMU_CPUSTATE && desc.len() >= QEMU_CPUSTATE_SIZE {
-                let cr = |i: usize| u64_at(desc, 8 + 144 + 240 + 8 * i);
+                let cr = |i: usize| u64_at(desc, QEMU_CR_OFFSET + 8 * i);
                 v.crs = Some([cr(0), cr(3), cr(4)]);
-                v.cs_flags = Some(u32::from_le_bytes(desc[160..164].try_into().expect("4 bytes")));
+                v.cs_flags = Some(u32_at(desc, QEMU_CS_FLAGS_OFFSET));
             }
         }
     }
@@ -145,10 +152,11 @@ impl fmt::Display for CoreInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} VCPU(s)", self.vcpus.len())?;
         for v in &self.vcpus {
+            // A core of another writer may number a thread 0.
+            let index = v.thread.checked_sub(1).map_or_else(|| "?".to_string(), |i| i.to_string());
             write!(
                 f,
-                "  VCPU {} (thread {}): {}, RIP {:#x}, RSP {:#x}, RFLAGS {:#x}",
-                v.thread - 1,
+                "  VCPU {index} (thread {}): {}, RIP {:#x}, RSP {:#x}, RFLAGS {:#x}",
                 v.thread,
                 v.mode(),
                 v.rip,
@@ -190,5 +198,16 @@ impl fmt::Display for CoreInfo {
             writeln!(f, "  ... and {} more", self.segments.len() - SHOWN_SEGMENTS)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_numbered_0_prints_without_an_index() {
+        let info = CoreInfo { vcpus: vec![VcpuInfo::default()], segments: Vec::new() };
+        assert!(info.to_string().contains("VCPU ? (thread 0): unknown mode"), "{info}");
     }
 }

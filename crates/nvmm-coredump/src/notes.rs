@@ -34,6 +34,12 @@ pub const QEMU_CPUSTATE_SIZE: usize = 440;
 pub const XSTATE_XCR0_OFFSET: usize = 464;
 /// Offset of `pr_reg` in `struct elf_prstatus`.
 pub const PRSTATUS_REG_OFFSET: usize = 112;
+/// Offset of `pr_pid` in `struct elf_prstatus`.
+pub const PRSTATUS_PID_OFFSET: usize = 32;
+/// Offset of the CS descriptor flags in `QEMUCPUState`.
+pub const QEMU_CS_FLAGS_OFFSET: usize = 160;
+/// Offset of `cr[0]` in `QEMUCPUState`.
+pub const QEMU_CR_OFFSET: usize = 392;
 
 /// Little-endian fields appended in declaration order.
 #[derive(Default)]
@@ -107,6 +113,7 @@ pub fn prstatus(v: &VcpuImage) -> Vec<u8> {
     f.u32(0).u32(0).u32(0).u16(0).u16(0);
     // pr_sigpend, pr_sighold.
     f.u64(0).u64(0);
+    debug_assert_eq!(f.0.len(), PRSTATUS_PID_OFFSET);
     // pr_pid, pr_ppid, pr_pgrp, pr_sid.
     f.u32(pid).u32(1).u32(1).u32(1);
     // pr_utime, pr_stime, pr_cutime, pr_cstime.
@@ -138,14 +145,17 @@ pub fn prpsinfo(name: &str) -> Vec<u8> {
 }
 
 /// Where each XSAVE component ends in the standard format, by XCR0 bit.
-const XSTATE_END: [(u64, usize); 6] = [
+const XSTATE_END: [(u64, usize); 5] = [
     (xfeature::AVX, 832),
     (xfeature::OPMASK, 1152),
     (xfeature::ZMM_HI256, 1664),
     (xfeature::HI16_ZMM, 2688),
     (xfeature::PKRU, 2696),
-    (0, 576),
 ];
+
+/// The legacy area and the XSAVE header: the image without extended
+/// components.
+const XSTATE_LEGACY_END: usize = 576;
 
 /// The XCR0 a debugger is told: the guest's, with x87 and SSE always (the
 /// FXSAVE image holds both whatever XCR0 says).
@@ -159,8 +169,8 @@ pub fn debugger_xcr0(s: &State) -> u64 {
 /// component needs.
 pub fn xstate(v: &VcpuImage) -> Vec<u8> {
     let xcr0 = debugger_xcr0(&v.state);
-    let len = XSTATE_END.iter().filter(|(bit, _)| *bit == 0 || xcr0 & bit != 0).map(|&(_, end)| end).max();
-    let mut img = v.xsave.as_bytes()[..len.unwrap_or(576)].to_vec();
+    let len = XSTATE_END.iter().filter(|(bit, _)| xcr0 & bit != 0).map(|&(_, end)| end).max();
+    let mut img = v.xsave.as_bytes()[..len.unwrap_or(XSTATE_LEGACY_END)].to_vec();
     img[..512].copy_from_slice(&v.state.fpu.to_bytes());
     img[XSTATE_XCR0_OFFSET..XSTATE_XCR0_OFFSET + 8].copy_from_slice(&xcr0.to_le_bytes());
     img[XSTATE_XCR0_OFFSET + 8..512].fill(0);
@@ -190,9 +200,11 @@ pub fn qemu_cpu_state(s: &State) -> Vec<u8> {
     for r in [Gpr::R8, Gpr::R9, Gpr::R10, Gpr::R11, Gpr::R12, Gpr::R13, Gpr::R14, Gpr::R15, Gpr::Rip, Gpr::Rflags] {
         f.u64(g[r]);
     }
+    debug_assert_eq!(f.0.len() + 8, QEMU_CS_FLAGS_OFFSET);
     for seg in [Seg::Cs, Seg::Ds, Seg::Es, Seg::Fs, Seg::Gs, Seg::Ss, Seg::Ldt, Seg::Tr, Seg::Gdt, Seg::Idt] {
         qemu_segment(&mut f, s, seg);
     }
+    debug_assert_eq!(f.0.len(), QEMU_CR_OFFSET);
     // cr[0..4]: CR0, CR1 (none), CR2, CR3, CR4.
     f.u64(s.crs[Cr::Cr0]).u64(0).u64(s.crs[Cr::Cr2]).u64(s.crs[Cr::Cr3]).u64(s.crs[Cr::Cr4]);
     f.u64(s.msrs[Msr::KernelGsBase]);

@@ -11,7 +11,7 @@ use std::time::Instant;
 use common::*;
 use nvmm::x86::modes;
 use nvmm::x86::paging::{PageTables, PagingMode, pte};
-use nvmm::{Exit, Gpr, Machine, Nvmm, Prot, StateMask, Vcpu};
+use nvmm::{Exit, Gpr, Machine, Nvmm, Prot, Seg, StateMask, Vcpu};
 use nvmm_coredump::{WriteCore, read_core};
 
 const RAM: u64 = 8 << 20;
@@ -129,37 +129,23 @@ fn check(name: &str, m: &Machine, vcpus: &mut [Vcpu], outs: &[u64], reads: &[(u6
     assert_eq!(stats.vcpus, vcpus.len());
     let n = vcpus.len();
     let mut cmds = vec!["info threads".to_string()];
-    for i in 1..=n {
-        cmds.push(format!("thread {i}"));
-        for e in ["$rax", "$rbx", "$rcx", "$rsp", "$rip", "$xmm3.uint128", "$ymm5.v2_int128"] {
-            cmds.push(format!("p/x {e}"));
-        }
-        cmds.push("p $st0".into());
-    }
+    cmds.extend(gdb_vcpu_commands(n));
     for (gva, _) in reads {
         cmds.push(format!("p/x *(unsigned long *){gva:#x}"));
     }
     let out = gdb(&core, &cmds);
     assert_eq!(gdb_threads(&out), (1..=n as u32).collect::<Vec<_>>(), "gdb's threads:\n{out}");
     let vals = values(&out);
-    assert_eq!(vals.len(), n * 8 + reads.len(), "gdb printed:\n{out}");
-    for i in 0..n {
-        let mk = marks(i as u32);
-        let got = &vals[i * 8..i * 8 + 8];
-        let want = [
-            format!("{:#x}", mk.rax),
-            format!("{:#x}", mk.rbx),
-            format!("{:#x}", mk.rcx),
-            format!("{:#x}", mk.rsp),
-            format!("{:#x}", outs[i]),
-            format!("{:#x}", mk.xmm3),
-            format!("{{0x0, {:#x}}}", mk.ymm5_hi),
-            format!("{}", mk.st0),
-        ];
-        assert_eq!(got, &want, "VCPU {i} in gdb:\n{out}");
+    let per = GDB_VCPU_VALUES;
+    assert_eq!(vals.len(), n * per + reads.len(), "gdb printed:\n{out}");
+    for (i, (v, &rip)) in vcpus.iter().zip(outs).enumerate() {
+        // CS and RFLAGS as the VCPU holds them (fetched whole for the core).
+        let (cs, rflags) = (v.state().segs[Seg::Cs].selector, v.state().gprs[Gpr::Rflags]);
+        let want = gdb_vcpu_expected(i as u32, rip, cs, rflags);
+        assert_eq!(&vals[i * per..(i + 1) * per], &want, "VCPU {i} in gdb:\n{out}");
     }
     for (k, (_, want)) in reads.iter().enumerate() {
-        assert_eq!(vals[n * 8 + k], format!("{want:#x}"), "read {k} in gdb:\n{out}");
+        assert_eq!(vals[n * per + k], format!("{want:#x}"), "read {k} in gdb:\n{out}");
     }
     let mut cmds = vec!["thread list".to_string()];
     for i in 1..=n {

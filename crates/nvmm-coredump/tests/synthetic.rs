@@ -95,41 +95,22 @@ fn check_with_gdb(name: &str, images: &[VcpuImage], pages: &[(u64, u64)], mem: &
     drop(f);
     assert_eq!(stats.vcpus, images.len());
     let mut cmds = vec!["info threads".to_string()];
-    for i in 1..=images.len() {
-        cmds.push(format!("thread {i}"));
-        for e in ["$rax", "$rbx", "$rcx", "$rsp", "$rip", "$cs", "$eflags", "$st0", "$xmm3.uint128", "$ymm5.v2_int128"]
-        {
-            cmds.push(format!("p/x {e}"));
-        }
-        cmds.push("p $st0".into());
-    }
+    cmds.extend(gdb_vcpu_commands(images.len()));
     for &(gva, _) in pages {
         cmds.push(format!("p/x *(unsigned long *){gva:#x}"));
     }
     let out = gdb(&core, &cmds);
     assert_eq!(gdb_threads(&out), (1..=images.len() as u32).collect::<Vec<_>>(), "gdb's threads:\n{out}");
     let vals = values(&out);
-    assert_eq!(vals.len(), images.len() * 11 + pages.len(), "gdb printed:\n{out}");
+    let per = GDB_VCPU_VALUES;
+    assert_eq!(vals.len(), images.len() * per + pages.len(), "gdb printed:\n{out}");
     for (i, v) in images.iter().enumerate() {
-        let m = marks(v.index);
         let s = &v.state;
-        let got = &vals[i * 11..i * 11 + 11];
-        let want = [
-            format!("{:#x}", m.rax),
-            format!("{:#x}", m.rbx),
-            format!("{:#x}", m.rcx),
-            format!("{:#x}", m.rsp),
-            format!("{:#x}", s.gprs[Gpr::Rip]),
-            format!("{:#x}", s.segs[nvmm::Seg::Cs].selector),
-            format!("{:#x}", s.gprs[Gpr::Rflags]),
-        ];
-        assert_eq!(&got[..7], &want, "VCPU {i} GPRs in gdb:\n{out}");
-        assert_eq!(got[8], format!("{:#x}", m.xmm3), "VCPU {i} xmm3");
-        assert_eq!(got[9], format!("{{0x0, {:#x}}}", m.ymm5_hi), "VCPU {i} ymm5");
-        assert_eq!(got[10], format!("{}", m.st0), "VCPU {i} st0");
+        let want = gdb_vcpu_expected(v.index, s.gprs[Gpr::Rip], s.segs[nvmm::Seg::Cs].selector, s.gprs[Gpr::Rflags]);
+        assert_eq!(&vals[i * per..(i + 1) * per], &want, "VCPU {i} in gdb:\n{out}");
     }
     for (k, &(_, gpa)) in pages.iter().enumerate() {
-        assert_eq!(vals[images.len() * 11 + k], format!("{:#x}", datum(gpa)), "memory at page {k}:\n{out}");
+        assert_eq!(vals[images.len() * per + k], format!("{:#x}", datum(gpa)), "memory at page {k}:\n{out}");
     }
     let _ = std::fs::remove_file(&core);
 }

@@ -54,7 +54,8 @@ pub fn bench(nvmm: &Nvmm, name: &str, cfg: BenchConfig, out: &mut dyn Write) -> 
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (not empty).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

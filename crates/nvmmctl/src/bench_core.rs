@@ -12,16 +12,11 @@ use std::time::Instant;
 use nvmm::{Nvmm, Prot};
 use nvmm_coredump::WriteCore;
 
-use crate::bench::BenchConfig;
+use crate::bench::{BenchConfig, median};
 use crate::format::{json_f64, json_line, json_str};
 
 /// Guest memory the guest "touched".
 const TOUCHED: u64 = 256 << 20;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Files of this run, removed when dropped.
 struct Scratch(Vec<PathBuf>);

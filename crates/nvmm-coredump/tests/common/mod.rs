@@ -131,3 +131,38 @@ pub fn gdb_threads(out: &str) -> Vec<u32> {
 pub fn values(out: &str) -> Vec<String> {
     out.lines().filter(|l| l.starts_with('$')).filter_map(|l| Some(l.split_once(" = ")?.1.to_string())).collect()
 }
+
+/// How many values [`gdb_vcpu_commands`] prints per VCPU.
+pub const GDB_VCPU_VALUES: usize = 10;
+
+/// gdb commands that select each of threads `1..=n` and print its
+/// registers, in the order of [`gdb_vcpu_expected`].
+pub fn gdb_vcpu_commands(n: usize) -> Vec<String> {
+    let mut cmds = Vec::new();
+    for i in 1..=n {
+        cmds.push(format!("thread {i}"));
+        for e in ["$rax", "$rbx", "$rcx", "$rsp", "$rip", "$cs", "$eflags", "$xmm3.uint128", "$ymm5.v2_int128"] {
+            cmds.push(format!("p/x {e}"));
+        }
+        cmds.push("p $st0".into());
+    }
+    cmds
+}
+
+/// What gdb prints for VCPU `i` (its [`marks`]) stopped at `rip` with CS
+/// selector `cs` and `rflags`.
+pub fn gdb_vcpu_expected(i: u32, rip: u64, cs: u16, rflags: u64) -> Vec<String> {
+    let m = marks(i);
+    vec![
+        format!("{:#x}", m.rax),
+        format!("{:#x}", m.rbx),
+        format!("{:#x}", m.rcx),
+        format!("{:#x}", m.rsp),
+        format!("{rip:#x}"),
+        format!("{cs:#x}"),
+        format!("{rflags:#x}"),
+        format!("{:#x}", m.xmm3),
+        format!("{{0x0, {:#x}}}", m.ymm5_hi),
+        format!("{}", m.st0),
+    ]
+}

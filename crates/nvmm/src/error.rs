@@ -230,6 +230,13 @@ pub enum Error {
         why: &'static str,
     },
 
+    /// No software breakpoint at that address.
+    #[error("no software breakpoint at guest physical address {gpa:#x}: insert one first")]
+    NoBreakpoint {
+        /// The address.
+        gpa: u64,
+    },
+
     /// The CPUID configuration table is full.
     #[error("CPUID configuration table full ({max} leaves); remove a leaf first")]
     CpuidTableFull {
@@ -357,6 +364,7 @@ impl Error {
             Error::InvalidStateMask { .. } => libc::EINVAL,
             Error::InvalidEvent { .. } => libc::EINVAL,
             Error::InvalidConfiguration { .. } => libc::EINVAL,
+            Error::NoBreakpoint { .. } => libc::ENOENT,
             Error::CpuidTableFull { .. } => libc::ENOBUFS,
             Error::CpuidLocked => libc::EBUSY,
             Error::Unsupported { .. } => libc::ENOTSUP,

@@ -52,6 +52,8 @@
 
 pub mod assist;
 mod backend;
+mod breakpoints;
+pub mod debug;
 pub mod error;
 pub mod exit;
 mod machine;
@@ -65,6 +67,8 @@ mod vmem;
 pub mod x86;
 
 pub use backend::BackendFacts;
+pub use breakpoints::INT3;
+pub use debug::{DebugEvent, DebugExit, GuestDebug, HwBreakpoint, WatchKind};
 pub use error::{Error, Result};
 pub use exit::{
     EmulationFailure, Exit, ExitState, InvalidExit, IoDirection, IoExit, MemAccess, MemoryExit, RdmsrExit, WrmsrExit,

@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::backend::kvm::KvmVm;
+use crate::breakpoints::SwBreakpoints;
 use crate::error::{Error, Result};
 use crate::memory::{MemoryMap, PAGE_SIZE, Prot};
 use crate::os::HostRegion;
@@ -22,6 +23,8 @@ pub(crate) struct MachineShared {
     /// KVM VCPUs whose `Vcpu` was destroyed, kept for reuse of their id
     /// (`None`: could not be quiesced, the id is lost).
     parked: Mutex<HashMap<u32, Option<OwnedFd>>>,
+    /// The debugger's software breakpoints.
+    pub(crate) breakpoints: SwBreakpoints,
 }
 
 impl MachineShared {
@@ -94,6 +97,7 @@ impl Machine {
             memory: RwLock::new(memory),
             vcpus: Mutex::new(BTreeSet::new()),
             parked: Mutex::new(HashMap::new()),
+            breakpoints: SwBreakpoints::default(),
         };
         Ok(Machine { shared: Arc::new(shared) })
     }
@@ -235,6 +239,11 @@ impl Machine {
             return Err(e);
         }
         Ok(hva)
+    }
+
+    /// What the VCPUs share with the machine.
+    pub(crate) fn shared(&self) -> &MachineShared {
+        &self.shared
     }
 
     /// The host address and protection behind guest physical address `gpa`

@@ -247,6 +247,10 @@ pub(crate) trait VcpuBackend: Send {
     /// the error flag. `None` until the VMM answered.
     fn msr_answer(&mut self) -> MsrAnswer<'_>;
 
+    /// Applies the debugger's settings; returns whether single steps
+    /// block guest interrupts.
+    fn set_guest_debug(&mut self, debug: &crate::debug::GuestDebug) -> Result<bool>;
+
     /// Sets the CPUID table.
     fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()>;
 

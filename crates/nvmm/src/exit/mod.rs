@@ -39,6 +39,9 @@ pub mod reason {
     pub const MWAIT: u64 = 0x2003;
     /// `NVMM_VCPU_EXIT_CPUID`.
     pub const CPUID: u64 = 0x2004;
+    /// A debug exit ([`Exit::Debug`](crate::Exit::Debug)): nvmm-rs's own
+    /// code, outside NetBSD's ranges (NVMM has no debugger interface).
+    pub const DEBUG: u64 = 0x1_0000;
 }
 
 /// An exit from [`Vcpu::run`](crate::Vcpu::run).
@@ -87,6 +90,9 @@ pub enum Exit<'a> {
     /// emulator lacks (`ENODEV` from the assist). Its reason code is
     /// `MEMORY`.
     EmulationFailure(EmulationFailure<'a>),
+    /// The debugger's breakpoint, watchpoint or single step
+    /// ([`Vcpu::set_guest_debug`](crate::Vcpu::set_guest_debug)).
+    Debug(crate::debug::DebugExit),
     /// An exit nvmm does not model; `hwcode` is KVM's raw exit reason.
     Invalid(InvalidExit),
 }
@@ -107,6 +113,7 @@ impl Exit<'_> {
             Exit::IntReady => reason::INT_READY,
             Exit::NmiReady => reason::NMI_READY,
             Exit::TprChanged => reason::TPR_CHANGED,
+            Exit::Debug(_) => reason::DEBUG,
             Exit::Invalid(_) => reason::INVALID,
         }
     }

@@ -78,6 +78,18 @@ pub(crate) enum ExitRecord {
         /// code.
         info: [u64; 5],
     },
+    /// An exception the kernel intercepted for the debugger (`#DB` or
+    /// `#BP`), before the front end decides whose it is.
+    Trap {
+        /// 1 or 3.
+        vector: u8,
+        /// Linear address of the instruction (after it, for traps).
+        pc: u64,
+        /// DR6 (`#DB`).
+        dr6: u64,
+    },
+    /// What the debugger caught.
+    Debug(crate::debug::DebugExit),
     /// An exit NVMM does not model.
     Invalid {
         /// The kernel's exit reason.
@@ -92,7 +104,8 @@ impl ExitRecord {
     pub(crate) fn reason(&self) -> u64 {
         use super::reason;
         match self {
-            ExitRecord::None => reason::NONE,
+            ExitRecord::None | ExitRecord::Trap { .. } => reason::NONE,
+            ExitRecord::Debug(_) => reason::DEBUG,
             ExitRecord::Stopped => reason::STOPPED,
             ExitRecord::Memory { .. } | ExitRecord::Fetch { .. } | ExitRecord::EmulationFailure { .. } => {
                 reason::MEMORY

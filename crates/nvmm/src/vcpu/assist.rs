@@ -259,6 +259,8 @@ pub(super) fn view(v: &mut Vcpu, r: ExitRecord) -> Exit<'_> {
             };
             Exit::EmulationFailure(EmulationFailure { bytes, info })
         }
+        ExitRecord::Debug(d) => Exit::Debug(d),
+        ExitRecord::Trap { .. } => Exit::None,
         ExitRecord::Invalid { hwcode, detail } => Exit::Invalid(InvalidExit { hwcode, detail }),
     }
 }

@@ -44,6 +44,7 @@ use crate::x86::xsave::{Xsave, xfeature};
 
 mod assist;
 mod configure;
+mod debug;
 mod dump;
 mod emulation;
 mod exit_state;
@@ -172,6 +173,8 @@ pub struct Vcpu {
     last_tpr: u8,
     /// An assist is calling back: runs and nested assists are refused.
     in_assist: bool,
+    /// Guest debugging.
+    debug: debug::DebugState,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -227,6 +230,7 @@ impl Vcpu {
             windows: Windows::default(),
             last_tpr: 0,
             in_assist: false,
+            debug: debug::DebugState::default(),
         };
         v.xsave.set_xstate_bv(xfeature::X87 | xfeature::SSE);
         if reused {

@@ -31,12 +31,31 @@ impl Vcpu {
             self.last = ExitRecord::None;
             let record = self.next_exit()?;
             self.last = record;
+            if let ExitRecord::Trap { vector, pc, dr6 } = record {
+                match self.debug_trap(vector, pc, dr6)? {
+                    Some(r) => {
+                        self.last = r;
+                        return Ok(r);
+                    }
+                    None => continue,
+                }
+            }
+            if let Some(r) = self.breakpoint_behind_failure(&record)? {
+                self.last = r;
+                return Ok(r);
+            }
             // What NetBSD runs natively, KVM's emulator may give up on:
             // complete it here when it touches RAM only.
             if self.conf.complete_failures
                 && matches!(record, ExitRecord::EmulationFailure { len: 1.., .. })
                 && self.complete_in_userland()?
             {
+                // The instruction ran without the kernel seeing it: a
+                // single step ends here.
+                if let Some(r) = self.step_after_completion()? {
+                    self.last = r;
+                    return Ok(r);
+                }
                 continue;
             }
             return Ok(record);
@@ -81,6 +100,9 @@ impl Vcpu {
                 return Ok(r);
             }
             Settled::Enter => {}
+        }
+        if let Some(r) = self.prepare_debug_run()? {
+            return Ok(r);
         }
         self.commit()?;
         let result = self.backend.run();

@@ -6,6 +6,7 @@
 
 pub(crate) mod convert;
 pub(crate) mod msr_filter;
+mod debug;
 mod run_alias;
 mod state;
 mod vcpu;

@@ -48,6 +48,8 @@ pub(crate) struct KvmVcpu {
     /// `kvm_run.cr8` and `kvm_run.if_flag` as of the last run.
     cr8: u64,
     if_flag: bool,
+    /// `KVM_GUESTDBG_BLOCKIRQ` was refused once: not asked for again.
+    pub(super) no_blockirq: bool,
 }
 
 impl KvmVcpu {
@@ -65,6 +67,7 @@ impl KvmVcpu {
             drain_signal: None,
             cr8: 0,
             if_flag: false,
+            no_blockirq: false,
         })
     }
 
@@ -199,6 +202,10 @@ fn decode(exit: VcpuExit<'_>) -> Decoded {
         VcpuExit::MmioWrite(gpa, data) => ExitRecord::Memory { gpa, len: data.len() as u8, write: true },
         VcpuExit::X86Rdmsr(m) => ExitRecord::Rdmsr { msr: m.index },
         VcpuExit::X86Wrmsr(m) => ExitRecord::Wrmsr { msr: m.index, value: m.data },
+        VcpuExit::Debug(d) if d.exception == 1 || d.exception == 3 => {
+            ExitRecord::Trap { vector: d.exception as u8, pc: d.pc, dr6: d.dr6 }
+        }
+        VcpuExit::Debug(d) => ExitRecord::Invalid { hwcode: kvm_bindings::KVM_EXIT_DEBUG.into(), detail: d.exception.into() },
         VcpuExit::Hlt => ExitRecord::Halted,
         VcpuExit::Shutdown => ExitRecord::Shutdown,
         VcpuExit::IrqWindowOpen => ExitRecord::IntReady,
@@ -363,6 +370,10 @@ impl VcpuBackend for KvmVcpu {
         // member, which is when the front end asks.
         let m = unsafe { &mut run.__bindgen_anon_1.msr };
         MsrAnswer { data: &mut m.data, error: &mut m.error }
+    }
+
+    fn set_guest_debug(&mut self, debug: &crate::debug::GuestDebug) -> Result<bool> {
+        self.apply_guest_debug(debug)
     }
 
     fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()> {

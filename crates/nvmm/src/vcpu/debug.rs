@@ -1,0 +1,279 @@
+//! Guest debugging on a VCPU: the debugger's settings go to the backend,
+//! and what comes back (a `#BP` or `#DB` the kernel intercepted, an `INT3`
+//! the kernel's emulator gave up on) becomes an [`Exit::Debug`](crate::Exit::Debug)
+//! when the debugger caused it, and goes to the guest when it did not.
+//!
+//! Two things the kernel does not do on every host are done here, with
+//! single steps the program never sees:
+//! - stepping over an execute breakpoint the VCPU stopped at (RFLAGS.RF
+//!   is not honoured by KVM's emulator on hosts that emulate guest kernel
+//!   code): the next run steps once with that breakpoint lifted;
+//! - software breakpoints in real mode, where such hosts' emulator hands
+//!   `INT3` straight to the guest's interrupt vector table: real-mode code
+//!   runs one step at a time while software breakpoints exist, and the VCPU
+//!   stops before executing one;
+//! - data watchpoints, which that emulator does not check: while one is
+//!   set the VCPU runs one step at a time and the watched bytes are
+//!   compared after each step (a write that changes them is reported; the
+//!   debug registers are programmed too, so hosts whose hardware checks
+//!   them also report reads and writes of equal values).
+
+use super::Vcpu;
+use crate::backend::{Parts, VcpuBackend};
+use crate::breakpoints::INT3;
+use crate::debug::{DebugEvent, DebugExit, GuestDebug, WatchKind, classify_db, dr6};
+use crate::error::Result;
+use crate::exit::record::ExitRecord;
+use crate::vmem::GuestView;
+use crate::x86::bits::cr0;
+use crate::x86::event::Event;
+use crate::x86::mode::linear_rip;
+use crate::x86::state::{Cr, Dr, Gpr, StateMask};
+
+/// `#DB`.
+const DB_VECTOR: u8 = 1;
+/// `#BP`.
+const BP_VECTOR: u8 = 3;
+/// The HLT opcode.
+const HLT: u8 = 0xf4;
+
+/// A VCPU's debugging state.
+#[derive(Debug, Default)]
+pub(super) struct DebugState {
+    /// What the debugger asked for.
+    user: GuestDebug,
+    /// What the backend has now.
+    applied: GuestDebug,
+    /// Single steps block guest interrupts on this host.
+    blockirq: bool,
+    /// The VCPU stopped at the execute breakpoint at this linear address:
+    /// the next run steps over it.
+    step_over: Option<u64>,
+    /// The current run single-steps for the library, not the debugger.
+    internal_step: bool,
+    /// The watched bytes before the current step (`None`: unreadable).
+    watched: [Option<u64>; 4],
+    /// Where the library's current step started (linear address).
+    step_from: u64,
+}
+
+impl Vcpu {
+    /// Sets what the debugger asks of this VCPU (see [`GuestDebug`]); all
+    /// off ends debugging. Takes effect at the next run.
+    pub fn set_guest_debug(&mut self, debug: &GuestDebug) -> Result<()> {
+        self.refuse_in_assist("changing guest debugging")?;
+        self.debug.blockirq = self.backend.set_guest_debug(debug)?;
+        self.debug.applied = *debug;
+        self.debug.user = *debug;
+        Ok(())
+    }
+
+    /// The debugger's current settings.
+    pub fn guest_debug(&self) -> &GuestDebug {
+        &self.debug.user
+    }
+
+    /// Whether single steps hold guest interrupts off on this host.
+    pub(crate) fn debug_blocks_irq(&self) -> bool {
+        self.debug.blockirq
+    }
+
+    /// Readies the backend's debug settings for the next run: the
+    /// debugger's, plus the library's own steps. Returns a software
+    /// breakpoint the VCPU sits on in real mode (reported without
+    /// running).
+    pub(super) fn prepare_debug_run(&mut self) -> Result<Option<ExitRecord>> {
+        if self.debug.user.is_off() && self.debug.applied.is_off() {
+            return Ok(None);
+        }
+        let mut eff = self.debug.user;
+        let mut internal = false;
+        let step_over = self.debug.step_over.take();
+        let real_mode_bps = eff.software_breakpoints && !self.machine.breakpoints.is_empty();
+        let watching = eff.hardware.iter().flatten().any(|b| b.kind() != WatchKind::Execute);
+        if step_over.is_some() || real_mode_bps || watching {
+            self.get_state(StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS)?;
+            let pc = linear_rip(self.comm.state());
+            if let Some(at) = step_over.filter(|&at| at == pc) {
+                for slot in &mut eff.hardware {
+                    if slot.is_some_and(|b| b.kind() == WatchKind::Execute && b.addr() == at) {
+                        *slot = None;
+                    }
+                }
+                eff.single_step = true;
+                internal = true;
+            }
+            if real_mode_bps && self.comm.state().crs[Cr::Cr0] & cr0::PE == 0 {
+                let regs = self.paging_of(self.comm.state());
+                if self.breakpoint_at(pc, regs) {
+                    return Ok(Some(Self::debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0)));
+                }
+                eff.single_step = true;
+                internal = true;
+            }
+            if watching {
+                self.debug.watched = self.watched_values(self.paging_of(self.comm.state()));
+                eff.single_step = true;
+                internal = true;
+            }
+        }
+        self.debug.internal_step = internal && !self.debug.user.single_step;
+        if self.debug.internal_step {
+            self.debug.step_from = linear_rip(self.comm.state());
+        }
+        if eff != self.debug.applied {
+            self.debug.blockirq = self.backend.set_guest_debug(&eff)?;
+            self.debug.applied = eff;
+        }
+        Ok(None)
+    }
+
+    /// What an intercepted exception `vector` (with `dr6` for `#DB`, the
+    /// linear `pc`) means: a debug exit, or `None` once it was handed to
+    /// the guest or was the library's own step.
+    pub(super) fn debug_trap(&mut self, vector: u8, pc: u64, dr6_bits: u64) -> Result<Option<ExitRecord>> {
+        match vector {
+            BP_VECTOR if self.is_our_breakpoint(pc) => Ok(Some(Self::debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0))),
+            BP_VECTOR => {
+                // The guest's own INT3: RIP is on it; the #BP it raises is
+                // a trap, returning past it.
+                self.get_state(StateMask::GPRS)?;
+                let rip = &mut self.comm.state_mut().gprs[Gpr::Rip];
+                *rip = rip.wrapping_add(1);
+                self.set_state(StateMask::GPRS)?;
+                self.inject_internal(Event::exception(BP_VECTOR, 0));
+                Ok(None)
+            }
+            DB_VECTOR => match classify_db(&self.debug.user, dr6_bits & dr6::B_MASK)
+                .or_else(|| self.watch_hit(dr6_bits))
+                .or_else(|| classify_db(&self.debug.user, dr6_bits))
+            {
+                Some(event) => {
+                    if let DebugEvent::HardwareBreakpoint { .. } = event {
+                        self.debug.step_over = Some(pc);
+                    }
+                    Ok(Some(Self::debug_exit(event, pc, dr6_bits)))
+                }
+                None if self.debug.internal_step && dr6_bits & dr6::BS != 0 => {
+                    // The library's own step; the next instruction may be
+                    // a real-mode breakpoint. A stepped HLT does not halt
+                    // (the kernel ends the step instead): the VMM still
+                    // gets its HLT exit.
+                    self.debug.internal_step = false;
+                    Ok(self.stepped_hlt(pc).then_some(ExitRecord::Halted))
+                }
+                None => {
+                    // The guest's own #DB (its TF, its debug registers):
+                    // its DR6 shows the cause, as the CPU would.
+                    self.get_state(StateMask::DRS)?;
+                    let d = &mut self.comm.state_mut().drs[Dr::Dr6];
+                    *d = (*d & !(dr6::B_MASK | dr6::BS)) | (dr6_bits & (dr6::B_MASK | dr6::BS));
+                    self.set_state(StateMask::DRS)?;
+                    self.inject_internal(Event::exception(DB_VECTOR, 0));
+                    Ok(None)
+                }
+            },
+            // The backend reports no other vector.
+            _ => Ok(Some(ExitRecord::None)),
+        }
+    }
+
+    /// An emulation failure on `INT3` (the kernel emulates CPL 0 code on
+    /// some hosts and gives up there) at one of the machine's breakpoints,
+    /// reported as the breakpoint.
+    pub(super) fn breakpoint_behind_failure(&mut self, record: &ExitRecord) -> Result<Option<ExitRecord>> {
+        let ExitRecord::EmulationFailure { bytes, len: 1.., .. } = record else { return Ok(None) };
+        if bytes[0] != INT3 || !self.debug.user.software_breakpoints {
+            return Ok(None);
+        }
+        let pc = linear_rip(self.raw_state(Parts::CODE)?);
+        Ok(self.is_our_breakpoint(pc).then(|| Self::debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0)))
+    }
+
+    /// A completed instruction while single-stepping is a step (or a
+    /// watchpoint's write).
+    pub(super) fn step_after_completion(&mut self) -> Result<Option<ExitRecord>> {
+        if !self.debug.applied.single_step {
+            return Ok(None);
+        }
+        let event = match self.watch_hit(dr6::BS) {
+            Some(e) => e,
+            None if self.debug.user.single_step => DebugEvent::SingleStep,
+            None => return Ok(None),
+        };
+        self.get_state(StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS)?;
+        let pc = linear_rip(self.comm.state());
+        Ok(Some(Self::debug_exit(event, pc, dr6::BS)))
+    }
+
+    /// After a step (`dr6_bits` has BS): the first data watchpoint whose
+    /// bytes changed.
+    fn watch_hit(&mut self, dr6_bits: u64) -> Option<DebugEvent> {
+        if dr6_bits & dr6::BS == 0 || !self.debug.internal_step && !self.debug.user.single_step {
+            return None;
+        }
+        let before = self.debug.watched;
+        let &raw = self.raw_state(Parts::CODE).ok()?;
+        let now = self.watched_values(self.paging_of(&raw));
+        self.debug.watched = now;
+        let user = &self.debug.user;
+        (0..4).find_map(|i| {
+            let bp = user.hardware[i].filter(|b| b.kind() != WatchKind::Execute)?;
+            (before[i] != now[i]).then_some(DebugEvent::Watchpoint { index: i as u8, addr: bp.addr(), kind: bp.kind() })
+        })
+    }
+
+    /// Whether the library's step that ended at `pc` executed a HLT.
+    fn stepped_hlt(&mut self, pc: u64) -> bool {
+        let from = self.debug.step_from;
+        if pc != from.wrapping_add(1) {
+            return false;
+        }
+        let Ok(&raw) = self.raw_state(Parts::CODE) else { return false };
+        let mem = self.machine.memory();
+        let mut byte = [0u8];
+        GuestView::new(&mem, self.paging_of(&raw)).read(from, &mut byte).done == 1 && byte[0] == HLT
+    }
+
+    /// The bytes each data watchpoint covers, through page tables `regs`.
+    fn watched_values(&self, regs: crate::assist::mmu::PagingRegs) -> [Option<u64>; 4] {
+        let mem = self.machine.memory();
+        let view = GuestView::new(&mem, regs);
+        let mut out = [None; 4];
+        for (slot, bp) in out.iter_mut().zip(&self.debug.user.hardware) {
+            if let Some(bp) = bp.filter(|b| b.kind() != WatchKind::Execute) {
+                let mut b = [0u8; 8];
+                let n = usize::from(bp.len());
+                if view.read(bp.addr(), &mut b[..n]).done == n {
+                    *slot = Some(u64::from_le_bytes(b));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether linear address `pc` holds one of the machine's software
+    /// breakpoints, through the page tables as of the last exit.
+    fn is_our_breakpoint(&mut self, pc: u64) -> bool {
+        let Ok(&raw) = self.raw_state(Parts::CODE) else { return false };
+        let regs = self.paging_of(&raw);
+        self.breakpoint_at(pc, regs)
+    }
+
+    /// Whether linear address `pc` holds one of the machine's software
+    /// breakpoints, through the page tables `regs`.
+    fn breakpoint_at(&self, pc: u64, regs: crate::assist::mmu::PagingRegs) -> bool {
+        if !self.debug.user.software_breakpoints || self.machine.breakpoints.is_empty() {
+            return false;
+        }
+        let mem = self.machine.memory();
+        match GuestView::new(&mem, regs).translate(pc) {
+            Ok(t) => self.machine.breakpoints.contains(t.gpa),
+            Err(_) => false,
+        }
+    }
+
+    fn debug_exit(event: DebugEvent, pc: u64, dr6: u64) -> ExitRecord {
+        ExitRecord::Debug(DebugExit { event, pc, dr6 })
+    }
+}

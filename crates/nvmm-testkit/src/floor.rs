@@ -142,6 +142,11 @@ impl RawVm {
         &self.vcpu
     }
 
+    /// The VCPU, mutably (a probe's own `KVM_RUN`).
+    pub(crate) fn vcpu_mut(&mut self) -> &mut VcpuFd {
+        &mut self.vcpu
+    }
+
     /// Writes `bytes` into guest RAM at `gpa`.
     pub(crate) fn write(&self, gpa: u64, bytes: &[u8]) {
         self.mem.write(gpa, bytes);

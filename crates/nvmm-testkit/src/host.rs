@@ -85,3 +85,51 @@ pub fn honours_cpuid_table() -> Result<bool, FloorError> {
     let regs = vm.vcpu().get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
     Ok(regs.rdx as u32 == expected)
 }
+
+/// Whether `KVM_SET_GUEST_DEBUG` single-steps guest user code: a 64-bit
+/// guest at CPL 3 (IOPL 3, identity-mapped with one 2 MiB user page) runs
+/// `nop; nop; out 0x10, al` with `KVM_GUESTDBG_SINGLESTEP`; the answer is
+/// whether the first exit is `KVM_EXIT_DEBUG`.
+///
+/// Some nested hosts run guest user code natively without the kernel's
+/// exception intercepts: no single step, no `#BP`/`#DB` exit, no debug
+/// register reaches it there.
+pub fn debugs_user_code() -> Result<bool, FloorError> {
+    use kvm_bindings::{KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, kvm_guest_debug};
+    use kvm_ioctls::VcpuExit;
+    let vm = RawKvm::open()?.vm(&[0x90, 0x90, 0xe6, 0x10], 0x1000, 1 << 21)?;
+    // PML4 -> PDPT -> PD with one 2 MiB page: present, writable, user.
+    vm.write(TABLES, &((TABLES + 0x1000) | 7).to_le_bytes());
+    vm.write(TABLES + 0x1000, &((TABLES + 0x2000) | 7).to_le_bytes());
+    vm.write(TABLES + 0x2000, &0x87u64.to_le_bytes());
+    let vcpu = vm.vcpu();
+    let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    for (seg, ty, sel) in
+        [(&mut s.cs, 0xb, 0x2b), (&mut s.ds, 3, 0x23), (&mut s.es, 3, 0x23), (&mut s.ss, 3, 0x23)]
+    {
+        seg.base = 0;
+        seg.limit = 0xffff_ffff;
+        seg.g = 1;
+        seg.s = 1;
+        seg.present = 1;
+        seg.dpl = 3;
+        seg.type_ = ty;
+        seg.selector = sel;
+        seg.db = u8::from(ty != 0xb);
+        seg.l = u8::from(ty == 0xb);
+    }
+    s.cr0 = 0x8000_0011; // PG, ET, PE
+    s.cr3 = TABLES;
+    s.cr4 = 1 << 5; // PAE
+    s.efer = (1 << 8) | (1 << 10); // LME, LMA
+    vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
+    let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+    regs.rflags = 2 | (3 << 12);
+    regs.rsp = 0x8000;
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    let dbg = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, ..Default::default() };
+    vcpu.set_guest_debug(&dbg).map_err(kvm_err("KVM_SET_GUEST_DEBUG"))?;
+    let mut vcpu = vm;
+    let exit = vcpu.vcpu_mut().run().map_err(kvm_err("KVM_RUN"))?;
+    Ok(matches!(exit, VcpuExit::Debug(_)))
+}

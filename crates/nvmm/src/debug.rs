@@ -108,7 +108,7 @@ impl HwBreakpoint {
 pub struct GuestDebug {
     /// Stop after every instruction ([`DebugEvent::SingleStep`]); guest
     /// interrupts are held off meanwhile where the kernel can
-    /// ([`GuestDebug::blocks_interrupts`]).
+    /// ([`Vcpu::debug_blocks_interrupts`](crate::Vcpu::debug_blocks_interrupts)).
     pub single_step: bool,
     /// Report the machine's software breakpoints
     /// ([`DebugEvent::SoftwareBreakpoint`]).
@@ -136,13 +136,6 @@ impl GuestDebug {
             }
         }
         dr7
-    }
-
-    /// Whether single steps keep guest interrupts blocked on this host
-    /// (`KVM_GUESTDBG_BLOCKIRQ`). Without it a step taken with an interrupt
-    /// pending lands in the guest's interrupt handler.
-    pub fn blocks_interrupts(vcpu: &crate::Vcpu) -> bool {
-        vcpu.debug_blocks_irq()
     }
 }
 

@@ -93,3 +93,149 @@ fn write_watchpoint() {
     run_to_halt(&mut g.vcpu);
 }
 
+
+fn sw_debug() -> GuestDebug {
+    GuestDebug { software_breakpoints: true, ..GuestDebug::default() }
+}
+
+/// Where the guest's own exception handlers go.
+const HANDLER: u64 = CODE + 0x100;
+
+/// The guest's own INT3, with a debugger attached whose breakpoint is
+/// elsewhere, reaches the guest's handler with the return address past
+/// it: `int3 ; hlt` and a handler `mov eax, 0x33 ; hlt`.
+#[test]
+fn guests_own_int3_reaches_its_handler() {
+    nvmm_testkit::kvm_or_skip!();
+    let handler = [0xb8, 0x33, 0, 0, 0, 0xf4];
+    // Protected mode: IDT gate for #BP.
+    let mut g = protected_mode(&[0xcc, 0xf4]);
+    g.machine.write_gpa(HANDLER, &handler).unwrap();
+    idt32(&mut g, &[(3, HANDLER)]);
+    // Real mode: the IVT's vector 3 (real-mode library steps are on:
+    // software breakpoints exist).
+    let mut r = real_mode(&[0xcc, 0xf4]);
+    r.machine.write_gpa(HANDLER, &handler[..3]).unwrap(); // mov ax, 0x33
+    r.machine.write_gpa(HANDLER + 3, &[0xf4]).unwrap();
+    ivt(&r, 3, HANDLER as u16);
+    for (mut g, sp_width) in [(g, 4u64), (r, 2)] {
+        g.machine.insert_sw_breakpoint(CODE + 0x40).unwrap();
+        g.vcpu.set_guest_debug(&sw_debug()).unwrap();
+        run_to_halt(&mut g.vcpu);
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), HANDLER + if sp_width == 4 { 6 } else { 4 });
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rax) & 0xffff, 0x33);
+        // The pushed return address: past the INT3.
+        let sp = gpr(&mut g.vcpu, Gpr::Rsp);
+        let mut ret = [0u8; 4];
+        g.machine.read_gpa(sp, &mut ret[..sp_width as usize]).unwrap();
+        assert_eq!(u64::from(u32::from_le_bytes(ret)), CODE + 1);
+    }
+}
+
+/// A guest that programs its own DR0/DR7 (an execute breakpoint with a
+/// #DB handler of its own) does not hide the debugger's breakpoint, reads
+/// back its own values, and gets its own #DB once the debugger lifts its
+/// breakpoint.
+#[test]
+fn guests_own_debug_registers() {
+    nvmm_testkit::kvm_or_skip!();
+    // nop x4 ; mov eax, 1 ; hlt     handler: mov ebx, 0x44 ; hlt
+    let code = [0x90, 0x90, 0x90, 0x90, 0xb8, 1, 0, 0, 0, 0xf4];
+    let setup = |g: &mut Guest| {
+        g.machine.write_gpa(HANDLER, &[0xbb, 0x44, 0, 0, 0, 0xf4]).unwrap();
+        idt32(g, &[(1, HANDLER)]);
+        g.vcpu
+            .update(StateMask::DRS, |s| {
+                s.drs[nvmm::Dr::Dr0] = CODE + 4;
+                s.drs[nvmm::Dr::Dr7] = 0x401;
+            })
+            .unwrap();
+    };
+    let mut g = protected_mode(&code);
+    setup(&mut g);
+    let mut d = GuestDebug::default();
+    d.hardware[0] = Some(HwBreakpoint::new(CODE + 3, WatchKind::Execute, 1).unwrap());
+    g.vcpu.set_guest_debug(&d).unwrap();
+    assert_eq!(next_debug(&mut g.vcpu), (DebugEvent::HardwareBreakpoint { index: 0 }, CODE + 3));
+    g.vcpu.get_state(StateMask::DRS).unwrap();
+    assert_eq!(g.vcpu.state().drs[nvmm::Dr::Dr0], CODE + 4, "the guest reads its own DR0");
+    assert_eq!(g.vcpu.state().drs[nvmm::Dr::Dr7] & 0xff, 0x01, "the guest reads its own DR7");
+    // The debugger lifts its hardware breakpoint: the guest's DR0 fires
+    // into the guest's handler.
+    g.machine.insert_sw_breakpoint(CODE + 0x40).unwrap();
+    g.vcpu.set_guest_debug(&sw_debug()).unwrap();
+    run_to_halt(&mut g.vcpu);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rbx), 0x44, "the guest's own #DB handler ran");
+}
+
+/// Single steps through `cli ; nop ; sti ; nop ; nop` with an interrupt
+/// handler installed: each step lands on the next instruction, none in
+/// the handler, whatever IF says.
+#[test]
+fn steps_across_an_interrupt_window() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = protected_mode(&[0xfa, 0x90, 0xfb, 0x90, 0x90, 0xf4]);
+    g.machine.write_gpa(HANDLER, &[0xf4]).unwrap();
+    idt32(&mut g, &[(0x20, HANDLER)]);
+    g.vcpu.set_guest_debug(&step_debug()).unwrap();
+    for pc in [CODE + 1, CODE + 2, CODE + 3, CODE + 4, CODE + 5] {
+        assert_eq!(next_debug(&mut g.vcpu), (DebugEvent::SingleStep, pc));
+    }
+}
+
+/// Two VCPUs at the same software breakpoint, each on its own thread:
+/// both are reported.
+#[test]
+fn two_vcpus_hit_one_breakpoint() {
+    nvmm_testkit::kvm_or_skip!();
+    let g = long_mode(&NOPS);
+    g.machine.insert_sw_breakpoint(CODE + 4).unwrap();
+    let mut second = g.machine.create_vcpu(1).unwrap();
+    second
+        .update(StateMask::ALL, |s| {
+            nvmm::x86::modes::long_mode(s, GDT, PML4);
+            s.gprs[Gpr::Rip] = CODE;
+            s.gprs[Gpr::Rsp] = STACK - 0x1000;
+        })
+        .unwrap();
+    let Guest { machine, vcpu } = g;
+    let hits: Vec<_> = std::thread::scope(|t| {
+        let runs: Vec<_> = [vcpu, second]
+            .into_iter()
+            .map(|mut v| {
+                t.spawn(move || {
+                    v.set_guest_debug(&sw_debug()).unwrap();
+                    next_debug(&mut v)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(hits, vec![(DebugEvent::SoftwareBreakpoint, CODE + 4); 2]);
+    drop(machine);
+}
+
+/// Guest user code (CPL 3): the library debugs it exactly as far as the
+/// host's KVM does (the oracle is a bare KVM guest at CPL 3 with
+/// `KVM_GUESTDBG_SINGLESTEP`). Where KVM debugs user code, steps and
+/// breakpoints are reported; where it runs user code without intercepts,
+/// the guest runs to its OUT, and the README says so.
+#[test]
+fn user_code_is_debugged_as_far_as_kvm_does() {
+    nvmm_testkit::kvm_or_skip!();
+    let kvm_debugs = nvmm_testkit::host::debugs_user_code().expect("probe KVM");
+    // nop ; nop ; xchg ax,ax ; nop ; out 0x10, al
+    let code = [0x90, 0x90, 0x66, 0x90, 0x90, 0xe6, 0x10];
+    let mut g = user_mode64(&code);
+    g.vcpu.set_guest_debug(&step_debug()).unwrap();
+    let first = g.vcpu.run().unwrap();
+    if kvm_debugs {
+        assert!(matches!(first, Exit::Debug(d) if d.pc() == CODE + 1), "{first:?}");
+        let mut g = user_mode64(&code);
+        g.machine.insert_sw_breakpoint(CODE + 2).unwrap();
+        g.vcpu.set_guest_debug(&sw_debug()).unwrap();
+        assert_eq!(next_debug(&mut g.vcpu), (DebugEvent::SoftwareBreakpoint, CODE + 2));
+    } else {
+        assert!(matches!(first, Exit::Io(_)), "KVM does not step user code here; neither can the library: {first:?}");
+    }
+}

@@ -73,8 +73,10 @@ impl Vcpu {
         &self.debug.user
     }
 
-    /// Whether single steps hold guest interrupts off on this host.
-    pub(crate) fn debug_blocks_irq(&self) -> bool {
+    /// Whether single steps hold guest interrupts off on this host
+    /// (`KVM_GUESTDBG_BLOCKIRQ`). Without it a step taken with an
+    /// interrupt pending lands in the guest's interrupt handler.
+    pub fn debug_blocks_interrupts(&self) -> bool {
         self.debug.blockirq
     }
 

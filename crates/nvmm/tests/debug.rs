@@ -114,7 +114,7 @@ fn guests_own_int3_reaches_its_handler() {
     idt32(&mut g, &[(3, HANDLER)]);
     // Real mode: the IVT's vector 3 (real-mode library steps are on:
     // software breakpoints exist).
-    let mut r = real_mode(&[0xcc, 0xf4]);
+    let r = real_mode(&[0xcc, 0xf4]);
     r.machine.write_gpa(HANDLER, &handler[..3]).unwrap(); // mov ax, 0x33
     r.machine.write_gpa(HANDLER + 3, &[0xf4]).unwrap();
     ivt(&r, 3, HANDLER as u16);

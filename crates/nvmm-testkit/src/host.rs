@@ -104,9 +104,7 @@ pub fn debugs_user_code() -> Result<bool, FloorError> {
     vm.write(TABLES + 0x2000, &0x87u64.to_le_bytes());
     let vcpu = vm.vcpu();
     let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-    for (seg, ty, sel) in
-        [(&mut s.cs, 0xb, 0x2b), (&mut s.ds, 3, 0x23), (&mut s.es, 3, 0x23), (&mut s.ss, 3, 0x23)]
-    {
+    for (seg, ty, sel) in [(&mut s.cs, 0xb, 0x2b), (&mut s.ds, 3, 0x23), (&mut s.es, 3, 0x23), (&mut s.ss, 3, 0x23)] {
         seg.base = 0;
         seg.limit = 0xffff_ffff;
         seg.g = 1;

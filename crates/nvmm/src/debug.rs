@@ -141,6 +141,7 @@ impl GuestDebug {
 
 /// What a debug exit caught.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DebugEvent {
     /// A software breakpoint of the machine's table; the PC is on the
     /// breakpoint (the original instruction has not run).

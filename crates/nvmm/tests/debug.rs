@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use nvmm::{DebugEvent, Exit, GuestDebug, Gpr, HwBreakpoint, StateMask, Vcpu, WatchKind};
+use nvmm::{DebugEvent, Exit, Gpr, GuestDebug, HwBreakpoint, StateMask, Vcpu, WatchKind};
 
 /// Runs until the next exit other than NONE; returns the debug exit's
 /// event and PC, or panics with what came instead.
@@ -92,7 +92,6 @@ fn write_watchpoint() {
     );
     run_to_halt(&mut g.vcpu);
 }
-
 
 fn sw_debug() -> GuestDebug {
     GuestDebug { software_breakpoints: true, ..GuestDebug::default() }

@@ -135,7 +135,9 @@ impl Vcpu {
     /// the guest or was the library's own step.
     pub(super) fn debug_trap(&mut self, vector: u8, pc: u64, dr6_bits: u64) -> Result<Option<ExitRecord>> {
         match vector {
-            BP_VECTOR if self.is_our_breakpoint(pc) => Ok(Some(Self::debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0))),
+            BP_VECTOR if self.is_our_breakpoint(pc) => {
+                Ok(Some(Self::debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0)))
+            }
             BP_VECTOR => {
                 // The guest's own INT3: RIP is on it; the #BP it raises is
                 // a trap, returning past it.

@@ -115,6 +115,14 @@ impl VcpuHandle {
         self.shared.request();
     }
 
+    /// Withdraws a stop request the VCPU has not reported yet; returns
+    /// whether there was one. For a controller that stopped several VCPUs
+    /// at once and saw some of them end their runs for other reasons
+    /// before the request reached them (a debugger stub's all-stop).
+    pub fn cancel_stop(&self) -> bool {
+        self.shared.take()
+    }
+
     /// Records `event` for the VCPU's next run (`nvmm_vcpu_inject` from
     /// another thread), checking NVMM's rules now. It does not interrupt a
     /// run in progress: stop the VCPU too for the event to be delivered

@@ -289,6 +289,14 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The last exit [`Vcpu::run`] reported, viewed again (for code that
+    /// inspects the exit after `run`'s borrow ended, like a debugger stub
+    /// handing exits to the VMM). Its data is the same buffer: using it
+    /// answers the exit as using `run`'s view does.
+    pub fn last_exit(&mut self) -> Exit<'_> {
+        self.exit_view(self.last)
+    }
+
     /// The zero-copy view of `record`.
     fn exit_view(&mut self, record: ExitRecord) -> Exit<'_> {
         assist::view(self, record)

@@ -5,8 +5,8 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod convert;
-pub(crate) mod msr_filter;
 mod debug;
+pub(crate) mod msr_filter;
 mod run_alias;
 mod state;
 mod vcpu;

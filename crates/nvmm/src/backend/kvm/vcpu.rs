@@ -205,7 +205,9 @@ fn decode(exit: VcpuExit<'_>) -> Decoded {
         VcpuExit::Debug(d) if d.exception == 1 || d.exception == 3 => {
             ExitRecord::Trap { vector: d.exception as u8, pc: d.pc, dr6: d.dr6 }
         }
-        VcpuExit::Debug(d) => ExitRecord::Invalid { hwcode: kvm_bindings::KVM_EXIT_DEBUG.into(), detail: d.exception.into() },
+        VcpuExit::Debug(d) => {
+            ExitRecord::Invalid { hwcode: kvm_bindings::KVM_EXIT_DEBUG.into(), detail: d.exception.into() }
+        }
         VcpuExit::Hlt => ExitRecord::Halted,
         VcpuExit::Shutdown => ExitRecord::Shutdown,
         VcpuExit::IrqWindowOpen => ExitRecord::IntReady,

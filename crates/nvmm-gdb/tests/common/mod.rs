@@ -1,0 +1,116 @@
+//! A guest, a stub on a thread, and a scripted debugger against it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::mpsc;
+
+use nvmm::x86::modes;
+use nvmm::{Exit, Gpr, Machine, Nvmm, Prot, StateMask, Vcpu};
+use nvmm_gdb::{Address, End, Next, Session, VcpuExits};
+
+/// Where guest code is loaded.
+pub const CODE: u64 = 0x1000;
+/// GDT.
+pub const GDT: u64 = 0x800;
+/// Identity page tables (1 GiB).
+pub const PML4: u64 = 0x10000;
+/// RAM size.
+pub const RAM: u64 = 4 << 20;
+/// Stack top.
+pub const STACK: u64 = 0x8000;
+
+/// The port whose OUT ends the guest: the program exits with AL.
+pub const EXIT_PORT: u16 = 0x10;
+
+/// Exits of the test guests: OUT to [`EXIT_PORT`] ends the guest with AL,
+/// HLT ends it with 0, anything else is a failure (reported as SIGSEGV
+/// to the debugger).
+pub struct TestExits;
+
+impl VcpuExits for TestExits {
+    fn handle(&self, _index: usize, vcpu: &mut Vcpu) -> nvmm::Result<Next> {
+        Ok(match vcpu.last_exit() {
+            Exit::Io(io) if io.port() == EXIT_PORT => Next::Exited(io.data().first().copied().unwrap_or(0)),
+            Exit::Halted => Next::Exited(0),
+            _ => Next::Signal(nvmm_gdb::Signal::SIGSEGV),
+        })
+    }
+}
+
+/// A long-mode machine with `nvcpus` VCPUs, each at CODE (each with its
+/// own stack), `code` loaded.
+pub fn long_mode(code: &[u8], nvcpus: u32) -> (Machine, Vec<Vcpu>) {
+    let machine = Nvmm::open().expect("open nvmm").create_machine().expect("machine");
+    machine.map_anonymous(0, RAM, Prot::ALL).expect("RAM");
+    machine.write_gpa(CODE, code).unwrap();
+    machine.write_gpa(GDT, &modes::gdt_bytes()).unwrap();
+    machine.write_gpa(PML4, &modes::identity_page_tables(PML4, 1 << 30)).unwrap();
+    let vcpus = (0..nvcpus)
+        .map(|i| {
+            let mut v = machine.create_vcpu(i).unwrap();
+            v.update(StateMask::ALL, |s| {
+                modes::long_mode(s, GDT, PML4);
+                s.gprs[Gpr::Rip] = CODE;
+                s.gprs[Gpr::Rsp] = STACK - 0x1000 * u64::from(i);
+            })
+            .unwrap();
+            v
+        })
+        .collect();
+    (machine, vcpus)
+}
+
+/// A unique Unix socket path for this test.
+pub fn socket_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("nvmm-gdb-{}-{name}.sock", std::process::id()))
+}
+
+/// Serves `vcpus` on `address` on a thread, runs `client(bound address)`
+/// once the stub listens, and returns the client's output and the
+/// session.
+pub fn with_stub<T: Send>(
+    machine: &Machine,
+    vcpus: Vec<Vcpu>,
+    address: Address,
+    client: impl FnOnce(&Address) -> T + Send,
+) -> (T, Session) {
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        let stub =
+            s.spawn(move || nvmm_gdb::serve(machine, vcpus, &TestExits, &address, |a| tx.send(a.clone()).unwrap()));
+        let bound = rx.recv().expect("the stub listens");
+        let out = client(&bound);
+        let session = stub.join().expect("stub thread").expect("session");
+        (out, session)
+    })
+}
+
+/// The `target remote` argument for `address`.
+pub fn remote(address: &Address) -> String {
+    match address {
+        Address::Tcp(a) => format!("{}:{}", a.ip(), a.port()),
+        Address::Unix(p) => p.display().to_string(),
+    }
+}
+
+/// Runs gdb in batch mode with `commands` after connecting (bounded).
+pub fn gdb(address: &Address, commands: &[&str]) -> Output {
+    let mut c = Command::new("timeout");
+    c.args(["120", "gdb", "-nx", "-batch", "-ex", "set confirm off", "-ex", "set pagination off"]);
+    c.args(["-ex", &format!("target remote {}", remote(address))]);
+    for cmd in commands {
+        c.args(["-ex", cmd]);
+    }
+    c.output().expect("run gdb")
+}
+
+/// Output lines after `marker` lines: `echo MARK\n` in the script.
+pub fn text(o: &Output) -> String {
+    format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Whether the session ended as `end`.
+pub fn ended(s: &Session, end: End) -> bool {
+    s.end == end
+}

@@ -21,6 +21,7 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 
+pub mod debuggers;
 pub mod floor;
 pub mod host;
 mod rng;

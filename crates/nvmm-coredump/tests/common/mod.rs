@@ -1,12 +1,12 @@
 //! Guests with distinctive state for the core tests, and the debuggers and
 //! ELF readers that check the cores (the oracles).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nvmm::x86::xsave::Xsave;
 use nvmm::{Cr, Gpr, State};
+pub use nvmm_testkit::debuggers::{self, run_tool, values, x87};
 
 /// The distinctive values VCPU `i` holds.
 pub struct Marks {
@@ -30,17 +30,6 @@ pub fn marks(i: u32) -> Marks {
         xmm3: 0x3333_3333_3333_3333_0000_0000_0000_0000 | u128::from(i),
         ymm5_hi: 0x5555_0000_0000_0000_0000_0000_0000_5555 | u128::from(i) << 32,
     }
-}
-
-/// `v` as an x87 80-bit extended value (normal numbers only).
-pub fn x87(v: f64) -> [u8; 10] {
-    let bits = v.to_bits();
-    let exp = ((bits >> 52) & 0x7ff) as u16 - 1023 + 16383;
-    let mant = 1u64 << 63 | (bits & ((1 << 52) - 1)) << 11;
-    let mut b = [0u8; 10];
-    b[..8].copy_from_slice(&mant.to_le_bytes());
-    b[8..].copy_from_slice(&(exp | ((bits >> 48) as u16 & 0x8000)).to_le_bytes());
-    b
 }
 
 /// Puts VCPU `i`'s marks in the FPU part of `s` and `x` (x87 ST0 valid,
@@ -77,39 +66,14 @@ pub fn core_path(name: &str) -> PathBuf {
     p
 }
 
-/// Runs `program` with `args` under a 120 s bound; its stdout and stderr.
-pub fn run_tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} cannot run ({e}): install it (.ci/run does)"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.code() != Some(124), "{program} timed out:\n{text}");
-    text
-}
-
 /// `gdb -batch -c CORE` with `commands`.
 pub fn gdb(core: &Path, commands: &[String]) -> String {
-    let mut args = vec!["-batch".to_string(), "-nx".into(), "-c".into(), core.display().to_string()];
-    for c in commands {
-        args.push("-ex".into());
-        args.push(c.clone());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_tool("gdb", &args)
+    debuggers::gdb(&["-c", &core.display().to_string()], commands)
 }
 
 /// `lldb --batch --core CORE` with `commands`.
 pub fn lldb(core: &Path, commands: &[String]) -> String {
-    let mut args = vec!["--no-lldbinit".to_string(), "--batch".into(), "--core".into(), core.display().to_string()];
-    for c in commands {
-        args.push("-o".into());
-        args.push(c.clone());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_tool("lldb", &args)
+    debuggers::lldb(&["--core", &core.display().to_string()], commands)
 }
 
 /// The LWP ids of the rows of gdb's `info threads` table.
@@ -125,11 +89,6 @@ pub fn gdb_threads(out: &str) -> Vec<u32> {
         .collect();
     ids.sort_unstable();
     ids
-}
-
-/// gdb's `$N = value` lines, in order.
-pub fn values(out: &str) -> Vec<String> {
-    out.lines().filter(|l| l.starts_with('$')).filter_map(|l| Some(l.split_once(" = ")?.1.to_string())).collect()
 }
 
 /// How many values [`gdb_vcpu_commands`] prints per VCPU.

@@ -114,3 +114,48 @@ pub fn text(o: &Output) -> String {
 pub fn ended(s: &Session, end: End) -> bool {
     s.end == end
 }
+
+/// The paged guest of the session tests: low 2 MiB identity-mapped
+/// (code, stack, tables), GVA 0x4000_0000 → GPA 0x30_1000 and GVA
+/// 0x4000_1000 → GPA 0x20_5000 (adjacent virtual pages on non-adjacent,
+/// descending physical pages), GVA 0x4000_2000 → GPA 0x30_2000 read-only.
+pub mod paged {
+    use super::*;
+    use nvmm::x86::PagingMode;
+    use nvmm::x86::bits::pte;
+    use nvmm::x86::paging::PageTables;
+
+    /// The tables' location.
+    pub const TABLES: u64 = 0x10_0000;
+    /// First of the two adjacent virtual pages.
+    pub const SPLIT: u64 = 0x4000_0000;
+    /// Their physical pages.
+    pub const SPLIT_GPAS: [u64; 2] = [0x30_1000, 0x20_5000];
+    /// The read-only virtual page and its physical page.
+    pub const RO: u64 = 0x4000_2000;
+    pub const RO_GPA: u64 = 0x30_2000;
+
+    /// Maps the tables into `machine` and returns CR3.
+    pub fn tables(machine: &Machine) -> u64 {
+        let mut t = PageTables::new(PagingMode::Level4, TABLES);
+        t.map(0, 0, 2 << 20, pte::RW).unwrap();
+        t.map(SPLIT, SPLIT_GPAS[0], 0x1000, pte::RW).unwrap();
+        t.map(SPLIT + 0x1000, SPLIT_GPAS[1], 0x1000, pte::RW).unwrap();
+        t.map(RO, RO_GPA, 0x1000, 0).unwrap();
+        for (gpa, page) in t.pages() {
+            machine.write_gpa(gpa, page).unwrap();
+        }
+        t.cr3()
+    }
+
+    /// A machine running `code` at CODE on `nvcpus` VCPUs with these
+    /// tables.
+    pub fn machine(code: &[u8], nvcpus: u32) -> (Machine, Vec<Vcpu>) {
+        let (machine, mut vcpus) = long_mode(code, nvcpus);
+        let cr3 = tables(&machine);
+        for v in &mut vcpus {
+            v.update(StateMask::CRS, |s| s.crs[nvmm::Cr::Cr3] = cr3).unwrap();
+        }
+        (machine, vcpus)
+    }
+}

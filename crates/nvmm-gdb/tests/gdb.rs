@@ -13,12 +13,12 @@ use nvmm_testkit::debuggers::{values, x87};
 /// The session program (64-bit, CPL 0, at 0x1000).
 const PROGRAM: [u8; 37] = [
     0x48, 0xc7, 0xc0, 0x11, 0x11, 0, 0, //       0x1000 mov rax, 0x1111
-    0x48, 0xc7, 0xc3, 0x22, 0x22, 0, 0, //       0x1007 mov rbx, 0x2222
+    0x48, 0xc7, 0xc3, 0x22, 0x22, 0, 0,    //       0x1007 mov rbx, 0x2222
     0xfa, //                                     0x100e cli
     0x90, //                                     0x100f nop
     0xfb, //                                     0x1010 sti
     0x90, //                                     0x1011 nop
-    0x48, 0x89, 0x04, 0x25, 0x00, 0x30, 0, 0, // 0x1012 mov [0x3000], rax
+    0x48, 0x89, 0x04, 0x25, 0x00, 0x30, 0, 0,    // 0x1012 mov [0x3000], rax
     0x90, //                                     0x101a nop
     0x0f, 0xb6, 0x04, 0x25, 0x00, 0x20, 0, 0x40, // 0x101b movzx eax, byte [0x40002000]
     0xe6, 0x10, //                               0x1023 out 0x10, al
@@ -151,4 +151,78 @@ fn a_whole_session() {
     assert_eq!(v.state().fpu.fx_87_ac[1][..10], x87(2.5));
     assert_eq!(v.state().fpu.fx_tw, 0x3, "gdb's full tag word 0xfff0 is ST0 and ST1 valid");
     assert_eq!(v.state().fpu.fx_87_ac[0][..10], x87(ST0), "ST0 kept");
+}
+
+/// Two VCPUs at one breakpoint: both threads listed, both hits reported
+/// (the second is kept while the first is shown), then the guest exits
+/// once both are past it.
+#[test]
+fn two_vcpus_both_hits_reported() {
+    nvmm_testkit::kvm_or_skip!();
+    // 14 NOPs ; (0x100e) nop ; out 0x10, al ; jmp $
+    let mut code = vec![0x90; 15];
+    code.extend_from_slice(&[0xe6, 0x10, 0xeb, 0xfe]);
+    let (machine, vcpus) = paged::machine(&code, 2);
+    let exits = AllOut { n: 2, count: Default::default() };
+    let (out, session) = with_stub_exits(&machine, vcpus, Address::Unix(socket_path("two")), &exits, |a| {
+        gdb(
+            a,
+            &[
+                "info threads",
+                "break *0x100e",
+                "continue",
+                "p $_thread",
+                "continue",
+                "p $_thread",
+                "delete",
+                "continue",
+            ],
+        )
+    });
+    let out = text(&out);
+    assert!(out.contains("VCPU 0, 64-bit mode, CPL 0") && out.contains("VCPU 1, 64-bit mode, CPL 0"), "{out}");
+    let mut threads = values(&out);
+    threads.sort();
+    assert_eq!(threads, vec!["1", "2"], "each VCPU hit the breakpoint once: {out}");
+    assert_eq!(session.end, End::Exited(0));
+}
+
+/// Detach: breakpoints leave guest memory, debugging is off, and the
+/// guest runs on to its end under the VMM alone.
+#[test]
+fn detach_lets_the_guest_run_on() {
+    nvmm_testkit::kvm_or_skip!();
+    let (machine, vcpus) = paged::machine(&PROGRAM, 1);
+    let (out, mut session) = with_stub(&machine, vcpus, Address::Unix(socket_path("detach")), |a| {
+        gdb(a, &["break *0x1012", "hbreak *0x101b", "continue", "p/x $rip", "detach"])
+    });
+    assert_eq!(values(&text(&out)), vec!["0x1012"], "{}", text(&out));
+    assert_eq!(session.end, End::Detached);
+    let mut code = [0u8; 1];
+    machine.read_gpa(0x1012, &mut code).unwrap();
+    assert_eq!(code[0], 0x48, "the breakpoint's INT3 is gone");
+    let v = &mut session.vcpus[0];
+    assert!(v.guest_debug().is_off());
+    loop {
+        match v.run().unwrap() {
+            nvmm::Exit::Io(io) => {
+                assert_eq!(io.port(), EXIT_PORT);
+                break;
+            }
+            nvmm::Exit::None => {}
+            other => panic!("the detached guest should run to its OUT: {other:?}"),
+        }
+    }
+    assert_eq!(v.state_ioctls() > 0, true);
+}
+
+/// Kill ends the session as killed, over TCP this time.
+#[test]
+fn kill_over_tcp() {
+    nvmm_testkit::kvm_or_skip!();
+    let (machine, vcpus) = paged::machine(&PROGRAM, 1);
+    let (out, session) =
+        with_stub(&machine, vcpus, "127.0.0.1:0".parse().unwrap(), |a| gdb(a, &["stepi", "p/x $rip", "kill"]));
+    assert_eq!(values(&text(&out)), vec!["0x1007"], "{}", text(&out));
+    assert_eq!(session.end, End::Killed);
 }

@@ -75,10 +75,20 @@ pub fn with_stub<T: Send>(
     address: Address,
     client: impl FnOnce(&Address) -> T + Send,
 ) -> (T, Session) {
+    with_stub_exits(machine, vcpus, address, &TestExits, client)
+}
+
+/// [`with_stub`] with the VMM's exit handling `exits`.
+pub fn with_stub_exits<T: Send>(
+    machine: &Machine,
+    vcpus: Vec<Vcpu>,
+    address: Address,
+    exits: &dyn VcpuExits,
+    client: impl FnOnce(&Address) -> T + Send,
+) -> (T, Session) {
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
-        let stub =
-            s.spawn(move || nvmm_gdb::serve(machine, vcpus, &TestExits, &address, |a| tx.send(a.clone()).unwrap()));
+        let stub = s.spawn(move || nvmm_gdb::serve(machine, vcpus, exits, &address, |a| tx.send(a.clone()).unwrap()));
         let bound = rx.recv().expect("the stub listens");
         let out = client(&bound);
         let session = stub.join().expect("stub thread").expect("session");
@@ -113,6 +123,25 @@ pub fn text(o: &Output) -> String {
 /// Whether the session ended as `end`.
 pub fn ended(s: &Session, end: End) -> bool {
     s.end == end
+}
+
+/// Exits of guests whose VCPUs each end with an OUT to [`EXIT_PORT`]
+/// followed by `jmp $`: the guest is done when all `n` did their OUT.
+pub struct AllOut {
+    pub n: usize,
+    pub count: std::sync::atomic::AtomicUsize,
+}
+
+impl VcpuExits for AllOut {
+    fn handle(&self, _index: usize, vcpu: &mut Vcpu) -> nvmm::Result<Next> {
+        Ok(match vcpu.last_exit() {
+            Exit::Io(io) if io.port() == EXIT_PORT => {
+                let done = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if done == self.n { Next::Exited(0) } else { Next::Run }
+            }
+            _ => Next::Signal(nvmm_gdb::Signal::SIGSEGV),
+        })
+    }
 }
 
 /// The paged guest of the session tests: low 2 MiB identity-mapped

@@ -213,7 +213,6 @@ fn detach_lets_the_guest_run_on() {
             other => panic!("the detached guest should run to its OUT: {other:?}"),
         }
     }
-    assert_eq!(v.state_ioctls() > 0, true);
 }
 
 /// Kill ends the session as killed, over TCP this time.

@@ -126,7 +126,8 @@ pub fn ended(s: &Session, end: End) -> bool {
 }
 
 /// Exits of guests whose VCPUs each end with an OUT to [`EXIT_PORT`]
-/// followed by `jmp $`: the guest is done when all `n` did their OUT.
+/// followed by `jmp $`: the guest is done when all `n` did their OUT
+/// (with the last one's AL as its exit code).
 pub struct AllOut {
     pub n: usize,
     pub count: std::sync::atomic::AtomicUsize,
@@ -137,7 +138,8 @@ impl VcpuExits for AllOut {
         Ok(match vcpu.last_exit() {
             Exit::Io(io) if io.port() == EXIT_PORT => {
                 let done = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                if done == self.n { Next::Exited(0) } else { Next::Run }
+                let al = io.data().first().copied().unwrap_or(0);
+                if done == self.n { Next::Exited(al) } else { Next::Run }
             }
             _ => Next::Signal(nvmm_gdb::Signal::SIGSEGV),
         })

@@ -10,6 +10,7 @@
 
 mod bench;
 mod bench_core;
+mod debug;
 mod format;
 mod guest;
 mod identify;
@@ -79,6 +80,10 @@ enum Command {
         /// or nvmmctl gets SIGQUIT (open it with gdb -c FILE or lldb --core FILE).
         #[arg(long, value_name = "FILE")]
         core: Option<PathBuf>,
+        /// Wait for gdb or lldb at ADDR (HOST:PORT, :PORT or unix:PATH) before
+        /// the first instruction; the guest runs on when the debugger detaches.
+        #[arg(long, value_name = "ADDR", conflicts_with = "timeout")]
+        gdb: Option<nvmm_gdb::Address>,
     },
     /// Print what a core written by nvmm holds: VCPUs, modes, RIPs, memory.
     CoreInfo {
@@ -165,8 +170,7 @@ fn exit_name(e: &Exit<'_>) -> &'static str {
 }
 
 fn run_cmd(nvmm: &Nvmm, cfg: &RunConfig) -> ExitCode {
-    let stdout = std::io::stdout();
-    let mut console = stdout.lock();
+    let mut console = std::io::stdout();
     let mut log = std::io::stderr();
     match run::run(nvmm, cfg, &mut console, &mut log) {
         Err(e) => fail(&e.0),
@@ -177,7 +181,7 @@ fn run_cmd(nvmm: &Nvmm, cfg: &RunConfig) -> ExitCode {
                 Outcome::Halted { .. } => 0,
                 Outcome::Fault { .. } | Outcome::TripleFault => EXIT_GUEST_FAULT,
                 Outcome::Unsupported(_) => EXIT_GUEST_UNSUPPORTED,
-                Outcome::TimedOut | Outcome::Quit => EXIT_TIMEOUT,
+                Outcome::TimedOut | Outcome::Quit | Outcome::Killed => EXIT_TIMEOUT,
             })
         }
     }
@@ -229,7 +233,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::CoreInfo { .. } => unreachable!("handled before KVM is opened"),
-        Command::Run { image, gpa, mode, entry, mem, timeout, core } => {
+        Command::Run { image, gpa, mode, entry, mem, timeout, core, gdb } => {
             let timeout = match timeout {
                 Some(t) if !(t.is_finite() && t > 0.0) => {
                     return fail("--timeout must be a positive number of seconds");
@@ -245,6 +249,7 @@ fn main() -> ExitCode {
                     mem: 0xa_0000,
                     timeout,
                     core,
+                    gdb,
                 },
                 Some(path) => {
                     let image = match load_image(&path) {
@@ -262,6 +267,7 @@ fn main() -> ExitCode {
                         mem: mem.unwrap_or(16 << 20),
                         timeout,
                         core,
+                        gdb,
                     }
                 }
             };

@@ -55,6 +55,8 @@ pub struct RunConfig {
     /// Write a core here when the guest faults, triple-faults or the
     /// program gets SIGQUIT.
     pub core: Option<PathBuf>,
+    /// Wait for a debugger here before the first instruction.
+    pub gdb: Option<nvmm_gdb::Address>,
 }
 
 /// How the guest ended.
@@ -78,6 +80,8 @@ pub enum Outcome {
     TripleFault,
     /// The timeout expired.
     TimedOut,
+    /// The debugger killed the guest.
+    Killed,
     /// SIGQUIT stopped the guest (with `--core`).
     Quit,
     /// Something the host cannot handle.
@@ -150,7 +154,7 @@ fn check(cfg: &RunConfig) -> Result<(), RunError> {
     Ok(())
 }
 
-fn setup(nvmm: &Nvmm, cfg: &RunConfig) -> Result<(Machine, Vcpu), RunError> {
+pub(crate) fn setup(nvmm: &Nvmm, cfg: &RunConfig) -> Result<(Machine, Vcpu), RunError> {
     check(cfg)?;
     let machine = nvmm.create_machine()?;
     machine.map_anonymous(0, cfg.mem, Prot::ALL)?;
@@ -206,8 +210,21 @@ fn has_error_code(v: u8) -> bool {
 
 /// Runs the guest until it halts, faults or times out. What the guest
 /// prints goes to `console`; the device's activity and warnings to `log`.
-pub fn run(nvmm: &Nvmm, cfg: &RunConfig, console: &mut dyn Write, log: &mut dyn Write) -> Result<Outcome, RunError> {
+pub fn run(
+    nvmm: &Nvmm,
+    cfg: &RunConfig,
+    console: &mut (dyn Write + Send),
+    log: &mut (dyn Write + Send),
+) -> Result<Outcome, RunError> {
     let (machine, mut vcpu) = setup(nvmm, cfg)?;
+    if let Some(address) = &cfg.gdb {
+        let (outcome, v) = crate::debug::run_under_debugger(&machine, vcpu, cfg, address, console, log)?;
+        vcpu = v;
+        if let (Some(path), Outcome::Fault { .. } | Outcome::TripleFault) = (&cfg.core, &outcome) {
+            write_core(&machine, &mut vcpu, path, log)?;
+        }
+        return Ok(outcome);
+    }
     let (cancel, cancelled) = mpsc::channel::<()>();
     if let Some(t) = cfg.timeout {
         let stop = vcpu.stop_handle();
@@ -222,7 +239,7 @@ pub fn run(nvmm: &Nvmm, cfg: &RunConfig, console: &mut dyn Write, log: &mut dyn 
         Some(_) => Some(quit_on_sigquit(&vcpu, &quit)?),
         None => None,
     };
-    let mut outcome = exit_loop(&machine, &mut vcpu, cfg, console, log);
+    let mut outcome = exit_loop(&mut Vmm::new(&machine, cfg, console, log), &mut vcpu);
     drop(cancel);
     if let Some(s) = signals {
         s.close();
@@ -232,19 +249,25 @@ pub fn run(nvmm: &Nvmm, cfg: &RunConfig, console: &mut dyn Write, log: &mut dyn 
     }
     let _ = console.flush();
     if let (Some(path), Ok(Outcome::Fault { .. } | Outcome::TripleFault | Outcome::Quit)) = (&cfg.core, &outcome) {
-        let stats = machine
-            .write_core_file(&mut [&mut vcpu], path)
-            .map_err(|e| RunError(format!("cannot write the core {}: {e}", path.display())))?;
-        let _ = writeln!(
-            log,
-            "[nvmmctl] core written to {} ({} VCPU, {} bytes of guest memory, {} segments)",
-            path.display(),
-            stats.vcpus,
-            stats.data_written,
-            stats.loads
-        );
+        write_core(&machine, &mut vcpu, path, log)?;
     }
     outcome
+}
+
+/// Writes the guest's core to `path`.
+fn write_core(machine: &Machine, vcpu: &mut Vcpu, path: &std::path::Path, log: &mut dyn Write) -> Result<(), RunError> {
+    let stats = machine
+        .write_core_file(&mut [vcpu], path)
+        .map_err(|e| RunError(format!("cannot write the core {}: {e}", path.display())))?;
+    let _ = writeln!(
+        log,
+        "[nvmmctl] core written to {} ({} VCPU, {} bytes of guest memory, {} segments)",
+        path.display(),
+        stats.vcpus,
+        stats.data_written,
+        stats.loads
+    );
+    Ok(())
 }
 
 /// Stops the guest on SIGQUIT (and notes why); the handle closes the
@@ -264,25 +287,57 @@ fn quit_on_sigquit(vcpu: &Vcpu, quit: &Arc<AtomicBool>) -> Result<signal_hook::i
     Ok(handle)
 }
 
-fn exit_loop(
-    machine: &Machine,
-    vcpu: &mut Vcpu,
-    cfg: &RunConfig,
-    console: &mut dyn Write,
-    log: &mut dyn Write,
-) -> Result<Outcome, RunError> {
-    let mut device = Device { scratch: 0 };
-    let mut exits = 0u64;
-    let stubs = STUBS..STUBS + 32 * FAULT_STUB_SIZE;
+pub(crate) fn exit_loop(vmm: &mut Vmm<'_>, vcpu: &mut Vcpu) -> Result<Outcome, RunError> {
     loop {
-        let fault_port_hit;
         match vcpu.run()? {
             Exit::None | Exit::IntReady | Exit::NmiReady | Exit::TprChanged => continue,
-            Exit::Halted => return Ok(Outcome::Halted { exits }),
-            Exit::Shutdown => return Ok(Outcome::TripleFault),
             Exit::Stopped => return Ok(Outcome::TimedOut),
+            _ => {}
+        }
+        if let Some(outcome) = vmm.handle(vcpu)? {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// The machine's devices and what they report: the console, the MMIO
+/// device, the fault port, MSRs.
+pub(crate) struct Vmm<'a> {
+    machine: &'a Machine,
+    cfg: &'a RunConfig,
+    device: Device,
+    exits: u64,
+    console: &'a mut (dyn Write + Send),
+    log: &'a mut (dyn Write + Send),
+}
+
+impl<'a> Vmm<'a> {
+    /// The devices of a fresh machine.
+    pub(crate) fn new(
+        machine: &'a Machine,
+        cfg: &'a RunConfig,
+        console: &'a mut (dyn Write + Send),
+        log: &'a mut (dyn Write + Send),
+    ) -> Vmm<'a> {
+        Vmm { machine, cfg, device: Device { scratch: 0 }, exits: 0, console, log }
+    }
+
+    /// The log.
+    pub(crate) fn log(&mut self) -> &mut (dyn Write + Send) {
+        self.log
+    }
+
+    /// Handles the VCPU's last exit; `Some` when the guest is done.
+    pub(crate) fn handle(&mut self, vcpu: &mut Vcpu) -> Result<Option<Outcome>, RunError> {
+        let stubs = STUBS..STUBS + 32 * FAULT_STUB_SIZE;
+        let (console, log) = (&mut *self.console, &mut *self.log);
+        let fault_port_hit;
+        match vcpu.last_exit() {
+            Exit::None | Exit::IntReady | Exit::NmiReady | Exit::TprChanged | Exit::Stopped => return Ok(None),
+            Exit::Halted => return Ok(Some(Outcome::Halted { exits: self.exits })),
+            Exit::Shutdown => return Ok(Some(Outcome::TripleFault)),
             Exit::Io(mut io) => {
-                exits += 1;
+                self.exits += 1;
                 fault_port_hit = io.port() == FAULT_PORT && !io.is_in();
                 if fault_port_hit {
                     // Handled below, once the exit's borrow ends.
@@ -300,10 +355,10 @@ fn exit_loop(
                 }
             }
             Exit::Memory(mut m) => {
-                exits += 1;
+                self.exits += 1;
                 fault_port_hit = false;
-                match device.base(m.gpa(), cfg.mem) {
-                    Some(base) => device_access(&mut device, m.gpa() - base, &mut m, console)?,
+                match self.device.base(m.gpa(), self.cfg.mem) {
+                    Some(base) => device_access(&mut self.device, m.gpa() - base, &mut m, console)?,
                     None => {
                         let what = if m.access() == MemAccess::Write { "write to" } else { "read of" };
                         let _ = writeln!(log, "[nvmmctl] unhandled MMIO {what} {:#x} ({} bytes)", m.gpa(), m.size());
@@ -311,13 +366,13 @@ fn exit_loop(
                 }
             }
             Exit::Rdmsr(mut r) => {
-                exits += 1;
+                self.exits += 1;
                 fault_port_hit = false;
                 r.fail();
                 let _ = writeln!(log, "[nvmmctl] RDMSR {:#x}: unknown MSR, the guest gets #GP", r.msr());
             }
             Exit::Wrmsr(mut w) => {
-                exits += 1;
+                self.exits += 1;
                 fault_port_hit = false;
                 w.fail();
                 let _ = writeln!(log, "[nvmmctl] WRMSR {:#x}: unknown MSR, the guest gets #GP", w.msr());
@@ -325,23 +380,28 @@ fn exit_loop(
             Exit::EmulationFailure(f) => {
                 let bytes = f.instruction_bytes().map_or_else(|| "unknown".into(), |b| format!("{b:02x?}"));
                 let rip = rip_of(vcpu)?;
-                return Ok(Outcome::Unsupported(format!(
+                return Ok(Some(Outcome::Unsupported(format!(
                     "KVM could not emulate the instruction at RIP {rip:#x} (bytes {bytes})"
-                )));
+                ))));
             }
             Exit::Invalid(i) => {
-                return Ok(Outcome::Unsupported(format!("unexpected KVM exit {} (detail {:#x})", i.hwcode, i.detail)));
+                return Ok(Some(Outcome::Unsupported(format!(
+                    "unexpected KVM exit {} (detail {:#x})",
+                    i.hwcode, i.detail
+                ))));
             }
-            other => return Ok(Outcome::Unsupported(format!("unexpected exit {other:?}"))),
+            other => return Ok(Some(Outcome::Unsupported(format!("unexpected exit {other:?}")))),
         }
         if fault_port_hit {
             vcpu.get_state(StateMask::GPRS)?;
             let rip = vcpu.state().gprs[Gpr::Rip];
             if stubs.contains(&rip) {
-                return fault_report(machine, vcpu, cfg.mode, ((rip - STUBS) / FAULT_STUB_SIZE) as u8);
+                let vector = ((rip - STUBS) / FAULT_STUB_SIZE) as u8;
+                return fault_report(self.machine, vcpu, self.cfg.mode, vector).map(Some);
             }
-            let _ = writeln!(log, "[nvmmctl] unhandled write to port {FAULT_PORT:#x}");
+            let _ = writeln!(self.log, "[nvmmctl] unhandled write to port {FAULT_PORT:#x}");
         }
+        Ok(None)
     }
 }
 
@@ -408,6 +468,7 @@ pub fn describe(o: &Outcome) -> String {
         Outcome::TripleFault => "guest triple-faulted (shutdown)".into(),
         Outcome::TimedOut => "guest stopped: timeout expired".into(),
         Outcome::Quit => "guest stopped: SIGQUIT".into(),
+        Outcome::Killed => "guest killed by the debugger".into(),
         Outcome::Unsupported(why) => format!("guest stopped: {why}"),
     }
 }
@@ -426,6 +487,7 @@ mod tests {
             mem: 0x2000,
             timeout: None,
             core: None,
+            gdb: None,
         };
         assert!(check(&cfg).is_ok());
         assert!(check(&RunConfig { gpa: 0x1fff, ..cfg.clone() }).unwrap_err().0.contains("does not fit"));

@@ -290,3 +290,85 @@ fn sigquit_stops_the_guest_and_writes_a_core() {
     let info = text(&o.stdout);
     assert!(info.contains("VCPU 0 (thread 1): real mode, RIP 0x7c0c"), "stopped on its jmp $:\n{info}");
 }
+
+/// Starts `nvmmctl run` with `args` (which include `--gdb`); returns the
+/// child and the address it listens on once its stderr says so (no
+/// sleeps: the line is the signal).
+fn run_waiting_for_gdb(args: &[&str]) -> (std::process::Child, std::io::BufReader<std::process::ChildStderr>, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvmmctl"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nvmmctl");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line
+        .split("waiting for the debugger on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no listening line: {line}"))
+        .to_string();
+    (child, err, addr)
+}
+
+/// Waits for `child`; its status, stdout and the rest of its stderr.
+fn finish(
+    mut child: std::process::Child,
+    mut err: std::io::BufReader<std::process::ChildStderr>,
+) -> (std::process::ExitStatus, String, String) {
+    use std::io::Read;
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    (child.wait().unwrap(), stdout, rest)
+}
+
+/// The demo guest under gdb over a Unix socket: it waits before its first
+/// instruction, gdb steps it and lets it finish; the devices work as in a
+/// plain run.
+#[test]
+fn run_gdb_waits_for_the_debugger() {
+    nvmm_testkit::kvm_or_skip!();
+    let sock = std::env::temp_dir().join(format!("nvmmctl-gdb-{}.sock", std::process::id()));
+    let (child, err, addr) = run_waiting_for_gdb(&["run", "--gdb", &format!("unix:{}", sock.display())]);
+    assert_eq!(addr, format!("unix:{}", sock.display()));
+    let out = nvmm_testkit::debuggers::gdb(
+        &[],
+        &[
+            format!("target remote {}", sock.display()),
+            "p/x $rip".into(),
+            "stepi".into(),
+            "p $rip != 0x7c00".into(),
+            "continue".into(),
+        ],
+    );
+    let (status, stdout, rest) = finish(child, err);
+    assert_eq!(nvmm_testkit::debuggers::values(&out), vec!["0x7c00", "1"], "{out}");
+    assert!(out.contains("exited normally"), "{out}");
+    assert!(stdout.contains("Hello from the nvmm demo guest!"), "{stdout}");
+    assert!(status.success(), "{rest}");
+}
+
+/// Over TCP on a port the system picks: detaching lets the guest run to
+/// its end. `--gdb` refuses a bad address and `--timeout`.
+#[test]
+fn run_gdb_detach_and_errors() {
+    nvmm_testkit::kvm_or_skip!();
+    let (child, err, addr) = run_waiting_for_gdb(&["run", "--gdb", "127.0.0.1:0"]);
+    let out = nvmm_testkit::debuggers::gdb(&[], &[format!("target remote {addr}"), "stepi".into(), "detach".into()]);
+    let (status, stdout, rest) = finish(child, err);
+    assert!(out.contains("detached"), "{out}");
+    assert!(rest.contains("the debugger left; the guest runs on"), "{rest}");
+    assert!(stdout.contains("guest: device register check passed"), "{stdout}");
+    assert!(status.success(), "{rest}");
+    let o = nvmmctl(&["run", "--gdb", "nonsense"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("HOST:PORT"), "{}", text(&o.stderr));
+    let o = nvmmctl(&["run", "--gdb", ":1", "--timeout", "1"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("cannot be used with"), "{}", text(&o.stderr));
+}

@@ -28,7 +28,7 @@ fn receive(s: &mut TcpStream) -> String {
         match (byte[0], hashes) {
             (b'+', None) if packet.is_empty() => continue,
             (b'#', None) => hashes = Some(0),
-            (_, Some(n)) if n == 1 => break,
+            (_, Some(1)) => break,
             (_, Some(n)) => hashes = Some(n + 1),
             (b, None) => packet.push(b),
         }

@@ -83,6 +83,8 @@ pub enum RawExitKind {
     Io,
     /// HLT.
     Hlt,
+    /// `KVM_EXIT_DEBUG` (a single step, say).
+    Debug,
     /// Anything else.
     Other,
 }
@@ -142,9 +144,16 @@ impl RawVm {
         &self.vcpu
     }
 
-    /// The VCPU, mutably (a probe's own `KVM_RUN`).
-    pub(crate) fn vcpu_mut(&mut self) -> &mut VcpuFd {
-        &mut self.vcpu
+    /// Makes every run single-step (`KVM_SET_GUEST_DEBUG` with
+    /// `KVM_GUESTDBG_SINGLESTEP`): each run ends after one instruction with
+    /// [`RawExitKind::Debug`].
+    pub fn single_step(&mut self) -> Result<()> {
+        use kvm_bindings::{KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, kvm_guest_debug};
+        let dbg = kvm_guest_debug {
+            control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | kvm_bindings::KVM_GUESTDBG_BLOCKIRQ,
+            ..Default::default()
+        };
+        self.vcpu.set_guest_debug(&dbg).map_err(kvm_err("KVM_SET_GUEST_DEBUG"))
     }
 
     /// Writes `bytes` into guest RAM at `gpa`.
@@ -171,6 +180,7 @@ impl RawVm {
         match self.vcpu.run().map_err(kvm_err("KVM_RUN"))? {
             VcpuExit::IoOut(..) | VcpuExit::IoIn(..) => Ok(RawExitKind::Io),
             VcpuExit::Hlt => Ok(RawExitKind::Hlt),
+            VcpuExit::Debug(_) => Ok(RawExitKind::Debug),
             _ => Ok(RawExitKind::Other),
         }
     }

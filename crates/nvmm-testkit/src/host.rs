@@ -95,8 +95,6 @@ pub fn honours_cpuid_table() -> Result<bool, FloorError> {
 /// exception intercepts: no single step, no `#BP`/`#DB` exit, no debug
 /// register reaches it there.
 pub fn debugs_user_code() -> Result<bool, FloorError> {
-    use kvm_bindings::{KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, kvm_guest_debug};
-    use kvm_ioctls::VcpuExit;
     let vm = RawKvm::open()?.vm(&[0x90, 0x90, 0xe6, 0x10], 0x1000, 1 << 21)?;
     // PML4 -> PDPT -> PD with one 2 MiB page: present, writable, user.
     vm.write(TABLES, &((TABLES + 0x1000) | 7).to_le_bytes());
@@ -125,9 +123,7 @@ pub fn debugs_user_code() -> Result<bool, FloorError> {
     regs.rflags = 2 | (3 << 12);
     regs.rsp = 0x8000;
     vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
-    let dbg = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, ..Default::default() };
-    vcpu.set_guest_debug(&dbg).map_err(kvm_err("KVM_SET_GUEST_DEBUG"))?;
-    let mut vcpu = vm;
-    let exit = vcpu.vcpu_mut().run().map_err(kvm_err("KVM_RUN"))?;
-    Ok(matches!(exit, VcpuExit::Debug(_)))
+    let mut vm = vm;
+    vm.single_step()?;
+    Ok(vm.run()? == RawExitKind::Debug)
 }

@@ -16,15 +16,15 @@ use nvmm_testkit::floor::{RawExitKind, RawKvm};
 use crate::format::{json_f64, json_line, json_str};
 
 /// Benchmarks `nvmmctl bench` knows.
-pub const NAMES: [&str; 5] = ["exits", "exit-state", "lifecycle", "scale", "core"];
+pub const NAMES: [&str; 6] = ["exits", "exit-state", "lifecycle", "scale", "core", "debug-step"];
 
 /// Where the benchmark guests run.
-const CODE: u64 = 0x1000;
+pub(crate) const CODE: u64 = 0x1000;
 /// `out 0x10,al ; jmp $-2`: one port I/O exit per iteration.
 const EXIT_GUEST: [u8; 4] = [0xe6, 0x10, 0xeb, 0xfc];
 /// `hlt`.
 const HALT_GUEST: [u8; 1] = [0xf4];
-const RAM: u64 = 0x10000;
+pub(crate) const RAM: u64 = 0x10000;
 
 /// Tuning of a run.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +49,7 @@ pub fn bench(nvmm: &Nvmm, name: &str, cfg: BenchConfig, out: &mut dyn Write) -> 
         "lifecycle" => lifecycle(nvmm, cfg, out),
         "scale" => scale(nvmm, out),
         "core" => crate::bench_core::core(nvmm, cfg, out),
+        "debug-step" => crate::bench_debug::debug_step(nvmm, cfg, out),
         "all" => NAMES.iter().try_for_each(|n| bench(nvmm, n, cfg, out)),
         other => Err(format!("unknown benchmark '{other}'; choose one of {} or all", NAMES.join(", "))),
     }
@@ -71,14 +72,18 @@ fn per_op(n: u64, mut op: impl FnMut() -> Res<()>) -> Res<f64> {
 
 /// Medians of the floor's and nvmm's time per operation, and of the
 /// per-round ratios.
-struct Comparison {
+pub(crate) struct Comparison {
     raw: f64,
     ours: f64,
     ratio: f64,
 }
 
 /// Runs `rounds` rounds of a floor batch and an nvmm batch.
-fn compare(cfg: BenchConfig, mut raw: impl FnMut() -> Res<()>, mut ours: impl FnMut() -> Res<()>) -> Res<Comparison> {
+pub(crate) fn compare(
+    cfg: BenchConfig,
+    mut raw: impl FnMut() -> Res<()>,
+    mut ours: impl FnMut() -> Res<()>,
+) -> Res<Comparison> {
     per_op(cfg.iterations / 10 + 1, &mut raw)?;
     per_op(cfg.iterations / 10 + 1, &mut ours)?;
     let (mut r, mut o, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -101,7 +106,7 @@ fn report(out: &mut dyn Write, name: &str, cfg: BenchConfig, c: Comparison, targ
     report_with(out, name, cfg, c, target, what, &[])
 }
 
-fn report_with(
+pub(crate) fn report_with(
     out: &mut dyn Write,
     name: &str,
     cfg: BenchConfig,
@@ -126,7 +131,7 @@ fn report_with(
     writeln!(out, "{}", json_line(&fields)).map_err(err)
 }
 
-fn real_mode_vcpu(nvmm: &Nvmm, code: &[u8]) -> Res<(nvmm::Machine, Vcpu)> {
+pub(crate) fn real_mode_vcpu(nvmm: &Nvmm, code: &[u8]) -> Res<(nvmm::Machine, Vcpu)> {
     let m = nvmm.create_machine().map_err(err)?;
     m.map_anonymous(0, RAM, Prot::ALL).map_err(err)?;
     m.write_gpa(CODE, code).map_err(err)?;

@@ -10,6 +10,7 @@
 
 mod bench;
 mod bench_core;
+mod bench_debug;
 mod debug;
 mod format;
 mod guest;
@@ -90,7 +91,7 @@ enum Command {
         /// The core file.
         file: PathBuf,
     },
-    /// Run a benchmark: exits, exit-state, lifecycle, scale, core or all.
+    /// Run a benchmark: exits, exit-state, lifecycle, scale, core, debug-step or all.
     Bench {
         /// Which benchmark.
         name: String,

@@ -216,6 +216,9 @@ impl Vcpu {
         if dr6_bits & dr6::BS == 0 || !self.debug.internal_step && !self.debug.user.single_step {
             return None;
         }
+        if !self.debug.user.hardware.iter().flatten().any(|b| b.kind() != WatchKind::Execute) {
+            return None;
+        }
         let before = self.debug.watched;
         let &raw = self.raw_state(Parts::CODE).ok()?;
         let now = self.watched_values(self.paging_of(&raw));

@@ -14,8 +14,8 @@
 //! ```no_run
 //! use nvmm::{GuestDebug, HwBreakpoint, WatchKind, Exit};
 //! # fn main() -> nvmm::Result<()> {
-//! let sys = nvmm::System::open()?;
-//! let machine = sys.create_machine()?;
+//! let nvmm = nvmm::Nvmm::open()?;
+//! let machine = nvmm.create_machine()?;
 //! let mut vcpu = machine.create_vcpu(0)?;
 //! let mut debug = GuestDebug::default();
 //! debug.hardware[0] = Some(HwBreakpoint::new(0x2000, WatchKind::Write, 8)?);

@@ -232,3 +232,59 @@ mod tests {
         assert_eq!(abridged_tag(0), 0xff);
     }
 }
+
+#[cfg(test)]
+mod kvm_tests {
+    use super::*;
+    use nvmm::{Nvmm, Prot};
+
+    /// Every register the debugger can write, changed, stored into KVM
+    /// (`complete_pending` loads the state without running) and read back
+    /// from KVM: what comes back is what was written.
+    #[test]
+    fn the_register_file_round_trips_through_kvm() {
+        nvmm_testkit::kvm_or_skip!();
+        let machine = Nvmm::open().unwrap().create_machine().unwrap();
+        machine.map_anonymous(0, 1 << 20, Prot::ALL).unwrap();
+        machine.write_gpa(0x800, &nvmm::x86::modes::gdt_bytes()).unwrap();
+        machine.write_gpa(0x10000, &nvmm::x86::modes::identity_page_tables(0x10000, 1 << 30)).unwrap();
+        let mut vcpu = machine.create_vcpu(0).unwrap();
+        vcpu.update(StateMask::ALL, |s| {
+            nvmm::x86::modes::long_mode(s, 0x800, 0x10000);
+            s.crs[Cr::Xcr0] = 7;
+            s.crs[Cr::Cr4] |= 1 << 18;
+        })
+        .unwrap();
+        let mut r = read(&mut vcpu).unwrap();
+        for (i, g) in r.core.regs.iter_mut().enumerate() {
+            *g = 0x0101_0101_0101_0101u64.wrapping_mul(i as u64 + 1);
+        }
+        r.core.rip = 0x1234;
+        r.core.eflags = 0x2 | 0x1 | 0x40 | 0x800;
+        for (i, st) in r.core.st.iter_mut().enumerate() {
+            *st = [i as u8 + 1, 2, 3, 4, 5, 6, 7, 0x80, 0xff, 0x3f];
+        }
+        r.core.fpu.fctrl = 0x27f;
+        r.core.fpu.fstat = 0x3800;
+        r.core.fpu.ftag = 0x0fff;
+        r.core.fpu.fop = 0x1d9;
+        r.core.fpu.fioff = 0x4000;
+        r.core.fpu.fooff = 0x5000;
+        for (i, x) in r.core.xmm.iter_mut().enumerate() {
+            *x = u128::MAX / (i as u128 + 2);
+        }
+        r.core.mxcsr = 0x1f80 | 0x8000;
+        r.fs_base = 0x7000_0000_0000;
+        r.gs_base = 0xffff_8000_0000_1000;
+        r.kernel_gs_base = 0xffff_8000_0000_2000;
+        for (i, y) in r.ymm_hi.iter_mut().enumerate() {
+            *y = 0x1111_2222_3333_4444_5555_6666_7777_8888u128.rotate_left(i as u32 * 8);
+        }
+        write(&mut vcpu, &r).unwrap();
+        vcpu.complete_pending().unwrap();
+        let back = read(&mut vcpu).unwrap();
+        assert_eq!(back, r);
+        // The full tag word 0x0fff: registers 6 and 7 valid, the rest empty.
+        assert_eq!(vcpu.state().fpu.fx_tw, 0xc0);
+    }
+}

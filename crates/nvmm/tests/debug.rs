@@ -238,3 +238,47 @@ fn user_code_is_debugged_as_far_as_kvm_does() {
         assert!(matches!(first, Exit::Io(_)), "KVM does not step user code here; neither can the library: {first:?}");
     }
 }
+
+/// A software breakpoint belongs to a guest physical address: inserted
+/// once, it stops code running through another virtual mapping of the same
+/// page, and is reported at that mapping's address.
+#[test]
+fn a_breakpoint_is_shared_by_every_mapping_of_its_page() {
+    nvmm_testkit::kvm_or_skip!();
+    use nvmm::x86::PagingMode;
+    use nvmm::x86::bits::pte;
+    use nvmm::x86::paging::PageTables;
+    const ALIAS: u64 = 0x4000_0000;
+    let mut g = long_mode(&NOPS);
+    let mut t = PageTables::new(PagingMode::Level4, 0x20_0000);
+    t.map(0, 0, 2 << 20, pte::RW).unwrap();
+    t.map(ALIAS, CODE & !0xfff, 0x1000, pte::RW).unwrap();
+    for (gpa, page) in t.pages() {
+        g.machine.write_gpa(gpa, page).unwrap();
+    }
+    g.vcpu
+        .update(StateMask::CRS | StateMask::GPRS, |s| {
+            s.crs[nvmm::Cr::Cr3] = t.cr3();
+            s.gprs[Gpr::Rip] = ALIAS + (CODE & 0xfff);
+        })
+        .unwrap();
+    // Inserted at the physical address of CODE + 4, hit through the alias.
+    g.machine.insert_sw_breakpoint(CODE + 4).unwrap();
+    g.vcpu.set_guest_debug(&sw_debug()).unwrap();
+    assert_eq!(next_debug(&mut g.vcpu), (DebugEvent::SoftwareBreakpoint, ALIAS + (CODE & 0xfff) + 4));
+    assert_eq!(g.machine.sw_breakpoints(), vec![(CODE + 4, 0x90)]);
+    g.machine.remove_sw_breakpoint(CODE + 4).unwrap();
+    assert_eq!(g.machine.remove_sw_breakpoint(CODE + 4).unwrap_err().errno(), libc::ENOENT);
+    run_to_halt(&mut g.vcpu);
+}
+
+/// Bad settings are clear errors: unaligned or oversized hardware
+/// breakpoints, breakpoints in unmapped memory.
+#[test]
+fn bad_debug_settings_are_errors() {
+    nvmm_testkit::kvm_or_skip!();
+    let g = long_mode(&NOPS);
+    assert_eq!(HwBreakpoint::new(0x1001, WatchKind::Write, 2).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(g.machine.insert_sw_breakpoint(0x10_0000_0000).unwrap_err().errno(), libc::ENOENT);
+    assert!(g.machine.sw_breakpoints().is_empty());
+}

@@ -87,16 +87,20 @@ fn short_counts_stop_at_the_first_page_that_fails() {
     g.machine.read_gpa(0x30_1000, &mut b[..16]).unwrap();
     assert_eq!(b[..16], [9; 16]);
     // Writable in the page tables, read-only guest physical mapping.
-    assert_eq!(g.vcpu.write_virtual(0x4000_2000, &[1; 4]).unwrap(), Transfer { done: 0, failed_at: Some(0x4000_2000) });
+    // Nothing written: EFAULT, as ptrace's PT_IO.
+    assert_eq!(g.vcpu.write_virtual(0x4000_2000, &[1; 4]).unwrap_err().errno(), libc::EFAULT);
     assert_eq!(g.vcpu.write_virtual_debug(0x4000_2000, &[1; 4]).unwrap().done, 4);
     g.machine.read_gpa(ROM, &mut b[..4]).unwrap();
     assert_eq!(b[..4], [1; 4]);
     // Mapped to something that is not guest RAM, and not mapped at all.
     let t = g.vcpu.read_virtual(0x4000_2ff8, &mut b[..16]).unwrap();
     assert_eq!(t, Transfer { done: 8, failed_at: Some(0x4000_3000) });
-    let t = g.vcpu.read_virtual(0x4000_4000, &mut b[..16]).unwrap();
-    assert_eq!(t, Transfer { done: 0, failed_at: Some(0x4000_4000) });
-    assert_eq!(g.vcpu.write_virtual_debug(0x4000_4000, &[1]).unwrap().done, 0);
+    let e = g.vcpu.read_virtual(0x4000_4000, &mut b[..16]).unwrap_err();
+    assert_eq!(e.errno(), libc::EFAULT);
+    assert!(e.to_string().contains("0x40004000"), "{e}");
+    assert_eq!(g.vcpu.write_virtual_debug(0x4000_4000, &[1]).unwrap_err().errno(), libc::EFAULT);
+    // An empty transfer is not an error, wherever it points.
+    assert_eq!(g.vcpu.read_virtual(0x4000_4000, &mut []).unwrap(), Transfer { done: 0, failed_at: None });
 }
 
 #[test]

@@ -230,6 +230,14 @@ pub enum Error {
         why: &'static str,
     },
 
+    /// A snapshot that cannot be restored (missing or malformed part, or
+    /// state this host's KVM refuses).
+    #[error("invalid snapshot: {why}")]
+    InvalidSnapshot {
+        /// What is wrong.
+        why: String,
+    },
+
     /// No software breakpoint at that address.
     #[error("no software breakpoint at guest physical address {gpa:#x}: insert one first")]
     NoBreakpoint {
@@ -365,6 +373,7 @@ impl Error {
             Error::InvalidEvent { .. } => libc::EINVAL,
             Error::InvalidConfiguration { .. } => libc::EINVAL,
             Error::NoBreakpoint { .. } => libc::ENOENT,
+            Error::InvalidSnapshot { .. } => libc::EINVAL,
             Error::CpuidTableFull { .. } => libc::ENOBUFS,
             Error::CpuidLocked => libc::EBUSY,
             Error::Unsupported { .. } => libc::ENOTSUP,

@@ -61,6 +61,7 @@ pub mod memory;
 pub mod netbsd;
 mod os;
 pub mod registry;
+pub mod snapshot;
 mod system;
 mod vcpu;
 mod vmem;
@@ -76,6 +77,7 @@ pub use exit::{
 pub use machine::Machine;
 pub use memory::Prot;
 pub use registry::MachineInfo;
+pub use snapshot::{Component, VcpuSnapshot};
 pub use system::{
     CAP_ARCH_VCPU_CONF_CPUID, CAP_ARCH_VCPU_CONF_TPR, Capability, CapabilityArch, MAX_MACHINES, NVMM_KERN_VERSION,
     NVMM_USER_VERSION, Nvmm, Options,

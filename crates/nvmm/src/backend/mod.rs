@@ -251,6 +251,12 @@ pub(crate) trait VcpuBackend: Send {
     /// block guest interrupts.
     fn set_guest_debug(&mut self, debug: &crate::debug::GuestDebug) -> Result<bool>;
 
+    /// Captures everything the kernel holds for this VCPU, bit-exactly.
+    fn capture(&mut self) -> Result<crate::snapshot::KernelState>;
+
+    /// Loads a captured state, in the order the kernel requires.
+    fn restore(&mut self, state: &crate::snapshot::KernelState) -> Result<()>;
+
     /// Sets the CPUID table.
     fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()>;
 

@@ -54,6 +54,7 @@ mod inflight;
 mod io;
 mod msr;
 mod run;
+mod snapshot;
 mod state;
 
 pub use assist::{AssistOutcome, IoRequest, MemRequest};

@@ -8,6 +8,7 @@ pub(crate) mod convert;
 mod debug;
 pub(crate) mod msr_filter;
 mod run_alias;
+mod snapshot;
 mod state;
 mod vcpu;
 
@@ -124,6 +125,9 @@ pub(crate) struct KvmSystem {
     supported_cpuid: Vec<CpuidEntry>,
     is_intel: bool,
     mxcsr_mask: u32,
+    /// `KVM_GET_MSR_INDEX_LIST`: the MSRs a snapshot carries (those each
+    /// VCPU can read).
+    msr_index_list: std::sync::Arc<[u32]>,
 }
 
 impl KvmSystem {
@@ -171,7 +175,9 @@ impl KvmSystem {
             phys_addr_bits: crate::x86::cpuid::phys_addr_bits(&supported_cpuid),
             nested: host_is_virtualized(),
         };
-        Ok(KvmSystem { kvm, facts, supported_cpuid, is_intel, mxcsr_mask: host_mxcsr_mask() })
+        let msr_index_list: std::sync::Arc<[u32]> =
+            kvm.get_msr_index_list().map_err(|e| Error::kvm_errno("KVM_GET_MSR_INDEX_LIST", e))?.as_slice().into();
+        Ok(KvmSystem { kvm, facts, supported_cpuid, is_intel, mxcsr_mask: host_mxcsr_mask(), msr_index_list })
     }
 
     pub(crate) fn facts(&self) -> &BackendFacts {
@@ -208,7 +214,7 @@ impl KvmSystem {
             // three pages below 0xfffc0000 are where firmware-less VMMs put it.
             fd.set_tss_address(0xfffb_d000).map_err(|e| Error::kvm_errno("KVM_SET_TSS_ADDR", e))?;
         }
-        Ok(KvmVm { fd, run_size: self.facts.run_size })
+        Ok(KvmVm { fd, run_size: self.facts.run_size, msr_index_list: self.msr_index_list.clone() })
     }
 }
 
@@ -244,6 +250,7 @@ fn host_mxcsr_mask() -> u32 {
 pub(crate) struct KvmVm {
     fd: VmFd,
     run_size: usize,
+    msr_index_list: std::sync::Arc<[u32]>,
 }
 
 impl KvmVm {
@@ -291,7 +298,7 @@ impl KvmVm {
     /// Creates VCPU `id`.
     pub(crate) fn create_vcpu(&self, id: u32) -> Result<KvmVcpu> {
         let fd = self.fd.create_vcpu(id.into()).map_err(|e| Error::kvm_errno("KVM_CREATE_VCPU", e))?;
-        KvmVcpu::new(fd, self.run_size)
+        KvmVcpu::new(fd, self.run_size, self.msr_index_list.clone())
     }
 
     /// Takes back a VCPU parked with [`KvmVcpu::park`] (KVM cannot destroy
@@ -301,7 +308,7 @@ impl KvmVm {
         // SAFETY: `raw` is a VCPU descriptor of this VM, owned by us (it was
         // duplicated by `KvmVcpu::park`); ownership passes to the VcpuFd.
         let fd = unsafe { self.fd.create_vcpu_from_rawfd(raw) }.map_err(|e| Error::kvm_errno("mmap(kvm_run)", e))?;
-        let mut v = KvmVcpu::new(fd, self.run_size)?;
+        let mut v = KvmVcpu::new(fd, self.run_size, self.msr_index_list.clone())?;
         v.forget_loaded_state();
         Ok(v)
     }

@@ -117,6 +117,11 @@ impl SyncPolicy {
     pub(super) fn forget_xcr0(&mut self) {
         self.xcr0 = None;
     }
+
+    /// Nothing `kvm_run` holds is current (the state was set by ioctls).
+    pub(super) fn invalidate(&mut self) {
+        self.synced = 0;
+    }
 }
 
 impl KvmVcpu {

@@ -50,10 +50,14 @@ pub(crate) struct KvmVcpu {
     if_flag: bool,
     /// `KVM_GUESTDBG_BLOCKIRQ` was refused once: not asked for again.
     pub(super) no_blockirq: bool,
+    /// The MSRs KVM lists (`KVM_GET_MSR_INDEX_LIST`), and those of them
+    /// this VCPU can read (probed at the first snapshot).
+    pub(super) msr_index_list: std::sync::Arc<[u32]>,
+    pub(super) msr_list: Option<Vec<u32>>,
 }
 
 impl KvmVcpu {
-    pub(super) fn new(fd: VcpuFd, run_size: usize) -> Result<KvmVcpu> {
+    pub(super) fn new(fd: VcpuFd, run_size: usize, msr_index_list: std::sync::Arc<[u32]>) -> Result<KvmVcpu> {
         if run_size < std::mem::size_of::<kvm_run>() {
             return Err(Error::Unsupported { what: "a kvm_run mapping smaller than struct kvm_run" });
         }
@@ -68,6 +72,8 @@ impl KvmVcpu {
             cr8: 0,
             if_flag: false,
             no_blockirq: false,
+            msr_index_list,
+            msr_list: None,
         })
     }
 
@@ -376,6 +382,14 @@ impl VcpuBackend for KvmVcpu {
 
     fn set_guest_debug(&mut self, debug: &crate::debug::GuestDebug) -> Result<bool> {
         self.apply_guest_debug(debug)
+    }
+
+    fn capture(&mut self) -> Result<crate::snapshot::KernelState> {
+        self.capture_state()
+    }
+
+    fn restore(&mut self, state: &crate::snapshot::KernelState) -> Result<()> {
+        self.restore_state(state)
     }
 
     fn set_cpuid(&mut self, entries: &[CpuidEntry]) -> Result<()> {

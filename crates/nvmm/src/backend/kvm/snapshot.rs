@@ -1,0 +1,198 @@
+//! A VCPU's complete KVM state, captured bit-exactly and restored in the
+//! order KVM requires (Firecracker's: CPUID, MP state, registers, special
+//! registers, XSAVE, XCRs, debug registers, MSRs with the TSC first,
+//! events). Each component travels as the bytes of KVM's own structure,
+//! so a snapshot compares, saves and loads without knowing KVM's types.
+
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_debugregs, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
+
+use super::KvmVcpu;
+use crate::error::{Error, Result};
+use crate::snapshot::{Component, KernelState};
+
+/// `MSR_IA32_TSC`: restored before the MSRs that depend on it
+/// (`TSC_DEADLINE`, `TSC_ADJUST`).
+const MSR_TSC: u32 = 0x10;
+
+/// The bytes of a plain KVM structure.
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    let n = std::mem::size_of::<T>();
+    // SAFETY: `T` is one of KVM's bindgen structures: plain integers and
+    // arrays without padding KVM leaves uninitialised (they come zeroed or
+    // from the kernel, which fills every byte), readable as `n` bytes.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), n) }.to_vec()
+}
+
+/// A KVM structure from its bytes; `EINVAL` when the size is wrong.
+fn from_bytes<T: Copy + Default>(what: &'static str, b: &[u8]) -> Result<T> {
+    if b.len() != std::mem::size_of::<T>() {
+        return Err(Error::InvalidSnapshot {
+            why: format!("{what} has {} bytes, KVM's structure {}", b.len(), std::mem::size_of::<T>()),
+        });
+    }
+    let mut v = T::default();
+    // SAFETY: `b` has exactly size_of::<T>() bytes (checked) and `T` is a
+    // plain KVM structure for which every bit pattern is valid.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast::<u8>(), b.len()) };
+    Ok(v)
+}
+
+impl KvmVcpu {
+    /// The MSRs KVM reports (`KVM_GET_MSR_INDEX_LIST`) that this VCPU can
+    /// read, the TSC first; probed once.
+    fn snapshot_msrs(&mut self) -> Result<Vec<u32>> {
+        if let Some(l) = &self.msr_list {
+            return Ok(l.clone());
+        }
+        let mut list: Vec<u32> = self.msr_index_list.iter().copied().collect();
+        if let Some(i) = list.iter().position(|&m| m == MSR_TSC) {
+            list.remove(i);
+            list.insert(0, MSR_TSC);
+        }
+        // KVM_GET_MSRS stops at the first MSR it cannot read (one the
+        // guest's CPUID does not offer, say): drop it and go on.
+        let mut start = 0;
+        while start < list.len() {
+            let entries: Vec<kvm_msr_entry> =
+                list[start..].iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+            let mut msrs =
+                Msrs::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building an MSR list" })?;
+            self.ioctls += 1;
+            let n = self.fd.get_msrs(&mut msrs).map_err(|e| Error::kvm_errno("KVM_GET_MSRS", e))?;
+            if start + n == list.len() {
+                break;
+            }
+            list.remove(start + n);
+            start += n;
+        }
+        self.msr_list = Some(list.clone());
+        Ok(list)
+    }
+
+    /// Sets the MSRs in order. KVM refuses some writes even of the value
+    /// it reads back (paravirtual MSRs that need an in-kernel LAPIC, which
+    /// these machines do not have): such an MSR is skipped when the VCPU
+    /// already holds the snapshot's value, and is an error otherwise.
+    fn restore_msrs(&mut self, msrs: &[(u32, u64)]) -> Result<()> {
+        let mut start = 0;
+        while start < msrs.len() {
+            let entries: Vec<kvm_msr_entry> = msrs[start..]
+                .iter()
+                .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+                .collect();
+            let list = Msrs::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building an MSR list" })?;
+            self.ioctls += 1;
+            let n = self.fd.set_msrs(&list).map_err(|e| Error::kvm_errno("KVM_SET_MSRS", e))?;
+            if start + n == msrs.len() {
+                return Ok(());
+            }
+            let (index, want) = msrs[start + n];
+            let mut one = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }])
+                .map_err(|_| Error::NoMemory { what: "building an MSR list" })?;
+            self.ioctls += 1;
+            let read = self.fd.get_msrs(&mut one).map_err(|e| Error::kvm_errno("KVM_GET_MSRS", e))?;
+            if read != 1 || one.as_slice()[0].data != want {
+                return Err(Error::InvalidSnapshot {
+                    why: format!("KVM refused MSR {index:#x} = {want:#x} of the snapshot (another CPU model?)"),
+                });
+            }
+            start += n + 1;
+        }
+        Ok(())
+    }
+
+    /// Captures every component KVM holds for this VCPU.
+    pub(super) fn capture_state(&mut self) -> Result<KernelState> {
+        let kerr = |what: &'static str| move |e: kvm_ioctls::Error| Error::kvm_errno(what, e);
+        let mut components = Vec::new();
+        self.ioctls += 9;
+        let cpuid = self.fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).map_err(kerr("KVM_GET_CPUID2"))?;
+        let cpuid_bytes: Vec<u8> = cpuid.as_slice().iter().flat_map(bytes_of).collect();
+        components.push((Component::Cpuid, cpuid_bytes));
+        components.push((Component::MpState, bytes_of(&self.fd.get_mp_state().map_err(kerr("KVM_GET_MP_STATE"))?)));
+        components.push((Component::Regs, bytes_of(&self.fd.get_regs().map_err(kerr("KVM_GET_REGS"))?)));
+        components.push((Component::Sregs, bytes_of(&self.fd.get_sregs().map_err(kerr("KVM_GET_SREGS"))?)));
+        let xsave = self.fd.get_xsave().map_err(kerr("KVM_GET_XSAVE"))?;
+        components.push((Component::Xsave, xsave.region.iter().flat_map(|w| w.to_le_bytes()).collect()));
+        components.push((Component::Xcrs, bytes_of(&self.fd.get_xcrs().map_err(kerr("KVM_GET_XCRS"))?)));
+        components
+            .push((Component::DebugRegs, bytes_of(&self.fd.get_debug_regs().map_err(kerr("KVM_GET_DEBUGREGS"))?)));
+        components
+            .push((Component::Events, bytes_of(&self.fd.get_vcpu_events().map_err(kerr("KVM_GET_VCPU_EVENTS"))?)));
+        if let Ok(khz) = self.fd.get_tsc_khz() {
+            components.push((Component::TscKhz, khz.to_le_bytes().to_vec()));
+        }
+        let list = self.snapshot_msrs()?;
+        let entries: Vec<kvm_msr_entry> =
+            list.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building an MSR list" })?;
+        let n = self.fd.get_msrs(&mut msrs).map_err(kerr("KVM_GET_MSRS"))?;
+        if n != list.len() {
+            return Err(Error::kvm("KVM_GET_MSRS", std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        let msrs = msrs.as_slice().iter().map(|e| (e.index, e.data)).collect();
+        Ok(KernelState { components, msrs })
+    }
+
+    /// Loads a captured state, in KVM's order. The TSC frequency is set
+    /// only when it differs (hosts without TSC scaling refuse any change).
+    pub(super) fn restore_state(&mut self, s: &KernelState) -> Result<()> {
+        let kerr = |what: &'static str| move |e: kvm_ioctls::Error| Error::kvm_errno(what, e);
+        let part = |c: Component| {
+            s.component(c).ok_or_else(|| Error::InvalidSnapshot { why: format!("the {c:?} component is missing") })
+        };
+        let entry = std::mem::size_of::<kvm_cpuid_entry2>();
+        let cpuid_bytes = part(Component::Cpuid)?;
+        if cpuid_bytes.len() % entry != 0 {
+            return Err(Error::InvalidSnapshot { why: "the CPUID component is not a whole number of entries".into() });
+        }
+        let entries: Vec<kvm_cpuid_entry2> =
+            cpuid_bytes.chunks_exact(entry).map(|c| from_bytes("a CPUID entry", c)).collect::<Result<_>>()?;
+        let cpuid = CpuId::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building the CPUID table" })?;
+        self.ioctls += 9;
+        self.fd.set_cpuid2(&cpuid).map_err(|e| match e.errno() {
+            libc::EBUSY | libc::EINVAL => Error::CpuidLocked,
+            _ => Error::kvm_errno("KVM_SET_CPUID2", e),
+        })?;
+        let mp: kvm_mp_state = from_bytes("MP state", part(Component::MpState)?)?;
+        self.fd.set_mp_state(mp).map_err(kerr("KVM_SET_MP_STATE"))?;
+        let regs: kvm_regs = from_bytes("registers", part(Component::Regs)?)?;
+        self.fd.set_regs(&regs).map_err(kerr("KVM_SET_REGS"))?;
+        let sregs: kvm_sregs = from_bytes("special registers", part(Component::Sregs)?)?;
+        self.fd.set_sregs(&sregs).map_err(kerr("KVM_SET_SREGS"))?;
+        let area = part(Component::Xsave)?;
+        let mut xsave = kvm_xsave::default();
+        if area.len() != 4 * xsave.region.len() {
+            return Err(Error::InvalidSnapshot { why: format!("the XSAVE area has {} bytes, not 4096", area.len()) });
+        }
+        for (w, b) in xsave.region.iter_mut().zip(area.chunks_exact(4)) {
+            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        let xcrs: kvm_xcrs = from_bytes("XCRs", part(Component::Xcrs)?)?;
+        // XCR0 first: KVM checks the XSAVE area against it.
+        self.fd.set_xcrs(&xcrs).map_err(kerr("KVM_SET_XCRS"))?;
+        // SAFETY: `xsave` is a complete 4096-byte kvm_xsave, all KVM reads
+        // (the library never enables larger, AMX, state).
+        unsafe { self.fd.set_xsave(&xsave) }.map_err(kerr("KVM_SET_XSAVE"))?;
+        let dr: kvm_debugregs = from_bytes("debug registers", part(Component::DebugRegs)?)?;
+        self.fd.set_debug_regs(&dr).map_err(kerr("KVM_SET_DEBUGREGS"))?;
+        if let Some(b) = s.component(Component::TscKhz) {
+            let want =
+                u32::from_le_bytes(b.try_into().map_err(|_| Error::InvalidSnapshot { why: "TSC frequency".into() })?);
+            if self.fd.get_tsc_khz().is_ok_and(|now| now != want) {
+                self.fd.set_tsc_khz(want).map_err(kerr("KVM_SET_TSC_KHZ"))?;
+            }
+        }
+        self.restore_msrs(&s.msrs)?;
+        let events: kvm_vcpu_events = from_bytes("events", part(Component::Events)?)?;
+        self.fd.set_vcpu_events(&events).map_err(kerr("KVM_SET_VCPU_EVENTS"))?;
+        // Nothing `kvm_run` held is current any more, nor to be loaded.
+        self.sync.invalidate();
+        self.fd.get_kvm_run().kvm_dirty_regs = 0;
+        self.forget_loaded_state();
+        Ok(())
+    }
+}

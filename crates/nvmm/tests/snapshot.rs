@@ -1,0 +1,160 @@
+//! VCPU snapshots against real KVM: bit-exact round trips (the oracle is
+//! KVM's own state, read back component by component), and guests that
+//! resume from a snapshot exactly as the uninterrupted run goes on.
+
+mod common;
+
+use common::*;
+use nvmm::{Component, Event, Exit, Gpr, Msr, StateMask, Vcpu};
+
+/// Runs until an exit other than NONE.
+fn next_exit(vcpu: &mut Vcpu) -> String {
+    loop {
+        match vcpu.run().expect("run") {
+            Exit::None => continue,
+            e => return format!("{e:?}"),
+        }
+    }
+}
+
+/// Distinct values in every component that has them.
+fn mark(vcpu: &mut Vcpu) {
+    vcpu.get_state(StateMask::ALL).unwrap();
+    let s = vcpu.state_mut();
+    for (i, r) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx, Gpr::R8, Gpr::R15].into_iter().enumerate() {
+        s.gprs[r] = 0x1111_0000_0000_0000 * (i as u64 + 1) + 0x77;
+    }
+    s.msrs[Msr::KernelGsBase] = 0xffff_8000_1234_0000;
+    s.msrs[Msr::Lstar] = 0xffff_8000_0000_4000;
+    s.drs[nvmm::Dr::Dr0] = 0x4000;
+    s.drs[nvmm::Dr::Dr7] = 0x401;
+    s.fpu.fx_cw = 0x27f;
+    s.fpu.fx_tw = 0x01;
+    s.fpu.fx_87_ac[0][..10].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 0x80, 0xff, 0x3f]);
+    s.fpu.fx_xmm[7] = [0xab; 16];
+    s.crs[nvmm::Cr::Xcr0] = 7;
+    s.crs[nvmm::Cr::Cr4] |= 1 << 18;
+    vcpu.xsave_mut().set_ymm_hi(9, [0xcd; 16]).unwrap();
+    vcpu.set_state(StateMask::ALL).unwrap();
+}
+
+/// A snapshot restored into a fresh VCPU of another machine and taken
+/// again is the same, byte for byte, in every component and every MSR
+/// (the TSC only moves forward by the time between the two).
+#[test]
+fn round_trips_are_bit_exact() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut a = long_mode(&[0xf4]);
+    mark(&mut a.vcpu);
+    let first = a.vcpu.snapshot().unwrap();
+    for c in Component::ALL {
+        if c != Component::TscKhz {
+            assert!(first.component(c).is_some_and(|b| !b.is_empty()), "{c:?} captured");
+        }
+    }
+    assert!(first.msrs().len() > 10, "KVM lists more MSRs than NVMM's eleven: {}", first.msrs().len());
+    assert_eq!(first.msrs()[0].0, 0x10, "the TSC comes first");
+    let mut b = long_mode(&[0xf4]);
+    b.vcpu.restore(&first).unwrap();
+    let second = b.vcpu.snapshot().unwrap();
+    for c in Component::ALL {
+        assert_eq!(first.component(c), second.component(c), "{c:?} differs after a round trip");
+    }
+    assert_eq!(first.msrs().len(), second.msrs().len());
+    for (&(i1, v1), &(i2, v2)) in first.msrs().iter().zip(second.msrs()) {
+        assert_eq!(i1, i2);
+        if i1 == 0x10 {
+            assert!(v2 >= v1 && v2 - v1 < 1 << 40, "TSC {v1:#x} -> {v2:#x}");
+        } else {
+            assert_eq!(v1, v2, "MSR {i1:#x}");
+        }
+    }
+    // Through NVMM's state too.
+    b.vcpu.get_state(StateMask::ALL).unwrap();
+    let s = *b.vcpu.state();
+    assert_eq!(s.gprs[Gpr::R15], 0x6666_0000_0000_0077);
+    assert_eq!(s.msrs[Msr::KernelGsBase], 0xffff_8000_1234_0000);
+    assert_eq!(s.fpu.fx_xmm[7], [0xab; 16]);
+    assert_eq!(b.vcpu.xsave().ymm_hi(9).unwrap(), [0xcd; 16]);
+    // And the restored VCPU runs.
+    assert_eq!(next_exit(&mut b.vcpu), "Halted");
+}
+
+/// A guest mid-way through a register-only computation (at CPL 3, with
+/// SSE state live): restored N times from a snapshot taken at an OUT, it
+/// finishes with the uninterrupted run's registers every time.
+#[test]
+fn restored_guests_finish_like_the_uninterrupted_run() {
+    nvmm_testkit::kvm_or_skip!();
+    // rcx = 40 rounds of: rax = rax * 31 + rcx ; paddq xmm0, xmm1 ;
+    // psllq xmm1, 1 ; out 0x10, al ; loop.  Then out 0x11, al.
+    let code = [
+        0x48, 0x6b, 0xc0, 0x1f, //       imul rax, rax, 31
+        0x48, 0x01, 0xc8, //             add rax, rcx
+        0x66, 0x0f, 0xd4, 0xc1, //       paddq xmm0, xmm1
+        0x66, 0x0f, 0x73, 0xf1, 0x01, // psllq xmm1, 1
+        0xe6, 0x10, //                   out 0x10, al
+        0xe2, 0xec, //                   loop (back to imul)
+        0xe6, 0x11, //                   out 0x11, al
+    ];
+    let start = |g: &mut Guest| {
+        g.vcpu
+            .update(StateMask::GPRS | StateMask::FPU | StateMask::CRS, |s| {
+                s.gprs[Gpr::Rcx] = 40;
+                s.gprs[Gpr::Rax] = 7;
+                s.fpu.fx_xmm[1] = 3u128.to_le_bytes();
+                s.crs[nvmm::Cr::Cr4] |= 1 << 9; // OSFXSR
+            })
+            .unwrap();
+    };
+    let run_to_end = |v: &mut Vcpu| -> (u64, [u8; 16], [u8; 16]) {
+        loop {
+            match v.run().unwrap() {
+                Exit::Io(io) if io.port() == 0x11 => break,
+                Exit::Io(_) | Exit::None => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        v.get_state(StateMask::GPRS | StateMask::FPU).unwrap();
+        let s = v.state();
+        (s.gprs[Gpr::Rax], s.fpu.fx_xmm[0], s.fpu.fx_xmm[1])
+    };
+    let mut g = user_mode64(&code);
+    start(&mut g);
+    // Run 17 rounds, take the snapshot at the 17th OUT (answered).
+    for _ in 0..17 {
+        assert!(next_exit(&mut g.vcpu).starts_with("Io"));
+    }
+    let snap = g.vcpu.snapshot().unwrap();
+    let expected = run_to_end(&mut g.vcpu);
+    assert_ne!(expected.0, 0);
+    for _ in 0..5 {
+        g.vcpu.restore(&snap).unwrap();
+        assert_eq!(run_to_end(&mut g.vcpu), expected);
+    }
+    // In another machine, with the same code.
+    let mut other = user_mode64(&code);
+    other.vcpu.restore(&snap).unwrap();
+    assert_eq!(run_to_end(&mut other.vcpu), expected);
+}
+
+/// A pending exception is part of the state: injected, captured, and
+/// delivered to the guest's handler after a restore into another VCPU.
+#[test]
+fn pending_events_survive_a_restore() {
+    nvmm_testkit::kvm_or_skip!();
+    // nop ; hlt       handler: mov eax, 0x66 ; hlt
+    let mut g = protected_mode(&[0x90, 0xf4]);
+    let handler = CODE + 0x100;
+    g.machine.write_gpa(handler, &[0xb8, 0x66, 0, 0, 0, 0xf4]).unwrap();
+    idt32(&mut g, &[(6, handler)]);
+    g.vcpu.inject(Event::exception(6, 0)).unwrap();
+    let snap = g.vcpu.snapshot().unwrap();
+    let mut h = protected_mode(&[0x90, 0xf4]);
+    h.machine.write_gpa(handler, &[0xb8, 0x66, 0, 0, 0, 0xf4]).unwrap();
+    idt32(&mut h, &[(6, handler)]);
+    h.vcpu.restore(&snap).unwrap();
+    assert_eq!(next_exit(&mut h.vcpu), "Halted");
+    assert_eq!(gpr(&mut h.vcpu, Gpr::Rax), 0x66);
+    assert_eq!(gpr(&mut h.vcpu, Gpr::Rip), handler + 6);
+}

@@ -178,6 +178,15 @@ impl Machine {
         self.add_host_region(region)
     }
 
+    /// Registers a host region the library made (snapshot memory, say);
+    /// returns its host address.
+    pub(crate) fn add_region(&self, region: HostRegion) -> Result<u64> {
+        let mut mem = self.shared.memory_mut();
+        let hva = mem.add_host(region)?;
+        self.shared.record.set_nram(mem.host_bytes());
+        Ok(hva)
+    }
+
     /// Registers a host region, unless it lies inside an existing mapping
     /// (then it adds nothing, as NVMM).
     fn add_host_region(&self, region: HostRegion) -> Result<()> {

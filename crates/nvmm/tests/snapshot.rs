@@ -158,3 +158,145 @@ fn pending_events_survive_a_restore() {
     assert_eq!(gpr(&mut h.vcpu, Gpr::Rax), 0x66);
     assert_eq!(gpr(&mut h.vcpu, Gpr::Rip), handler + 6);
 }
+
+/// The checksum guest: rcx rounds of rax = rax * 0x5851f42d + 0x14057b7,
+/// stored at [rsi + rcx * 8] and summed into rbx, an OUT 0x10 per round,
+/// OUT 0x11 at the end.
+const CHECKSUM: [u8; 26] = [
+    0x48, 0x69, 0xc0, 0x2d, 0xf4, 0x51, 0x58, // imul rax, rax, 0x5851f42d
+    0x48, 0x05, 0xb7, 0x57, 0x40, 0x01, //       add rax, 0x14057b7
+    0x48, 0x89, 0x04, 0xce, //                   mov [rsi + rcx*8], rax
+    0x48, 0x01, 0xc3, //                         add rbx, rax
+    0xe6, 0x10, //                               out 0x10, al
+    0xe2, 0xe8, //                               loop
+    0xe6, 0x11, //                               out 0x11, al
+];
+const ROUNDS: u64 = 3000;
+const ARRAY: u64 = 0x10_0000;
+
+fn checksum_guest() -> Guest {
+    let mut g = long_mode(&CHECKSUM);
+    g.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rcx] = ROUNDS;
+            s.gprs[Gpr::Rsi] = ARRAY;
+            s.gprs[Gpr::Rax] = 1;
+        })
+        .unwrap();
+    g
+}
+
+/// What the guest computed: rax, rbx and its array.
+fn finish(machine: &nvmm::Machine, vcpu: &mut Vcpu) -> (u64, u64, Vec<u8>) {
+    loop {
+        match vcpu.run().unwrap() {
+            Exit::Io(io) if io.port() == 0x11 => break,
+            Exit::Io(_) | Exit::None => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut array = vec![0u8; 8 * (ROUNDS as usize + 1)];
+    machine.read_gpa(ARRAY, &mut array).unwrap();
+    (gpr(vcpu, Gpr::Rax), gpr(vcpu, Gpr::Rbx), array)
+}
+
+fn run_rounds(vcpu: &mut Vcpu, n: u64) {
+    for _ in 0..n {
+        assert!(next_exit(vcpu).starts_with("Io"));
+    }
+}
+
+/// Snapshot mid-way; the uninterrupted run's result is what every reset
+/// in place and every fork (one after the other, and eight at once on
+/// threads) finishes with.
+#[test]
+fn resets_and_forks_finish_like_the_uninterrupted_run() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = checksum_guest();
+    run_rounds(&mut g.vcpu, 1234);
+    let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    let expected = finish(&g.machine, &mut g.vcpu);
+    for _ in 0..3 {
+        g.machine.reset_to(&mut [&mut g.vcpu], &snap).unwrap();
+        assert!(finish(&g.machine, &mut g.vcpu) == expected, "reset in place");
+    }
+    let nvmm = nvmm();
+    for _ in 0..3 {
+        let (m, mut v) = nvmm.fork(&snap).unwrap();
+        assert!(finish(&m, &mut v[0]) == expected, "fork");
+        // A used fork reset to the snapshot finishes the same again.
+        m.reset_to(&mut [&mut v[0]], &snap).unwrap();
+        assert!(finish(&m, &mut v[0]) == expected, "fork reset in place");
+    }
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let (m, mut v) = nvmm.fork(&snap).unwrap();
+                    finish(&m, &mut v[0])
+                })
+            })
+            .collect();
+        for r in runs {
+            assert!(r.join().unwrap() == expected, "concurrent fork");
+        }
+    });
+}
+
+/// Forks of one parent each write different data: none sees another's
+/// writes, and the parent sees none.
+#[test]
+fn forks_are_isolated() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = checksum_guest();
+    g.machine.write_gpa(0x20_0000, b"parent").unwrap();
+    let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    let nvmm = nvmm();
+    let forks: Vec<_> = (0..20).map(|_| nvmm.fork(&snap).unwrap()).collect();
+    for (i, (m, _)) in forks.iter().enumerate() {
+        m.write_gpa(0x20_0000, format!("fork {i:02}").as_bytes()).unwrap();
+    }
+    for (i, (m, _)) in forks.iter().enumerate() {
+        let mut b = [0u8; 7];
+        m.read_gpa(0x20_0000, &mut b).unwrap();
+        assert_eq!(&b, format!("fork {i:02}").as_bytes());
+    }
+    let mut b = [0u8; 6];
+    g.machine.read_gpa(0x20_0000, &mut b).unwrap();
+    assert_eq!(&b, b"parent");
+    snap.read_gpa(0x20_0000, &mut b).unwrap();
+    assert_eq!(&b, b"parent");
+}
+
+/// A reset after the guest or the VMM wrote 1, 100 and 10 000 pages
+/// gives the snapshot's memory exactly, in the machine that took it and in
+/// a fork.
+#[test]
+fn reset_restores_memory_exactly() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = long_mode(&[0xf4]);
+    // 48 MiB more, above the first 4 MiB, some of it with data.
+    g.machine.map_anonymous(RAM, 48 << 20, nvmm::Prot::ALL).unwrap();
+    for p in (0..12288u64).step_by(7) {
+        g.machine.write_gpa(RAM + p * 4096, &p.to_le_bytes()).unwrap();
+    }
+    let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    let image = |m: &nvmm::Machine| {
+        let mut all = vec![0u8; (RAM + (48 << 20)) as usize];
+        m.read_gpa(0, &mut all).unwrap();
+        all
+    };
+    let want = image(&g.machine);
+    let nvmm = nvmm();
+    let (fork, mut fv) = nvmm.fork(&snap).unwrap();
+    assert!(image(&fork) == want);
+    for pages in [1u64, 100, 10_000] {
+        for (m, v) in [(&g.machine, &mut g.vcpu), (&fork, &mut fv[0])] {
+            for p in 0..pages {
+                m.write_gpa(RAM + (p * 4096 * 13) % (48 << 20), &[0xee; 16]).unwrap();
+            }
+            m.reset_to(&mut [v], &snap).unwrap();
+            assert!(image(m) == want, "after {pages} pages written");
+        }
+    }
+}

@@ -15,6 +15,8 @@ pub(crate) struct HostRegion {
     ptr: NonNull<u8>,
     len: usize,
     owned: bool,
+    /// A private mapping of snapshot memory: its id and the offset mapped.
+    backing: Option<(u64, u64)>,
 }
 
 // SAFETY: the region is plain memory owned by this value; all accesses are
@@ -49,7 +51,49 @@ impl HostRegion {
             });
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or(Error::NoMemory { what: "mapping guest memory" })?;
-        Ok(HostRegion { ptr, len, owned: true })
+        Ok(HostRegion { ptr, len, owned: true, backing: None })
+    }
+
+    /// Maps `len` bytes of `frozen` from `offset` copy-on-write: reads see
+    /// the file, writes make private pages (allocated only when written).
+    pub(crate) fn private_file(frozen: &super::FrozenMemory, offset: u64, len: usize) -> Result<HostRegion> {
+        // SAFETY: a fresh private mapping at a kernel-chosen address
+        // overlaps nothing the program owns; the file stays open while
+        // mapped (the mapping holds its own reference).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+                frozen.raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::kvm("mmap(snapshot memory)", std::io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(Error::NoMemory { what: "mapping snapshot memory" })?;
+        Ok(HostRegion { ptr, len, owned: true, backing: Some((frozen.id(), offset)) })
+    }
+
+    /// Drops the private pages of `[offset, offset + len)`: an anonymous
+    /// region reads zero there again, a private file mapping reads the
+    /// file (a snapshot's memory) again. Only pages that were written cost
+    /// anything.
+    pub(crate) fn discard(&self, offset: u64, len: usize) -> Result<()> {
+        let off = self.check(offset, len);
+        if !self.owned {
+            return Err(Error::Unsupported { what: "resetting memory the program mapped itself" });
+        }
+        // SAFETY: the range lies in our own mapping (checked); MADV_DONTNEED
+        // on a private mapping only drops its private pages, which no Rust
+        // reference points into.
+        let r = unsafe { libc::madvise(self.ptr.as_ptr().add(off).cast(), len, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Err(Error::kvm("madvise(MADV_DONTNEED)", std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Memory the program already mapped at `addr`.
@@ -66,7 +110,17 @@ impl HostRegion {
             size: len as u64,
             why: "it is at address 0",
         })?;
-        Ok(HostRegion { ptr, len, owned: false })
+        Ok(HostRegion { ptr, len, owned: false, backing: None })
+    }
+
+    /// The snapshot memory this region maps privately, and from where.
+    pub(crate) fn backing(&self) -> Option<(u64, u64)> {
+        self.backing
+    }
+
+    /// Whether the library mapped it (and may drop its pages).
+    pub(crate) fn is_owned(&self) -> bool {
+        self.owned
     }
 
     /// Host virtual address of the first byte.

@@ -12,6 +12,7 @@ mod kick;
 mod publish;
 mod rlimit;
 mod signals;
+mod snapshot_file;
 
 pub(crate) use comm_page::CommBox;
 pub use comm_page::stop_by_flag;
@@ -20,3 +21,5 @@ pub(crate) use kick::{install_kick_handler, kick_thread, this_thread_id};
 pub(crate) use publish::Publisher;
 pub(crate) use rlimit::raise_fd_limit;
 pub(crate) use signals::{SignalMask, consume_pending};
+pub(crate) use snapshot_file::FrozenMemory;
+pub use snapshot_file::populated_pages;

@@ -10,17 +10,30 @@
 //! armed, TPR exits, the TPR last seen). It is taken between runs: any
 //! instruction an I/O or memory exit left half done is finished first.
 //!
+//! A [`MachineSnapshot`] adds the guest memory map and guest memory,
+//! frozen in a sealed memfd: [`Machine::reset_to`](crate::Machine::reset_to)
+//! puts a machine back in place, [`Nvmm::fork`](crate::Nvmm::fork) makes
+//! new machines that map it copy-on-write.
+//!
 //! ```no_run
+//! use nvmm::{Nvmm, Prot};
 //! # fn main() -> nvmm::Result<()> {
-//! let nvmm = nvmm::Nvmm::open()?;
+//! let nvmm = Nvmm::open()?;
 //! let machine = nvmm.create_machine()?;
+//! machine.map_anonymous(0, 16 << 20, Prot::ALL)?;
 //! let mut vcpu = machine.create_vcpu(0)?;
 //! // ... run the guest to a point worth keeping ...
-//! let saved = vcpu.snapshot()?;
-//! // ... run on, then go back ...
-//! vcpu.restore(&saved)?;
+//! let saved = machine.snapshot(&mut [&mut vcpu])?;
+//! // Many isolated copies, sharing memory until they write it:
+//! let (child, mut child_vcpus) = nvmm.fork(&saved)?;
+//! // ... run `child_vcpus`; then back to the snapshot, in place:
+//! child.reset_to(&mut [&mut child_vcpus[0]], &saved)?;
 //! # Ok(()) }
 //! ```
+
+mod machine;
+
+pub use machine::{AreaImage, MachineSnapshot};
 
 /// One component of a VCPU's kernel state, in the order it is restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -300,3 +300,40 @@ fn reset_restores_memory_exactly() {
         }
     }
 }
+
+/// Saved to a file and loaded back (memory mapped from the file), a
+/// snapshot forks machines that finish like the uninterrupted run; a
+/// file of another vendor is refused.
+#[test]
+fn saved_snapshots_fork_like_the_original() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = checksum_guest();
+    run_rounds(&mut g.vcpu, 999);
+    let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    let expected = finish(&g.machine, &mut g.vcpu);
+    let path = std::env::temp_dir().join(format!("nvmm-test-{}.nvmmsnap", std::process::id()));
+    snap.save(&path).unwrap();
+    // Sparse: the 4 MiB guest touched a few pages.
+    let on_disk = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap();
+    assert!(on_disk < 1 << 20, "{on_disk} bytes on disk");
+    let nvmm = nvmm();
+    let loaded = nvmm.load_snapshot(&path).unwrap();
+    assert_eq!(loaded.vcpus(), snap.vcpus());
+    for _ in 0..3 {
+        let (m, mut v) = nvmm.fork(&loaded).unwrap();
+        assert!(finish(&m, &mut v[0]) == expected);
+    }
+    // Another vendor: the metadata's first 12 bytes, checksum recomputed.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let meta_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    bytes[40..52].copy_from_slice(b"CyrixInstead");
+    let sum = bytes[40..40 + meta_len]
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    bytes[16..24].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let e = nvmm.load_snapshot(&path).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert!(e.to_string().contains("CyrixInstead"), "{e}");
+    let _ = std::fs::remove_file(path);
+}

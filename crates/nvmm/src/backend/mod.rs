@@ -16,6 +16,8 @@ pub(crate) mod kvm;
 use std::os::fd::OwnedFd;
 
 pub use kvm::BackendFacts;
+/// The CPUID table in a snapshot's CPUID component.
+pub(crate) use kvm::cpuid_of_component;
 
 /// The backend this build uses.
 pub(crate) type VcpuImpl = kvm::KvmVcpu;

@@ -76,11 +76,6 @@ impl FrozenMemory {
         self.file.as_raw_fd()
     }
 
-    /// The file, for copying out.
-    pub(crate) fn file(&self) -> &File {
-        &self.file
-    }
-
     /// Runs `(offset, len)` of `[0, len)` that hold data (the rest are
     /// holes), as `SEEK_DATA`/`SEEK_HOLE` tell.
     pub(crate) fn data_runs(&self, len: u64) -> Result<Vec<(u64, u64)>> {

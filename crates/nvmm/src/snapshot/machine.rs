@@ -46,9 +46,22 @@ pub struct MachineSnapshot {
     pub(crate) regions: Vec<RegionImage>,
     pub(crate) areas: Vec<AreaImage>,
     pub(crate) memory: Arc<FrozenMemory>,
+    /// The CPU it was taken on.
+    pub(crate) cpu: super::file::CpuTag,
 }
 
 impl MachineSnapshot {
+    /// Saves the snapshot to `path` (nvmm's format, see
+    /// [`FORMAT_VERSION`](super::FORMAT_VERSION); guest memory raw and
+    /// sparse at a page-aligned offset, so loading maps it whatever its
+    /// size).
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut f = std::fs::File::create(path)
+            .map_err(|e| Error::InvalidSnapshot { why: format!("cannot create {}: {e}", path.display()) })?;
+        super::file::save(self, self.cpu, &mut f)
+    }
+
     /// The VCPUs, in the order they were given.
     pub fn vcpus(&self) -> &[VcpuSnapshot] {
         &self.vcpus
@@ -134,7 +147,9 @@ impl Machine {
         }
         drop(mem);
         frozen.seal()?;
-        Ok(MachineSnapshot { vcpus: vcpu_images, regions, areas, memory: Arc::new(frozen) })
+        let sys = &self.shared().sys;
+        let cpu = super::cpu::host_tag(&sys.kvm.facts().vendor, sys.kvm.supported_cpuid());
+        Ok(MachineSnapshot { vcpus: vcpu_images, regions, areas, memory: Arc::new(frozen), cpu })
     }
 
     /// Puts the machine back to `snapshot`, in place: every VCPU's state
@@ -210,6 +225,24 @@ fn reset_region(region: &HostRegion, snapshot: &MachineSnapshot, image: RegionIm
 }
 
 impl Nvmm {
+    /// Loads a snapshot file (see [`MachineSnapshot::save`]). Its memory
+    /// stays in the file: machines forked from it map the file
+    /// copy-on-write, so loading costs the same whatever the guest's size.
+    /// A file of another format version, a truncated or corrupt one, or
+    /// one taken on a CPU of another vendor or with features this one
+    /// lacks, is `EINVAL` with the reason.
+    pub fn load_snapshot(&self, path: impl AsRef<std::path::Path>) -> Result<MachineSnapshot> {
+        let (mut snap, file_cpu) = super::file::load(path.as_ref())?;
+        let supported = self.sys.kvm.supported_cpuid();
+        let host = super::cpu::host_tag(&self.sys.kvm.facts().vendor, supported);
+        for v in &snap.vcpus {
+            let guest = crate::backend::cpuid_of_component(v.component(super::Component::Cpuid).unwrap_or(&[]))?;
+            super::cpu::check(file_cpu, host, &guest, supported)?;
+        }
+        snap.cpu = file_cpu;
+        Ok(snap)
+    }
+
     /// A new machine from `snapshot`: its memory maps the snapshot's
     /// copy-on-write (nothing is copied; a page costs memory only once the
     /// new machine writes it), its VCPUs are created with the snapshot's

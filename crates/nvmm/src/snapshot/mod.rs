@@ -31,8 +31,11 @@
 //! # Ok(()) }
 //! ```
 
+mod cpu;
+mod file;
 mod machine;
 
+pub use file::{FORMAT_VERSION, MAGIC};
 pub use machine::{AreaImage, MachineSnapshot};
 
 /// One component of a VCPU's kernel state, in the order it is restored.

@@ -27,6 +27,7 @@ use crate::os::HostRegion;
 use crate::x86::cpuid::CpuidEntry;
 
 pub(crate) use run_alias::RunAlias;
+pub(crate) use snapshot::cpuid_of_component;
 pub(crate) use vcpu::{KvmVcpu, MSR_UNANSWERED};
 
 /// A KVM capability: number, name, and what nvmm needs it for.

@@ -40,6 +40,18 @@ fn from_bytes<T: Copy + Default>(what: &'static str, b: &[u8]) -> Result<T> {
     Ok(v)
 }
 
+/// The CPUID table of a captured state (the `Cpuid` component's bytes).
+pub(crate) fn cpuid_of_component(bytes: &[u8]) -> Result<Vec<crate::x86::cpuid::CpuidEntry>> {
+    let entry = std::mem::size_of::<kvm_cpuid_entry2>();
+    if bytes.len() % entry != 0 {
+        return Err(Error::InvalidSnapshot { why: "the CPUID component is not a whole number of entries".into() });
+    }
+    bytes
+        .chunks_exact(entry)
+        .map(|c| from_bytes::<kvm_cpuid_entry2>("a CPUID entry", c).map(|e| super::convert::cpuid_from_kvm(&e)))
+        .collect()
+}
+
 impl KvmVcpu {
     /// The MSRs KVM reports (`KVM_GET_MSR_INDEX_LIST`) that this VCPU can
     /// read, the TSC first; probed once.

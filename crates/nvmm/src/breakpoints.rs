@@ -72,6 +72,23 @@ impl Machine {
         Ok(())
     }
 
+    /// Writes every breakpoint's INT3 again over memory that was replaced
+    /// (a reset to a snapshot), keeping the bytes now there as the
+    /// originals.
+    pub(crate) fn reinsert_sw_breakpoints(&self) -> Result<()> {
+        let shared = self.shared();
+        let mut table = shared.breakpoints.lock();
+        for (&gpa, original) in table.iter_mut() {
+            let mut now = [0u8];
+            self.read_gpa(gpa, &mut now)?;
+            if now[0] != INT3 {
+                *original = now[0];
+                self.write_gpa(gpa, &[INT3])?;
+            }
+        }
+        Ok(())
+    }
+
     /// The software breakpoints: guest physical address and the byte each
     /// replaced, in address order.
     pub fn sw_breakpoints(&self) -> Vec<(u64, u8)> {

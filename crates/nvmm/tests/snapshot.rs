@@ -337,3 +337,99 @@ fn saved_snapshots_fork_like_the_original() {
     assert!(e.to_string().contains("CyrixInstead"), "{e}");
     let _ = std::fs::remove_file(path);
 }
+
+/// Debugger breakpoints and snapshots: a snapshot holds the program's
+/// bytes, not the INT3; a breakpoint survives a reset; a fork's breakpoint
+/// lands in its private pages, never in the snapshot or another fork.
+#[test]
+fn breakpoints_and_snapshots() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = checksum_guest();
+    g.machine.insert_sw_breakpoint(CODE + 7).unwrap();
+    let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    let mut b = [0u8];
+    snap.read_gpa(CODE + 7, &mut b).unwrap();
+    assert_eq!(b[0], CHECKSUM[7], "the snapshot has the program's byte");
+    g.machine.reset_to(&mut [&mut g.vcpu], &snap).unwrap();
+    g.machine.read_gpa(CODE + 7, &mut b).unwrap();
+    assert_eq!(b[0], nvmm::INT3, "the breakpoint survives the reset");
+    g.vcpu.set_guest_debug(&nvmm::GuestDebug { software_breakpoints: true, ..Default::default() }).unwrap();
+    match g.vcpu.run().unwrap() {
+        Exit::Debug(d) => assert_eq!(d.pc(), CODE + 7),
+        other => panic!("{other:?}"),
+    }
+    let nvmm = nvmm();
+    let (f1, _v1) = nvmm.fork(&snap).unwrap();
+    let (f2, _v2) = nvmm.fork(&snap).unwrap();
+    f1.insert_sw_breakpoint(CODE).unwrap();
+    f2.read_gpa(CODE, &mut b).unwrap();
+    assert_eq!(b[0], CHECKSUM[0], "another fork does not see it");
+    snap.read_gpa(CODE, &mut b).unwrap();
+    assert_eq!(b[0], CHECKSUM[0], "the snapshot does not see it");
+}
+
+/// More than 4 GiB of guest memory in several mappings, some above 4 GiB:
+/// snapshot, fork and reset carry every byte written, at any address.
+#[test]
+fn memory_over_4_gib_in_several_mappings() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = long_mode(&[0xf4]);
+    let high = [(1u64 << 32, 3u64 << 30), (8u64 << 30, 2u64 << 30)];
+    for (gpa, size) in high {
+        g.machine.map_anonymous(gpa, size, nvmm::Prot::ALL).unwrap();
+    }
+    let marks: Vec<u64> = high.iter().flat_map(|&(gpa, size)| [gpa, gpa + size / 2 + 8, gpa + size - 8]).collect();
+    for &at in &marks {
+        g.machine.write_gpa(at, &at.to_le_bytes()).unwrap();
+    }
+    let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    assert!(snap.memory_size() > 5 << 30);
+    let (f, mut fv) = nvmm().fork(&snap).unwrap();
+    for m in [&g.machine, &f] {
+        for &at in &marks {
+            m.write_gpa(at, &[0xff; 8]).unwrap();
+        }
+    }
+    g.machine.reset_to(&mut [&mut g.vcpu], &snap).unwrap();
+    f.reset_to(&mut [&mut fv[0]], &snap).unwrap();
+    for m in [&g.machine, &f] {
+        for &at in &marks {
+            let mut b = [0u8; 8];
+            m.read_gpa(at, &mut b).unwrap();
+            assert_eq!(u64::from_le_bytes(b), at);
+        }
+    }
+}
+
+/// A reset and forks while other machines made from the same snapshot
+/// keep running on other threads.
+#[test]
+fn restore_while_other_machines_run() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = checksum_guest();
+    run_rounds(&mut g.vcpu, 500);
+    let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    let expected = finish(&g.machine, &mut g.vcpu);
+    let nvmm = nvmm();
+    std::thread::scope(|s| {
+        let runners: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let (m, mut v) = nvmm.fork(&snap).unwrap();
+                    (0..3).all(|_| {
+                        let r = finish(&m, &mut v[0]) == expected;
+                        m.reset_to(&mut [&mut v[0]], &snap).unwrap();
+                        r
+                    })
+                })
+            })
+            .collect();
+        for _ in 0..3 {
+            g.machine.reset_to(&mut [&mut g.vcpu], &snap).unwrap();
+            assert!(finish(&g.machine, &mut g.vcpu) == expected);
+        }
+        for r in runners {
+            assert!(r.join().unwrap());
+        }
+    });
+}

@@ -145,6 +145,12 @@ impl Machine {
                 }
             }
         }
+        // The snapshot holds the program's bytes, not the debugger's INT3s.
+        for (gpa, original) in self.sw_breakpoints() {
+            if let Some(a) = areas.iter().find(|a| gpa >= a.gpa && gpa < a.gpa + a.size) {
+                frozen.write_at(regions[a.region].offset + a.offset + (gpa - a.gpa), &[original])?;
+            }
+        }
         drop(mem);
         frozen.seal()?;
         let sys = &self.shared().sys;
@@ -181,6 +187,7 @@ impl Machine {
                 reset_region(&a.region, snapshot, snapshot.regions[s.region])?;
             }
         }
+        self.reinsert_sw_breakpoints()?;
         for (v, s) in vcpus.iter_mut().zip(&snapshot.vcpus) {
             v.restore(s)?;
         }
@@ -189,6 +196,9 @@ impl Machine {
 }
 
 /// Makes `region` hold the snapshot's region `image` again.
+///
+/// (The machine's software breakpoints are written again afterwards by
+/// [`Machine::reset_to`]: they survive a reset.)
 fn reset_region(region: &HostRegion, snapshot: &MachineSnapshot, image: RegionImage) -> Result<()> {
     let len = region.len();
     if len as u64 != image.size {

@@ -139,8 +139,9 @@ impl RawVm {
         Ok(RawVm { vcpu, sync: (false, false), _vm: vm, mem })
     }
 
-    /// The VCPU, for probes that set up more than real mode.
-    pub(crate) fn vcpu(&self) -> &VcpuFd {
+    /// The VCPU, for probes that set up more than real mode, and the
+    /// state floor.
+    pub fn vcpu(&self) -> &VcpuFd {
         &self.vcpu
     }
 

@@ -23,6 +23,7 @@ use std::io::Write as _;
 
 pub mod debuggers;
 pub mod floor;
+pub mod floor_state;
 pub mod host;
 mod rng;
 

@@ -123,6 +123,15 @@ impl Machine {
     /// VCPU was destroyed can be used again (KVM cannot destroy a VCPU: the
     /// library keeps it and resets it; its CPUID can then no longer change).
     pub fn create_vcpu(&self, id: u32) -> Result<Vcpu> {
+        self.create_vcpu_with(id, Vcpu::create)
+    }
+
+    /// A VCPU about to take a snapshot's state (its CPUID included).
+    pub(crate) fn create_vcpu_for_restore(&self, id: u32) -> Result<Vcpu> {
+        self.create_vcpu_with(id, Vcpu::create_for_restore)
+    }
+
+    fn create_vcpu_with(&self, id: u32, create: fn(Arc<MachineShared>, u32) -> Result<Vcpu>) -> Result<Vcpu> {
         let max = self.shared.sys.cap.max_vcpus;
         if id >= max {
             return Err(Error::InvalidVcpuId { id, max });
@@ -130,7 +139,7 @@ impl Machine {
         if !self.shared.vcpu_ids().insert(id) {
             return Err(Error::VcpuExists { id });
         }
-        match Vcpu::create(self.shared.clone(), id) {
+        match create(self.shared.clone(), id) {
             Ok(v) => {
                 self.shared.record.add_vcpus(1);
                 Ok(v)

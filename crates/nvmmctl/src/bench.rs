@@ -16,7 +16,7 @@ use nvmm_testkit::floor::{RawExitKind, RawKvm};
 use crate::format::{json_f64, json_line, json_str};
 
 /// Benchmarks `nvmmctl bench` knows.
-pub const NAMES: [&str; 6] = ["exits", "exit-state", "lifecycle", "scale", "core", "debug-step"];
+pub const NAMES: [&str; 7] = ["exits", "exit-state", "lifecycle", "scale", "core", "debug-step", "snapshot"];
 
 /// Where the benchmark guests run.
 pub(crate) const CODE: u64 = 0x1000;
@@ -50,6 +50,7 @@ pub fn bench(nvmm: &Nvmm, name: &str, cfg: BenchConfig, out: &mut dyn Write) -> 
         "scale" => scale(nvmm, out),
         "core" => crate::bench_core::core(nvmm, cfg, out),
         "debug-step" => crate::bench_debug::debug_step(nvmm, cfg, out),
+        "snapshot" => crate::bench_snapshot::snapshot(nvmm, cfg, out),
         "all" => NAMES.iter().try_for_each(|n| bench(nvmm, n, cfg, out)),
         other => Err(format!("unknown benchmark '{other}'; choose one of {} or all", NAMES.join(", "))),
     }
@@ -73,9 +74,9 @@ fn per_op(n: u64, mut op: impl FnMut() -> Res<()>) -> Res<f64> {
 /// Medians of the floor's and nvmm's time per operation, and of the
 /// per-round ratios.
 pub(crate) struct Comparison {
-    raw: f64,
-    ours: f64,
-    ratio: f64,
+    pub(crate) raw: f64,
+    pub(crate) ours: f64,
+    pub(crate) ratio: f64,
 }
 
 /// Runs `rounds` rounds of a floor batch and an nvmm batch.
@@ -209,7 +210,7 @@ fn proc_kib(file: &str, key: &str) -> u64 {
         * 1024
 }
 
-fn rss() -> u64 {
+pub(crate) fn rss() -> u64 {
     proc_kib("/proc/self/status", "VmRSS:")
 }
 

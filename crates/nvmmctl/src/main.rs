@@ -11,6 +11,7 @@
 mod bench;
 mod bench_core;
 mod bench_debug;
+mod bench_snapshot;
 mod debug;
 mod format;
 mod guest;
@@ -91,7 +92,7 @@ enum Command {
         /// The core file.
         file: PathBuf,
     },
-    /// Run a benchmark: exits, exit-state, lifecycle, scale, core, debug-step or all.
+    /// Run a benchmark: exits, exit-state, lifecycle, scale, core, debug-step, snapshot or all.
     Bench {
         /// Which benchmark.
         name: String,

@@ -271,7 +271,7 @@ impl Nvmm {
         }
         let mut vcpus = Vec::with_capacity(snapshot.vcpus.len());
         for s in &snapshot.vcpus {
-            let mut v = machine.create_vcpu(s.id())?;
+            let mut v = machine.create_vcpu_for_restore(s.id())?;
             v.restore(s)?;
             vcpus.push(v);
         }

@@ -186,6 +186,16 @@ impl std::fmt::Debug for Vcpu {
 
 impl Vcpu {
     pub(crate) fn create(machine: Arc<MachineShared>, id: u32) -> Result<Vcpu> {
+        Self::create_with(machine, id, true)
+    }
+
+    /// A VCPU whose CPUID comes from a snapshot: NVMM's table is not built
+    /// (the restore sets the snapshot's).
+    pub(crate) fn create_for_restore(machine: Arc<MachineShared>, id: u32) -> Result<Vcpu> {
+        Self::create_with(machine, id, false)
+    }
+
+    fn create_with(machine: Arc<MachineShared>, id: u32, cpuid: bool) -> Result<Vcpu> {
         let (backend, reused) = match machine.take_parked(id)? {
             Some(fd) => (machine.vm.revive_vcpu(fd)?, true),
             None => (machine.vm.create_vcpu(id)?, false),
@@ -239,7 +249,7 @@ impl Vcpu {
             v.cache.dirty = Parts::ALL;
             v.cache.reset_events = true;
             v.conf.has_run = v.apply_cpuid().is_err();
-        } else {
+        } else if cpuid {
             v.apply_cpuid()?;
         }
         v.publish_comm_bits();
@@ -354,7 +364,10 @@ impl Vcpu {
 
 impl Drop for Vcpu {
     fn drop(&mut self) {
-        let parked = self.backend.park();
+        // Parking keeps the kernel VCPU for a later VCPU of the same id;
+        // when this is the machine's last reference (the `Machine` and every
+        // other VCPU are gone) the VM goes away with it: nothing to park.
+        let parked = if Arc::strong_count(&self.machine) > 1 { self.backend.park() } else { None };
         self.machine.release_vcpu(self.id, parked);
     }
 }

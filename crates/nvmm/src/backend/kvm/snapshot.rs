@@ -10,6 +10,7 @@ use kvm_bindings::{
 };
 
 use super::KvmVcpu;
+use super::vcpu::sync_sets;
 use crate::error::{Error, Result};
 use crate::snapshot::{Component, KernelState};
 
@@ -38,6 +39,21 @@ fn from_bytes<T: Copy + Default>(what: &'static str, b: &[u8]) -> Result<T> {
     // plain KVM structure for which every bit pattern is valid.
     unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast::<u8>(), b.len()) };
     Ok(v)
+}
+
+/// What restores of one VCPU learned (see `KvmVcpu::restored`).
+#[derive(Debug, Default)]
+pub(crate) struct RestoreMemo {
+    cpuid: Option<u64>,
+    tsc_khz: Option<u32>,
+    /// MSRs KVM refuses to write, with the value found there (KVM refuses
+    /// the guest's writes too, so it stays).
+    refused_msrs: Vec<(u32, u64)>,
+}
+
+/// FNV-1a of a component, to recognise a CPUID table already set.
+fn digest(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The CPUID table of a captured state (the `Cpuid` component's bytes).
@@ -89,29 +105,54 @@ impl KvmVcpu {
     /// these machines do not have): such an MSR is skipped when the VCPU
     /// already holds the snapshot's value, and is an error otherwise.
     fn restore_msrs(&mut self, msrs: &[(u32, u64)]) -> Result<()> {
+        // MSRs KVM refused before are not written: they must hold the
+        // snapshot's value already (checked by reading unless it is the
+        // value found last time).
+        let refused = &self.restored.refused_msrs;
+        let (known, write): (Vec<(u32, u64)>, Vec<(u32, u64)>) =
+            msrs.iter().partition(|(i, _)| refused.iter().any(|(r, _)| r == i));
+        let check: Vec<(u32, u64)> = known.into_iter().filter(|m| !refused.contains(m)).collect();
         let mut start = 0;
-        while start < msrs.len() {
-            let entries: Vec<kvm_msr_entry> = msrs[start..]
+        while start < write.len() {
+            let entries: Vec<kvm_msr_entry> = write[start..]
                 .iter()
                 .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
                 .collect();
             let list = Msrs::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building an MSR list" })?;
             self.ioctls += 1;
             let n = self.fd.set_msrs(&list).map_err(|e| Error::kvm_errno("KVM_SET_MSRS", e))?;
-            if start + n == msrs.len() {
-                return Ok(());
+            if start + n == write.len() {
+                break;
             }
-            let (index, want) = msrs[start + n];
-            let mut one = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }])
-                .map_err(|_| Error::NoMemory { what: "building an MSR list" })?;
-            self.ioctls += 1;
-            let read = self.fd.get_msrs(&mut one).map_err(|e| Error::kvm_errno("KVM_GET_MSRS", e))?;
-            if read != 1 || one.as_slice()[0].data != want {
+            self.check_msrs(&write[start + n..start + n + 1])?;
+            self.restored.refused_msrs.push(write[start + n]);
+            start += n + 1;
+        }
+        self.check_msrs(&check)?;
+        for m in check {
+            if let Some(r) = self.restored.refused_msrs.iter_mut().find(|(i, _)| *i == m.0) {
+                r.1 = m.1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails unless the VCPU holds these MSR values already.
+    fn check_msrs(&mut self, msrs: &[(u32, u64)]) -> Result<()> {
+        if msrs.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<kvm_msr_entry> =
+            msrs.iter().map(|&(index, _)| kvm_msr_entry { index, ..Default::default() }).collect();
+        let mut list = Msrs::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building an MSR list" })?;
+        self.ioctls += 1;
+        let n = self.fd.get_msrs(&mut list).map_err(|e| Error::kvm_errno("KVM_GET_MSRS", e))?;
+        for (i, &(index, want)) in msrs.iter().enumerate() {
+            if i >= n || list.as_slice()[i].data != want {
                 return Err(Error::InvalidSnapshot {
                     why: format!("KVM refused MSR {index:#x} = {want:#x} of the snapshot (another CPU model?)"),
                 });
             }
-            start += n + 1;
         }
         Ok(())
     }
@@ -156,25 +197,32 @@ impl KvmVcpu {
         let part = |c: Component| {
             s.component(c).ok_or_else(|| Error::InvalidSnapshot { why: format!("the {c:?} component is missing") })
         };
-        let entry = std::mem::size_of::<kvm_cpuid_entry2>();
         let cpuid_bytes = part(Component::Cpuid)?;
-        if cpuid_bytes.len() % entry != 0 {
-            return Err(Error::InvalidSnapshot { why: "the CPUID component is not a whole number of entries".into() });
+        let cpuid_digest = digest(cpuid_bytes);
+        if self.restored.cpuid != Some(cpuid_digest) {
+            let entry = std::mem::size_of::<kvm_cpuid_entry2>();
+            if cpuid_bytes.len() % entry != 0 {
+                return Err(Error::InvalidSnapshot {
+                    why: "the CPUID component is not a whole number of entries".into(),
+                });
+            }
+            let entries: Vec<kvm_cpuid_entry2> =
+                cpuid_bytes.chunks_exact(entry).map(|c| from_bytes("a CPUID entry", c)).collect::<Result<_>>()?;
+            let cpuid =
+                CpuId::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building the CPUID table" })?;
+            self.ioctls += 1;
+            self.fd.set_cpuid2(&cpuid).map_err(|e| match e.errno() {
+                libc::EBUSY | libc::EINVAL => Error::CpuidLocked,
+                _ => Error::kvm_errno("KVM_SET_CPUID2", e),
+            })?;
+            self.restored.cpuid = Some(cpuid_digest);
         }
-        let entries: Vec<kvm_cpuid_entry2> =
-            cpuid_bytes.chunks_exact(entry).map(|c| from_bytes("a CPUID entry", c)).collect::<Result<_>>()?;
-        let cpuid = CpuId::from_entries(&entries).map_err(|_| Error::NoMemory { what: "building the CPUID table" })?;
-        self.ioctls += 9;
-        self.fd.set_cpuid2(&cpuid).map_err(|e| match e.errno() {
-            libc::EBUSY | libc::EINVAL => Error::CpuidLocked,
-            _ => Error::kvm_errno("KVM_SET_CPUID2", e),
-        })?;
+        self.ioctls += 4;
         let mp: kvm_mp_state = from_bytes("MP state", part(Component::MpState)?)?;
         self.fd.set_mp_state(mp).map_err(kerr("KVM_SET_MP_STATE"))?;
         let regs: kvm_regs = from_bytes("registers", part(Component::Regs)?)?;
-        self.fd.set_regs(&regs).map_err(kerr("KVM_SET_REGS"))?;
         let sregs: kvm_sregs = from_bytes("special registers", part(Component::Sregs)?)?;
-        self.fd.set_sregs(&sregs).map_err(kerr("KVM_SET_SREGS"))?;
+        let events: kvm_vcpu_events = from_bytes("events", part(Component::Events)?)?;
         let area = part(Component::Xsave)?;
         let mut xsave = kvm_xsave::default();
         if area.len() != 4 * xsave.region.len() {
@@ -194,16 +242,28 @@ impl KvmVcpu {
         if let Some(b) = s.component(Component::TscKhz) {
             let want =
                 u32::from_le_bytes(b.try_into().map_err(|_| Error::InvalidSnapshot { why: "TSC frequency".into() })?);
-            if self.fd.get_tsc_khz().is_ok_and(|now| now != want) {
+            let now = match self.restored.tsc_khz {
+                Some(k) => Some(k),
+                None => self.fd.get_tsc_khz().ok(),
+            };
+            if now.is_some_and(|now| now != want) {
                 self.fd.set_tsc_khz(want).map_err(kerr("KVM_SET_TSC_KHZ"))?;
             }
+            self.restored.tsc_khz = Some(want);
         }
         self.restore_msrs(&s.msrs)?;
-        let events: kvm_vcpu_events = from_bytes("events", part(Component::Events)?)?;
-        self.fd.set_vcpu_events(&events).map_err(kerr("KVM_SET_VCPU_EVENTS"))?;
-        // Nothing `kvm_run` held is current any more, nor to be loaded.
+        // Registers, special registers and events travel through `kvm_run`
+        // (KVM loads them at the next entry, in that order, after all of
+        // the above): three ioctls fewer. `kvm_run` holds them now.
+        let sync = self.fd.sync_regs_mut();
+        sync.regs = regs;
+        sync.sregs = sregs;
+        sync.events = events;
         self.sync.invalidate();
+        let all = sync_sets::REGS | sync_sets::SREGS | sync_sets::EVENTS;
+        self.sync.hold(all);
         self.fd.get_kvm_run().kvm_dirty_regs = 0;
+        self.add_dirty(all);
         self.forget_loaded_state();
         Ok(())
     }

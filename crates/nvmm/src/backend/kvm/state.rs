@@ -122,6 +122,11 @@ impl SyncPolicy {
     pub(super) fn invalidate(&mut self) {
         self.synced = 0;
     }
+
+    /// `kvm_run` holds these sets now (written there, to be loaded).
+    pub(super) fn hold(&mut self, sets: u64) {
+        self.synced |= sets;
+    }
 }
 
 impl KvmVcpu {
@@ -129,7 +134,7 @@ impl KvmVcpu {
         self.sync.synced & set != 0
     }
 
-    fn add_dirty(&mut self, set: u64) {
+    pub(super) fn add_dirty(&mut self, set: u64) {
         self.fd.get_kvm_run().kvm_dirty_regs |= set;
     }
 

@@ -54,6 +54,11 @@ pub(crate) struct KvmVcpu {
     /// this VCPU can read (probed at the first snapshot).
     pub(super) msr_index_list: std::sync::Arc<[u32]>,
     pub(super) msr_list: Option<Vec<u32>>,
+    /// What restores learned: a digest of the CPUID table last set (KVM
+    /// takes an identical table again, so it is not sent again), the TSC
+    /// frequency, and the MSRs KVM refuses to write even with the value it
+    /// holds (checked by reading them instead).
+    pub(super) restored: super::snapshot::RestoreMemo,
 }
 
 impl KvmVcpu {
@@ -74,6 +79,7 @@ impl KvmVcpu {
             no_blockirq: false,
             msr_index_list,
             msr_list: None,
+            restored: Default::default(),
         })
     }
 

@@ -41,6 +41,9 @@ fn from_bytes<T: Copy + Default>(what: &'static str, b: &[u8]) -> Result<T> {
     Ok(v)
 }
 
+/// An MSR and its value.
+type Msr = (u32, u64);
+
 /// What restores of one VCPU learned (see `KvmVcpu::restored`).
 #[derive(Debug, Default)]
 pub(crate) struct RestoreMemo {
@@ -109,9 +112,8 @@ impl KvmVcpu {
         // snapshot's value already (checked by reading unless it is the
         // value found last time).
         let refused = &self.restored.refused_msrs;
-        let (known, write): (Vec<(u32, u64)>, Vec<(u32, u64)>) =
-            msrs.iter().partition(|(i, _)| refused.iter().any(|(r, _)| r == i));
-        let check: Vec<(u32, u64)> = known.into_iter().filter(|m| !refused.contains(m)).collect();
+        let (known, write): (Vec<Msr>, Vec<Msr>) = msrs.iter().partition(|(i, _)| refused.iter().any(|(r, _)| r == i));
+        let check: Vec<Msr> = known.into_iter().filter(|m| !refused.contains(m)).collect();
         let mut start = 0;
         while start < write.len() {
             let entries: Vec<kvm_msr_entry> = write[start..]

@@ -18,6 +18,7 @@ mod guest;
 mod identify;
 mod list;
 mod run;
+mod snapshot;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,15 @@ enum Command {
         /// the first instruction; the guest runs on when the debugger detaches.
         #[arg(long, value_name = "ADDR", conflicts_with = "timeout")]
         gdb: Option<nvmm_gdb::Address>,
+        /// Snapshot the guest after its Nth handled exit (with --save).
+        #[arg(long, value_name = "N", requires = "save")]
+        snapshot_at: Option<u64>,
+        /// Where --snapshot-at saves the snapshot.
+        #[arg(long, value_name = "FILE", requires = "snapshot_at")]
+        save: Option<PathBuf>,
+        /// Start the guest from a snapshot file instead of an image.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["image", "snapshot_at"])]
+        restore: Option<PathBuf>,
     },
     /// Print what a core written by nvmm holds: VCPUs, modes, RIPs, memory.
     CoreInfo {
@@ -235,7 +245,8 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::CoreInfo { .. } => unreachable!("handled before KVM is opened"),
-        Command::Run { image, gpa, mode, entry, mem, timeout, core, gdb } => {
+        Command::Run { image, gpa, mode, entry, mem, timeout, core, gdb, snapshot_at, save, restore } => {
+            let save_at = snapshot_at.zip(save);
             let timeout = match timeout {
                 Some(t) if !(t.is_finite() && t > 0.0) => {
                     return fail("--timeout must be a positive number of seconds");
@@ -252,6 +263,8 @@ fn main() -> ExitCode {
                     timeout,
                     core,
                     gdb,
+                    save_at,
+                    restore,
                 },
                 Some(path) => {
                     let image = match load_image(&path) {
@@ -270,6 +283,8 @@ fn main() -> ExitCode {
                         timeout,
                         core,
                         gdb,
+                        save_at,
+                        restore,
                     }
                 }
             };

@@ -57,6 +57,11 @@ pub struct RunConfig {
     pub core: Option<PathBuf>,
     /// Wait for a debugger here before the first instruction.
     pub gdb: Option<nvmm_gdb::Address>,
+    /// Save a snapshot of the guest to the path after this many handled
+    /// exits.
+    pub save_at: Option<(u64, PathBuf)>,
+    /// Start from this snapshot file instead of the image.
+    pub restore: Option<PathBuf>,
 }
 
 /// How the guest ended.
@@ -216,7 +221,18 @@ pub fn run(
     console: &mut (dyn Write + Send),
     log: &mut (dyn Write + Send),
 ) -> Result<Outcome, RunError> {
-    let (machine, mut vcpu) = setup(nvmm, cfg)?;
+    let restored;
+    let (machine, mut vcpu, cfg) = match &cfg.restore {
+        Some(path) => {
+            let (m, v, mode, mem) = crate::snapshot::restore(nvmm, path)?;
+            restored = RunConfig { mode, mem, ..cfg.clone() };
+            (m, v, &restored)
+        }
+        None => {
+            let (m, v) = setup(nvmm, cfg)?;
+            (m, v, cfg)
+        }
+    };
     if let Some(address) = &cfg.gdb {
         let (outcome, v) = crate::debug::run_under_debugger(&machine, vcpu, cfg, address, console, log)?;
         vcpu = v;
@@ -296,6 +312,11 @@ pub(crate) fn exit_loop(vmm: &mut Vmm<'_>, vcpu: &mut Vcpu) -> Result<Outcome, R
         }
         if let Some(outcome) = vmm.handle(vcpu)? {
             return Ok(outcome);
+        }
+        if let Some((at, path)) = &vmm.cfg.save_at
+            && vmm.exits == *at
+        {
+            crate::snapshot::save(vmm.machine, vcpu, *at, path, vmm.log)?;
         }
     }
 }
@@ -488,6 +509,8 @@ mod tests {
             timeout: None,
             core: None,
             gdb: None,
+            save_at: None,
+            restore: None,
         };
         assert!(check(&cfg).is_ok());
         assert!(check(&RunConfig { gpa: 0x1fff, ..cfg.clone() }).unwrap_err().0.contains("does not fit"));

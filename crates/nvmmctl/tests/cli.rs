@@ -372,3 +372,27 @@ fn run_gdb_detach_and_errors() {
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("cannot be used with"), "{}", text(&o.stderr));
 }
+
+/// The demo guest saved after its 30th exit, then started from the file:
+/// the restored run prints exactly what the first run printed after the
+/// snapshot, and halts the same way.
+#[test]
+fn run_snapshot_save_and_restore() {
+    nvmm_testkit::kvm_or_skip!();
+    let file = std::env::temp_dir().join(format!("nvmmctl-snap-{}.nvmmsnap", std::process::id()));
+    let path = file.to_str().unwrap();
+    let first = nvmmctl(&["run", "--snapshot-at", "30", "--save", path]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(text(&first.stderr).contains("snapshot after 30 exits saved to"), "{}", text(&first.stderr));
+    let second = nvmmctl(&["run", "--restore", path]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let (a, b) = (text(&first.stdout), text(&second.stdout));
+    assert!(!b.is_empty() && a.ends_with(&b) && a.len() > b.len(), "first run:\n{a}\nrestored run:\n{b}");
+    assert!(b.contains("guest: device register check passed"), "{b}");
+    // A damaged file is a clear error.
+    std::fs::write(&file, b"NVMMSNAP but not really").unwrap();
+    let bad = nvmmctl(&["run", "--restore", path]);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("invalid snapshot"), "{}", text(&bad.stderr));
+    let _ = std::fs::remove_file(&file);
+}

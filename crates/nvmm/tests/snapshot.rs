@@ -87,27 +87,39 @@ fn round_trips_are_bit_exact() {
 fn restored_guests_finish_like_the_uninterrupted_run() {
     nvmm_testkit::kvm_or_skip!();
     // rcx = 40 rounds of: rax = rax * 31 + rcx ; paddq xmm0, xmm1 ;
-    // psllq xmm1, 1 ; out 0x10, al ; loop.  Then out 0x11, al.
+    // psllq xmm1, 1 ; vpaddq ymm2, ymm2, ymm3 (AVX: both 128-bit halves) ;
+    // fadd st0, st1 (x87) ; out 0x10, al ; loop.  Then out 0x11, al.
     let code = [
         0x48, 0x6b, 0xc0, 0x1f, //       imul rax, rax, 31
         0x48, 0x01, 0xc8, //             add rax, rcx
         0x66, 0x0f, 0xd4, 0xc1, //       paddq xmm0, xmm1
         0x66, 0x0f, 0x73, 0xf1, 0x01, // psllq xmm1, 1
+        0xc5, 0xed, 0xd4, 0xd3, //       vpaddq ymm2, ymm2, ymm3
+        0xd8, 0xc1, //                   fadd st0, st1
         0xe6, 0x10, //                   out 0x10, al
-        0xe2, 0xec, //                   loop (back to imul)
+        0xe2, 0xe6, //                   loop (back to imul)
         0xe6, 0x11, //                   out 0x11, al
     ];
     let start = |g: &mut Guest| {
-        g.vcpu
-            .update(StateMask::GPRS | StateMask::FPU | StateMask::CRS, |s| {
-                s.gprs[Gpr::Rcx] = 40;
-                s.gprs[Gpr::Rax] = 7;
-                s.fpu.fx_xmm[1] = 3u128.to_le_bytes();
-                s.crs[nvmm::Cr::Cr4] |= 1 << 9; // OSFXSR
-            })
-            .unwrap();
+        g.vcpu.get_state(StateMask::ALL).unwrap();
+        let s = g.vcpu.state_mut();
+        s.gprs[Gpr::Rcx] = 40;
+        s.gprs[Gpr::Rax] = 7;
+        s.fpu.fx_xmm[1] = 3u128.to_le_bytes();
+        s.fpu.fx_xmm[3] = 5u128.to_le_bytes();
+        // x87: ST0 = 1.0, ST1 = 1.0 (TOP 6, registers 6 and 7 valid).
+        s.fpu.fx_cw = 0x37f;
+        s.fpu.fx_sw = 6 << 11;
+        s.fpu.fx_tw = 0xc0;
+        s.fpu.fx_87_ac[0][..10].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x80, 0xff, 0x3f]);
+        s.fpu.fx_87_ac[1][..10].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x80, 0xff, 0x3f]);
+        s.crs[nvmm::Cr::Cr4] |= (1 << 9) | (1 << 18); // OSFXSR, OSXSAVE
+        s.crs[nvmm::Cr::Xcr0] = 7;
+        g.vcpu.xsave_mut().set_ymm_hi(3, 9u128.to_le_bytes()).unwrap();
+        g.vcpu.set_state(StateMask::ALL).unwrap();
     };
-    let run_to_end = |v: &mut Vcpu| -> (u64, [u8; 16], [u8; 16]) {
+    type End = (u64, [u8; 16], [u8; 16], [u8; 16], [u8; 16], [u8; 10]);
+    let run_to_end = |v: &mut Vcpu| -> End {
         loop {
             match v.run().unwrap() {
                 Exit::Io(io) if io.port() == 0x11 => break,
@@ -116,18 +128,23 @@ fn restored_guests_finish_like_the_uninterrupted_run() {
             }
         }
         v.get_state(StateMask::GPRS | StateMask::FPU).unwrap();
-        let s = v.state();
-        (s.gprs[Gpr::Rax], s.fpu.fx_xmm[0], s.fpu.fx_xmm[1])
+        let s = *v.state();
+        let st0: [u8; 10] = s.fpu.fx_87_ac[0][..10].try_into().unwrap();
+        (s.gprs[Gpr::Rax], s.fpu.fx_xmm[0], s.fpu.fx_xmm[1], s.fpu.fx_xmm[2], v.xsave().ymm_hi(2).unwrap(), st0)
     };
     let mut g = user_mode64(&code);
     start(&mut g);
     // Run 17 rounds, take the snapshot at the 17th OUT (answered).
     for _ in 0..17 {
-        assert!(next_exit(&mut g.vcpu).starts_with("Io"));
+        let e = next_exit(&mut g.vcpu);
+        assert!(e.starts_with("Io"), "{e} at {:#x}", gpr(&mut g.vcpu, Gpr::Rip));
     }
     let snap = g.vcpu.snapshot().unwrap();
     let expected = run_to_end(&mut g.vcpu);
     assert_ne!(expected.0, 0);
+    // The AVX upper half and x87 moved: live state, not zeros.
+    assert_eq!(u128::from_le_bytes(expected.4), 9 * 40);
+    assert_eq!(expected.5, nvmm_testkit::debuggers::x87(41.0));
     for _ in 0..5 {
         g.vcpu.restore(&snap).unwrap();
         assert_eq!(run_to_end(&mut g.vcpu), expected);
@@ -243,8 +260,8 @@ fn resets_and_forks_finish_like_the_uninterrupted_run() {
     });
 }
 
-/// Forks of one parent each write different data: none sees another's
-/// writes, and the parent sees none.
+/// A thousand forks of one parent each write different data: none sees
+/// another's writes, and the parent sees none.
 #[test]
 fn forks_are_isolated() {
     nvmm_testkit::kvm_or_skip!();
@@ -252,14 +269,14 @@ fn forks_are_isolated() {
     g.machine.write_gpa(0x20_0000, b"parent").unwrap();
     let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
     let nvmm = nvmm();
-    let forks: Vec<_> = (0..20).map(|_| nvmm.fork(&snap).unwrap()).collect();
+    let forks: Vec<_> = (0..1000).map(|_| nvmm.fork(&snap).unwrap()).collect();
     for (i, (m, _)) in forks.iter().enumerate() {
-        m.write_gpa(0x20_0000, format!("fork {i:02}").as_bytes()).unwrap();
+        m.write_gpa(0x20_0000, format!("fork {i:04}").as_bytes()).unwrap();
     }
     for (i, (m, _)) in forks.iter().enumerate() {
-        let mut b = [0u8; 7];
+        let mut b = [0u8; 9];
         m.read_gpa(0x20_0000, &mut b).unwrap();
-        assert_eq!(&b, format!("fork {i:02}").as_bytes());
+        assert_eq!(&b, format!("fork {i:04}").as_bytes());
     }
     let mut b = [0u8; 6];
     g.machine.read_gpa(0x20_0000, &mut b).unwrap();

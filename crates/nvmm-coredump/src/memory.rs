@@ -1,9 +1,6 @@
 //! Guest memory as the core writer sees it: the guest physical areas, their
 //! bytes, and which pages hold data at all (the rest become holes).
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-
 use nvmm::assist::mmu::PhysMemory;
 use nvmm::{Machine, Prot};
 
@@ -75,36 +72,9 @@ impl GuestMemory for Machine {
     }
 }
 
-/// `/proc/self/pagemap`: present (bit 63) or swapped (bit 62).
-const PAGEMAP_IN_USE: u64 = 3 << 62;
-
 /// Runs `(offset, len)` of the host range `[hva, hva + size)` whose pages
-/// are present or swapped out.
-pub fn populated_pages(hva: u64, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    let mut map = File::open("/proc/self/pagemap")?;
-    let pages = size / PAGE;
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut buf = vec![0u8; 8 * 65536];
-    let mut page = 0;
-    while page < pages {
-        let n = (pages - page).min(65536);
-        let bytes = &mut buf[..8 * n as usize];
-        map.seek(SeekFrom::Start((hva / PAGE + page) * 8))?;
-        map.read_exact(bytes)?;
-        for (i, e) in bytes.chunks_exact(8).enumerate() {
-            if u64::from_le_bytes(e.try_into().expect("8 bytes")) & PAGEMAP_IN_USE == 0 {
-                continue;
-            }
-            let off = (page + i as u64) * PAGE;
-            match runs.last_mut() {
-                Some((start, len)) if *start + *len == off => *len += PAGE,
-                _ => runs.push((off, PAGE)),
-            }
-        }
-        page += n;
-    }
-    Ok(runs)
-}
+/// are present or swapped out (nvmm's own, for snapshots too).
+pub use nvmm::memory::populated_pages;
 
 /// Guest memory held in byte vectors: synthetic guests for tests and
 /// tools that build cores of machines that no longer run.

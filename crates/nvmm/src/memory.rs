@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::os::HostRegion;
+pub use crate::os::populated_pages;
 
 /// Page size of guest mappings.
 pub const PAGE_SIZE: u64 = 4096;

@@ -77,7 +77,7 @@ pub use exit::{
 pub use machine::Machine;
 pub use memory::Prot;
 pub use registry::MachineInfo;
-pub use snapshot::{Component, MachineSnapshot, VcpuSnapshot};
+pub use snapshot::{Component, ForkPool, MachineSnapshot, VcpuSnapshot};
 pub use system::{
     CAP_ARCH_VCPU_CONF_CPUID, CAP_ARCH_VCPU_CONF_TPR, Capability, CapabilityArch, MAX_MACHINES, NVMM_KERN_VERSION,
     NVMM_USER_VERSION, Nvmm, Options,

@@ -450,3 +450,24 @@ fn restore_while_other_machines_run() {
         }
     });
 }
+
+/// A pool keeps forks ready; each one taken finishes like the
+/// uninterrupted run, and dropping the pool destroys the ones not taken.
+#[test]
+fn a_fork_pool_hands_out_ready_forks() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = checksum_guest();
+    run_rounds(&mut g.vcpu, 2000);
+    let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    let expected = finish(&g.machine, &mut g.vcpu);
+    let nvmm = nvmm();
+    let before = nvmm_testkit::open_fds();
+    {
+        let pool = nvmm.fork_pool(&snap, 3).unwrap();
+        for _ in 0..6 {
+            let (m, mut v) = pool.take().unwrap();
+            assert!(finish(&m, &mut v[0]) == expected);
+        }
+    }
+    assert_eq!(nvmm_testkit::open_fds(), before, "the pool's forks are gone with it");
+}

@@ -52,6 +52,7 @@ fn guest_snapshot(nvmm: &Nvmm, ram: u64, touched: u64) -> Res<MachineSnapshot> {
 pub fn snapshot(nvmm: &Nvmm, cfg: BenchConfig, out: &mut dyn Write) -> Res<()> {
     reset(nvmm, cfg, out)?;
     fork(nvmm, cfg, out)?;
+    pool(nvmm, out)?;
     load(nvmm, out)?;
     rss(nvmm, out)
 }
@@ -162,6 +163,36 @@ fn fork(nvmm: &Nvmm, cfg: BenchConfig, out: &mut dyn Write) -> Res<()> {
             "fork a snapshot into a new machine, against KVM_CREATE_VM + KVM_CREATE_VCPU + the state set",
             &extra,
         )?;
+    }
+    Ok(())
+}
+
+/// Taking a fork from a pool that made it ahead of time, between runs of
+/// the taken guest to its first exit (a sandbox's loop).
+fn pool(nvmm: &Nvmm, out: &mut dyn Write) -> Res<()> {
+    for (name, ram) in [("16MiB", 16u64 << 20), ("16GiB", 16u64 << 30)] {
+        let snap = guest_snapshot(nvmm, ram, 16)?;
+        let pool = nvmm.fork_pool(&snap, 4).map_err(err)?;
+        // The first take waits for the thread's first fork.
+        drop(pool.take().map_err(err)?);
+        let mut takes = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let (_m, mut v) = pool.take().map_err(err)?;
+            takes.push(t.elapsed().as_secs_f64() * 1e6);
+            match v[0].run().map_err(err)? {
+                Exit::Io(_) => {}
+                other => return Err(format!("guest: unexpected exit {other:?}")),
+            }
+        }
+        let fields = [
+            ("bench", json_str("snapshot-pool")),
+            ("what", json_str("take a fork from a pool of 4 made ahead of time, between runs of the taken guest")),
+            ("guest_ram", json_str(name)),
+            ("take_us_median", json_f64(crate::bench::median(takes.clone()))),
+            ("take_us_min", json_f64(takes.iter().copied().fold(f64::INFINITY, f64::min))),
+        ];
+        writeln!(out, "{}", json_line(&fields)).map_err(err)?;
     }
     Ok(())
 }

@@ -34,9 +34,11 @@
 mod cpu;
 mod file;
 mod machine;
+mod pool;
 
 pub use file::{FORMAT_VERSION, MAGIC};
 pub use machine::{AreaImage, MachineSnapshot};
+pub use pool::{Fork, ForkPool};
 
 /// One component of a VCPU's kernel state, in the order it is restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -554,6 +554,21 @@ int nvmm_ctl(int, void *, size_t);
 
 int nvmm_vcpu_dump(struct nvmm_machine *, struct nvmm_vcpu *);
 
+/*
+ * Snapshots: an nvmm-rs extension (NetBSD's libnvmm has none). A
+ * snapshot holds every VCPU's complete state and the guest memory; forks
+ * share its memory copy-on-write. After nvmm_machine_fork, nvmm_vcpu_create
+ * with each VCPU id of the snapshot returns that VCPU, restored.
+ */
+#define NVMM_HAS_SNAPSHOTS	1
+struct nvmm_snapshot;
+int nvmm_machine_snapshot(struct nvmm_machine *, struct nvmm_snapshot **);
+int nvmm_machine_reset(struct nvmm_machine *, const struct nvmm_snapshot *);
+int nvmm_machine_fork(const struct nvmm_snapshot *, struct nvmm_machine *);
+int nvmm_snapshot_save(const struct nvmm_snapshot *, const char *);
+int nvmm_snapshot_load(const char *, struct nvmm_snapshot **);
+void nvmm_snapshot_free(struct nvmm_snapshot *);
+
 #ifdef __cplusplus
 }
 #endif

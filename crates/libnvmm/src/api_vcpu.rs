@@ -20,7 +20,11 @@ pub extern "C" fn nvmm_vcpu_create(mach: *mut NvmmMachine, cpuid: u32, vcpu: *mu
     entry(|| {
         let ctx = handles::machine(mach)?;
         let out = non_null(vcpu)?;
-        let mut v = check(ctx.machine.create_vcpu(cpuid))?;
+        // A forked machine's VCPU comes restored from its snapshot.
+        let mut v = match ctx.take_restored(cpuid) {
+            Some(v) => v,
+            None => check(ctx.machine.create_vcpu(cpuid))?,
+        };
         // NetBSD: an exit nobody answered executes again.
         v.set_unanswered(Unanswered::Reexecute);
         let vc = VcpuCtx::new(v);

@@ -119,6 +119,8 @@ impl VcpuCtx {
 pub(crate) struct MachineCtx {
     pub(crate) machine: Machine,
     vcpus: Mutex<IdMap<Arc<VcpuCtx>>>,
+    /// VCPUs of a forked machine not yet claimed by `nvmm_vcpu_create`.
+    restored: Mutex<IdMap<Vcpu>>,
     /// `mach->pages`: comm page pointers by VCPU id.
     pages: *mut *mut CommPage,
     npages: usize,
@@ -134,7 +136,37 @@ impl MachineCtx {
     fn new(machine: Machine, max_vcpus: u32) -> MachineCtx {
         let pages: Box<[*mut CommPage]> = vec![std::ptr::null_mut(); max_vcpus as usize].into_boxed_slice();
         let npages = pages.len();
-        MachineCtx { machine, vcpus: Mutex::new(IdMap::default()), pages: Box::into_raw(pages).cast(), npages }
+        MachineCtx {
+            machine,
+            vcpus: Mutex::new(IdMap::default()),
+            restored: Mutex::new(IdMap::default()),
+            pages: Box::into_raw(pages).cast(),
+            npages,
+        }
+    }
+
+    /// Keeps the VCPUs of a fork for `nvmm_vcpu_create` to claim.
+    pub(crate) fn add_restored(&self, vcpus: Vec<Vcpu>) {
+        let mut r = lock(&self.restored);
+        for v in vcpus {
+            r.insert(v.id(), v);
+        }
+    }
+
+    /// The restored VCPU `id` of a fork, if one waits.
+    pub(crate) fn take_restored(&self, id: u32) -> Option<Vcpu> {
+        lock(&self.restored).remove(&id)
+    }
+
+    /// Every VCPU, in id order, locked; `EBUSY` when one is running on
+    /// another thread or this thread is inside an assist callback.
+    pub(crate) fn lock_all(&self) -> CResult<Vec<(u32, Arc<VcpuCtx>)>> {
+        if in_callback_of_machine(self.machine.id()) {
+            return Err(libc::EBUSY);
+        }
+        let mut all: Vec<(u32, Arc<VcpuCtx>)> = lock(&self.vcpus).iter().map(|(&i, v)| (i, v.clone())).collect();
+        all.sort_by_key(|(i, _)| *i);
+        Ok(all)
     }
 
     /// The array for `mach->pages`.

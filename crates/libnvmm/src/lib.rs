@@ -21,6 +21,7 @@
 mod abi;
 mod api_assist;
 mod api_machine;
+mod api_snapshot;
 mod api_system;
 mod api_vcpu;
 mod errno;

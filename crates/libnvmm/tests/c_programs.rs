@@ -119,3 +119,11 @@ fn an_fpu_set_without_a_get_keeps_the_avx_upper_halves() {
     let out = run_ok(&exe, &[]);
     assert!(out.ends_with("passed\n0 failures\n"), "{out}");
 }
+
+#[test]
+fn snapshots_reset_fork_save_and_load_from_c() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("snapshot.c", &[], Link::Shared);
+    let file = std::env::temp_dir().join(format!("libnvmm-snapshot-{}.nvmmsnap", std::process::id()));
+    assert_eq!(run_ok(&exe, &[file.to_str().unwrap()]), "0 failures\n");
+}

@@ -32,7 +32,7 @@ impl MachineShared {
         self.memory.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn memory_mut(&self) -> RwLockWriteGuard<'_, MemoryMap> {
+    pub(crate) fn memory_mut(&self) -> RwLockWriteGuard<'_, MemoryMap> {
         self.memory.write().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -15,8 +15,9 @@ pub(crate) struct HostRegion {
     ptr: NonNull<u8>,
     len: usize,
     owned: bool,
-    /// A private mapping of snapshot memory: its id and the offset mapped.
-    backing: Option<(u64, u64)>,
+    /// A private mapping of snapshot memory: its id (0: none) and the
+    /// offset mapped. Changes when the region is rebased on a snapshot.
+    backing: std::sync::Mutex<(u64, u64)>,
 }
 
 // SAFETY: the region is plain memory owned by this value; all accesses are
@@ -51,7 +52,7 @@ impl HostRegion {
             });
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or(Error::NoMemory { what: "mapping guest memory" })?;
-        Ok(HostRegion { ptr, len, owned: true, backing: None })
+        Ok(HostRegion { ptr, len, owned: true, backing: std::sync::Mutex::new((0, 0)) })
     }
 
     /// Maps `len` bytes of `frozen` from `offset` copy-on-write: reads see
@@ -74,7 +75,7 @@ impl HostRegion {
             return Err(Error::kvm("mmap(snapshot memory)", std::io::Error::last_os_error()));
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or(Error::NoMemory { what: "mapping snapshot memory" })?;
-        Ok(HostRegion { ptr, len, owned: true, backing: Some((frozen.id(), offset)) })
+        Ok(HostRegion { ptr, len, owned: true, backing: std::sync::Mutex::new((frozen.id(), offset)) })
     }
 
     /// Drops the private pages of `[offset, offset + len)`: an anonymous
@@ -110,12 +111,42 @@ impl HostRegion {
             size: len as u64,
             why: "it is at address 0",
         })?;
-        Ok(HostRegion { ptr, len, owned: false, backing: None })
+        Ok(HostRegion { ptr, len, owned: false, backing: std::sync::Mutex::new((0, 0)) })
     }
 
     /// The snapshot memory this region maps privately, and from where.
     pub(crate) fn backing(&self) -> Option<(u64, u64)> {
-        self.backing
+        let b = *self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        (b.0 != 0).then_some(b)
+    }
+
+    /// Replaces the region's pages, in place, by a private mapping of
+    /// `frozen` from `offset` that holds the same bytes (a snapshot just
+    /// taken of it): later resets to that snapshot only drop the pages
+    /// written since. Nothing may write the region meanwhile.
+    pub(crate) fn rebase(&self, frozen: &super::FrozenMemory, offset: u64) -> Result<()> {
+        if !self.owned {
+            return Err(Error::Unsupported { what: "rebasing memory the program mapped itself" });
+        }
+        // SAFETY: replaces exactly our own mapping, at the same address and
+        // size, with a private mapping of a file holding the same bytes;
+        // no Rust reference points into it, and the caller guarantees no
+        // writer runs meanwhile.
+        let p = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                frozen.raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED || p.cast::<u8>() != self.ptr.as_ptr() {
+            return Err(Error::kvm("mmap(MAP_FIXED, snapshot memory)", std::io::Error::last_os_error()));
+        }
+        *self.backing.lock().unwrap_or_else(|e| e.into_inner()) = (frozen.id(), offset);
+        Ok(())
     }
 
     /// Whether the library mapped it (and may drop its pages).

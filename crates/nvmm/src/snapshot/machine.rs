@@ -102,10 +102,17 @@ impl Machine {
     /// Snapshots the machine with `vcpus` (each stopped, between runs: see
     /// [`Vcpu::snapshot`]): their state, the memory map, and the guest
     /// memory's pages that hold anything (pages never touched stay holes,
-    /// so the cost follows what the guest used, not its size).
+    /// so the cost follows what the guest used, not its size). When
+    /// `vcpus` are all the machine's VCPUs, the memory the library
+    /// allocated then maps the snapshot copy-on-write (same bytes; pages
+    /// shared until written), so that resetting to it later costs what was
+    /// written since.
     pub fn snapshot(&self, vcpus: &mut [&mut Vcpu]) -> Result<MachineSnapshot> {
         let vcpu_images = vcpus.iter_mut().map(|v| v.snapshot()).collect::<Result<Vec<_>>>()?;
-        let mem = self.shared().memory();
+        // Exclusive: no guest memory write of the VMM's runs meanwhile, and
+        // no VCPU runs when all of them were given (they are borrowed).
+        let all_vcpus = vcpus.len() as u32 == self.shared().nvcpus();
+        let mem = self.shared().memory_mut();
         // Host regions the guest sees, each once.
         let mut hosts: Vec<Arc<HostRegion>> = Vec::new();
         let mut areas = Vec::new();
@@ -151,8 +158,18 @@ impl Machine {
                 frozen.write_at(regions[a.region].offset + a.offset + (gpa - a.gpa), &[original])?;
             }
         }
-        drop(mem);
         frozen.seal()?;
+        // The machine's own memory becomes a private view of the snapshot:
+        // the same bytes, and a later reset only drops what was written
+        // since. Only when nothing can write it meanwhile.
+        if all_vcpus {
+            for (h, r) in hosts.iter().zip(&regions) {
+                if h.is_owned() {
+                    h.rebase(&frozen, r.offset)?;
+                }
+            }
+        }
+        drop(mem);
         let sys = &self.shared().sys;
         let cpu = super::cpu::host_tag(&sys.kvm.facts().vendor, sys.kvm.supported_cpuid());
         Ok(MachineSnapshot { vcpus: vcpu_images, regions, areas, memory: Arc::new(frozen), cpu })
@@ -160,10 +177,13 @@ impl Machine {
 
     /// Puts the machine back to `snapshot`, in place: every VCPU's state
     /// (`vcpus` in the snapshot's order) and the guest memory. Memory that
-    /// maps the snapshot copy-on-write (a machine forked from it) only
-    /// drops the pages written since; other memory the library allocated is
-    /// cleared and refilled with the snapshot's data. The memory map must be
-    /// the snapshot's (`EINVAL` otherwise).
+    /// maps the snapshot copy-on-write (a machine forked from it, or the
+    /// machine that took it, whose memory the library allocated and whose
+    /// VCPUs were all given to [`Machine::snapshot`]) only drops the pages
+    /// written since; other memory the library allocated is cleared and
+    /// refilled with the snapshot's data, and memory the program mapped
+    /// itself is rewritten in full. The memory map must be the snapshot's
+    /// (`EINVAL` otherwise).
     pub fn reset_to(&self, vcpus: &mut [&mut Vcpu], snapshot: &MachineSnapshot) -> Result<()> {
         if vcpus.len() != snapshot.vcpus.len() {
             return Err(Error::InvalidSnapshot {

@@ -471,3 +471,29 @@ fn a_fork_pool_hands_out_ready_forks() {
     }
     assert_eq!(nvmm_testkit::open_fds(), before, "the pool's forks are gone with it");
 }
+
+/// Resetting to an older snapshot after a newer one: memory is exactly
+/// the older one's, also where only the newer one has data.
+#[test]
+fn reset_to_an_older_snapshot() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = long_mode(&[0xf4]);
+    g.machine.write_gpa(0x30_0000, b"first").unwrap();
+    let a = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    g.machine.write_gpa(0x30_0000, b"SECOND").unwrap();
+    g.machine.write_gpa(0x31_0000, b"only in b").unwrap();
+    let b = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
+    let nvmm = nvmm();
+    let (f, mut fv) = nvmm.fork(&b).unwrap();
+    for (m, v) in [(&g.machine, &mut g.vcpu), (&f, &mut fv[0])] {
+        m.reset_to(&mut [v], &a).unwrap();
+        let mut buf = [0u8; 9];
+        m.read_gpa(0x30_0000, &mut buf[..6]).unwrap();
+        assert_eq!(&buf[..6], b"first\0");
+        m.read_gpa(0x31_0000, &mut buf).unwrap();
+        assert_eq!(buf, [0; 9], "the newer snapshot's data is gone");
+        m.reset_to(&mut [v], &b).unwrap();
+        m.read_gpa(0x31_0000, &mut buf).unwrap();
+        assert_eq!(&buf, b"only in b");
+    }
+}

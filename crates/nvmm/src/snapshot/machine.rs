@@ -191,7 +191,9 @@ impl Machine {
             });
         }
         {
-            let mem = self.shared().memory();
+            // Exclusive, as for a snapshot: regions may be remapped.
+            let all_vcpus = vcpus.len() as u32 == self.shared().nvcpus();
+            let mem = self.shared().memory_mut();
             let mine: Vec<_> = mem.areas().collect();
             if mine.len() != snapshot.areas.len()
                 || mine.iter().zip(&snapshot.areas).any(|(a, s)| a.gpa != s.gpa || a.size != s.size || a.prot != s.prot)
@@ -204,7 +206,7 @@ impl Machine {
                     continue;
                 }
                 done.push(Arc::as_ptr(&a.region));
-                reset_region(&a.region, snapshot, snapshot.regions[s.region])?;
+                reset_region(&a.region, snapshot, snapshot.regions[s.region], all_vcpus)?;
             }
         }
         self.reinsert_sw_breakpoints()?;
@@ -219,7 +221,7 @@ impl Machine {
 ///
 /// (The machine's software breakpoints are written again afterwards by
 /// [`Machine::reset_to`]: they survive a reset.)
-fn reset_region(region: &HostRegion, snapshot: &MachineSnapshot, image: RegionImage) -> Result<()> {
+fn reset_region(region: &HostRegion, snapshot: &MachineSnapshot, image: RegionImage, exclusive: bool) -> Result<()> {
     let len = region.len();
     if len as u64 != image.size {
         return Err(Error::InvalidSnapshot { why: "a host region's size differs from the snapshot's".into() });
@@ -229,7 +231,13 @@ fn reset_region(region: &HostRegion, snapshot: &MachineSnapshot, image: RegionIm
         // the whole reset.
         return region.discard(0, len);
     }
-    if region.is_owned() {
+    if region.is_owned() && exclusive {
+        // Nothing can write it meanwhile: map this snapshot instead (its
+        // bytes at once, and cheap resets to it from now on).
+        return region.rebase(&snapshot.memory, image.offset);
+    }
+    if region.is_owned() && region.backing().is_none() {
+        // Anonymous memory reads zero once dropped.
         region.discard(0, len)?;
     } else {
         let zeros = vec![0u8; CHUNK];

@@ -49,7 +49,7 @@ fn every_component_lands_where_kvm_keeps_it() {
         Gpr::R15,
     ];
     for (i, r) in kvm_order.iter().enumerate() {
-        s.gprs[*r] = 0x0101_0101_0101_0101 * (i as u64 + 1) ^ 0xa5;
+        s.gprs[*r] = (0x0101_0101_0101_0101 * (i as u64 + 1)) ^ 0xa5;
     }
     s.gprs[Gpr::Rip] = 0x1234;
     s.gprs[Gpr::Rflags] = 0x2 | 0x1 | 0x80 | 0x800;

@@ -127,3 +127,10 @@ fn snapshots_reset_fork_save_and_load_from_c() {
     let file = std::env::temp_dir().join(format!("libnvmm-snapshot-{}.nvmmsnap", std::process::id()));
     assert_eq!(run_ok(&exe, &[file.to_str().unwrap()]), "0 failures\n");
 }
+
+#[test]
+fn gva_to_gpa_walks_the_guests_page_tables() {
+    nvmm_testkit::kvm_or_skip!();
+    let exe = compile("gva_paging.c", &["guest.c"], Link::Shared);
+    assert_eq!(run_ok(&exe, &[]), "0 failures\n");
+}

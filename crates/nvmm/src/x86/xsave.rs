@@ -171,6 +171,18 @@ impl Xsave {
 mod tests {
     use super::*;
 
+    /// PKRU lives where the CPU says (CPUID leaf 0xD, subleaf 9, EBX is its
+    /// offset in the standard format) on hosts with PKU; the SDM's standard
+    /// layout puts it at 2688 where CPUID does not tell.
+    #[test]
+    fn pkru_is_where_the_cpu_puts_it() {
+        let leaf = std::arch::x86_64::__cpuid_count(0xd, 9);
+        let offset = if leaf.eax == 4 { leaf.ebx as usize } else { 2688 };
+        let mut x = Xsave::default();
+        x.as_bytes_mut()[offset..offset + 4].copy_from_slice(&0x5555_0004u32.to_le_bytes());
+        assert_eq!(x.pkru(), 0x5555_0004);
+    }
+
     #[test]
     fn setters_mark_components() {
         let mut x = Xsave::default();

@@ -157,6 +157,28 @@ impl RawVm {
         self.vcpu.set_guest_debug(&dbg).map_err(kvm_err("KVM_SET_GUEST_DEBUG"))
     }
 
+    /// Turns on `KVM_CAP_EXIT_ON_EMULATION_FAILURE` and runs once: when
+    /// KVM's emulator gives up, the internal error's sub-error and data
+    /// words as KVM wrote them (`None` for any other exit).
+    pub fn run_to_emulation_failure(&mut self) -> Result<Option<(u32, Vec<u64>)>> {
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+            args: [1, 0, 0, 0],
+            ..Default::default()
+        };
+        self._vm.enable_cap(&cap).map_err(kvm_err("KVM_ENABLE_CAP(EXIT_ON_EMULATION_FAILURE)"))?;
+        match self.vcpu.run().map_err(kvm_err("KVM_RUN"))? {
+            VcpuExit::InternalError => {}
+            _ => return Ok(None),
+        }
+        let run = self.vcpu.get_kvm_run();
+        // SAFETY: the exit was KVM_EXIT_INTERNAL_ERROR, whose `internal`
+        // member (plain integers) is the live one.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        Ok(Some((internal.suberror, internal.data[..n].to_vec())))
+    }
+
     /// Writes `bytes` into guest RAM at `gpa`.
     pub(crate) fn write(&self, gpa: u64, bytes: &[u8]) {
         self.mem.write(gpa, bytes);

@@ -275,3 +275,30 @@ fn int3_completed_at_cpl0_returns_past_itself() {
     // The return address the CPU pushes for INT3: the byte after it.
     assert_eq!(g.vcpu.state().gprs[Gpr::Rax], CODE + 1);
 }
+
+/// An instruction neither KVM's emulator nor nvmm's completes (AESENC in
+/// real mode, emulated by KVM on these hosts) is reported with KVM's
+/// data: the bytes and `exit_info` are what a bare KVM VM running the same
+/// code reports in its internal-error exit (data words 3 to 7 after the
+/// flags and the 16 bytes of instruction).
+#[test]
+fn emulation_failure_carries_kvms_exit_information() {
+    nvmm_testkit::kvm_or_skip!();
+    let code = [0x66, 0x0f, 0x38, 0xdc, 0xc1, 0xf4]; // aesenc xmm0, xmm1 ; hlt
+    let mut raw = nvmm_testkit::floor::RawKvm::open().unwrap().vm(&code, CODE, 1 << 20).unwrap();
+    let Some((suberror, data)) = raw.run_to_emulation_failure().unwrap() else {
+        // Hosts that run real-mode code natively execute it: nothing to
+        // compare, and the library must not report a failure either.
+        let mut g = real_mode(&code);
+        run_to_halt(&mut g.vcpu);
+        return;
+    };
+    assert_eq!(suberror, kvm_bindings::KVM_INTERNAL_ERROR_EMULATION);
+    let mut g = real_mode(&code);
+    let exit = g.vcpu.run().unwrap();
+    let Exit::EmulationFailure(f) = exit else { panic!("expected an emulation failure, got {exit:?}") };
+    let bytes = f.instruction_bytes().expect("KVM hands over the bytes");
+    assert_eq!(&bytes[..5], &code[..5]);
+    let want: Vec<u64> = (0..5).map(|i| data.get(3 + i).copied().unwrap_or(0)).collect();
+    assert_eq!(f.exit_info().to_vec(), want, "raw data words {data:x?}");
+}

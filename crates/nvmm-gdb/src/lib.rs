@@ -157,6 +157,9 @@ pub enum Error {
         /// What went wrong.
         what: String,
     },
+    /// The VMM's exit handler panicked on a VCPU thread.
+    #[error("the VMM's exit handler panicked; the session was ended")]
+    HandlerPanicked,
     /// A VCPU thread could not be started.
     #[error("cannot start a VCPU thread: {0}")]
     Thread(std::io::Error),
@@ -173,6 +176,7 @@ pub fn debug(machine: &Machine, vcpus: Vec<Vcpu>, exits: &dyn VcpuExits, stream:
     let slots: Vec<Slot> = vcpus.into_iter().map(Slot::new).collect();
     let (tx, rx) = mpsc::channel();
     let reader = stream.try_clone().map_err(|e| Error::Protocol { what: e.to_string() })?;
+    let writer = stream.try_clone().map_err(|e| Error::Protocol { what: e.to_string() })?;
     let inbox = RefCell::new(Inbox::new(rx));
     let end = std::thread::scope(|scope| -> Result<End, Error> {
         let mut cmds = Vec::new();
@@ -192,11 +196,7 @@ pub fn debug(machine: &Machine, vcpus: Vec<Vcpu>, exits: &dyn VcpuExits, stream:
             .map_err(Error::Thread)?;
         drop(tx);
         let mut target = VmTarget::new(machine, &slots, cmds, &inbox);
-        let conn = Conn {
-            inbox: &inbox,
-            out: stream.try_clone().map_err(|e| Error::Protocol { what: e.to_string() })?,
-            buf: Vec::new(),
-        };
+        let conn = Conn { inbox: &inbox, out: writer, buf: Vec::new() };
         let result = GdbStub::new(conn).run_blocking::<EventLoop<'_>>(&mut target);
         // Whatever happened, no VCPU may still be running.
         let _ = target.stop_all(None);
@@ -207,6 +207,9 @@ pub fn debug(machine: &Machine, vcpus: Vec<Vcpu>, exits: &dyn VcpuExits, stream:
         stream.shutdown();
         if let Some(e) = target.failure.take() {
             return Err(Error::Vcpu(e));
+        }
+        if target.panicked {
+            return Err(Error::HandlerPanicked);
         }
         match result {
             Ok(DisconnectReason::Disconnect) => Ok(End::Detached),

@@ -74,6 +74,8 @@ pub(crate) struct VmTarget<'a> {
     pub(crate) selected: usize,
     /// A run failed: the session ends with this.
     pub(crate) failure: Option<nvmm::Error>,
+    /// The VMM's exit handler panicked: the session ends.
+    pub(crate) panicked: bool,
 }
 
 /// Thread id of VCPU `index`.
@@ -104,6 +106,7 @@ impl<'a> VmTarget<'a> {
             phys: false,
             selected: 0,
             failure: None,
+            panicked: false,
         }
     }
 
@@ -167,6 +170,10 @@ impl<'a> VmTarget<'a> {
             VcpuEvent::Failed(err) => {
                 self.failure = Some(err);
                 MultiThreadStopReason::Terminated(Signal::SIGKILL)
+            }
+            VcpuEvent::Panicked => {
+                self.panicked = true;
+                MultiThreadStopReason::Terminated(Signal::SIGABRT)
             }
         })
     }

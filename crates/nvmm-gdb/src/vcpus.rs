@@ -20,6 +20,8 @@ pub(crate) enum VcpuEvent {
     Handler(Next),
     /// The run failed.
     Failed(nvmm::Error),
+    /// The VMM's exit handler panicked.
+    Panicked,
 }
 
 /// A message to the stub's thread.
@@ -62,7 +64,11 @@ impl Slot {
 /// The body of VCPU `index`'s thread.
 pub(crate) fn vcpu_thread(index: usize, slot: &Slot, exits: &dyn VcpuExits, cmds: Receiver<Cmd>, events: Sender<Msg>) {
     while let Ok(Cmd::Run) = cmds.recv() {
-        let event = run_until_event(index, &mut slot.lock(), exits);
+        // A panicking handler ends this VCPU's runs, not the session's
+        // wait for it.
+        let event =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_until_event(index, &mut slot.lock(), exits)))
+                .unwrap_or(VcpuEvent::Panicked);
         if events.send(Msg::Vcpu(index, event)).is_err() {
             return;
         }

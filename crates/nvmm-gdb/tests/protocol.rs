@@ -86,3 +86,30 @@ fn ctrl_c_stops_a_spinning_guest() {
     assert_eq!(replies[3], "0010000000000000", "{replies:?}");
     assert_eq!(session.end, End::Killed);
 }
+
+/// The VMM's handler panics on an exit: the debugger is told the program
+/// was terminated, and the session ends with an error instead of hanging.
+#[test]
+fn a_panicking_handler_ends_the_session() {
+    nvmm_testkit::kvm_or_skip!();
+    struct Panics;
+    impl nvmm_gdb::VcpuExits for Panics {
+        fn handle(&self, _index: usize, _vcpu: &mut nvmm::Vcpu) -> nvmm::Result<nvmm_gdb::Next> {
+            panic!("a VMM bug");
+        }
+    }
+    let (machine, vcpus) = long_mode(&[0xe6, 0x10, 0xf4], 1);
+    let listener = nvmm_gdb::Listener::bind(&"127.0.0.1:0".parse().unwrap()).unwrap();
+    let Address::Tcp(addr) = listener.local_address().unwrap() else { unreachable!("TCP") };
+    std::thread::scope(|s| {
+        let machine = &machine;
+        let listener = &listener;
+        let stub = s.spawn(move || nvmm_gdb::debug(machine, vcpus, &Panics, listener.accept().unwrap()));
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        send(&mut c, "vCont;c");
+        assert_eq!(receive(&mut c), "X06", "terminated by SIGABRT");
+        let r = stub.join().unwrap();
+        assert!(matches!(r, Err(nvmm_gdb::Error::HandlerPanicked)), "{r:?}");
+    });
+}

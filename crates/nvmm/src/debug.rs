@@ -229,6 +229,21 @@ mod tests {
         assert!(HwBreakpoint::new(0x1000, WatchKind::Execute, 4).is_err());
         assert!(HwBreakpoint::new(0x1000, WatchKind::Write, 3).is_err());
         assert_eq!(HwBreakpoint::new(0x1000, WatchKind::Write, 16).unwrap_err().errno(), libc::EINVAL);
+        let bp = HwBreakpoint::new(0x2000, WatchKind::ReadWrite, 4).unwrap();
+        assert_eq!((bp.addr(), bp.kind(), bp.len(), bp.is_empty()), (0x2000, WatchKind::ReadWrite, 4, false));
+    }
+
+    #[test]
+    fn off_means_nothing_asked() {
+        let mut d = GuestDebug::default();
+        assert!(d.is_off());
+        d.software_breakpoints = true;
+        assert!(!d.is_off());
+        d = GuestDebug { single_step: true, ..GuestDebug::default() };
+        assert!(!d.is_off());
+        d = GuestDebug::default();
+        d.hardware[3] = Some(HwBreakpoint::new(0, WatchKind::Execute, 1).unwrap());
+        assert!(!d.is_off());
     }
 
     /// DR7 as the SDM lays it out (vol. 3, 18.2.4): L0 bit 0, L1 bit 2,
@@ -245,6 +260,9 @@ mod tests {
         d.hardware[3] = Some(HwBreakpoint::new(0x10, WatchKind::ReadWrite, 8).unwrap());
         assert_eq!(d.dr7() >> 28, 0b10_11);
         assert_eq!(d.dr7() & 0xff, 0x45);
+        // LEN 01b = 2 bytes, with RW 01b (write) in slot 2.
+        d.hardware[2] = Some(HwBreakpoint::new(0x10, WatchKind::Write, 2).unwrap());
+        assert_eq!((d.dr7() >> 24) & 0xf, 0b01_01);
     }
 
     #[test]

@@ -93,6 +93,30 @@ fn write_watchpoint() {
     run_to_halt(&mut g.vcpu);
 }
 
+/// A write that changes only the last byte a watchpoint covers is caught:
+/// the whole watched length is compared.
+#[test]
+fn watchpoint_covers_its_whole_length() {
+    nvmm_testkit::kvm_or_skip!();
+    // mov [rdi], rax ; nop ; hlt
+    let mut g = long_mode(&[0x48, 0x89, 0x07, 0x90, 0xf4]);
+    g.machine.write_gpa(0x3000, &0x0011_2233_4455_6677u64.to_le_bytes()).unwrap();
+    g.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rdi] = 0x3000;
+            s.gprs[Gpr::Rax] = 0xff11_2233_4455_6677;
+        })
+        .unwrap();
+    let mut d = GuestDebug::default();
+    d.hardware[0] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 8).unwrap());
+    g.vcpu.set_guest_debug(&d).unwrap();
+    let exit = g.vcpu.run().unwrap();
+    let Exit::Debug(e) = exit else { panic!("expected the watchpoint, got {exit:?}") };
+    assert_eq!(e.event(), DebugEvent::Watchpoint { index: 0, addr: 0x3000, kind: WatchKind::Write });
+    assert_eq!(e.pc(), CODE + 3);
+    assert_ne!(e.dr6() & (1 << 14), 0, "DR6.BS: found by the library's step");
+}
+
 fn sw_debug() -> GuestDebug {
     GuestDebug { software_breakpoints: true, ..GuestDebug::default() }
 }

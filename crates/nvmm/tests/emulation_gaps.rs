@@ -301,4 +301,8 @@ fn emulation_failure_carries_kvms_exit_information() {
     assert_eq!(&bytes[..5], &code[..5]);
     let want: Vec<u64> = (0..5).map(|i| data.get(3 + i).copied().unwrap_or(0)).collect();
     assert_eq!(f.exit_info().to_vec(), want, "raw data words {data:x?}");
+    // The memory assist cannot emulate it either: ENODEV, RIP unmoved.
+    let e = g.vcpu.assist_mem(|_| {}).unwrap_err();
+    assert_eq!(e.errno(), libc::ENODEV, "{e}");
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE);
 }

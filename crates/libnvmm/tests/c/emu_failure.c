@@ -2,7 +2,9 @@
  * Instructions KVM does not emulate on MMIO (x87 loads and stores, SSE
  * moves) still complete through nvmm_assist_mem: the library decodes and
  * emulates them, reaching the device through the memory callback and the
- * FPU through the VCPU state.
+ * FPU through the VCPU state. One neither emulates (AESENC, where KVM
+ * emulates real-mode code) makes nvmm_assist_mem fail with ENODEV and
+ * leaves RIP on it.
  */
 
 #include <nvmm.h>
@@ -117,6 +119,35 @@ main(void)
 	}
 	if (reads < 2 || writes < 2) {
 		printf("FAIL: %u reads, %u writes\n", reads, writes);
+		failures++;
+	}
+	/* aesenc xmm0, xmm1 ; hlt, at 0x40. */
+	static const uint8_t aes[] = { 0x66, 0x0f, 0x38, 0xdc, 0xc1, 0xf4 };
+	memcpy(ram + 0x40, aes, sizeof(aes));
+	if (nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_GPRS) == -1)
+		err(EXIT_FAILURE, "getstate");
+	vcpu.state->gprs[NVMM_X64_GPR_RIP] = 0x40;
+	if (nvmm_vcpu_setstate(&mach, &vcpu, NVMM_X64_STATE_GPRS) == -1)
+		err(EXIT_FAILURE, "setstate");
+	do {
+		if (nvmm_vcpu_run(&mach, &vcpu) == -1)
+			err(EXIT_FAILURE, "nvmm_vcpu_run");
+	} while (vcpu.exit->reason == NVMM_VCPU_EXIT_NONE);
+	if (vcpu.exit->reason == NVMM_VCPU_EXIT_MEMORY) {
+		errno = 0;
+		if (nvmm_assist_mem(&mach, &vcpu) != -1 || errno != ENODEV) {
+			printf("FAIL: assist_mem on AESENC: errno %d, want ENODEV\n", errno);
+			failures++;
+		}
+		if (nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_GPRS) == -1)
+			err(EXIT_FAILURE, "getstate");
+		if (vcpu.state->gprs[NVMM_X64_GPR_RIP] != 0x40) {
+			printf("FAIL: RIP moved to 0x%llx\n", (unsigned long long)vcpu.state->gprs[NVMM_X64_GPR_RIP]);
+			failures++;
+		}
+	} else if (vcpu.exit->reason != NVMM_VCPU_EXIT_HALTED) {
+		/* HALTED: a host that runs real-mode code natively. */
+		printf("FAIL: AESENC gave exit 0x%llx\n", (unsigned long long)vcpu.exit->reason);
 		failures++;
 	}
 	printf("%d emulated here, %d failures\n", emulated, failures);

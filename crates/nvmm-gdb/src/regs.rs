@@ -1,6 +1,7 @@
 //! Between nvmm's state (NVMM's components and the XSAVE area) and the
 //! debugger's register file.
 
+use nvmm::x86::bits::{cr0, efer, rflags};
 use nvmm::x86::xsave::xfeature;
 use nvmm::{Cr, Gpr, Msr, Seg, State, StateMask, Vcpu};
 
@@ -93,7 +94,7 @@ pub(crate) fn write(vcpu: &mut Vcpu, new: &Regs) -> nvmm::Result<()> {
     s.gprs[Gpr::Rip] = new.core.rip;
     s.gprs[Gpr::Rflags] = (s.gprs[Gpr::Rflags] & !0xffff_ffff) | u64::from(new.core.eflags);
     let seg = &new.core.segments;
-    let real = s.crs[Cr::Cr0] & 1 == 0;
+    let real = s.crs[Cr::Cr0] & cr0::PE == 0;
     for (g, v) in GDB_SEGS.iter().zip([seg.cs, seg.ss, seg.ds, seg.es, seg.fs, seg.gs]) {
         let v = v as u16;
         if s.segs[*g].selector != v {
@@ -162,10 +163,10 @@ pub(crate) fn linear_pc(vcpu: &mut Vcpu) -> nvmm::Result<u64> {
 pub(crate) fn mode_and_cpl(vcpu: &mut Vcpu) -> nvmm::Result<(&'static str, u8)> {
     vcpu.get_state(StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS)?;
     let s = vcpu.state();
-    let lma = s.msrs[Msr::Efer] & (1 << 10) != 0;
-    let mode = if s.crs[Cr::Cr0] & 1 == 0 {
+    let lma = s.msrs[Msr::Efer] & efer::LMA != 0;
+    let mode = if s.crs[Cr::Cr0] & cr0::PE == 0 {
         "real mode"
-    } else if s.gprs[Gpr::Rflags] & (1 << 17) != 0 {
+    } else if s.gprs[Gpr::Rflags] & rflags::VM != 0 {
         "virtual-8086 mode"
     } else if lma && s.segs[Seg::Cs].attrib.l() {
         "64-bit mode"

@@ -8,6 +8,21 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 /// Where the probe's boot page tables live.
 const TABLES: u64 = 0x2000;
 
+/// A flat 4 GiB segment of `typ` with `selector` and `dpl`; `long` makes
+/// a 64-bit code segment (L set, D clear), else D is set.
+fn flat(seg: &mut kvm_bindings::kvm_segment, typ: u8, selector: u16, dpl: u8, long: bool) {
+    seg.base = 0;
+    seg.limit = 0xffff_ffff;
+    seg.g = 1;
+    seg.s = 1;
+    seg.present = 1;
+    seg.dpl = dpl;
+    seg.type_ = typ;
+    seg.selector = selector;
+    seg.db = u8::from(!long);
+    seg.l = u8::from(long);
+}
+
 /// Whether a guest in 32-bit protected mode can turn on 32-bit paging
 /// (`pae == false`, 4 MiB pages) or PAE paging (`pae == true`, 2 MiB pages)
 /// with `mov %cr0` and go on executing: identity-mapping tables, then
@@ -39,14 +54,7 @@ pub fn runs_legacy_paging(pae: bool) -> Result<bool, FloorError> {
         (&mut s.fs, 3, 16),
         (&mut s.gs, 3, 16),
     ] {
-        seg.base = 0;
-        seg.limit = 0xffff_ffff;
-        seg.g = 1;
-        seg.db = 1;
-        seg.s = 1;
-        seg.present = 1;
-        seg.type_ = ty;
-        seg.selector = sel;
+        flat(seg, ty, sel, 0, false);
     }
     s.cr0 = 0x11; // PE, ET
     s.cr3 = TABLES;
@@ -103,16 +111,7 @@ pub fn debugs_user_code() -> Result<bool, FloorError> {
     let vcpu = vm.vcpu();
     let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     for (seg, ty, sel) in [(&mut s.cs, 0xb, 0x2b), (&mut s.ds, 3, 0x23), (&mut s.es, 3, 0x23), (&mut s.ss, 3, 0x23)] {
-        seg.base = 0;
-        seg.limit = 0xffff_ffff;
-        seg.g = 1;
-        seg.s = 1;
-        seg.present = 1;
-        seg.dpl = 3;
-        seg.type_ = ty;
-        seg.selector = sel;
-        seg.db = u8::from(ty != 0xb);
-        seg.l = u8::from(ty == 0xb);
+        flat(seg, ty, sel, 3, ty == 0xb);
     }
     s.cr0 = 0x8000_0011; // PG, ET, PE
     s.cr3 = TABLES;

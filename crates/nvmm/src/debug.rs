@@ -125,6 +125,12 @@ impl GuestDebug {
         !self.single_step && !self.software_breakpoints && self.hardware.iter().all(Option::is_none)
     }
 
+    /// The data watchpoints (hardware breakpoints that are not execute
+    /// breakpoints), with their debug register index.
+    pub fn watchpoints(&self) -> impl Iterator<Item = (usize, HwBreakpoint)> + '_ {
+        self.hardware.iter().enumerate().filter_map(|(i, b)| b.filter(|b| b.kind != WatchKind::Execute).map(|b| (i, b)))
+    }
+
     /// DR7 for the hardware breakpoints: local enables, RW and LEN fields,
     /// and the always-one bit 10.
     pub fn dr7(&self) -> u64 {

@@ -342,12 +342,8 @@ fn saved_snapshots_fork_like_the_original() {
     }
     // Another vendor: the metadata's first 12 bytes, checksum recomputed.
     let mut bytes = std::fs::read(&path).unwrap();
-    let meta_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
     bytes[40..52].copy_from_slice(b"CyrixInstead");
-    let sum = bytes[40..40 + meta_len]
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    bytes[16..24].copy_from_slice(&sum.to_le_bytes());
+    reseal_snapshot_file(&mut bytes);
     std::fs::write(&path, &bytes).unwrap();
     let e = nvmm.load_snapshot(&path).unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL);

@@ -10,6 +10,27 @@ mod common;
 use common::*;
 use nvmm::{Component, Cr, Dr, Gpr, Msr, Seg, StateMask};
 
+/// `struct kvm_regs`'s order: rax rbx rcx rdx rsi rdi rsp rbp r8..r15,
+/// then rip and rflags.
+const KVM_REGS_ORDER: [Gpr; 16] = [
+    Gpr::Rax,
+    Gpr::Rbx,
+    Gpr::Rcx,
+    Gpr::Rdx,
+    Gpr::Rsi,
+    Gpr::Rdi,
+    Gpr::Rsp,
+    Gpr::Rbp,
+    Gpr::R8,
+    Gpr::R9,
+    Gpr::R10,
+    Gpr::R11,
+    Gpr::R12,
+    Gpr::R13,
+    Gpr::R14,
+    Gpr::R15,
+];
+
 fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
 }
@@ -29,26 +50,7 @@ fn every_component_lands_where_kvm_keeps_it() {
     let v = &mut g.vcpu;
     v.get_state(StateMask::ALL).unwrap();
     let s = v.state_mut();
-    // kvm_regs order: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags.
-    let kvm_order = [
-        Gpr::Rax,
-        Gpr::Rbx,
-        Gpr::Rcx,
-        Gpr::Rdx,
-        Gpr::Rsi,
-        Gpr::Rdi,
-        Gpr::Rsp,
-        Gpr::Rbp,
-        Gpr::R8,
-        Gpr::R9,
-        Gpr::R10,
-        Gpr::R11,
-        Gpr::R12,
-        Gpr::R13,
-        Gpr::R14,
-        Gpr::R15,
-    ];
-    for (i, r) in kvm_order.iter().enumerate() {
+    for (i, r) in KVM_REGS_ORDER.iter().enumerate() {
         s.gprs[*r] = (0x0101_0101_0101_0101 * (i as u64 + 1)) ^ 0xa5;
     }
     s.gprs[Gpr::Rip] = 0x1234;
@@ -92,7 +94,7 @@ fn every_component_lands_where_kvm_keeps_it() {
     // struct kvm_regs: 18 u64.
     let regs = snap.component(Component::Regs).unwrap();
     assert_eq!(regs.len(), 18 * 8);
-    for (i, r) in kvm_order.iter().enumerate() {
+    for (i, r) in KVM_REGS_ORDER.iter().enumerate() {
         assert_eq!(u64_at(regs, 8 * i), want.gprs[*r], "{r:?} in kvm_regs");
     }
     assert_eq!(u64_at(regs, 128), 0x1234, "rip");
@@ -177,7 +179,6 @@ fn kvm_structures_read_back_through_nvmms_state() {
     // Header: magic, version, metadata length (u32 at 12), checksum (u64
     // at 16). Metadata at 40: vendor 12, digest 8, 3 counts; VCPU 0: id,
     // model state, component count, then (tag, length, bytes)...
-    let meta_len = u32_at(&f, 12) as usize;
     let mut at = 40 + 12 + 8 + 12 + 4 + 4;
     let ncomp = u32_at(&f, at) as usize;
     at += 4;
@@ -200,10 +201,7 @@ fn kvm_structures_read_back_through_nvmms_state() {
     f[sregs + 232..sregs + 240].copy_from_slice(&0xcafe_0000u64.to_le_bytes());
     let (dr, _) = spans[&tag(Component::DebugRegs)];
     f[dr + 16..dr + 24].copy_from_slice(&0x6000u64.to_le_bytes());
-    let sum = f[40..40 + meta_len]
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    f[16..24].copy_from_slice(&sum.to_le_bytes());
+    reseal_snapshot_file(&mut f);
     std::fs::write(&path, &f).unwrap();
     let nvmm = nvmm();
     let edited = nvmm.load_snapshot(&path).unwrap();
@@ -211,25 +209,7 @@ fn kvm_structures_read_back_through_nvmms_state() {
     let (_m, mut v) = nvmm.fork(&edited).unwrap();
     v[0].get_state(StateMask::ALL).unwrap();
     let s = *v[0].state();
-    let kvm_order = [
-        Gpr::Rax,
-        Gpr::Rbx,
-        Gpr::Rcx,
-        Gpr::Rdx,
-        Gpr::Rsi,
-        Gpr::Rdi,
-        Gpr::Rsp,
-        Gpr::Rbp,
-        Gpr::R8,
-        Gpr::R9,
-        Gpr::R10,
-        Gpr::R11,
-        Gpr::R12,
-        Gpr::R13,
-        Gpr::R14,
-        Gpr::R15,
-    ];
-    for (i, r) in kvm_order.iter().enumerate() {
+    for (i, r) in KVM_REGS_ORDER.iter().enumerate() {
         assert_eq!(s.gprs[*r], 0x1000_0000_0000_0000 + i as u64 * 0x111, "{r:?}");
     }
     assert_eq!(s.segs[Seg::Fs].base, 0x7100_0000_0000);

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use nvmm::x86::bits::{cr0, efer};
 use nvmm::{Cr, Machine, Msr, Nvmm, StateMask, Vcpu};
 
 use crate::run::{Mode, RunError};
@@ -44,9 +45,9 @@ pub(crate) fn restore(nvmm: &Nvmm, path: &Path) -> Result<(Machine, Vcpu, Mode, 
     let mut vcpu = vcpus.pop().ok_or_else(|| RunError("the snapshot's VCPU is missing".into()))?;
     vcpu.get_state(StateMask::CRS | StateMask::MSRS)?;
     let s = vcpu.state();
-    let mode = if s.crs[Cr::Cr0] & 1 == 0 {
+    let mode = if s.crs[Cr::Cr0] & cr0::PE == 0 {
         Mode::Real
-    } else if s.msrs[Msr::Efer] & (1 << 10) != 0 {
+    } else if s.msrs[Msr::Efer] & efer::LMA != 0 {
         Mode::Long64
     } else {
         Mode::Prot32

@@ -36,6 +36,7 @@ mod file;
 mod machine;
 mod pool;
 
+pub(crate) use file::fnv1a;
 pub use file::{FORMAT_VERSION, MAGIC};
 pub use machine::{AreaImage, MachineSnapshot};
 pub use pool::{Fork, ForkPool};

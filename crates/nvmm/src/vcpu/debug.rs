@@ -92,7 +92,7 @@ impl Vcpu {
         let mut internal = false;
         let step_over = self.debug.step_over.take();
         let real_mode_bps = eff.software_breakpoints && !self.machine.breakpoints.is_empty();
-        let watching = eff.hardware.iter().flatten().any(|b| b.kind() != WatchKind::Execute);
+        let watching = eff.watchpoints().next().is_some();
         if step_over.is_some() || real_mode_bps || watching {
             self.get_state(StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS)?;
             let pc = linear_rip(self.comm.state());
@@ -216,16 +216,13 @@ impl Vcpu {
         if dr6_bits & dr6::BS == 0 || !self.debug.internal_step && !self.debug.user.single_step {
             return None;
         }
-        if !self.debug.user.hardware.iter().flatten().any(|b| b.kind() != WatchKind::Execute) {
-            return None;
-        }
+        // Nothing to compare without a watchpoint.
+        self.debug.user.watchpoints().next()?;
         let before = self.debug.watched;
         let &raw = self.raw_state(Parts::CODE).ok()?;
         let now = self.watched_values(self.paging_of(&raw));
         self.debug.watched = now;
-        let user = &self.debug.user;
-        (0..4).find_map(|i| {
-            let bp = user.hardware[i].filter(|b| b.kind() != WatchKind::Execute)?;
+        self.debug.user.watchpoints().find_map(|(i, bp)| {
             (before[i] != now[i]).then_some(DebugEvent::Watchpoint { index: i as u8, addr: bp.addr(), kind: bp.kind() })
         })
     }
@@ -247,13 +244,11 @@ impl Vcpu {
         let mem = self.machine.memory();
         let view = GuestView::new(&mem, regs);
         let mut out = [None; 4];
-        for (slot, bp) in out.iter_mut().zip(&self.debug.user.hardware) {
-            if let Some(bp) = bp.filter(|b| b.kind() != WatchKind::Execute) {
-                let mut b = [0u8; 8];
-                let n = usize::from(bp.len());
-                if view.read(bp.addr(), &mut b[..n]).done == n {
-                    *slot = Some(u64::from_le_bytes(b));
-                }
+        for (i, bp) in self.debug.user.watchpoints() {
+            let mut b = [0u8; 8];
+            let n = usize::from(bp.len());
+            if view.read(bp.addr(), &mut b[..n]).done == n {
+                out[i] = Some(u64::from_le_bytes(b));
             }
         }
         out

@@ -54,11 +54,6 @@ pub(crate) struct RestoreMemo {
     refused_msrs: Vec<(u32, u64)>,
 }
 
-/// FNV-1a of a component, to recognise a CPUID table already set.
-fn digest(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3))
-}
-
 /// The CPUID table of a captured state (the `Cpuid` component's bytes).
 pub(crate) fn cpuid_of_component(bytes: &[u8]) -> Result<Vec<crate::x86::cpuid::CpuidEntry>> {
     let entry = std::mem::size_of::<kvm_cpuid_entry2>();
@@ -200,7 +195,8 @@ impl KvmVcpu {
             s.component(c).ok_or_else(|| Error::InvalidSnapshot { why: format!("the {c:?} component is missing") })
         };
         let cpuid_bytes = part(Component::Cpuid)?;
-        let cpuid_digest = digest(cpuid_bytes);
+        // A digest of the table, to recognise one already set.
+        let cpuid_digest = crate::snapshot::fnv1a(cpuid_bytes);
         if self.restored.cpuid != Some(cpuid_digest) {
             let entry = std::mem::size_of::<kvm_cpuid_entry2>();
             if cpuid_bytes.len() % entry != 0 {

@@ -85,16 +85,37 @@ pub(crate) fn compare(
     mut raw: impl FnMut() -> Res<()>,
     mut ours: impl FnMut() -> Res<()>,
 ) -> Res<Comparison> {
-    per_op(cfg.iterations / 10 + 1, &mut raw)?;
-    per_op(cfg.iterations / 10 + 1, &mut ours)?;
+    compare_batches(cfg, |n| per_op(n, &mut raw), |n| per_op(n, &mut ours))
+}
+
+/// Times `n` calls of `op`, each timing the part that counts itself, in
+/// nanoseconds per call (for operations that need untimed preparation).
+pub(crate) fn per_op_timed(n: u64, mut op: impl FnMut() -> Res<std::time::Duration>) -> Res<f64> {
+    let mut total = std::time::Duration::ZERO;
+    for _ in 0..n {
+        total += op()?;
+    }
+    Ok(total.as_nanos() as f64 / n as f64)
+}
+
+/// Warms both sides up, then runs `rounds` rounds of a floor batch and an
+/// nvmm batch of `iterations` (`batch(n)` gives nanoseconds per
+/// operation), alternating which goes first.
+pub(crate) fn compare_batches(
+    cfg: BenchConfig,
+    mut raw: impl FnMut(u64) -> Res<f64>,
+    mut ours: impl FnMut(u64) -> Res<f64>,
+) -> Res<Comparison> {
+    raw(cfg.iterations / 10 + 1)?;
+    ours(cfg.iterations / 10 + 1)?;
     let (mut r, mut o, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..cfg.rounds {
         let (a, b) = if round % 2 == 0 {
-            let a = per_op(cfg.iterations, &mut raw)?;
-            (a, per_op(cfg.iterations, &mut ours)?)
+            let a = raw(cfg.iterations)?;
+            (a, ours(cfg.iterations)?)
         } else {
-            let b = per_op(cfg.iterations, &mut ours)?;
-            (per_op(cfg.iterations, &mut raw)?, b)
+            let b = ours(cfg.iterations)?;
+            (raw(cfg.iterations)?, b)
         };
         r.push(a);
         o.push(b);

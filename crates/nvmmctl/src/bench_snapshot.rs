@@ -22,7 +22,7 @@ use nvmm::{Exit, MachineSnapshot, Nvmm, Prot, StateMask};
 use nvmm_testkit::floor::RawKvm;
 use nvmm_testkit::floor_state::{RawState, Reservation, create_and_set};
 
-use crate::bench::{BenchConfig, CODE, compare, report_with};
+use crate::bench::{BenchConfig, CODE, compare, compare_batches, per_op_timed, report_with};
 use crate::format::{json_f64, json_line, json_str};
 
 type Res<T> = Result<T, String>;
@@ -103,34 +103,13 @@ fn reset_one(
         Ok(t.elapsed())
     };
     let mut raw = raw;
-    let cfg = BenchConfig { iterations: cfg.iterations.min(500), rounds: cfg.rounds };
-    let per_op = |f: &mut dyn FnMut() -> Res<std::time::Duration>| -> Res<f64> {
-        let mut total = std::time::Duration::ZERO;
-        for _ in 0..cfg.iterations {
-            total += f()?;
-        }
-        Ok(total.as_nanos() as f64 / cfg.iterations as f64)
-    };
     let mut timed_raw = || -> Res<std::time::Duration> {
         let t = Instant::now();
         raw()?;
         Ok(t.elapsed())
     };
-    let (mut r, mut o, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    per_op(&mut timed_raw)?;
-    per_op(&mut ours)?;
-    for _ in 0..cfg.rounds {
-        let a = per_op(&mut timed_raw)?;
-        let b = per_op(&mut ours)?;
-        r.push(a);
-        o.push(b);
-        ratios.push(b / a);
-    }
-    let c = crate::bench::Comparison {
-        raw: crate::bench::median(r),
-        ours: crate::bench::median(o),
-        ratio: crate::bench::median(ratios),
-    };
+    let cfg = BenchConfig { iterations: cfg.iterations.min(500), rounds: cfg.rounds };
+    let c = compare_batches(cfg, |n| per_op_timed(n, &mut timed_raw), |n| per_op_timed(n, &mut ours))?;
     let us = c.ours / 1000.0;
     let extra = [
         ("machine", json_str(which)),

@@ -94,7 +94,8 @@ impl Vcpu {
         let real_mode_bps = eff.software_breakpoints && !self.machine.breakpoints.is_empty();
         let watching = eff.watchpoints().next().is_some();
         if step_over.is_some() || real_mode_bps || watching {
-            self.get_state(StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS)?;
+            // What locating the code needs, not the other MSRs (an ioctl).
+            self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
             let pc = linear_rip(self.comm.state());
             if let Some(at) = step_over.filter(|&at| at == pc) {
                 for slot in &mut eff.hardware {
@@ -205,7 +206,8 @@ impl Vcpu {
             None if self.debug.user.single_step => DebugEvent::SingleStep,
             None => return Ok(None),
         };
-        self.get_state(StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS)?;
+        // What locating the code needs, not the other MSRs (an ioctl).
+        self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
         let pc = linear_rip(self.comm.state());
         Ok(Some(Self::debug_exit(event, pc, dr6::BS)))
     }

@@ -41,8 +41,13 @@ impl Vcpu {
     /// the instruction not executed (RIP on it), as NVMM does; after it was
     /// answered, executed.
     pub fn get_state(&mut self, mask: StateMask) -> Result<()> {
+        self.get_parts(Parts::of(mask))
+    }
+
+    /// [`Vcpu::get_state`] by parts: the library's own reads fetch only
+    /// what they use (EFER without the other MSRs, say).
+    pub(super) fn get_parts(&mut self, parts: Parts) -> Result<()> {
         self.take_payload_answer();
-        let parts = Parts::of(mask);
         self.backend.want(parts);
         let need = parts.minus(self.cache.have);
         if !need.is_empty() {

@@ -60,6 +60,7 @@ mod machine;
 pub mod memory;
 pub mod netbsd;
 mod os;
+mod ready_vms;
 pub mod registry;
 pub mod snapshot;
 mod system;

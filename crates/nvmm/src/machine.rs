@@ -87,7 +87,10 @@ impl std::fmt::Debug for Machine {
 
 impl Machine {
     pub(crate) fn create(sys: Arc<System>) -> Result<Machine> {
-        let vm = sys.kvm.create_vm()?;
+        let vm = match sys.ready_vms.take() {
+            Some(vm) => vm,
+            None => sys.kvm.create_vm()?,
+        };
         let record = registry::register(sys.cap.max_machines, vm.raw_fd())?;
         let memory = MemoryMap::new(sys.cap.max_ram, sys.kvm.facts().memslots);
         let shared = MachineShared {

@@ -81,6 +81,8 @@ pub(crate) struct System {
     pub(crate) kvm: KvmSystem,
     pub(crate) cap: Capability,
     pub(crate) options: Options,
+    /// VMs made ahead of time ([`Nvmm::keep_vms_ready`]).
+    pub(crate) ready_vms: crate::ready_vms::ReadyVms,
 }
 
 static SYSTEM: Mutex<Option<Arc<System>>> = Mutex::new(None);
@@ -134,7 +136,7 @@ impl Nvmm {
                 conf_cpuid_maxops: CPUID_CONF_MAX,
             },
         };
-        let sys = Arc::new(System { kvm, cap, options });
+        let sys = Arc::new(System { kvm, cap, options, ready_vms: Default::default() });
         *global = Some(sys.clone());
         Ok(Nvmm { sys })
     }

@@ -173,3 +173,42 @@ fn vcpus_run_on_their_own_threads() {
     assert_eq!(total, u64::from(N) * EXITS);
     assert_eq!(m.info().nvcpus, 0);
 }
+
+/// Machines made from VMs made ahead of time are NVMM machines like the
+/// rest: the guest's RDMSR of APIC_BASE (which KVM would answer itself)
+/// exits, and `out 0x7e` (which KVM would step past) leaves RIP on it.
+/// Stopping the maker closes every VM it made.
+#[test]
+fn machines_from_vms_made_ahead_are_nvmm_machines() {
+    nvmm_testkit::kvm_or_skip!();
+    let nvmm = nvmm();
+    // The first machine opens the process's registry of machines.
+    drop(nvmm.create_machine().unwrap());
+    let before = nvmm_testkit::open_fds();
+    nvmm.keep_vms_ready(2).unwrap();
+    assert_eq!(nvmm.vms_ready(), 2, "the first VMs are made before keep_vms_ready returns");
+    // The next machine takes one of them (the thread only ever adds).
+    let mut g = protected_mode(&[
+        0xb9, 0x1b, 0x00, 0x00, 0x00, //       mov ecx,0x1b (APIC_BASE)
+        0x0f, 0x32, //                         rdmsr
+        0xe6, 0x7e, //                         out 0x7e,al
+        0xf4, //                               hlt
+    ]);
+    match g.vcpu.run().unwrap() {
+        Exit::Rdmsr(mut r) => {
+            assert_eq!(r.msr(), 0x1b);
+            r.complete(0xfee0_0900);
+        }
+        e => panic!("{e:?}"),
+    }
+    match g.vcpu.run().unwrap() {
+        Exit::Io(io) => assert_eq!(io.port(), 0x7e),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), common::CODE + 7, "RIP stays on the OUT");
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rdx) << 32 | gpr(&mut g.vcpu, Gpr::Rax), 0xfee0_0900);
+    drop(g);
+    nvmm.keep_vms_ready(0).unwrap();
+    assert_eq!(nvmm.vms_ready(), 0);
+    assert_eq!(nvmm_testkit::open_fds(), before, "no VM left behind");
+}

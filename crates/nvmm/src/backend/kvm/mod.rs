@@ -129,6 +129,11 @@ pub(crate) struct KvmSystem {
     /// `KVM_GET_MSR_INDEX_LIST`: the MSRs a snapshot carries (those each
     /// VCPU can read).
     msr_index_list: std::sync::Arc<[u32]>,
+    /// `KVM_CHECK_EXTENSION(KVM_CAP_DISABLE_QUIRKS2)`: the quirks KVM can
+    /// turn off.
+    quirks2: u32,
+    /// What restores learned of VCPUs fresh from `KVM_CREATE_VCPU`.
+    fresh_vcpus: std::sync::Arc<snapshot::FreshVcpuMemo>,
 }
 
 impl KvmSystem {
@@ -178,7 +183,17 @@ impl KvmSystem {
         };
         let msr_index_list: std::sync::Arc<[u32]> =
             kvm.get_msr_index_list().map_err(|e| Error::kvm_errno("KVM_GET_MSR_INDEX_LIST", e))?.as_slice().into();
-        Ok(KvmSystem { kvm, facts, supported_cpuid, is_intel, mxcsr_mask: host_mxcsr_mask(), msr_index_list })
+        let quirks2 = kvm.check_extension_raw(KVM_CAP_DISABLE_QUIRKS2.into()) as u32;
+        Ok(KvmSystem {
+            kvm,
+            facts,
+            supported_cpuid,
+            is_intel,
+            mxcsr_mask: host_mxcsr_mask(),
+            msr_index_list,
+            quirks2,
+            fresh_vcpus: Default::default(),
+        })
     }
 
     pub(crate) fn facts(&self) -> &BackendFacts {
@@ -207,7 +222,7 @@ impl KvmSystem {
         msr_filter::install(&fd)?;
         // OUT to port 0x7E advances RIP before the exit unless this quirk
         // is off; NVMM leaves RIP on the instruction for every port.
-        if self.kvm.check_extension_raw(KVM_CAP_DISABLE_QUIRKS2.into()) as u32 & KVM_X86_QUIRK_OUT_7E_INC_RIP != 0 {
+        if self.quirks2 & KVM_X86_QUIRK_OUT_7E_INC_RIP != 0 {
             enable(KVM_CAP_DISABLE_QUIRKS2, KVM_X86_QUIRK_OUT_7E_INC_RIP.into(), "KVM_ENABLE_CAP(DISABLE_QUIRKS2)")?;
         }
         if self.is_intel {
@@ -215,7 +230,12 @@ impl KvmSystem {
             // three pages below 0xfffc0000 are where firmware-less VMMs put it.
             fd.set_tss_address(0xfffb_d000).map_err(|e| Error::kvm_errno("KVM_SET_TSS_ADDR", e))?;
         }
-        Ok(KvmVm { fd, run_size: self.facts.run_size, msr_index_list: self.msr_index_list.clone() })
+        Ok(KvmVm {
+            fd,
+            run_size: self.facts.run_size,
+            msr_index_list: self.msr_index_list.clone(),
+            fresh_vcpus: self.fresh_vcpus.clone(),
+        })
     }
 }
 
@@ -252,6 +272,7 @@ pub(crate) struct KvmVm {
     fd: VmFd,
     run_size: usize,
     msr_index_list: std::sync::Arc<[u32]>,
+    fresh_vcpus: std::sync::Arc<snapshot::FreshVcpuMemo>,
 }
 
 impl KvmVm {
@@ -299,7 +320,8 @@ impl KvmVm {
     /// Creates VCPU `id`.
     pub(crate) fn create_vcpu(&self, id: u32) -> Result<KvmVcpu> {
         let fd = self.fd.create_vcpu(id.into()).map_err(|e| Error::kvm_errno("KVM_CREATE_VCPU", e))?;
-        KvmVcpu::new(fd, self.run_size, self.msr_index_list.clone())
+        let memo = snapshot::RestoreMemo::fresh(&self.fresh_vcpus);
+        KvmVcpu::new(fd, self.run_size, self.msr_index_list.clone(), memo)
     }
 
     /// Takes back a VCPU parked with [`KvmVcpu::park`] (KVM cannot destroy
@@ -309,7 +331,7 @@ impl KvmVm {
         // SAFETY: `raw` is a VCPU descriptor of this VM, owned by us (it was
         // duplicated by `KvmVcpu::park`); ownership passes to the VcpuFd.
         let fd = unsafe { self.fd.create_vcpu_from_rawfd(raw) }.map_err(|e| Error::kvm_errno("mmap(kvm_run)", e))?;
-        let mut v = KvmVcpu::new(fd, self.run_size, self.msr_index_list.clone())?;
+        let mut v = KvmVcpu::new(fd, self.run_size, self.msr_index_list.clone(), Default::default())?;
         v.forget_loaded_state();
         Ok(v)
     }

@@ -9,6 +9,8 @@ use kvm_bindings::{
     kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 
+use std::sync::{Arc, Mutex};
+
 use super::KvmVcpu;
 use super::vcpu::sync_sets;
 use crate::error::{Error, Result};
@@ -49,9 +51,51 @@ type Msr = (u32, u64);
 pub(crate) struct RestoreMemo {
     cpuid: Option<u64>,
     tsc_khz: Option<u32>,
+    /// The MP state last set. Without an in-kernel LAPIC (NVMM's model
+    /// has none) KVM never changes it itself: HLT and the rest exit to
+    /// the VMM instead.
+    mp_state: Option<u32>,
     /// MSRs KVM refuses to write, with the value found there (KVM refuses
     /// the guest's writes too, so it stays).
     refused_msrs: Vec<(u32, u64)>,
+    /// While the VCPU is as `KVM_CREATE_VCPU` made it (never run, never
+    /// restored): what the system learned of such VCPUs.
+    pub(super) fresh: Option<Arc<FreshVcpuMemo>>,
+}
+
+impl RestoreMemo {
+    /// The memo of a VCPU fresh from `KVM_CREATE_VCPU`.
+    pub(super) fn fresh(system: &Arc<FreshVcpuMemo>) -> RestoreMemo {
+        RestoreMemo { fresh: Some(system.clone()), ..Default::default() }
+    }
+}
+
+/// What the first restore of a fresh VCPU learned, for every later fresh
+/// VCPU of the same system restored with the same CPUID table: KVM makes
+/// every VCPU alike (the VM's default TSC frequency, the reset values of
+/// the MSRs it refuses to write), so a fork's new VCPU need not ask again
+/// (two ioctls fewer per fork on hosts with such MSRs, one on the rest).
+#[derive(Debug, Default)]
+pub(crate) struct FreshVcpuMemo(Mutex<Option<FreshRestore>>);
+
+#[derive(Clone, Debug)]
+struct FreshRestore {
+    /// The CPUID table's digest: which MSRs KVM refuses depends on it.
+    cpuid: u64,
+    tsc_khz: Option<u32>,
+    mp_state: Option<u32>,
+    refused_msrs: Vec<Msr>,
+}
+
+impl FreshVcpuMemo {
+    fn get(&self, cpuid: u64) -> Option<FreshRestore> {
+        let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.as_ref().filter(|k| k.cpuid == cpuid).cloned()
+    }
+
+    fn learn(&self, learned: FreshRestore) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(learned);
+    }
 }
 
 /// The CPUID table of a captured state (the `Cpuid` component's bytes).
@@ -197,6 +241,15 @@ impl KvmVcpu {
         let cpuid_bytes = part(Component::Cpuid)?;
         // A digest of the table, to recognise one already set.
         let cpuid_digest = crate::snapshot::fnv1a(cpuid_bytes);
+        // A fresh VCPU starts from what the system knows of fresh VCPUs
+        // under this CPUID table; the first one teaches it (below).
+        let fresh = self.restored.fresh.take();
+        let known = fresh.as_ref().and_then(|f| f.get(cpuid_digest));
+        if let Some(k) = &known {
+            self.restored.tsc_khz = k.tsc_khz;
+            self.restored.mp_state = k.mp_state;
+            self.restored.refused_msrs = k.refused_msrs.clone();
+        }
         if self.restored.cpuid != Some(cpuid_digest) {
             let entry = std::mem::size_of::<kvm_cpuid_entry2>();
             if cpuid_bytes.len() % entry != 0 {
@@ -215,9 +268,20 @@ impl KvmVcpu {
             })?;
             self.restored.cpuid = Some(cpuid_digest);
         }
-        self.ioctls += 4;
         let mp: kvm_mp_state = from_bytes("MP state", part(Component::MpState)?)?;
-        self.fd.set_mp_state(mp).map_err(kerr("KVM_SET_MP_STATE"))?;
+        let mut fresh_mp_state = None;
+        if fresh.is_some() && known.is_none() {
+            // The first fresh VCPU: learn how KVM makes them.
+            self.ioctls += 1;
+            fresh_mp_state = Some(self.fd.get_mp_state().map_err(kerr("KVM_GET_MP_STATE"))?.mp_state);
+            self.restored.mp_state = fresh_mp_state;
+        }
+        if self.restored.mp_state != Some(mp.mp_state) {
+            self.ioctls += 1;
+            self.fd.set_mp_state(mp).map_err(kerr("KVM_SET_MP_STATE"))?;
+            self.restored.mp_state = Some(mp.mp_state);
+        }
+        self.ioctls += 3;
         let regs: kvm_regs = from_bytes("registers", part(Component::Regs)?)?;
         let sregs: kvm_sregs = from_bytes("special registers", part(Component::Sregs)?)?;
         let events: kvm_vcpu_events = from_bytes("events", part(Component::Events)?)?;
@@ -237,19 +301,32 @@ impl KvmVcpu {
         unsafe { self.fd.set_xsave(&xsave) }.map_err(kerr("KVM_SET_XSAVE"))?;
         let dr: kvm_debugregs = from_bytes("debug registers", part(Component::DebugRegs)?)?;
         self.fd.set_debug_regs(&dr).map_err(kerr("KVM_SET_DEBUGREGS"))?;
+        let mut fresh_tsc_khz = None;
         if let Some(b) = s.component(Component::TscKhz) {
             let want =
                 u32::from_le_bytes(b.try_into().map_err(|_| Error::InvalidSnapshot { why: "TSC frequency".into() })?);
             let now = match self.restored.tsc_khz {
                 Some(k) => Some(k),
-                None => self.fd.get_tsc_khz().ok(),
+                None => {
+                    self.ioctls += 1;
+                    self.fd.get_tsc_khz().ok()
+                }
             };
+            fresh_tsc_khz = now;
             if now.is_some_and(|now| now != want) {
                 self.fd.set_tsc_khz(want).map_err(kerr("KVM_SET_TSC_KHZ"))?;
             }
             self.restored.tsc_khz = Some(want);
         }
         self.restore_msrs(&s.msrs)?;
+        if let (Some(f), None) = (&fresh, known) {
+            f.learn(FreshRestore {
+                cpuid: cpuid_digest,
+                tsc_khz: fresh_tsc_khz,
+                mp_state: fresh_mp_state,
+                refused_msrs: self.restored.refused_msrs.clone(),
+            });
+        }
         // Registers, special registers and events travel through `kvm_run`
         // (KVM loads them at the next entry, in that order, after all of
         // the above): three ioctls fewer. `kvm_run` holds them now.

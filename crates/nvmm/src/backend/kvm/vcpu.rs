@@ -62,7 +62,12 @@ pub(crate) struct KvmVcpu {
 }
 
 impl KvmVcpu {
-    pub(super) fn new(fd: VcpuFd, run_size: usize, msr_index_list: std::sync::Arc<[u32]>) -> Result<KvmVcpu> {
+    pub(super) fn new(
+        fd: VcpuFd,
+        run_size: usize,
+        msr_index_list: std::sync::Arc<[u32]>,
+        restored: super::snapshot::RestoreMemo,
+    ) -> Result<KvmVcpu> {
         if run_size < std::mem::size_of::<kvm_run>() {
             return Err(Error::Unsupported { what: "a kvm_run mapping smaller than struct kvm_run" });
         }
@@ -79,7 +84,7 @@ impl KvmVcpu {
             no_blockirq: false,
             msr_index_list,
             msr_list: None,
-            restored: Default::default(),
+            restored,
         })
     }
 
@@ -106,6 +111,8 @@ impl KvmVcpu {
 
     /// One `KVM_RUN`, decoded.
     fn enter(&mut self) -> Result<RunResult> {
+        // A VCPU that ran is no longer as KVM created it.
+        self.restored.fresh = None;
         let result = self.fd.run().map(decode);
         // KVM writes these at every return from KVM_RUN.
         let run = self.run_page();

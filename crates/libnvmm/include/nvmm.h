@@ -559,6 +559,8 @@ int nvmm_vcpu_dump(struct nvmm_machine *, struct nvmm_vcpu *);
  * snapshot holds every VCPU's complete state and the guest memory; forks
  * share its memory copy-on-write. After nvmm_machine_fork, nvmm_vcpu_create
  * with each VCPU id of the snapshot returns that VCPU, restored.
+ * nvmm_keep_vms_ready keeps VMs made ahead of time for machine creation
+ * and forks to take.
  */
 #define NVMM_HAS_SNAPSHOTS	1
 struct nvmm_snapshot;
@@ -568,6 +570,7 @@ int nvmm_machine_fork(const struct nvmm_snapshot *, struct nvmm_machine *);
 int nvmm_snapshot_save(const struct nvmm_snapshot *, const char *);
 int nvmm_snapshot_load(const char *, struct nvmm_snapshot **);
 void nvmm_snapshot_free(struct nvmm_snapshot *);
+int nvmm_keep_vms_ready(size_t);
 
 #ifdef __cplusplus
 }

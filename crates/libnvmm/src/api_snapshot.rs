@@ -1,6 +1,7 @@
 //! Snapshots from C (an nvmm-rs extension; NetBSD's libnvmm has none):
 //! `nvmm_machine_snapshot`, `nvmm_machine_reset`, `nvmm_machine_fork`,
-//! `nvmm_snapshot_save`, `nvmm_snapshot_load`, `nvmm_snapshot_free`.
+//! `nvmm_snapshot_save`, `nvmm_snapshot_load`, `nvmm_snapshot_free`, and
+//! `nvmm_keep_vms_ready` (VMs made ahead of time for faster forks).
 //! A snapshot is an opaque `struct nvmm_snapshot *` the library allocates.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -143,4 +144,19 @@ pub extern "C" fn nvmm_snapshot_free(snap: *mut NvmmSnapshot) {
         // caller's contract).
         drop(unsafe { Box::from_raw(snap) });
     }
+}
+
+/// `nvmm_keep_vms_ready`: keeps `depth` empty VMs made ahead of time by a
+/// thread of the library, for `nvmm_machine_create` and
+/// `nvmm_machine_fork` to take (0 stops it and closes them). The first
+/// `depth` are made before it returns.
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmm_keep_vms_ready(depth: usize) -> c_int {
+    entry(|| {
+        let nvmm = handles::nvmm()?;
+        if depth > nvmm.capability().max_machines as usize {
+            return Err(libc::EINVAL);
+        }
+        check(nvmm.keep_vms_ready(depth))
+    })
 }

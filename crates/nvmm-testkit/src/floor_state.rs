@@ -95,9 +95,9 @@ impl RawState {
 /// `KVM_CREATE_VM` + `KVM_CREATE_VCPU` + the state set: the floor of a
 /// fork. With `slot`, also one memory slot of that many bytes over
 /// `host` (an address of the caller's reserved memory): what KVM itself
-/// spends on a guest of that size. The VM is dropped (closed) at the end,
-/// as a fork's would be.
-pub fn create_and_set(kvm: &crate::floor::RawKvm, state: &RawState, slot: Option<(u64, u64)>) -> Result<()> {
+/// spends on a guest of that size. The VM lives until the returned value
+/// is dropped.
+pub fn create_and_set(kvm: &crate::floor::RawKvm, state: &RawState, slot: Option<(u64, u64)>) -> Result<RawFork> {
     let vm = kvm.kvm().create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     if let Some((host, size)) = slot {
         let region = kvm_bindings::kvm_userspace_memory_region {
@@ -112,7 +112,15 @@ pub fn create_and_set(kvm: &crate::floor::RawKvm, state: &RawState, slot: Option
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-    state.set(&vcpu, true)
+    state.set(&vcpu, true)?;
+    Ok(RawFork { _vcpu: vcpu, _vm: vm })
+}
+
+/// A VM made by [`create_and_set`] and its VCPU (closed when dropped, the
+/// VCPU first).
+pub struct RawFork {
+    _vcpu: VcpuFd,
+    _vm: kvm_ioctls::VmFd,
 }
 
 /// Reserves `size` bytes of address space (no memory), for

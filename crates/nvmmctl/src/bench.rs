@@ -98,6 +98,20 @@ pub(crate) fn per_op_timed(n: u64, mut op: impl FnMut() -> Res<std::time::Durati
     Ok(total.as_nanos() as f64 / n as f64)
 }
 
+/// Times `n` calls of `op` whose results are kept until the batch is
+/// timed, in nanoseconds per call: creations whose teardown is not theirs
+/// to pay (both sides of a comparison drop theirs after the clock stops).
+pub(crate) fn per_op_kept<T>(n: u64, mut op: impl FnMut() -> Res<T>) -> Res<f64> {
+    let mut kept = Vec::with_capacity(n as usize);
+    let t = Instant::now();
+    for _ in 0..n {
+        kept.push(op()?);
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    drop(kept);
+    Ok(ns)
+}
+
 /// Warms both sides up, then runs `rounds` rounds of a floor batch and an
 /// nvmm batch of `iterations` (`batch(n)` gives nanoseconds per
 /// operation), alternating which goes first.

@@ -184,7 +184,13 @@ main(int argc, char **argv)
 	callbacks(&fork, &fvcpu);
 	expect("fork", finish(&fork, &fvcpu), want);
 
-	/* Saved and loaded. */
+	/* Saved and loaded; forked from a VM made ahead of time. */
+	if (nvmm_keep_vms_ready((size_t)-1) != -1 || errno != EINVAL) {
+		printf("FAIL: an absurd number of VMs made ahead (errno %d)\n", errno);
+		failures++;
+	}
+	if (nvmm_keep_vms_ready(2) == -1)
+		err(EXIT_FAILURE, "nvmm_keep_vms_ready");
 	if (nvmm_snapshot_save(snap, file) == -1)
 		err(EXIT_FAILURE, "nvmm_snapshot_save");
 	if (nvmm_snapshot_load(file, &loaded) == -1)
@@ -194,6 +200,8 @@ main(int argc, char **argv)
 		err(EXIT_FAILURE, "fork of the loaded snapshot");
 	callbacks(&loaded_fork, &lvcpu);
 	expect("loaded", finish(&loaded_fork, &lvcpu), want);
+	if (nvmm_keep_vms_ready(0) == -1)
+		err(EXIT_FAILURE, "nvmm_keep_vms_ready(0)");
 
 	/* A damaged file. */
 	if ((f = fopen(file, "w")) == NULL)

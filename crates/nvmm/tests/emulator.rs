@@ -32,6 +32,11 @@ struct Bench {
     avx_in_use: Option<bool>,
     /// Bits of data bytes the memory comparison leaves out: (offset, mask).
     ignore: Vec<(usize, u8)>,
+    /// The code's mode: 64-bit, or compatibility mode with a 32- or 16-bit
+    /// CS (in 16-bit mode DS, ES and SS are 64 KiB segments based at DATA).
+    mode: CpuMode,
+    /// Bytes of the data area compared.
+    data_len: usize,
 }
 
 impl Bench {
@@ -55,7 +60,21 @@ impl Bench {
             avx: has_avx,
             avx_in_use: None,
             ignore: Vec::new(),
+            mode: CpuMode::Bits64,
+            data_len: DATA_LEN,
         }
+    }
+
+    /// A bench whose code runs in compatibility mode with a 32- or 16-bit
+    /// code segment (at CPL 3, natively here like 64-bit code).
+    fn compat(mode: CpuMode) -> Bench {
+        Bench { mode, ..Bench::new() }
+    }
+
+    /// Where the data area starts for the code: its linear address, or
+    /// in 16-bit mode offset 0 of the data segments.
+    fn data(&self) -> u64 {
+        if self.mode == CpuMode::Bits16 { 0 } else { DATA }
     }
 
     /// Runs `insn` natively and emulated from the same random state.
@@ -75,7 +94,8 @@ impl Bench {
         let mut code = insn.to_vec();
         code.extend_from_slice(&[0xe6, 0x10]); // out 0x10,al
         self.g.machine.write_gpa(CODE, &code).unwrap();
-        let mut data: Vec<u8> = (0..DATA_LEN).map(|_| self.rng.next() as u8).collect();
+        let data_len = self.data_len;
+        let mut data: Vec<u8> = (0..data_len).map(|_| self.rng.next() as u8).collect();
         self.g.vcpu.get_state(StateMask::ALL).unwrap();
         let mut st = *self.g.vcpu.state();
         for r in 0..16 {
@@ -84,6 +104,7 @@ impl Bench {
         st.gprs[Gpr::Rsp] = STACK;
         st.gprs[Gpr::Rip] = CODE;
         st.gprs[Gpr::Rflags] = 0x2 | (3 << 12) | rflags_in;
+        compat_segments(&mut st, self.mode);
         st.fpu.fx_cw = 0x37f;
         st.fpu.fx_sw = 0;
         st.fpu.fx_tw = 0;
@@ -120,7 +141,7 @@ impl Bench {
         self.g.vcpu.get_state(StateMask::ALL).unwrap();
         let native = *self.g.vcpu.state();
         let native_xs = self.g.vcpu.xsave().clone();
-        let mut native_mem = vec![0u8; DATA_LEN];
+        let mut native_mem = vec![0u8; data_len];
         self.g.machine.read_gpa(DATA, &mut native_mem).unwrap();
         self.g.vcpu.complete_pending().unwrap();
 
@@ -130,27 +151,38 @@ impl Bench {
         let mut gdt = [0u8; 0x100];
         self.g.machine.read_gpa(GDT, &mut gdt).unwrap();
         mem.extend(gdt.iter().enumerate().map(|(i, b)| (GDT + i as u64, *b)));
-        let done = match decode(insn, CpuMode::Bits64) {
-            Ok(d) => execute(&d, &mut model, &mut MemView(&mut mem)),
-            Err(_) => {
-                let c = decode_control(insn, CpuMode::Bits64).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                assert_eq!(usize::from(c.len), insn.len(), "{ctx}: length");
-                execute_control(&c, &mut model, &mut MemView(&mut mem))
+        let mode = self.mode;
+        // A REP instruction stops after a batch of iterations with RIP
+        // still on it, as the guest would then execute it again.
+        for _ in 0..64 {
+            let done = match decode(insn, mode) {
+                Ok(d) => execute(&d, &mut model, &mut MemView(&mut mem)),
+                Err(_) => {
+                    let c = decode_control(insn, mode).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    assert_eq!(usize::from(c.len), insn.len(), "{ctx}: length");
+                    execute_control(&c, &mut model, &mut MemView(&mut mem))
+                }
+            };
+            done.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            if model.state.gprs[Gpr::Rip] != CODE {
+                break;
             }
-        };
-        done.unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        let emu_mem: Vec<u8> = (0..DATA_LEN as u64).map(|i| mem[&(DATA + i)]).collect();
+        }
+        let emu_mem: Vec<u8> = (0..data_len as u64).map(|i| mem[&(DATA + i)]).collect();
+        // Compatibility mode leaves the upper halves of the registers
+        // undefined: the low 32 bits are compared there.
+        let gpr_mask = if mode == CpuMode::Bits64 { u64::MAX } else { 0xffff_ffff };
         for r in 0..16 {
-            assert_eq!(model.state.gprs.0[r], native.gprs.0[r], "{ctx}: {}", Gpr::NAMES[r]);
+            assert_eq!(model.state.gprs.0[r] & gpr_mask, native.gprs.0[r] & gpr_mask, "{ctx}: {}", Gpr::NAMES[r]);
         }
         let fl = rflags::ARITH | rflags::DF;
         assert_eq!(model.state.gprs[Gpr::Rflags] & fl, native.gprs[Gpr::Rflags] & fl, "{ctx}: rflags");
         assert_eq!(model.state.gprs[Gpr::Rip], CODE + insn.len() as u64, "{ctx}: rip");
-        let mut care = vec![0xffu8; DATA_LEN];
+        let mut care = vec![0xffu8; data_len];
         for &(i, m) in &self.ignore {
             care[i] &= !m;
         }
-        let diff: Vec<(usize, u8, u8)> = (0..DATA_LEN)
+        let diff: Vec<(usize, u8, u8)> = (0..data_len)
             .filter(|&i| (emu_mem[i] ^ native_mem[i]) & care[i] != 0)
             .map(|i| (i, emu_mem[i], native_mem[i]))
             .collect();
@@ -175,6 +207,43 @@ impl Bench {
         self.cases += 1;
     }
 }
+
+/// The code segment of `mode` at CPL 3 (a compatibility-mode one unless
+/// 64-bit), and flat data segments, except in 16-bit mode DS, ES and SS:
+/// 64 KiB segments at DATA (SS with a 16-bit stack pointer).
+fn compat_segments(st: &mut State, mode: CpuMode) {
+    use nvmm::Seg;
+    use nvmm::x86::state::SegAttrib;
+    let bits32 = match mode {
+        CpuMode::Bits64 => return,
+        CpuMode::Bits32 => true,
+        CpuMode::Bits16 => false,
+    };
+    let cs = &mut st.segs[Seg::Cs];
+    cs.selector = nvmm::x86::modes::USER_CODE32_SELECTOR;
+    cs.attrib = SegAttrib::new(11, true, 3, true, false, false, bits32, bits32);
+    cs.limit = if bits32 { u32::MAX } else { 0xffff };
+    // Every case starts from the same segments (a case's setup may move
+    // a base).
+    for seg in [Seg::Ds, Seg::Es, Seg::Ss, Seg::Fs, Seg::Gs] {
+        let s = &mut st.segs[seg];
+        s.selector = nvmm::x86::modes::USER_DATA_SELECTOR;
+        if bits32 || seg == Seg::Fs || seg == Seg::Gs {
+            (s.base, s.limit) = (0, u32::MAX);
+            s.attrib = SegAttrib::new(3, true, 3, true, false, false, true, true);
+        } else {
+            (s.base, s.limit) = (DATA, 0xffff);
+            s.attrib = SegAttrib::new(3, true, 3, true, false, false, false, false);
+        }
+        if seg == Seg::Ss {
+            // Apart from DS, so that a wrong default segment shows.
+            s.base = s.base.wrapping_sub(SS_SHIFT) & 0xffff_ffff;
+        }
+    }
+}
+
+/// How far below DS's base SS's is in compatibility-mode cases.
+const SS_SHIFT: u64 = 0x1000;
 
 struct MemView<'a>(&'a mut HashMap<u64, u8>);
 
@@ -779,4 +848,237 @@ fn addressing_forms_match_the_cpu() {
         }
     }
     assert!(b.cases > 500, "{} cases", b.cases);
+}
+
+/// 32- and 16-bit code (compatibility mode at CPL 3, natively here): the
+/// integer instructions with both operand sizes, immediates of the mode's
+/// width, MOV moffs with the mode's address size, every 16-bit addressing
+/// form, SIB and absolute disp32 forms, 0x67 switching the address size
+/// both ways, segment overrides with a base, and the string instructions
+/// with SI/DI/CX of the address size.
+#[test]
+fn compat_mode_code_matches_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let modrm = |md: u8, reg: u8, rm: u8| md << 6 | (reg & 7) << 3 | (rm & 7);
+    let mut total = 0;
+    for mode in [CpuMode::Bits32, CpuMode::Bits16] {
+        let mut b = Bench::compat(mode);
+        let d = b.data();
+        let bits16 = mode == CpuMode::Bits16;
+        // [ebx] in 32-bit addressing, [bx] in 16-bit.
+        let rm_bx = if bits16 { 7 } else { 3 };
+        let bx_at_data = move |st: &mut State, rng: &mut Rng| st.gprs[Gpr::Rbx] = d + 64 + (rng.next() % 2) * 32;
+        // The other operand size than the mode's.
+        let sizes: [&[u8]; 2] = [&[], &[0x66]];
+        let wide = |prefix: &[u8]| (prefix.is_empty()) != bits16; // 32-bit operands
+        for round in 0..2 {
+            let mut opcodes: Vec<u8> = (0..8u8).flat_map(|i| (0..4).map(move |k| i * 8 + k)).collect();
+            opcodes.extend([0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b]);
+            for &op in &opcodes {
+                for (si, prefix) in sizes.iter().enumerate() {
+                    if op & 1 == 0 && si != 0 {
+                        continue;
+                    }
+                    for &f in &FLAG_CASES {
+                        let reg = [0u8, 1, 2, 6, 7][(round * 3 + usize::from(op)) % 5];
+                        let mut insn = prefix.to_vec();
+                        insn.extend([op, modrm(0, reg, rm_bx)]);
+                        b.check(&insn, f, &bx_at_data);
+                    }
+                }
+            }
+            for (op, full_imm) in [(0x80u8, false), (0x81, true), (0x83, false), (0xc7, true), (0xf7, true)] {
+                for (si, prefix) in sizes.iter().enumerate() {
+                    if op & 1 == 0 && si != 0 {
+                        continue;
+                    }
+                    let r = match op {
+                        0xc7 => 0,
+                        0xf7 => 0,
+                        _ => (b.rng.next() % 8) as u8,
+                    };
+                    let mut insn = prefix.to_vec();
+                    insn.extend([op, modrm(0, r, rm_bx)]);
+                    let imm = if !full_imm {
+                        1
+                    } else if wide(prefix) {
+                        4
+                    } else {
+                        2
+                    };
+                    for _ in 0..imm {
+                        insn.push(b.rng.next() as u8);
+                    }
+                    b.check(&insn, FLAG_CASES[round % 2], &bx_at_data);
+                }
+            }
+            for (op, sized) in [(0xb6u8, true), (0xb7, true), (0xc1, true), (0xb1, true), (0xc0, false), (0xb0, false)]
+            {
+                for prefix in if sized { &sizes[..] } else { &sizes[..1] } {
+                    let mut insn = prefix.to_vec();
+                    insn.extend([0x0f, op, modrm(0, 1, rm_bx)]);
+                    b.check(&insn, FLAG_CASES[round % 2], &bx_at_data);
+                }
+            }
+            // MOV moffs: the address has the mode's address size.
+            for op in [0xa0u8, 0xa1, 0xa2, 0xa3] {
+                for prefix in sizes {
+                    let mut insn = prefix.to_vec();
+                    insn.push(op);
+                    let at = d + 40;
+                    if bits16 {
+                        insn.extend_from_slice(&(at as u16).to_le_bytes());
+                    } else {
+                        insn.extend_from_slice(&(at as u32).to_le_bytes());
+                    }
+                    b.check(&insn, 0, &|_: &mut State, _: &mut Rng| {});
+                }
+            }
+        }
+        let target = d + 256;
+        for op in [0x89u8, 0x8b, 0x01, 0x31] {
+            if bits16 {
+                // Every 16-bit form: [bx+si] [bx+di] [bp+si] [bp+di] [si]
+                // [di] [bp+disp8] [bx], with disp8 and disp16, and [disp16].
+                let pair: [(Gpr, Option<Gpr>); 8] = [
+                    (Gpr::Rbx, Some(Gpr::Rsi)),
+                    (Gpr::Rbx, Some(Gpr::Rdi)),
+                    (Gpr::Rbp, Some(Gpr::Rsi)),
+                    (Gpr::Rbp, Some(Gpr::Rdi)),
+                    (Gpr::Rsi, None),
+                    (Gpr::Rdi, None),
+                    (Gpr::Rbp, None),
+                    (Gpr::Rbx, None),
+                ];
+                for (rm, &(base, index)) in pair.iter().enumerate() {
+                    for md in 0..3u8 {
+                        if md == 0 && rm == 6 {
+                            continue; // [disp16], below
+                        }
+                        let disp: i64 = match md {
+                            0 => 0,
+                            1 => (b.rng.next() % 256) as i8 as i64,
+                            _ => (b.rng.next() % 0x400) as i64 - 0x200,
+                        };
+                        // The register operand: one no address register uses.
+                        let mut insn = vec![op, modrm(md, 0, rm as u8)];
+                        match md {
+                            1 => insn.push(disp as u8),
+                            2 => insn.extend((disp as i16).to_le_bytes()),
+                            _ => {}
+                        }
+                        // BP's forms address the stack segment.
+                        let ss = base == Gpr::Rbp;
+                        b.check(&insn, 0, &move |st: &mut State, rng: &mut Rng| {
+                            let k = rng.next() % 16;
+                            let want = target.wrapping_sub(disp as u64).wrapping_add(if ss { SS_SHIFT } else { 0 });
+                            // Upper halves that 16-bit addressing ignores.
+                            let junk = rng.next() << 16;
+                            match index {
+                                Some(i) => {
+                                    st.gprs[i] = junk | k;
+                                    st.gprs[base] = junk | (want.wrapping_sub(k) & 0xffff);
+                                }
+                                None => st.gprs[base] = junk | (want & 0xffff),
+                            }
+                        });
+                    }
+                }
+                let mut insn = vec![op, modrm(0, 0, 6)];
+                insn.extend((target as u16).to_le_bytes());
+                b.check(&insn, 0, &|_: &mut State, _: &mut Rng| {});
+                // 0x67: 32-bit addressing, SIB with a scaled index.
+                let insn = [0x67, op, modrm(1, 0, 4), 2 << 6 | 6 << 3 | 3, 8];
+                b.check(&insn, 0, &move |st: &mut State, rng: &mut Rng| {
+                    let k = rng.next() % 8;
+                    st.gprs[Gpr::Rsi] = k;
+                    st.gprs[Gpr::Rbx] = target - 8 - 4 * k;
+                });
+            } else {
+                // SIB with disp8 and every scale, [disp32], [ebp+disp8].
+                for scale in 0..4u8 {
+                    let insn = [op, modrm(1, 0, 4), scale << 6 | 6 << 3 | 3, 0x10];
+                    b.check(&insn, 0, &move |st: &mut State, rng: &mut Rng| {
+                        let k = rng.next() % 8;
+                        st.gprs[Gpr::Rsi] = k;
+                        st.gprs[Gpr::Rbx] = target - 0x10 - (k << scale);
+                    });
+                }
+                let mut insn = vec![op, modrm(0, 0, 5)];
+                insn.extend((target as u32).to_le_bytes());
+                b.check(&insn, 0, &|_: &mut State, _: &mut Rng| {});
+                let insn = [op, modrm(1, 0, 5), 0xf0];
+                b.check(&insn, 0, &move |st: &mut State, _: &mut Rng| st.gprs[Gpr::Rbp] = target + 0x10 + SS_SHIFT);
+                // 0x67: 16-bit addressing, through FS based at DATA.
+                let insn = [0x64, 0x67, op, modrm(0, 0, 0)];
+                b.check(&insn, 0, &|st: &mut State, rng: &mut Rng| {
+                    st.segs[nvmm::Seg::Fs].base = DATA;
+                    let k = rng.next() % 64;
+                    st.gprs[Gpr::Rsi] = k;
+                    st.gprs[Gpr::Rbx] = rng.next() << 16 | (256 - k);
+                });
+            }
+        }
+        // Strings, with SI/DI/CX of the address size (0x67 the other one).
+        for op in [0xa4u8, 0xa5, 0xa6, 0xa7, 0xaa, 0xab, 0xac, 0xad] {
+            for rep in [&[][..], &[0xf3], &[0xf2]] {
+                for addr in [&[][..], &[0x67]] {
+                    for df in [0, rflags::DF] {
+                        let mut insn = rep.to_vec();
+                        insn.extend_from_slice(addr);
+                        if op & 1 == 1 && b.rng.next() % 2 == 0 {
+                            insn.push(0x66);
+                        }
+                        insn.push(op);
+                        // The address size in use: the mode's unless 0x67.
+                        let a16 = bits16 == addr.is_empty();
+                        b.check(&insn, df, &move |st: &mut State, rng: &mut Rng| {
+                            let junk = if a16 { rng.next() << 16 } else { 0 };
+                            // 16-bit addresses in 32-bit code: DS and ES
+                            // based at DATA carry them there.
+                            let d = if a16 && !bits16 {
+                                st.segs[nvmm::Seg::Ds].base = DATA;
+                                st.segs[nvmm::Seg::Es].base = DATA;
+                                0
+                            } else {
+                                d
+                            };
+                            st.gprs[Gpr::Rsi] = junk | (d + 96 + rng.next() % 8);
+                            st.gprs[Gpr::Rdi] = junk | (d + 160 + rng.next() % 8);
+                            st.gprs[Gpr::Rcx] = junk | (rng.next() % 6);
+                        });
+                    }
+                }
+            }
+        }
+        total += b.cases;
+    }
+    assert!(total > 600, "{total} cases");
+}
+
+/// REP MOVS and STOS with counts beyond one batch of the emulator
+/// (`REP_BATCH`): the instruction stops with RIP on it and is executed
+/// again, as the guest would; the end state is the CPU's.
+#[test]
+fn large_rep_counts_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let batch = nvmm::assist::emulate::REP_BATCH;
+    for mode in [CpuMode::Bits64, CpuMode::Bits32] {
+        let mut b = Bench::compat(mode);
+        b.data_len = 3 * batch as usize + 64;
+        let d = b.data();
+        for (op, size) in [(0xa4u8, 1u64), (0xaa, 1), (0xab, 4)] {
+            for count in [batch - 1, batch, batch + 1, 2 * batch + 7] {
+                if count * size > 3 * batch {
+                    continue;
+                }
+                let insn = [0xf3, op];
+                b.check(&insn, 0, &move |st: &mut State, _: &mut Rng| {
+                    st.gprs[Gpr::Rcx] = count;
+                    st.gprs[Gpr::Rsi] = d;
+                    st.gprs[Gpr::Rdi] = d + 32;
+                });
+            }
+        }
+    }
 }

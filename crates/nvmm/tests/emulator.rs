@@ -208,6 +208,149 @@ impl Bench {
     }
 }
 
+/// Where the fault harness's pieces live: a handler per vector (`out
+/// 0x20+vector,al`), the 64-bit IDT, the TSS and the kernel stack its RSP0
+/// names.
+const HANDLERS: u64 = 0x3000;
+const TSS: u64 = 0x5000;
+const KERNEL_STACK: u64 = 0x9000;
+
+/// Vectors that push an error code.
+fn pushes_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17)
+}
+
+impl Bench {
+    /// Gives the guest 64-bit interrupt gates for vectors 0–31, each
+    /// handler reporting its vector as an OUT to port 0x20 + vector, and a
+    /// TSS whose RSP0 is the kernel stack (faults come from CPL 3).
+    fn with_handlers(mut self) -> Bench {
+        let mut idt = vec![0u8; 32 * 16];
+        for v in 0..32u64 {
+            let h = HANDLERS + v * 4;
+            self.g.machine.write_gpa(h, &[0xe6, 0x20 + v as u8, 0xf4, 0x90]).unwrap();
+            let gate = &mut idt[(v * 16) as usize..][..16];
+            gate[0..2].copy_from_slice(&(h as u16).to_le_bytes());
+            gate[2..4].copy_from_slice(&nvmm::x86::modes::CODE64_SELECTOR.to_le_bytes());
+            gate[5] = 0x8e; // present, DPL 0, 64-bit interrupt gate
+            gate[6..8].copy_from_slice(&((h >> 16) as u16).to_le_bytes());
+        }
+        self.g.machine.write_gpa(IDT, &idt).unwrap();
+        self.g.machine.write_gpa(TSS + 4, &KERNEL_STACK.to_le_bytes()).unwrap();
+        self.g
+            .vcpu
+            .update(StateMask::SEGS, |s| {
+                use nvmm::Seg;
+                (s.segs[Seg::Idt].base, s.segs[Seg::Idt].limit) = (IDT, 32 * 16 - 1);
+                let tr = &mut s.segs[Seg::Tr];
+                (tr.base, tr.limit, tr.selector) = (TSS, 0x67, 0x38);
+                tr.attrib = nvmm::x86::state::SegAttrib::new(11, false, 0, true, false, false, false, false);
+            })
+            .unwrap();
+        self
+    }
+
+    /// Runs `insn` natively from a random state that `setup` makes fault,
+    /// and emulated from the same state: both raise `vector`, with the
+    /// same error code.
+    fn check_fault(&mut self, insn: &[u8], vector: u8, setup: &dyn Fn(&mut State, &mut Rng)) {
+        self.check_fault_or_sdm(insn, vector, setup, None);
+    }
+
+    /// [`check_fault`](Self::check_fault) for a fault that a control
+    /// register bit `control` (register, bit, value) causes: a host that
+    /// runs the instruction anyway (this one does at CPL 3 for CR0.TS,
+    /// CR4.OSFXSR and CR4.OSXSAVE: the guest's bits do not reach the
+    /// hardware there) is told apart by reading the register back, and the
+    /// emulator is then held to the SDM's vector.
+    fn check_fault_or_sdm(
+        &mut self,
+        insn: &[u8],
+        vector: u8,
+        setup: &dyn Fn(&mut State, &mut Rng),
+        control: Option<(Cr, u64, bool)>,
+    ) {
+        let mut code = insn.to_vec();
+        code.extend_from_slice(&[0xe6, 0x10]); // out 0x10,al
+        self.g.machine.write_gpa(CODE, &code).unwrap();
+        let data: Vec<u8> = (0..DATA_LEN).map(|_| self.rng.next() as u8).collect();
+        self.g.machine.write_gpa(DATA, &data).unwrap();
+        self.g.vcpu.get_state(StateMask::ALL).unwrap();
+        let mut st = *self.g.vcpu.state();
+        for r in 0..16 {
+            st.gprs.0[r] = self.rng.next();
+        }
+        st.gprs[Gpr::Rsp] = STACK;
+        st.gprs[Gpr::Rip] = CODE;
+        st.gprs[Gpr::Rflags] = 0x2 | (3 << 12);
+        nvmm::x86::modes::user_mode(&mut st);
+        compat_segments(&mut st, self.mode);
+        // The control bits a previous case changed: AM and TS off, FXSR
+        // and XSAVE enabled.
+        st.crs[Cr::Cr0] &= !((1 << 18) | 8);
+        st.crs[Cr::Cr4] |= 1 << 9 | if self.avx { cr4::OSXSAVE } else { 0 };
+        st.fpu.fx_cw = 0x37f;
+        setup(&mut st, &mut self.rng);
+        *self.g.vcpu.state_mut() = st;
+        self.g.vcpu.set_state(StateMask::ALL).unwrap();
+        let xs_in = self.g.vcpu.xsave().clone();
+        let ctx = format!("{insn:02x?} ({:?})", self.mode);
+        let native = match self.g.vcpu.run().unwrap() {
+            Exit::Io(io) if io.port() >= 0x20 && io.port() < 0x40 => (io.port() - 0x20) as u8,
+            Exit::Io(io) if io.port() == 0x10 && control.is_some() => {
+                let (cr, bit, set) = control.unwrap_or((Cr::Cr0, 0, false));
+                self.g.vcpu.get_state(StateMask::CRS).unwrap();
+                let now = self.g.vcpu.state().crs[cr] & bit != 0;
+                assert_eq!(now, set, "{ctx}: {cr:?} bit {bit:#x} did not stay as set");
+                println!(
+                    "{ctx}: the host ran it with {cr:?} bit {bit:#x} = {set}: the SDM's vector {vector} is the oracle"
+                );
+                self.g.vcpu.complete_pending().unwrap();
+                let mut model = HeldCpu { xsave: xs_in, ..HeldCpu::new(st) };
+                let mut mem: HashMap<u64, u8> = data.iter().enumerate().map(|(i, b)| (DATA + i as u64, *b)).collect();
+                let d = decode(insn, self.mode).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                match execute(&d, &mut model, &mut MemView(&mut mem)) {
+                    Err(EmuError::Exception { vector: v, error_code: None, .. }) if v == vector => {}
+                    other => panic!("{ctx}: the SDM's vector {vector}, the emulator gave {other:?}"),
+                }
+                self.cases += 1;
+                return;
+            }
+            e => panic!("{ctx}: native run gave {e:?}, not a fault"),
+        };
+        self.g.vcpu.get_state(StateMask::GPRS).unwrap();
+        let frame = self.g.vcpu.state().gprs[Gpr::Rsp];
+        let native_code = pushes_error_code(native).then(|| {
+            let mut b = [0u8; 8];
+            self.g.machine.read_gpa(frame, &mut b).unwrap();
+            u64::from_le_bytes(b) as u32
+        });
+        let mut at = [0u8; 8];
+        self.g.machine.read_gpa(frame + if native_code.is_some() { 8 } else { 0 }, &mut at).unwrap();
+        assert_eq!(u64::from_le_bytes(at), CODE, "{ctx}: the fault's RIP");
+        self.g.vcpu.complete_pending().unwrap();
+
+        let mut model = HeldCpu { xsave: xs_in, ..HeldCpu::new(st) };
+        let mut mem: HashMap<u64, u8> = data.iter().enumerate().map(|(i, b)| (DATA + i as u64, *b)).collect();
+        let r = match decode(insn, self.mode) {
+            Ok(d) => execute(&d, &mut model, &mut MemView(&mut mem)),
+            Err(_) => {
+                let c = decode_control(insn, self.mode).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                execute_control(&c, &mut model, &mut MemView(&mut mem))
+            }
+        };
+        match r {
+            Err(EmuError::Exception { vector: v, error_code, .. }) => {
+                assert_eq!((v, error_code), (native, native_code), "{ctx}: (vector, error code), emulated vs CPU");
+            }
+            other => panic!("{ctx}: the CPU raised {native} ({native_code:?}), the emulator gave {other:?}"),
+        }
+        assert_eq!(native, vector, "{ctx}: the CPU raised another vector than the case expects");
+        assert_eq!(model.state.gprs[Gpr::Rip], CODE, "{ctx}: a fault leaves RIP on the instruction");
+        self.cases += 1;
+    }
+}
+
 /// The code segment of `mode` at CPL 3 (a compatibility-mode one unless
 /// 64-bit), and flat data segments, except in 16-bit mode DS, ES and SS:
 /// 64 KiB segments at DATA (SS with a 16-bit stack pointer).
@@ -1081,4 +1224,82 @@ fn large_rep_counts_match_the_cpu() {
             }
         }
     }
+}
+
+/// The faults the emulator raises against the ones the CPU raises for the
+/// same instruction and state (natively at CPL 3, through the guest's own
+/// IDT): #GP for a non-canonical address, a misaligned MOVAPS or
+/// CMPXCHG16B and a segment limit; #SS for the stack segment's; #AC with
+/// CR0.AM and RFLAGS.AC; #NM with CR0.TS for x87 and SSE; #UD for SSE
+/// without CR4.OSFXSR and VEX without CR4.OSXSAVE. Vector and error code
+/// must match, and RIP stays on the instruction.
+#[test]
+fn faults_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    const NONCANONICAL: u64 = 0x8000_0000_0000_0000;
+    let mut b = Bench::new().with_handlers();
+    let at = |off: u64| move |st: &mut State, _: &mut Rng| st.gprs[Gpr::Rbx] = DATA + off;
+    for _ in 0..2 {
+        // mov rax,[rbx] / mov [rbx],eax non-canonical: #GP(0).
+        for insn in [&[0x48, 0x8b, 0x03][..], &[0x89, 0x03]] {
+            b.check_fault(insn, 13, &|st, rng| st.gprs[Gpr::Rbx] = NONCANONICAL | (rng.next() >> 20));
+        }
+        // mov rax,[rbp+8] / [rsp+8] non-canonical: #SS(0).
+        b.check_fault(&[0x48, 0x8b, 0x45, 0x08], 12, &|st, rng| st.gprs[Gpr::Rbp] = NONCANONICAL | (rng.next() >> 20));
+        // Alignment check: CR0.AM, RFLAGS.AC, CPL 3.
+        for (insn, off) in [(&[0x8b, 0x03][..], 66u64), (&[0x66, 0x89, 0x03], 65), (&[0x48, 0x8b, 0x03], 68)] {
+            b.check_fault(insn, 17, &move |st, _| {
+                st.gprs[Gpr::Rbx] = DATA + off;
+                st.crs[Cr::Cr0] |= 1 << 18;
+                st.gprs[Gpr::Rflags] |= rflags::AC;
+            });
+        }
+        // CR0.TS: #NM for fld dword [rbx] and movaps xmm0,[rbx].
+        for insn in [&[0xd9, 0x03][..], &[0x0f, 0x28, 0x03], &[0x66, 0x0f, 0x6f, 0x03]] {
+            let ts = |st: &mut State, rng: &mut Rng| {
+                at(64)(st, rng);
+                st.crs[Cr::Cr0] |= 8;
+            };
+            b.check_fault_or_sdm(insn, 7, &ts, Some((Cr::Cr0, 8, true)));
+        }
+        // CR4.OSFXSR off: SSE moves are #UD; CR4.OSXSAVE off: VEX is.
+        let no_osfxsr = |st: &mut State, rng: &mut Rng| {
+            at(64)(st, rng);
+            st.crs[Cr::Cr4] &= !(1 << 9);
+        };
+        b.check_fault_or_sdm(&[0x0f, 0x10, 0x03], 6, &no_osfxsr, Some((Cr::Cr4, 1 << 9, false)));
+        if b.avx {
+            let no_osxsave = |st: &mut State, rng: &mut Rng| {
+                at(64)(st, rng);
+                st.crs[Cr::Cr4] &= !cr4::OSXSAVE;
+            };
+            b.check_fault_or_sdm(&[0xc5, 0xf8, 0x28, 0x03], 6, &no_osxsave, Some((Cr::Cr4, cr4::OSXSAVE, false)));
+        }
+        // Misaligned MOVAPS / MOVDQA / CMPXCHG16B: #GP(0).
+        for insn in [&[0x0f, 0x28, 0x03][..], &[0x66, 0x0f, 0x7f, 0x03], &[0x48, 0x0f, 0xc7, 0x0b]] {
+            b.check_fault(insn, 13, &at(72));
+        }
+    }
+    // Segment limits in 16-bit code: a word at DS:0xffff is #GP(0), at
+    // SS:0xffff (BP's forms) #SS(0); in 32-bit code a DS whose limit ends
+    // before the access.
+    let mut b16 = Bench::compat(CpuMode::Bits16).with_handlers();
+    b16.check_fault(&[0x8b, 0x00], 13, &|st, _| (st.gprs[Gpr::Rbx], st.gprs[Gpr::Rsi]) = (0xfff0, 0xf));
+    b16.check_fault(&[0x8b, 0x02], 12, &|st, _| (st.gprs[Gpr::Rbp], st.gprs[Gpr::Rsi]) = (0xfff0, 0xf));
+    b16.check_fault(&[0x66, 0x89, 0x07], 13, &|st, _| st.gprs[Gpr::Rbx] = 0xfffd);
+    let mut b32 = Bench::compat(CpuMode::Bits32).with_handlers();
+    // A byte-granular limit (with G set it would end in 0xfff).
+    let limit = |st: &mut State, seg: nvmm::Seg| {
+        st.segs[seg].limit = (DATA + 0xff) as u32;
+        st.segs[seg].attrib = nvmm::x86::state::SegAttrib::new(3, true, 3, true, false, false, true, false);
+    };
+    b32.check_fault(&[0x8b, 0x03], 13, &|st, _| {
+        limit(st, nvmm::Seg::Ds);
+        st.gprs[Gpr::Rbx] = DATA + 0xfe;
+    });
+    b32.check_fault(&[0x8b, 0x45, 0x00], 12, &|st, _| {
+        limit(st, nvmm::Seg::Ss);
+        st.gprs[Gpr::Rbp] = (DATA + 0xfe + SS_SHIFT) & 0xffff_ffff;
+    });
+    assert_eq!(b.cases + b16.cases + b32.cases, 2 * (13 + usize::from(b.avx)) + 5);
 }

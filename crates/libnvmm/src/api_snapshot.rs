@@ -152,11 +152,5 @@ pub extern "C" fn nvmm_snapshot_free(snap: *mut NvmmSnapshot) {
 /// `depth` are made before it returns.
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_keep_vms_ready(depth: usize) -> c_int {
-    entry(|| {
-        let nvmm = handles::nvmm()?;
-        if depth > nvmm.capability().max_machines as usize {
-            return Err(libc::EINVAL);
-        }
-        check(nvmm.keep_vms_ready(depth))
-    })
+    entry(|| check(handles::nvmm()?.keep_vms_ready(depth)))
 }

@@ -97,7 +97,9 @@ impl Nvmm {
     /// when none is ready, one is made on the spot. The first `depth` VMs
     /// are made before this returns; the thread replaces those taken. Each
     /// ready VM holds one file descriptor. `depth` 0 stops the thread and
-    /// closes the ready VMs; a new call replaces the previous one.
+    /// closes the ready VMs; a new call replaces the previous one. A depth
+    /// above [`Capability::max_machines`](crate::Capability::max_machines)
+    /// is `EINVAL`.
     ///
     /// ```no_run
     /// # fn main() -> nvmm::Result<()> {
@@ -109,6 +111,11 @@ impl Nvmm {
     /// # Ok(()) }
     /// ```
     pub fn keep_vms_ready(&self, depth: usize) -> Result<()> {
+        if depth > self.sys.cap.max_machines as usize {
+            return Err(Error::InvalidConfiguration {
+                why: "more VMs made ahead than the process may have machines (Capability::max_machines)",
+            });
+        }
         let mut maker = self.sys.ready_vms.maker();
         if let Some(old) = maker.take() {
             old.stop();

@@ -185,6 +185,8 @@ fn machines_from_vms_made_ahead_are_nvmm_machines() {
     // The first machine opens the process's registry of machines.
     drop(nvmm.create_machine().unwrap());
     let before = nvmm_testkit::open_fds();
+    let too_many = nvmm.capability().max_machines as usize + 1;
+    assert_eq!(nvmm.keep_vms_ready(too_many).unwrap_err().errno(), libc::EINVAL);
     nvmm.keep_vms_ready(2).unwrap();
     assert_eq!(nvmm.vms_ready(), 2, "the first VMs are made before keep_vms_ready returns");
     // The next machine takes one of them (the thread only ever adds).

@@ -58,14 +58,21 @@ pub fn decode_io(bytes: &[u8], mode: CpuMode) -> Result<IoInstruction, IoDecodeE
     let mut addrsize_override = false;
     let mut rep = false;
     let mut segment = None;
+    // REX.W of a REX right before the opcode (one before a legacy prefix
+    // is ignored): it overrides 0x66, and I/O has no 64-bit form.
+    let mut rex_w = false;
     let mut i = 0usize;
     let opcode = loop {
         let b = *bytes.get(i).ok_or(IoDecodeError::Truncated)?;
+        let this_rex_w = mode == CpuMode::Bits64 && (0x40..=0x4f).contains(&b) && b & 8 != 0;
         match b {
             0x66 => opsize_override = true,
             0x67 => addrsize_override = true,
             0xf2 | 0xf3 => rep = true,
             0xf0 => {}
+            // In 64-bit code ES, CS, SS and DS overrides are null
+            // prefixes: they never replace an FS or GS override.
+            0x26 | 0x2e | 0x36 | 0x3e if mode == CpuMode::Bits64 && matches!(segment, Some(Seg::Fs | Seg::Gs)) => {}
             0x26 => segment = Some(Seg::Es),
             0x2e => segment = Some(Seg::Cs),
             0x36 => segment = Some(Seg::Ss),
@@ -73,7 +80,7 @@ pub fn decode_io(bytes: &[u8], mode: CpuMode) -> Result<IoInstruction, IoDecodeE
             0x64 => segment = Some(Seg::Fs),
             0x65 => segment = Some(Seg::Gs),
             0x40..=0x4f if mode == CpuMode::Bits64 => {
-                // REX must come last; it does not change I/O sizes.
+                // Only the REX right before the opcode counts.
                 let next = *bytes.get(i + 1).ok_or(IoDecodeError::Truncated)?;
                 if (0x40..=0x4f).contains(&next) {
                     i += 1;
@@ -82,6 +89,7 @@ pub fn decode_io(bytes: &[u8], mode: CpuMode) -> Result<IoInstruction, IoDecodeE
             }
             _ => break b,
         }
+        rex_w = this_rex_w;
         i += 1;
         if i >= 15 {
             return Err(IoDecodeError::TooLong);
@@ -115,6 +123,7 @@ pub fn decode_io(bytes: &[u8], mode: CpuMode) -> Result<IoInstruction, IoDecodeE
     }
     let operand_size = match (byte, mode, opsize_override) {
         (true, _, _) => 1,
+        (false, _, _) if rex_w => 4,
         (false, CpuMode::Bits16, false) | (false, CpuMode::Bits32 | CpuMode::Bits64, true) => 2,
         _ => 4,
     };

@@ -366,3 +366,83 @@ fn string_io_with_32_bit_addresses_and_a_segment_override() {
     g.vcpu.update(StateMask::SEGS, |s| s.segs[Seg::Fs].base = 0x6000).unwrap();
     assert_eq!(io_guest(&mut g), b"xyz");
 }
+
+/// A #PF the assist raises against the CPU's: an XSAVE at CPL 3 whose
+/// legacy region fills the last 512 bytes of a page and whose header falls
+/// on the next page, which is not present. With the first page RAM the CPU
+/// runs it natively and faults; with the first page MMIO the access exits,
+/// KVM's emulator gives up on XSAVE and the assist emulates it, walking
+/// the page tables. Both must be #PF with the same error code (not
+/// present, write — XSTATE_BV is read and written back, a write for the
+/// CPU —, user), CR2 on the same page, RIP on the instruction.
+#[test]
+fn page_faults_through_the_assist_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    const PT: u64 = 0x4_0000;
+    const PF_HANDLER: u64 = 0x1900;
+    const RAM_PAGE: u64 = 0x30_0000;
+    const AREA: u64 = 0x1000_0000; // 2 MiB of 4 KiB pages, the second absent
+    let insn = [0x0f, 0xae, 0x26]; // xsave [rsi]
+    let mut seen = Vec::new();
+    for first in [RAM_PAGE, MMIO] {
+        let mut g = guest(&insn, true);
+        // #PF handler: out 0x2e,al (its frame holds the error code).
+        g.machine.write_gpa(PF_HANDLER, &[0xe6, 0x2e, 0xf4]).unwrap();
+        let gate: u64 = (PF_HANDLER & 0xffff) | (u64::from(modes::CODE64_SELECTOR) << 16) | (0x8e00u64 << 32);
+        g.machine.write_gpa(IDT + 16 * 14, &gate.to_le_bytes()).unwrap();
+        g.machine.write_gpa(IDT + 16 * 14 + 8, &0u64.to_le_bytes()).unwrap();
+        let mut pt = vec![0u8; 4096];
+        pt[..8].copy_from_slice(&(first | 7).to_le_bytes());
+        for e in 2..512u64 {
+            pt[(e * 8) as usize..][..8].copy_from_slice(&((RAM_PAGE + e * 4096) | 7).to_le_bytes());
+        }
+        g.machine.write_gpa(PT, &pt).unwrap();
+        g.machine.write_gpa(PML4 + 0x2000 + 8 * (AREA >> 21), &(PT | 7).to_le_bytes()).unwrap();
+        g.vcpu
+            .update(StateMask::GPRS, |s| {
+                s.gprs[Gpr::Rsi] = AREA + 0x1000 - 512;
+                (s.gprs[Gpr::Rax], s.gprs[Gpr::Rdx]) = (7, 0);
+            })
+            .unwrap();
+        let mut assisted = 0;
+        let fault = loop {
+            match g.vcpu.run().unwrap() {
+                Exit::Io(io) if io.port() == 0x2e => break true,
+                Exit::Io(io) if io.port() == 0x10 => break false,
+                Exit::EmulationFailure(_) | Exit::Memory(_) => {
+                    assisted += 1;
+                    let outcome = g.vcpu.assist_mem(|r| {
+                        let off = r.gpa - MMIO;
+                        assert!(off < 4096, "{:#x}", r.gpa);
+                        r.data.fill(0);
+                    });
+                    assert_eq!(outcome.unwrap(), AssistOutcome::Exception { vector: 14 });
+                }
+                Exit::None => {}
+                e => panic!("unexpected exit {e:?}"),
+            }
+            assert!(assisted < 5, "the assist did not raise the fault");
+        };
+        assert!(fault, "no #PF (first page {first:#x})");
+        g.vcpu.get_state(StateMask::GPRS | StateMask::CRS).unwrap();
+        let s = *g.vcpu.state();
+        let mut frame = [0u8; 16];
+        g.machine.read_gpa(s.gprs[Gpr::Rsp], &mut frame).unwrap();
+        let code = u64::from_le_bytes(frame[..8].try_into().unwrap());
+        let rip = u64::from_le_bytes(frame[8..].try_into().unwrap());
+        assert_eq!(rip, CODE, "the fault leaves RIP on the instruction (first page {first:#x})");
+        println!("first page {first:#x}: error code {code:#x}, CR2 {:#x}, {assisted} assisted", s.crs[Cr::Cr2]);
+        seen.push((code, s.crs[Cr::Cr2], assisted));
+    }
+    // The order of XSAVE's accesses is the implementation's (this CPU
+    // faults on the last byte of the AVX component): CR2 is compared by
+    // page.
+    let page = |a: u64| a & !0xfff;
+    assert_eq!((seen[0].0, page(seen[0].1), seen[0].2), (0b110, AREA + 0x1000, 0), "the CPU: not present, write, user");
+    assert_eq!(
+        (seen[1].0, page(seen[1].1)),
+        (seen[0].0, page(seen[0].1)),
+        "(error code, CR2's page): the assist vs the CPU"
+    );
+    assert!(seen[1].2 > 0, "the MMIO case went through the assist");
+}

@@ -1303,3 +1303,58 @@ fn faults_match_the_cpu() {
     });
     assert_eq!(b.cases + b16.cases + b32.cases, 2 * (13 + usize::from(b.avx)) + 5);
 }
+
+/// Memory that records each access's kind and faults on every one, like a
+/// page that is not present would (the #PF's W bit is the access's kind).
+struct AbsentPage(Vec<nvmm::assist::mmu::AccessKind>);
+
+impl EmuMemory for AbsentPage {
+    fn read(&mut self, linear: u64, _buf: &mut [u8], a: Access) -> Result<(), EmuError> {
+        self.fault(linear, a)
+    }
+    fn write(&mut self, linear: u64, _buf: &[u8], a: Access) -> Result<(), EmuError> {
+        self.fault(linear, a)
+    }
+}
+
+impl AbsentPage {
+    fn fault(&mut self, linear: u64, a: Access) -> Result<(), EmuError> {
+        self.0.push(a.kind);
+        let w = u32::from(a.kind == nvmm::assist::mmu::AccessKind::Write);
+        Err(EmuError::Exception { vector: 14, error_code: Some(w << 1), cr2: Some(linear) })
+    }
+}
+
+/// Read-modify-write instructions fault on a page that is not present as
+/// writes (the SDM: the CPU checks write rights at the read), as the CPU
+/// did for XSAVE's header in `assists::page_faults_through_the_assist_match_the_cpu`;
+/// CMP and TEST, which only read, as reads.
+#[test]
+fn read_modify_write_faults_are_writes() {
+    use nvmm::assist::mmu::AccessKind;
+    let mut st = State::default();
+    nvmm::x86::modes::long_mode(&mut st, 0x800, 0x10000);
+    st.gprs[Gpr::Rbx] = 0x1000;
+    for (insn, kind) in [
+        (&[0x01, 0x03][..], AccessKind::Write),         // add [rbx],eax
+        (&[0x80, 0x0b, 0x01], AccessKind::Write),       // or byte [rbx],1
+        (&[0x87, 0x03], AccessKind::Write),             // xchg [rbx],eax
+        (&[0x0f, 0xc1, 0x03], AccessKind::Write),       // xadd [rbx],eax
+        (&[0x0f, 0xb1, 0x0b], AccessKind::Write),       // cmpxchg [rbx],ecx
+        (&[0x48, 0x0f, 0xc7, 0x0b], AccessKind::Write), // cmpxchg16b [rbx]
+        (&[0x39, 0x03], AccessKind::Read),              // cmp [rbx],eax
+        (&[0x85, 0x03], AccessKind::Read),              // test [rbx],eax
+        (&[0x8b, 0x03], AccessKind::Read),              // mov eax,[rbx]
+    ] {
+        let d = decode(insn, CpuMode::Bits64).unwrap();
+        let mut model = HeldCpu::new(st);
+        let mut mem = AbsentPage(Vec::new());
+        let e = execute(&d, &mut model, &mut mem).unwrap_err();
+        let w = u32::from(kind == AccessKind::Write) << 1;
+        assert!(
+            matches!(e, EmuError::Exception { vector: 14, error_code: Some(c), .. } if c == w),
+            "{insn:02x?}: {e:?}"
+        );
+        assert_eq!(mem.0, vec![kind], "{insn:02x?}: one access, faulting");
+    }
+}

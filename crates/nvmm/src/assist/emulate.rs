@@ -281,6 +281,27 @@ impl<'a> Ctx<'a> {
         mem.write(lin, buf, self.access(AccessKind::Write))
     }
 
+    /// Loads bytes the instruction then writes back (read-modify-write):
+    /// the CPU checks write rights at the read already, so a segment or
+    /// page fault there is a write's (#PF error code W set).
+    #[inline]
+    fn load_for_update<M: EmuMemory + ?Sized>(&self, mem: &mut M, m: &Mem, buf: &mut [u8]) -> Result<(), EmuError> {
+        let lin = self.mem_linear(m, buf.len() as u64, true)?;
+        mem.read(lin, buf, self.access(AccessKind::Write))
+    }
+
+    /// [`read`](Self::read) of an operand the instruction then writes.
+    fn read_for_update(&self, mem: &mut dyn EmuMemory, op: &Operand, size: u8) -> Result<u64, EmuError> {
+        match *op {
+            Operand::Mem(m) => {
+                let mut b = [0u8; 8];
+                self.load_for_update(mem, &m, &mut b[..usize::from(size.min(8))])?;
+                Ok(u64::from_le_bytes(b))
+            }
+            _ => self.read(mem, op, size),
+        }
+    }
+
     /// Reads `size` (at most 8) bytes of memory.
     fn read_mem<M: EmuMemory + ?Sized>(&self, mem: &mut M, m: &Mem, size: u8) -> Result<u64, EmuError> {
         let mut b = [0u8; 8];
@@ -393,7 +414,11 @@ fn run(
             c.write(mem, &insn.dst(), size, v)?;
         }
         Op::Alu(op) => {
-            let a = c.read(mem, &insn.dst(), size)?;
+            let a = if op == AluOp::Cmp {
+                c.read(mem, &insn.dst(), size)?
+            } else {
+                c.read_for_update(mem, &insn.dst(), size)?
+            };
             let b = c.read(mem, &insn.src(), size)?;
             let carry = c.flag(rflags::CF);
             let (r, f) = match op {
@@ -416,13 +441,13 @@ fn run(
             c.set_flags(flags::logic(a & b, size));
         }
         Op::Xchg => {
-            let a = c.read(mem, &insn.dst(), size)?;
-            let b = c.read(mem, &insn.src(), size)?;
+            let a = c.read_for_update(mem, &insn.dst(), size)?;
+            let b = c.read_for_update(mem, &insn.src(), size)?;
             c.write(mem, &insn.dst(), size, b)?;
             c.write(mem, &insn.src(), size, a)?;
         }
         Op::Xadd => {
-            let a = c.read(mem, &insn.dst(), size)?;
+            let a = c.read_for_update(mem, &insn.dst(), size)?;
             let b = c.read(mem, &insn.src(), size)?;
             let (r, f) = flags::add(a, b, false, size);
             c.write(mem, &insn.dst(), size, r)?;
@@ -431,7 +456,7 @@ fn run(
         }
         Op::Cmpxchg => {
             let acc = Reg::Gpr { num: 0, size, high8: false };
-            let d = c.read(mem, &insn.dst(), size)?;
+            let d = c.read_for_update(mem, &insn.dst(), size)?;
             let a = c.read_reg(acc);
             let (_, f) = flags::sub(a, d, false, size);
             if a == d {
@@ -471,7 +496,7 @@ fn cmpxchg_nb(c: &mut Ctx<'_>, insn: &Instruction, mem: &mut dyn EmuMemory) -> R
         return Err(gp0());
     }
     let mut cur = [0u8; 16];
-    c.load(mem, &m, &mut cur[..2 * half])?;
+    c.load_for_update(mem, &m, &mut cur[..2 * half])?;
     let hmask = mask(half as u8);
     let (lo, hi) = (c.gpr(0) & hmask, c.gpr(2) & hmask);
     let cur_lo = u64::from_le_bytes(pad8(&cur[..half]));

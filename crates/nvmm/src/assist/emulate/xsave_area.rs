@@ -151,7 +151,9 @@ pub(super) fn save<M: EmuMemory + ?Sized>(
         header[8..].copy_from_slice(&(rfbm | COMPACTED).to_le_bytes());
         put(c, mem, base, HEADER, &header)?;
     } else {
-        get(c, mem, base, HEADER, &mut header[..8])?;
+        // XSTATE_BV is read and written back: a write access, as the
+        // CPU's (its #PF reports a write).
+        mem.read(at(c, base, HEADER), &mut header[..8], c.access(AccessKind::Write))?;
         let old = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
         let bv = (old & !rfbm) | (rfbm & inuse);
         put(c, mem, base, HEADER, &bv.to_le_bytes())?;

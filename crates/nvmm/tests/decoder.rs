@@ -194,7 +194,6 @@ fn control_instructions_agree_with_iced() {
 #[test]
 fn io_instructions_match_iced() {
     use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
-    use nvmm::Seg;
     use nvmm::assist::io_insn::{IoDecodeError, decode_io};
     const OPCODES: [u8; 12] = [0xe4, 0xe5, 0xe6, 0xe7, 0xec, 0xed, 0xee, 0xef, 0x6c, 0x6d, 0x6e, 0x6f];
     const LEGACY: [u8; 11] = [0x66, 0x67, 0xf2, 0xf3, 0xf0, 0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65];
@@ -275,15 +274,7 @@ fn io_instructions_match_iced() {
                     // ES:DI for INS (no override); iced's memory segment
                     // for OUTS.
                     let es_di = matches!(kind, Some(OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI));
-                    let seg = match if es_di { Register::ES } else { i.memory_segment() } {
-                        Register::ES => Seg::Es,
-                        Register::CS => Seg::Cs,
-                        Register::SS => Seg::Ss,
-                        Register::DS => Seg::Ds,
-                        Register::FS => Seg::Fs,
-                        Register::GS => Seg::Gs,
-                        r => panic!("{ctx}: segment {r:?}"),
-                    };
+                    let seg = oracle::seg_of(if es_di { Register::ES } else { i.memory_segment() });
                     // (64-bit code ignores ES/CS/SS/DS overrides, all based
                     // at 0 there; iced and the decoder both name the prefix.)
                     assert_eq!(d.segment, Some(seg), "{ctx}: segment");

@@ -411,6 +411,16 @@ fn rbx_at_data(st: &mut State, rng: &mut Rng) {
 }
 
 const SIZES: [&[u8]; 4] = [&[], &[0x66], &[], &[0x48]];
+
+/// The ModRM forms of ADD OR ADC SBB AND SUB XOR CMP (both directions),
+/// TEST, XCHG and MOV, each with every operand-size prefix of `sizes`
+/// (byte forms with the first only).
+fn modrm_alu_forms<'a>(sizes: &'a [&'a [u8]]) -> impl Iterator<Item = (u8, &'a [u8])> + 'a {
+    let opcodes = (0..8u8).flat_map(|i| (0..4).map(move |k| i * 8 + k)).chain(0x84..=0x8b);
+    opcodes.flat_map(move |op| {
+        sizes.iter().enumerate().filter(move |(si, _)| op & 1 == 1 || *si == 0).map(move |(_, p)| (op, *p))
+    })
+}
 const FLAG_CASES: [u64; 2] = [0, rflags::ARITH];
 
 #[test]
@@ -420,19 +430,12 @@ fn integer_instructions_match_the_cpu() {
     for rounds in 0..4 {
         // op [rbx], reg / op reg, [rbx] for ADD OR ADC SBB AND SUB XOR CMP,
         // TEST, XCHG, MOV (byte forms and 16/32/64-bit).
-        let mut opcodes: Vec<u8> = (0..8u8).flat_map(|i| (0..4).map(move |k| i * 8 + k)).collect();
-        opcodes.extend([0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b]);
-        for &op in &opcodes {
-            for (si, prefix) in SIZES.iter().enumerate() {
-                if op & 1 == 0 && si != 0 {
-                    continue;
-                }
-                for &f in &FLAG_CASES {
-                    let reg = [0u8, 1, 2, 6, 7][rounds % 5];
-                    let mut insn = prefix.to_vec();
-                    insn.extend([op, (reg << 3) | 3]); // [rbx]
-                    b.check(&insn, f, &rbx_at_data);
-                }
+        for (op, prefix) in modrm_alu_forms(&SIZES) {
+            for &f in &FLAG_CASES {
+                let reg = [0u8, 1, 2, 6, 7][rounds % 5];
+                let mut insn = prefix.to_vec();
+                insn.extend([op, (reg << 3) | 3]); // [rbx]
+                b.check(&insn, f, &rbx_at_data);
             }
         }
         // Group 1 with imm8 / imm32 / sign-extended imm8, group 11 MOV,
@@ -1015,19 +1018,12 @@ fn compat_mode_code_matches_the_cpu() {
         let sizes: [&[u8]; 2] = [&[], &[0x66]];
         let wide = |prefix: &[u8]| (prefix.is_empty()) != bits16; // 32-bit operands
         for round in 0..2 {
-            let mut opcodes: Vec<u8> = (0..8u8).flat_map(|i| (0..4).map(move |k| i * 8 + k)).collect();
-            opcodes.extend([0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b]);
-            for &op in &opcodes {
-                for (si, prefix) in sizes.iter().enumerate() {
-                    if op & 1 == 0 && si != 0 {
-                        continue;
-                    }
-                    for &f in &FLAG_CASES {
-                        let reg = [0u8, 1, 2, 6, 7][(round * 3 + usize::from(op)) % 5];
-                        let mut insn = prefix.to_vec();
-                        insn.extend([op, modrm(0, reg, rm_bx)]);
-                        b.check(&insn, f, &bx_at_data);
-                    }
+            for (op, prefix) in modrm_alu_forms(&sizes) {
+                for &f in &FLAG_CASES {
+                    let reg = [0u8, 1, 2, 6, 7][(round * 3 + usize::from(op)) % 5];
+                    let mut insn = prefix.to_vec();
+                    insn.extend([op, modrm(0, reg, rm_bx)]);
+                    b.check(&insn, f, &bx_at_data);
                 }
             }
             for (op, full_imm) in [(0x80u8, false), (0x81, true), (0x83, false), (0xc7, true), (0xf7, true)] {

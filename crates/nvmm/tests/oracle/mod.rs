@@ -139,7 +139,8 @@ fn check_mem(m: &Mem, i: &iced_x86::Instruction, addr: u8, ctx: &str) {
     assert_eq!(usize::from(m.size()), i.memory_size().size(), "{ctx}: memory size {:?}", i.memory_size());
 }
 
-fn seg_of(r: Register) -> Seg {
+/// The segment iced names.
+pub fn seg_of(r: Register) -> Seg {
     match r {
         Register::ES => Seg::Es,
         Register::CS => Seg::Cs,

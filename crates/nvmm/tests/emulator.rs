@@ -77,6 +77,25 @@ impl Bench {
         if self.mode == CpuMode::Bits16 { 0 } else { DATA }
     }
 
+    /// Loads `insn` and the end marker (`out 0x10,al`) at CODE; the
+    /// VCPU's state with random GPRs, RSP and RIP at STACK and CODE,
+    /// RFLAGS with IOPL 3 and `rflags_in`, and the segments of the mode.
+    fn prepare(&mut self, insn: &[u8], rflags_in: u64) -> State {
+        let mut code = insn.to_vec();
+        code.extend_from_slice(&[0xe6, 0x10]); // out 0x10,al
+        self.g.machine.write_gpa(CODE, &code).unwrap();
+        self.g.vcpu.get_state(StateMask::ALL).unwrap();
+        let mut st = *self.g.vcpu.state();
+        for r in 0..16 {
+            st.gprs.0[r] = self.rng.next();
+        }
+        st.gprs[Gpr::Rsp] = STACK;
+        st.gprs[Gpr::Rip] = CODE;
+        st.gprs[Gpr::Rflags] = 0x2 | (3 << 12) | rflags_in;
+        compat_segments(&mut st, self.mode);
+        st
+    }
+
     /// Runs `insn` natively and emulated from the same random state.
     fn check(&mut self, insn: &[u8], rflags_in: u64, setup: &dyn Fn(&mut State, &mut Rng)) {
         self.check_data(insn, rflags_in, setup, &|_: &State, _: &mut [u8], _: &mut Rng| {});
@@ -91,20 +110,9 @@ impl Bench {
         setup: &dyn Fn(&mut State, &mut Rng),
         data_setup: &dyn Fn(&State, &mut [u8], &mut Rng),
     ) {
-        let mut code = insn.to_vec();
-        code.extend_from_slice(&[0xe6, 0x10]); // out 0x10,al
-        self.g.machine.write_gpa(CODE, &code).unwrap();
         let data_len = self.data_len;
         let mut data: Vec<u8> = (0..data_len).map(|_| self.rng.next() as u8).collect();
-        self.g.vcpu.get_state(StateMask::ALL).unwrap();
-        let mut st = *self.g.vcpu.state();
-        for r in 0..16 {
-            st.gprs.0[r] = self.rng.next();
-        }
-        st.gprs[Gpr::Rsp] = STACK;
-        st.gprs[Gpr::Rip] = CODE;
-        st.gprs[Gpr::Rflags] = 0x2 | (3 << 12) | rflags_in;
-        compat_segments(&mut st, self.mode);
+        let mut st = self.prepare(insn, rflags_in);
         st.fpu.fx_cw = 0x37f;
         st.fpu.fx_sw = 0;
         st.fpu.fx_tw = 0;
@@ -270,19 +278,10 @@ impl Bench {
         setup: &dyn Fn(&mut State, &mut Rng),
         control: Option<(Cr, u64, bool)>,
     ) {
-        let mut code = insn.to_vec();
-        code.extend_from_slice(&[0xe6, 0x10]); // out 0x10,al
-        self.g.machine.write_gpa(CODE, &code).unwrap();
         let data: Vec<u8> = (0..DATA_LEN).map(|_| self.rng.next() as u8).collect();
         self.g.machine.write_gpa(DATA, &data).unwrap();
-        self.g.vcpu.get_state(StateMask::ALL).unwrap();
-        let mut st = *self.g.vcpu.state();
-        for r in 0..16 {
-            st.gprs.0[r] = self.rng.next();
-        }
-        st.gprs[Gpr::Rsp] = STACK;
-        st.gprs[Gpr::Rip] = CODE;
-        st.gprs[Gpr::Rflags] = 0x2 | (3 << 12);
+        let mut st = self.prepare(insn, 0);
+        // Back at CPL 3 after a previous case's fault handler.
         nvmm::x86::modes::user_mode(&mut st);
         compat_segments(&mut st, self.mode);
         // The control bits a previous case changed: AM and TS off, FXSR

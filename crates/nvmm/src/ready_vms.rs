@@ -97,7 +97,8 @@ impl Nvmm {
     /// when none is ready, one is made on the spot. The first `depth` VMs
     /// are made before this returns; the thread replaces those taken. Each
     /// ready VM holds one file descriptor. `depth` 0 stops the thread and
-    /// closes the ready VMs; a new call replaces the previous one. A depth
+    /// closes the ready VMs; a new call replaces the previous one (a call
+    /// that fails leaves it as it was). A depth
     /// above [`Capability::max_machines`](crate::Capability::max_machines)
     /// is `EINVAL`.
     ///
@@ -116,18 +117,19 @@ impl Nvmm {
                 why: "more VMs made ahead than the process may have machines (Capability::max_machines)",
             });
         }
+        // The first `depth` are made here, before the maker's lock is
+        // taken (other threads keep creating machines meanwhile): the next
+        // machines are sure to find them, and an error shows now.
+        let mut vms = VecDeque::with_capacity(depth);
+        for _ in 0..depth {
+            vms.push_back(self.sys.kvm.create_vm()?);
+        }
         let mut maker = self.sys.ready_vms.maker();
         if let Some(old) = maker.take() {
             old.stop();
         }
         if depth == 0 {
             return Ok(());
-        }
-        // The first `depth` are made here: the next machines are sure to
-        // find them (and an error shows now).
-        let mut vms = VecDeque::with_capacity(depth);
-        for _ in 0..depth {
-            vms.push_back(self.sys.kvm.create_vm()?);
         }
         let shelf =
             Arc::new(Shelf { state: Mutex::new(ShelfState { vms, depth, stop: false }), changed: Condvar::new() });

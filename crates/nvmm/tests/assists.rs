@@ -367,25 +367,21 @@ fn string_io_with_32_bit_addresses_and_a_segment_override() {
     assert_eq!(io_guest(&mut g), b"xyz");
 }
 
-/// A #PF the assist raises against the CPU's: an XSAVE at CPL 3 whose
-/// legacy region fills the last 512 bytes of a page and whose header falls
-/// on the next page, which is not present. With the first page RAM the CPU
-/// runs it natively and faults; with the first page MMIO the access exits,
-/// KVM's emulator gives up on XSAVE and the assist emulates it, walking
-/// the page tables. Both must be #PF with the same error code (not
-/// present, write — XSTATE_BV is read and written back, a write for the
-/// CPU —, user), CR2 on the same page, RIP on the instruction.
-#[test]
-fn page_faults_through_the_assist_match_the_cpu() {
-    nvmm_testkit::kvm_or_skip!();
+/// Runs `insn` at CPL 3 with RSI at `rsi` in a 2 MiB area of 4 KiB pages
+/// whose second page is absent, the first page being RAM (the CPU runs it)
+/// or MMIO (an access to it exits; KVM's emulator gives up on the
+/// instruction and the assist emulates it, walking the page tables).
+/// Returns, for each, the #PF's error code, CR2 and how many times the
+/// assist ran. With `mmio_rsi`, the MMIO run starts with RSI there and the
+/// program moves it to `rsi` at the exit, before assisting (the assist
+/// then decodes and emulates the instruction with the changed state).
+fn page_fault_of(insn: &[u8], rsi: u64, mmio_rsi: Option<u64>) -> Vec<(u64, u64, usize)> {
     const PT: u64 = 0x4_0000;
     const PF_HANDLER: u64 = 0x1900;
     const RAM_PAGE: u64 = 0x30_0000;
-    const AREA: u64 = 0x1000_0000; // 2 MiB of 4 KiB pages, the second absent
-    let insn = [0x0f, 0xae, 0x26]; // xsave [rsi]
     let mut seen = Vec::new();
     for first in [RAM_PAGE, MMIO] {
-        let mut g = guest(&insn, true);
+        let mut g = guest(insn, true);
         // #PF handler: out 0x2e,al (its frame holds the error code).
         g.machine.write_gpa(PF_HANDLER, &[0xe6, 0x2e, 0xf4]).unwrap();
         let gate: u64 = (PF_HANDLER & 0xffff) | (u64::from(modes::CODE64_SELECTOR) << 16) | (0x8e00u64 << 32);
@@ -397,10 +393,10 @@ fn page_faults_through_the_assist_match_the_cpu() {
             pt[(e * 8) as usize..][..8].copy_from_slice(&((RAM_PAGE + e * 4096) | 7).to_le_bytes());
         }
         g.machine.write_gpa(PT, &pt).unwrap();
-        g.machine.write_gpa(PML4 + 0x2000 + 8 * (AREA >> 21), &(PT | 7).to_le_bytes()).unwrap();
+        g.machine.write_gpa(PML4 + 0x2000 + 8 * (FAULT_AREA >> 21), &(PT | 7).to_le_bytes()).unwrap();
         g.vcpu
             .update(StateMask::GPRS, |s| {
-                s.gprs[Gpr::Rsi] = AREA + 0x1000 - 512;
+                s.gprs[Gpr::Rsi] = if first == MMIO { mmio_rsi.unwrap_or(rsi) } else { rsi };
                 (s.gprs[Gpr::Rax], s.gprs[Gpr::Rdx]) = (7, 0);
             })
             .unwrap();
@@ -411,6 +407,9 @@ fn page_faults_through_the_assist_match_the_cpu() {
                 Exit::Io(io) if io.port() == 0x10 => break false,
                 Exit::EmulationFailure(_) | Exit::Memory(_) => {
                     assisted += 1;
+                    if mmio_rsi.is_some() {
+                        g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rsi] = rsi).unwrap();
+                    }
                     let outcome = g.vcpu.assist_mem(|r| {
                         let off = r.gpa - MMIO;
                         assert!(off < 4096, "{:#x}", r.gpa);
@@ -423,26 +422,80 @@ fn page_faults_through_the_assist_match_the_cpu() {
             }
             assert!(assisted < 5, "the assist did not raise the fault");
         };
-        assert!(fault, "no #PF (first page {first:#x})");
+        assert!(fault, "{insn:02x?}: no #PF (first page {first:#x})");
         g.vcpu.get_state(StateMask::GPRS | StateMask::CRS).unwrap();
         let s = *g.vcpu.state();
         let mut frame = [0u8; 16];
         g.machine.read_gpa(s.gprs[Gpr::Rsp], &mut frame).unwrap();
         let code = u64::from_le_bytes(frame[..8].try_into().unwrap());
         let rip = u64::from_le_bytes(frame[8..].try_into().unwrap());
-        assert_eq!(rip, CODE, "the fault leaves RIP on the instruction (first page {first:#x})");
-        println!("first page {first:#x}: error code {code:#x}, CR2 {:#x}, {assisted} assisted", s.crs[Cr::Cr2]);
+        assert_eq!(rip, CODE, "{insn:02x?}: the fault leaves RIP on the instruction (first page {first:#x})");
+        println!(
+            "{insn:02x?} first page {first:#x}: error code {code:#x}, CR2 {:#x}, {assisted} assisted",
+            s.crs[Cr::Cr2]
+        );
         seen.push((code, s.crs[Cr::Cr2], assisted));
     }
-    // The order of XSAVE's accesses is the implementation's (this CPU
-    // faults on the last byte of the AVX component): CR2 is compared by
-    // page.
+    seen
+}
+
+/// The 2 MiB area of [`page_fault_of`].
+const FAULT_AREA: u64 = 0x1000_0000;
+
+/// A #PF the assist raises against the CPU's: instructions KVM's emulator
+/// gives up on, at CPL 3, whose stores start on the first page of
+/// [`page_fault_of`]'s area and end on the next, absent, page. With the
+/// first page RAM the CPU faults natively; with it MMIO the store exits
+/// and the assist emulates it. Both must be #PF with the same error code
+/// (not present, write — XSTATE_BV is read and written back, a write for
+/// the CPU —, user), CR2 on the same page, RIP on the instruction. Which
+/// of an instruction's accesses a CPU makes first is its own: one that
+/// faults on the absent page before touching the MMIO page never reaches
+/// the assist (its MMIO run is the CPU's fault again, and must match too);
+/// at least one must reach it. A plain store that KVM emulates reaches the
+/// assist when the program changes the state at its MMIO exit: there RSI
+/// is moved onto the absent page, and the CPU runs the same store with
+/// that RSI (CR2 is then compared exactly).
+#[test]
+fn page_faults_through_the_assist_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let end = FAULT_AREA + 0x1000;
+    let cases: [(&str, &[u8], u64); 3] = [
+        // Legacy region on the first page, header and AVX on the next.
+        ("xsave [rsi], legacy region first", &[0x0f, 0xae, 0x26], end - 512),
+        // Legacy region and header first, AVX on the next.
+        ("xsave [rsi], header first", &[0x0f, 0xae, 0x26], end - 576),
+        // A 32-byte store split 16/16 across the pages.
+        ("vmovdqu [rsi], ymm0", &[0xc5, 0xfe, 0x7f, 0x06], end - 16),
+    ];
+    // The CPU's fault: not present, write, user; CR2 by page (the order
+    // of XSAVE's accesses is the implementation's: a CPU may fault on the
+    // last byte of the AVX component).
     let page = |a: u64| a & !0xfff;
-    assert_eq!((seen[0].0, page(seen[0].1), seen[0].2), (0b110, AREA + 0x1000, 0), "the CPU: not present, write, user");
-    assert_eq!(
-        (seen[1].0, page(seen[1].1)),
-        (seen[0].0, page(seen[0].1)),
-        "(error code, CR2's page): the assist vs the CPU"
-    );
-    assert!(seen[1].2 > 0, "the MMIO case went through the assist");
+    let mut through_assist = 0;
+    for (name, insn, rsi) in cases {
+        let seen = page_fault_of(insn, rsi, None);
+        assert_eq!(
+            (seen[0].0, page(seen[0].1), seen[0].2),
+            (0b110, end, 0),
+            "{name}: the CPU: not present, write, user"
+        );
+        assert_eq!(
+            (seen[1].0, page(seen[1].1)),
+            (seen[0].0, page(seen[0].1)),
+            "{name}: (error code, CR2's page): the assist vs the CPU"
+        );
+        if seen[1].2 > 0 {
+            through_assist += 1;
+        } else {
+            println!("{name}: this CPU faults on the absent page before it touches the MMIO page");
+        }
+    }
+    // mov [rsi],eax: KVM emulates it; at its MMIO exit RSI moves 8 bytes
+    // into the absent page.
+    let seen = page_fault_of(&[0x89, 0x06], end + 8, Some(FAULT_AREA + 8));
+    assert_eq!((seen[0].0, seen[0].1, seen[0].2), (0b110, end + 8, 0), "mov: the CPU: not present, write, user");
+    assert_eq!((seen[1].0, seen[1].1), (seen[0].0, seen[0].1), "mov: (error code, CR2): the assist vs the CPU");
+    assert_eq!(seen[1].2, 1, "mov: the MMIO case went through the assist");
+    println!("{{\"xsave_or_vmovdqu_through_the_assist\":{through_assist},\"mov_after_a_state_change\":1}}");
 }

@@ -172,6 +172,20 @@ const CASES: &[(&str, &[u8], bool)] = &[
     ("crc32 eax, bl", &[0xf2, 0x0f, 0x38, 0xf0, 0xc3], false),
 ];
 
+/// XGETBV 0 returns XCR0, the guest's (`run` sets it). A host that runs
+/// guest user code with its own XCR0 (this kind of machine does) answers
+/// the host's: the CPU's result is then replaced by the SDM's, said by
+/// name.
+fn hold_xgetbv_to_the_sdm(native: &mut Option<Snapshot>) {
+    let xcr0: u64 = if nvmm().capability().arch.xcr0_mask & xfeature::AVX != 0 { 7 } else { 3 };
+    let Some(n) = native.as_mut() else { return };
+    let cpu = (n.gprs[0] & 0xffff_ffff) | n.gprs[2] << 32;
+    if cpu != xcr0 {
+        println!("xgetbv: the CPU runs CPL 3 with XCR0 {cpu:#x}, not the guest's {xcr0:#x}: held to the SDM");
+        (n.gprs[0], n.gprs[2]) = (xcr0 & 0xffff_ffff, xcr0 >> 32);
+    }
+}
+
 #[test]
 fn the_run_loop_completes_what_kvm_gives_up_on_as_the_cpu_would() {
     nvmm_testkit::kvm_or_skip!();
@@ -179,7 +193,10 @@ fn the_run_loop_completes_what_kvm_gives_up_on_as_the_cpu_would() {
     for &(name, insn, implemented) in CASES {
         let (kvm, _) = run(insn, false, false);
         let (ours, snap) = run(insn, false, true);
-        let (native, native_snap) = run(insn, true, true);
+        let (native, mut native_snap) = run(insn, true, true);
+        if name == "xgetbv" {
+            hold_xgetbv_to_the_sdm(&mut native_snap);
+        }
         let gives_up = kvm == Verdict::Failure;
         println!(
             "{{\"instruction\":\"{name}\",\"kvm\":\"{}\",\"nvmm\":\"{}\"}}",

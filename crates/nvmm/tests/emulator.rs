@@ -37,6 +37,10 @@ struct Bench {
     mode: CpuMode,
     /// Bytes of the data area compared.
     data_len: usize,
+    /// The guest's XCR0, when the CPU runs CPL 3 code with another one
+    /// (see [`Bench::cpl3_xcr0`]): XGETBV is then held to the SDM's value
+    /// for the guest's XCR0.
+    sdm_xgetbv: Option<u64>,
 }
 
 impl Bench {
@@ -62,7 +66,27 @@ impl Bench {
             ignore: Vec::new(),
             mode: CpuMode::Bits64,
             data_len: DATA_LEN,
+            sdm_xgetbv: None,
         }
+    }
+
+    /// The XCR0 the CPU uses for the guest's CPL 3 code, read by XGETBV
+    /// run natively. Hosts that run guest user code with the host's own
+    /// XCR0 (this kind of machine does, as it does with CR0.TS and
+    /// CR4.OSFXSR) answer their own instead of the guest's.
+    fn cpl3_xcr0(&mut self) -> u64 {
+        let mut st = self.prepare(&[0x0f, 0x01, 0xd0], 0);
+        st.gprs[Gpr::Rcx] = 0;
+        *self.g.vcpu.state_mut() = st;
+        self.g.vcpu.set_state(StateMask::ALL).unwrap();
+        match self.g.vcpu.run().unwrap() {
+            Exit::Io(io) => assert_eq!(io.port(), 0x10, "xgetbv probe"),
+            e => panic!("xgetbv probe: native run gave {e:?}"),
+        }
+        self.g.vcpu.get_state(StateMask::GPRS).unwrap();
+        let g = self.g.vcpu.state().gprs;
+        self.g.vcpu.complete_pending().unwrap();
+        (g[Gpr::Rax] & 0xffff_ffff) | g[Gpr::Rdx] << 32
     }
 
     /// A bench whose code runs in compatibility mode with a 32- or 16-bit
@@ -147,7 +171,17 @@ impl Bench {
             e => panic!("{ctx}: native run gave {e:?}"),
         }
         self.g.vcpu.get_state(StateMask::ALL).unwrap();
-        let native = *self.g.vcpu.state();
+        let mut native = *self.g.vcpu.state();
+        if let Some(xcr0) = self.sdm_xgetbv
+            && insn == [0x0f, 0x01, 0xd0]
+        {
+            // ECX 0: XCR0, the guest's. ECX 1: XCR0 AND XINUSE, where
+            // XINUSE is the CPU's own (it ran the guest's registers).
+            let cpu = (native.gprs[Gpr::Rax] & 0xffff_ffff) | native.gprs[Gpr::Rdx] << 32;
+            let v = if native.gprs[Gpr::Rcx] as u32 == 0 { xcr0 } else { cpu & xcr0 };
+            native.gprs[Gpr::Rax] = v & 0xffff_ffff;
+            native.gprs[Gpr::Rdx] = v >> 32;
+        }
         let native_xs = self.g.vcpu.xsave().clone();
         let mut native_mem = vec![0u8; data_len];
         self.g.machine.read_gpa(DATA, &mut native_mem).unwrap();
@@ -822,6 +856,22 @@ fn xsave_family_matches_the_cpu() {
     let mut b = Bench::new();
     b.pointers = true;
     let none = |_: &State, _: &mut [u8], _: &mut Rng| {};
+    let guest_xcr0 = if b.avx { 7 } else { 3 };
+    let cpu_xcr0 = b.cpl3_xcr0();
+    // A CPU running the guest's user code with another XCR0 saves and
+    // restores other components: the instruction masks (EDX:EAX) are then
+    // kept within the guest's XCR0, which makes the requested-feature
+    // bitmap the same on both sides, and XGETBV is held to the SDM.
+    let rfbm_mask = if cpu_xcr0 == guest_xcr0 {
+        u64::MAX
+    } else {
+        println!(
+            "the CPU runs CPL 3 with XCR0 {cpu_xcr0:#x}, not the guest's {guest_xcr0:#x}: \
+             EDX:EAX kept within the guest's XCR0; XGETBV held to the SDM"
+        );
+        b.sdm_xgetbv = Some(guest_xcr0);
+        guest_xcr0
+    };
     for round in 0..48u64 {
         // Every third round SSE, every other AVX in its initial state.
         // Whether the CPU then reports the component in use (XSTATE_BV)
@@ -834,8 +884,8 @@ fn xsave_family_matches_the_cpu() {
         b.ignore = vec![(64 + 512, if sse_init { 2 } else { 0 } | if avx_init { 4 } else { 0 })];
         let state = move |st: &mut State, rng: &mut Rng| {
             rbx_at_area(st, rng);
-            st.gprs[Gpr::Rax] = if round % 4 == 1 { u64::MAX } else { rng.next() };
-            st.gprs[Gpr::Rdx] = rng.next();
+            st.gprs[Gpr::Rax] = (if round % 4 == 1 { u64::MAX } else { rng.next() }) & rfbm_mask;
+            st.gprs[Gpr::Rdx] = rng.next() & (rfbm_mask >> 32);
             // x87 always in use: a control word other than FNINIT's.
             st.fpu.fx_cw = 0x27f ^ (rng.next() as u16 & 0xc00);
             st.fpu.fx_mxcsr = 0x1f80 ^ (rng.next() as u32 & 0x3f);
@@ -860,8 +910,13 @@ fn xsave_family_matches_the_cpu() {
             b.check_data(&i, 0, &state, &|st: &State, d: &mut [u8], r: &mut Rng| xsave_image(st, d, r, true));
         }
         // XGETBV 0; XGETBV 1 when the components are in use.
+        // (x87 in use too, by a control word other than FNINIT's: for a
+        // component in its initial state XINUSE is the CPU's choice.)
         let ecx = if sse_init || avx_init { 0 } else { round % 2 };
-        b.check(&[0x0f, 0x01, 0xd0], 0, &move |st: &mut State, _: &mut Rng| st.gprs[Gpr::Rcx] = ecx);
+        b.check(&[0x0f, 0x01, 0xd0], 0, &move |st: &mut State, _: &mut Rng| {
+            st.gprs[Gpr::Rcx] = ecx;
+            st.fpu.fx_cw = 0x27f;
+        });
     }
     println!("{} cases", b.cases);
 }

@@ -10,7 +10,7 @@ use std::ffi::c_int;
 
 use crate::abi::{NvmmIo, NvmmMachine, NvmmMem, NvmmVcpu};
 use crate::errno::{check, entry, non_null};
-use crate::handles::{self, in_callback, with_vcpu};
+use crate::handles::{in_callback, with_vcpu_of};
 
 /// `nvmm_assist_io`: emulates the I/O of the last `NVMM_VCPU_EXIT_IO`
 /// (`EINVAL` after another exit), calling `vcpu->cbs.io` once per element
@@ -18,12 +18,10 @@ use crate::handles::{self, in_callback, with_vcpu};
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_assist_io(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> c_int {
     entry(|| {
-        let ctx = handles::machine(mach)?;
         let vp = non_null(vcpu)?;
         // SAFETY: non-null; the caller's `struct nvmm_vcpu`.
         let (id, cb) = unsafe { ((*vp).cpuid, (*vp).cbs.io) };
-        let machid = ctx.machine.id();
-        with_vcpu(&ctx, id, |v| {
+        with_vcpu_of(mach, id, |machid, v| {
             let cb = cb.ok_or(libc::EINVAL)?;
             check(v.assist_io(|req| {
                 let mut io = NvmmIo {
@@ -51,12 +49,10 @@ pub extern "C" fn nvmm_assist_io(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) ->
 #[unsafe(no_mangle)]
 pub extern "C" fn nvmm_assist_mem(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> c_int {
     entry(|| {
-        let ctx = handles::machine(mach)?;
         let vp = non_null(vcpu)?;
         // SAFETY: non-null; the caller's `struct nvmm_vcpu`.
         let (id, cb) = unsafe { ((*vp).cpuid, (*vp).cbs.mem) };
-        let machid = ctx.machine.id();
-        with_vcpu(&ctx, id, |v| {
+        with_vcpu_of(mach, id, |machid, v| {
             let cb = cb.ok_or(libc::EINVAL)?;
             check(v.assist_mem(|req| {
                 let mut mem = NvmmMem {
@@ -87,11 +83,10 @@ pub extern "C" fn nvmm_gva_to_gpa(
 ) -> c_int {
     entry(|| {
         let (gpa, prot) = (non_null(gpa)?, non_null(prot)?);
-        let ctx = handles::machine(mach)?;
         let vp = non_null(vcpu)?;
         // SAFETY: non-null; the caller's `struct nvmm_vcpu`.
         let id = unsafe { (*vp).cpuid };
-        let (p, r) = with_vcpu(&ctx, id, |v| check(v.gva_to_gpa(gva)))?;
+        let (p, r) = with_vcpu_of(mach, id, |_, v| check(v.gva_to_gpa(gva)))?;
         // SAFETY: non-null output pointers from the caller.
         unsafe {
             gpa.write(p);

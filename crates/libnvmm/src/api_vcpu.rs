@@ -10,7 +10,7 @@ use crate::abi::{
     AssistCallbacks, ConfCpuid, ConfTpr, NvmmMachine, NvmmVcpu, VCPU_CONF_CALLBACKS, VCPU_CONF_CPUID, VCPU_CONF_TPR,
 };
 use crate::errno::{CResult, check, entry, non_null};
-use crate::handles::{self, VcpuCtx, with_vcpu};
+use crate::handles::{self, VcpuCtx};
 
 /// `nvmm_vcpu_create`: the VCPU starts in NVMM's x86 RESET state, cached
 /// in its comm page. `vcpu->cbs` is cleared (configure the callbacks with
@@ -77,9 +77,8 @@ fn on_vcpu<R>(
     vcpu: *mut NvmmVcpu,
     f: impl FnOnce(&mut nvmm::Vcpu) -> CResult<R>,
 ) -> CResult<R> {
-    let ctx = handles::machine(mach)?;
     let id = cpuid_of(vcpu)?;
-    with_vcpu(&ctx, id, f)
+    handles::with_vcpu_of(mach, id, |_, v| f(v))
 }
 
 /// Reads a configuration struct the caller passed.

@@ -14,11 +14,11 @@
 //! records the VCPU for its thread, and a call on that same VCPU from that
 //! thread uses it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use nvmm::netbsd::CommPage;
 use nvmm::{Machine, Nvmm, Vcpu};
@@ -197,6 +197,7 @@ impl MachineCtx {
             return Err(libc::EBUSY);
         }
         let ctx = lock(&self.vcpus).remove(&id).ok_or(libc::ENOENT)?;
+        REMOVALS.fetch_add(1, Ordering::SeqCst);
         if (id as usize) < self.npages {
             // SAFETY: in bounds of the array from `new`.
             unsafe { *self.pages.add(id as usize) = std::ptr::null_mut() };
@@ -252,7 +253,71 @@ pub(crate) fn machine(mach: *mut NvmmMachine) -> CResult<Arc<MachineCtx>> {
 /// Unregisters machine `id`; it is destroyed (its VCPUs stopped and
 /// destroyed first) when the last user lets go.
 pub(crate) fn remove_machine(id: u32) -> Option<Arc<MachineCtx>> {
-    lock(&MACHINES).as_mut().and_then(|m| m.remove(&id))
+    let removed = lock(&MACHINES).as_mut().and_then(|m| m.remove(&id));
+    REMOVALS.fetch_add(1, Ordering::SeqCst);
+    removed
+}
+
+/// Counts the machines and VCPUs taken out of the tables: a thread's
+/// remembered lookup holds only while it is unchanged.
+static REMOVALS: AtomicU64 = AtomicU64::new(0);
+
+/// The VCPU a thread looked up last, found again without the tables' locks
+/// (a VCPU thread calls `nvmm_vcpu_run` and an assist on the same VCPU at
+/// every exit). Weak: a destroyed VCPU is freed whatever threads remember.
+struct Remembered {
+    machid: u32,
+    pages: *mut *mut CommPage,
+    cpuid: u32,
+    removals: u64,
+    vcpu: Weak<VcpuCtx>,
+}
+
+thread_local! {
+    static REMEMBERED: RefCell<Option<Remembered>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on VCPU `cpuid` of the machine `mach` names, with that
+/// machine's id: as [`machine`] then [`with_vcpu`] do, but the VCPU this
+/// thread used last is found without taking the tables' locks, while no
+/// machine or VCPU was removed since it was looked up.
+pub(crate) fn with_vcpu_of<R>(
+    mach: *mut NvmmMachine,
+    cpuid: u32,
+    f: impl FnOnce(u32, &mut Vcpu) -> CResult<R>,
+) -> CResult<R> {
+    let m = non_null(mach)?;
+    // SAFETY: non-null; the caller passes a `struct nvmm_machine`.
+    let (machid, pages) = unsafe { ((*m).machid, (*m).pages) };
+    let removals = REMOVALS.load(Ordering::SeqCst);
+    let known = if current_callback().is_some() {
+        None
+    } else {
+        REMEMBERED.with_borrow(|r| {
+            r.as_ref()
+                .filter(|r| r.machid == machid && r.pages == pages && r.cpuid == cpuid && r.removals == removals)
+                .and_then(|r| r.vcpu.upgrade())
+        })
+    };
+    let Some(v) = known else {
+        let ctx = machine(mach)?;
+        if current_callback().is_some() {
+            return with_vcpu(&ctx, cpuid, |v| f(machid, v));
+        }
+        let v = ctx.vcpu(cpuid)?;
+        REMEMBERED.set(Some(Remembered { machid, pages, cpuid, removals, vcpu: Arc::downgrade(&v) }));
+        return run_locked(&v, |g| f(machid, g));
+    };
+    run_locked(&v, |g| f(machid, g))
+}
+
+/// Runs `f` on a VCPU under its lock; `ENOENT` when it is being destroyed.
+fn run_locked<R>(v: &VcpuCtx, f: impl FnOnce(&mut Vcpu) -> CResult<R>) -> CResult<R> {
+    let mut g = lock(&v.vcpu);
+    if v.dying() {
+        return Err(libc::ENOENT);
+    }
+    f(&mut g)
 }
 
 /// The VCPU an assist callback on this thread is serving.
@@ -302,12 +367,7 @@ pub(crate) fn with_vcpu<R>(ctx: &MachineCtx, cpuid: u32, f: impl FnOnce(&mut Vcp
         // within it.
         return f(unsafe { &mut *c.vcpu });
     }
-    let v = ctx.vcpu(cpuid)?;
-    let mut g = lock(&v.vcpu);
-    if v.dying() {
-        return Err(libc::ENOENT);
-    }
-    f(&mut g)
+    run_locked(&*ctx.vcpu(cpuid)?, f)
 }
 
 /// Calls a C callback with `vcpu` recorded as this thread's VCPU in a

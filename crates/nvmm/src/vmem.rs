@@ -151,6 +151,7 @@ impl<'a> GuestView<'a> {
 
 /// Up to 15 guest bytes before a linear address and up to 15 from it,
 /// read at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Window {
     bytes: [u8; 30],
     /// Bytes before the address (fewer near address 0 or when the page

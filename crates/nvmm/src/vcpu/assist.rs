@@ -95,7 +95,7 @@ impl Vcpu {
             return Err(Error::WrongExit { what: "assist_io", expected: "an I/O exit" });
         };
         let size = usize::from(size);
-        let was_answered = self.inflight.is_some_and(|f| f.answered);
+        let was_answered = self.inflight.as_ref().is_some_and(|f| f.answered);
         if !(1..=4).contains(&size) {
             return Ok(AssistOutcome::Completed);
         }
@@ -121,7 +121,7 @@ impl Vcpu {
     fn mark_answered(&mut self, was_answered: bool) -> Result<()> {
         let Some(f) = self.inflight.as_mut() else { return Ok(()) };
         f.answered = true;
-        let f = *f;
+        let exit = f.exit;
         if was_answered {
             return Ok(());
         }
@@ -129,16 +129,12 @@ impl Vcpu {
             self.cache.have = self.cache.have.minus(Parts::GPRS);
             return Ok(());
         }
-        if let ExitRecord::Io { is_in, size, .. } = f.exit {
+        if let ExitRecord::Io { is_in, size, count, .. } = exit {
             let site = self.io_site()?;
             let n = usize::from(size).min(4);
             let mut data = [0u8; 4];
             data[..n].copy_from_slice(&self.backend.io_data()[..n]);
             let g = &mut self.comm.state_mut().gprs;
-            let count = match f.exit {
-                ExitRecord::Io { count, .. } => count,
-                _ => 0,
-            };
             super::inflight::apply_io(&site, g, is_in, &data[..n], count);
         }
         Ok(())
@@ -148,7 +144,7 @@ impl Vcpu {
     /// run (the registers then change again in KVM, matching what the
     /// state already shows).
     pub fn finishes_at_next_run(&self) -> bool {
-        self.inflight.is_some_and(|f| f.answered && !f.finished)
+        self.inflight.as_ref().is_some_and(|f| f.answered && !f.finished)
     }
 
     /// The memory assist (`nvmm_assist_mem`) for the last

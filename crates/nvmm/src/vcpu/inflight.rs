@@ -71,7 +71,7 @@ impl Vcpu {
     /// NVMM would: before the instruction while the exit is unanswered (or
     /// still hidden behind another report), after it once answered.
     pub(super) fn present_gprs(&mut self) -> Result<()> {
-        let Some(f) = self.inflight else { return Ok(()) };
+        let Some(f) = self.inflight.as_ref() else { return Ok(()) };
         if f.finished && f.answered {
             return Ok(());
         }
@@ -86,7 +86,7 @@ impl Vcpu {
     /// The answered I/O instruction done: RIP past it, the IN's data in
     /// RAX (KVM does the same at the next run).
     fn present_after(&mut self) -> Result<()> {
-        let Some(ExitRecord::Io { is_in, size, .. }) = self.inflight.map(|f| f.exit) else { return Ok(()) };
+        let Some(ExitRecord::Io { is_in, size, .. }) = self.inflight.as_ref().map(|f| f.exit) else { return Ok(()) };
         let site = self.io_site()?;
         if site.advanced || site.insn.string {
             return Ok(());
@@ -107,13 +107,16 @@ impl Vcpu {
     /// The general-purpose registers before the instruction behind the
     /// last exit (computed once per exit).
     pub(super) fn gprs_before(&mut self) -> Result<Gprs> {
-        let Some(f) = self.inflight else { return Err(Error::WrongExit { what: "gprs_before", expected: "an exit" }) };
+        let Some(f) = self.inflight.as_ref() else {
+            return Err(Error::WrongExit { what: "gprs_before", expected: "an exit" });
+        };
         if let Some(g) = f.before {
             return Ok(g);
         }
+        let exit = f.exit;
         self.raw_state(Parts::CODE)?;
         let mut g = self.raw.gprs;
-        match f.exit {
+        match exit {
             ExitRecord::Io { .. } => {
                 let site = self.io_site()?;
                 if site.advanced {
@@ -208,7 +211,7 @@ impl Vcpu {
     /// first (for an I/O instruction the library knows the result and
     /// shows it without that, but for INS).
     pub(super) fn settle_for_read(&mut self, parts: Parts) -> Result<()> {
-        let Some(f) = self.inflight else { return Ok(()) };
+        let Some(f) = self.inflight.as_ref() else { return Ok(()) };
         if !f.answered || f.finished || self.queued.is_some() {
             return Ok(());
         }

@@ -18,7 +18,7 @@ use crate::assist::mmu::PagingRegs;
 use crate::backend::Parts;
 use crate::error::{Error, Result};
 use crate::exit::record::ExitRecord;
-use crate::vmem::GuestView;
+use crate::vmem::{GuestView, Window};
 use crate::x86::bits::rflags;
 use crate::x86::mode::{CpuMode, linear_rip};
 use crate::x86::state::{Cr, Gpr, Gprs, Msr, State};
@@ -34,6 +34,34 @@ pub(crate) struct IoSite {
     pub(crate) npc: u64,
     /// KVM already executed it (RIP past it, string registers advanced).
     pub(crate) advanced: bool,
+}
+
+/// The last I/O site decoded, kept for the next I/O exit: a VMM's port
+/// accesses come from a few instructions executed again and again, and
+/// decoding them (forwards, and backwards when KVM already executed the
+/// OUT) is most of an I/O exit's user-space cost. Reused only when
+/// everything the decode looked at is equal: RIP, its linear address, the
+/// mode, the exit, the RDX port and RCX's zero tests, and the guest bytes
+/// around RIP (read again at every exit, so changed code or page tables
+/// are seen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IoSiteMemo {
+    key: IoSiteKey,
+    site: IoSite,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IoSiteKey {
+    rip: u64,
+    linear: u64,
+    mode: CpuMode,
+    port: u16,
+    size: u8,
+    is_in: bool,
+    dx: u16,
+    /// CX, ECX, RCX are zero (a REP count of each address size).
+    count_zero: [bool; 3],
+    window: Window,
 }
 
 impl IoSite {
@@ -85,7 +113,7 @@ impl Vcpu {
     /// Where the I/O instruction of the last (or queued) I/O exit is;
     /// decoded once per exit.
     pub(super) fn io_site(&mut self) -> Result<IoSite> {
-        let f = self.inflight.ok_or(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" })?;
+        let f = self.inflight.as_ref().ok_or(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" })?;
         if let Some(site) = f.site {
             return Ok(site);
         }
@@ -98,43 +126,76 @@ impl Vcpu {
         let rip = raw.gprs[Gpr::Rip];
         let linear = linear_rip(raw);
         let rdx = raw.gprs[Gpr::Rdx];
-        let matches = |d: &IoInstruction| {
-            d.is_in == is_in
-                && d.operand_size == size
-                && d.port_immediate.map_or(rdx as u16 == port, |p| u16::from(p) == port)
-        };
-        let (at_rip, ending) = {
+        let rcx = raw.gprs[Gpr::Rcx];
+        let window = {
             let mem = self.machine.memory();
-            let view = GuestView::new(&mem, self.paging_of(raw));
-            let w = view.around(linear);
-            let at_rip = decode_io(w.after(), mode).ok().filter(|d| matches(d));
-            let needs_back = match at_rip {
-                None => !is_in,
-                Some(d) if d.string => !(is_in || (d.rep && rep_count(&raw.gprs, &d) != 0)),
-                Some(_) => !is_in && ends_with_out(w.before(), port),
-            };
-            (at_rip, if needs_back { ending_at(w.before(), mode, &matches) } else { None })
+            GuestView::new(&mem, self.paging_of(raw)).around(linear)
         };
-        let site = match (at_rip, ending) {
-            // KVM stopped before the instruction (an IN, an intercepted
-            // OUT, a REP OUTS with elements left).
-            (Some(d), None) => {
-                IoSite { insn: d, start: rip, npc: mode.advance(rip, d.length.into()), advanced: d.string && !is_in }
+        let key = IoSiteKey {
+            rip,
+            linear,
+            mode,
+            port,
+            size,
+            is_in,
+            dx: rdx as u16,
+            count_zero: [rcx as u16 == 0, rcx as u32 == 0, rcx == 0],
+            window,
+        };
+        let site = match self.io_memo {
+            Some(m) if m.key == key => m.site,
+            _ => {
+                let matches = |d: &IoInstruction| {
+                    d.is_in == is_in
+                        && d.operand_size == size
+                        && d.port_immediate.map_or(rdx as u16 == port, |p| u16::from(p) == port)
+                };
+                let w = &key.window;
+                let at_rip = decode_io(w.after(), mode).ok().filter(|d| matches(d));
+                let needs_back = match at_rip {
+                    None => !is_in,
+                    Some(d) if d.string => !(is_in || (d.rep && rep_count(&raw.gprs, &d) != 0)),
+                    Some(_) => !is_in && ends_with_out(w.before(), port),
+                };
+                let ending = if needs_back { ending_at(w.before(), mode, &matches) } else { None };
+                let site = match (at_rip, ending) {
+                    // KVM stopped before the instruction (an IN, an
+                    // intercepted OUT, a REP OUTS with elements left).
+                    (Some(d), None) => IoSite {
+                        insn: d,
+                        start: rip,
+                        npc: mode.advance(rip, d.length.into()),
+                        advanced: d.string && !is_in,
+                    },
+                    // KVM executed it: it ends at RIP.
+                    (None, Some(d)) => IoSite {
+                        insn: d,
+                        start: mode.advance(rip, u64::from(d.length).wrapping_neg()),
+                        npc: rip,
+                        advanced: true,
+                    },
+                    // Which one exited depends on KVM's pending work, not
+                    // on the bytes: not kept.
+                    (Some(d), Some(before)) => {
+                        return self.disambiguate(d, before, rip, mode).inspect(|&s| self.keep_site(s));
+                    }
+                    (None, None) => {
+                        return Err(Error::Unsupported { what: "locating the I/O instruction behind the exit" });
+                    }
+                };
+                self.io_memo = Some(IoSiteMemo { key, site });
+                site
             }
-            // KVM executed it: it ends at RIP.
-            (None, Some(d)) => IoSite {
-                insn: d,
-                start: mode.advance(rip, u64::from(d.length).wrapping_neg()),
-                npc: rip,
-                advanced: true,
-            },
-            (Some(d), Some(before)) => self.disambiguate(d, before, rip, mode)?,
-            (None, None) => return Err(Error::Unsupported { what: "locating the I/O instruction behind the exit" }),
         };
+        self.keep_site(site);
+        Ok(site)
+    }
+
+    /// Records the site of the in-flight I/O instruction.
+    fn keep_site(&mut self, site: IoSite) {
         if let Some(f) = self.inflight.as_mut() {
             f.site = Some(site);
         }
-        Ok(site)
     }
 
     /// An OUT at RIP and one ending at RIP both match the exit: KVM

@@ -154,6 +154,8 @@ pub struct Vcpu {
     queued: Option<ExitRecord>,
     /// The instruction behind the last I/O or memory exit.
     inflight: Option<Inflight>,
+    /// The last I/O instruction located, for the next I/O exit.
+    io_memo: Option<io::IoSiteMemo>,
     /// The event [`Vcpu::inject`] recorded, for the next run.
     event: Option<Event>,
     /// Events made pending by the assists (NVMM's public injection refuses
@@ -233,6 +235,7 @@ impl Vcpu {
             last: ExitRecord::None,
             queued: None,
             inflight: None,
+            io_memo: None,
             event: None,
             internal_events: Vec::new(),
             raw: State::default(),

@@ -54,6 +54,35 @@ fn port_io_out_and_in() {
     assert_eq!(read_u32(&g, 0x2000) & 0xff, 0x5a);
 }
 
+/// The I/O instruction behind an exit is located anew when the code
+/// changed: the same port and size from `out dx,al` (one byte) and from
+/// `out 0x10,al` (two) written in turn at the same place, starting at the
+/// same address or ending at the same address (KVM leaves RIP on an
+/// intercepted OUT and past an emulated one); RIP and `npc` follow the
+/// bytes each time.
+#[test]
+fn io_instruction_follows_code_rewritten_at_the_same_place() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xf4]);
+    let site = CODE + 0x10;
+    let out_dx: (&[u8], u64, u64) = (&[0xee, 0x90], 0, 1);
+    let out_dx_late: (&[u8], u64, u64) = (&[0x90, 0xee], 1, 1);
+    let out_imm: (&[u8], u64, u64) = (&[0xe6, 0x10], 0, 2);
+    for (bytes, start, len) in [out_dx, out_imm, out_dx, out_dx_late, out_imm, out_dx_late] {
+        let start = site + start;
+        g.machine.write_gpa(site, bytes).unwrap();
+        g.vcpu.update(StateMask::GPRS, |s| (s.gprs[Gpr::Rip], s.gprs[Gpr::Rdx]) = (start, 0x10)).unwrap();
+        match g.vcpu.run().unwrap() {
+            Exit::Io(io) => assert_eq!((io.port(), io.size()), (0x10, 1)),
+            e => panic!("{e:?}"),
+        }
+        let (insn, npc) = g.vcpu.io_instruction().unwrap();
+        assert_eq!((u64::from(insn.length), npc), (len, start + len), "{bytes:02x?}");
+        g.vcpu.get_state(StateMask::GPRS).unwrap();
+        assert_eq!(g.vcpu.state().gprs[Gpr::Rip], start, "{bytes:02x?}: RIP on the instruction");
+    }
+}
+
 #[test]
 fn string_io_with_rep() {
     nvmm_testkit::kvm_or_skip!();

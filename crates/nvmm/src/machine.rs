@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::backend::kvm::KvmVm;
@@ -19,6 +20,9 @@ pub(crate) struct MachineShared {
     pub(crate) vm: KvmVm,
     pub(crate) record: Arc<MachineRecord>,
     memory: RwLock<MemoryMap>,
+    /// Counts the times the memory map was opened for writing: what was
+    /// found in it under one value still holds while it is unchanged.
+    memory_generation: AtomicU64,
     vcpus: Mutex<BTreeSet<u32>>,
     /// KVM VCPUs whose `Vcpu` was destroyed, kept for reuse of their id
     /// (`None`: could not be quiesced, the id is lost).
@@ -33,7 +37,15 @@ impl MachineShared {
     }
 
     pub(crate) fn memory_mut(&self) -> RwLockWriteGuard<'_, MemoryMap> {
-        self.memory.write().unwrap_or_else(|e| e.into_inner())
+        let map = self.memory.write().unwrap_or_else(|e| e.into_inner());
+        self.memory_generation.fetch_add(1, Ordering::SeqCst);
+        map
+    }
+
+    /// The memory map's generation (see `memory_generation`); read it
+    /// under [`MachineShared::memory`] to date what the map showed.
+    pub(crate) fn memory_generation(&self) -> u64 {
+        self.memory_generation.load(Ordering::SeqCst)
     }
 
     fn vcpu_ids(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
@@ -98,6 +110,7 @@ impl Machine {
             vm,
             record,
             memory: RwLock::new(memory),
+            memory_generation: AtomicU64::new(0),
             vcpus: Mutex::new(BTreeSet::new()),
             parked: Mutex::new(HashMap::new()),
             breakpoints: SwBreakpoints::default(),

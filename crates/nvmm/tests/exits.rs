@@ -55,7 +55,8 @@ fn port_io_out_and_in() {
 }
 
 /// The I/O instruction behind an exit is located anew when the code
-/// changed: the same port and size from `out dx,al` (one byte) and from
+/// changed (see `io_instruction_follows_the_page_tables` for the page
+/// tables): the same port and size from `out dx,al` (one byte) and from
 /// `out 0x10,al` (two) written in turn at the same place, starting at the
 /// same address or ending at the same address (KVM leaves RIP on an
 /// intercepted OUT and past an emulated one); RIP and `npc` follow the
@@ -80,6 +81,82 @@ fn io_instruction_follows_code_rewritten_at_the_same_place() {
         assert_eq!((u64::from(insn.length), npc), (len, start + len), "{bytes:02x?}");
         g.vcpu.get_state(StateMask::GPRS).unwrap();
         assert_eq!(g.vcpu.state().gprs[Gpr::Rip], start, "{bytes:02x?}: RIP on the instruction");
+    }
+}
+
+/// The I/O instruction is located through the page tables as they are at
+/// each exit: the same linear code page mapped in turn (by rewriting a
+/// page-directory entry, the memory map unchanged) to a physical page
+/// holding `nop; out dx,al` and to one holding `out 0x10,al`, both ending
+/// at the same address.
+#[test]
+fn io_instruction_follows_the_page_tables() {
+    nvmm_testkit::kvm_or_skip!();
+    const SITE: u64 = 0x30_0010; // linear, in the second 2 MiB page
+    const PD1: u64 = PML4 + 0x2000 + 8; // its page-directory entry
+    let mut g = long_mode(&[0xf4]);
+    // The second 2 MiB page identity mapped holds `nop; out dx,al`; mapped
+    // onto physical 0 it shows `out 0x10,al` written at 0x10_0010.
+    g.machine.write_gpa(SITE, &[0x90, 0xee]).unwrap();
+    g.machine.write_gpa(SITE - 0x20_0000, &[0xe6, 0x10]).unwrap();
+    let identity = 0x20_0000 | 0b1000_0111u64;
+    let shifted = 0b1000_0111u64;
+    for (pde, start, len) in
+        [(identity, SITE + 1, 1u64), (shifted, SITE, 2), (identity, SITE + 1, 1), (shifted, SITE, 2)]
+    {
+        g.machine.write_gpa(PD1, &pde.to_le_bytes()).unwrap();
+        // Writing CR3 again flushes the guest's TLB.
+        g.vcpu
+            .update(StateMask::GPRS | StateMask::CRS, |s| (s.gprs[Gpr::Rip], s.gprs[Gpr::Rdx]) = (start, 0x10))
+            .unwrap();
+        match g.vcpu.run().unwrap() {
+            Exit::Io(io) => assert_eq!((io.port(), io.size()), (0x10, 1)),
+            e => panic!("{e:?}"),
+        }
+        let (insn, npc) = g.vcpu.io_instruction().unwrap();
+        assert_eq!((u64::from(insn.length), npc), (len, start + len), "PDE {pde:#x}");
+        g.vcpu.get_state(StateMask::GPRS).unwrap();
+        assert_eq!(g.vcpu.state().gprs[Gpr::Rip], start, "PDE {pde:#x}: RIP on the instruction");
+    }
+}
+
+/// The I/O instruction is located in guest memory as mapped at each exit:
+/// the code page's guest physical address mapped in turn to two host
+/// pages, one holding `nop; out dx,al`, the other `out 0x10,al`, both
+/// ending at the same address.
+#[test]
+fn io_instruction_follows_the_memory_map() {
+    nvmm_testkit::kvm_or_skip!();
+    const PAGE: u64 = 0x50_0000; // above the test guest's RAM
+    let mut g = real_mode(&[0xf4]);
+    let one = g.machine.hva_map_anonymous(4096).unwrap();
+    let two = g.machine.hva_map_anonymous(4096).unwrap();
+    for (hva, bytes) in [(one, [0x90u8, 0xee]), (two, [0xe6, 0x10])] {
+        g.machine.gpa_map(hva, PAGE, 4096, Prot::ALL).unwrap();
+        g.machine.write_gpa(PAGE + 0x10, &bytes).unwrap();
+        g.machine.gpa_unmap(hva, PAGE, 4096).unwrap();
+    }
+    let mut mapped = None;
+    for (hva, start, len) in [(one, 0x11u64, 1u64), (two, 0x10, 2), (one, 0x11, 1), (two, 0x10, 2)] {
+        if let Some(h) = mapped.replace(hva) {
+            g.machine.gpa_unmap(h, PAGE, 4096).unwrap();
+        }
+        g.machine.gpa_map(hva, PAGE, 4096, Prot::ALL).unwrap();
+        g.vcpu
+            .update(StateMask::GPRS | StateMask::SEGS, |s| {
+                s.segs[Seg::Cs].base = PAGE;
+                s.segs[Seg::Cs].selector = (PAGE >> 4) as u16;
+                (s.gprs[Gpr::Rip], s.gprs[Gpr::Rdx]) = (start, 0x10);
+            })
+            .unwrap();
+        match g.vcpu.run().unwrap() {
+            Exit::Io(io) => assert_eq!((io.port(), io.size()), (0x10, 1)),
+            e => panic!("{e:?}"),
+        }
+        let (insn, npc) = g.vcpu.io_instruction().unwrap();
+        assert_eq!((u64::from(insn.length), npc), (len, start + len), "host page {hva:#x}");
+        g.vcpu.get_state(StateMask::GPRS).unwrap();
+        assert_eq!(g.vcpu.state().gprs[Gpr::Rip], start, "host page {hva:#x}: RIP on the instruction");
     }
 }
 

@@ -104,9 +104,9 @@ impl Vcpu {
         let mut at = 0;
         while at + size <= total {
             let mut elem = [0u8; 4];
-            elem[..size].copy_from_slice(&self.backend.io_data()[at..at + size]);
+            copy_element(&mut elem[..size], &self.backend.io_data()[at..at + size]);
             io(&mut IoRequest { port, is_in, data: &mut elem[..size], vcpu: self });
-            self.backend.io_data()[at..at + size].copy_from_slice(&elem[..size]);
+            copy_element(&mut self.backend.io_data()[at..at + size], &elem[..size]);
             at += size;
         }
         self.in_assist = false;
@@ -258,5 +258,16 @@ pub(super) fn view(v: &mut Vcpu, r: ExitRecord) -> Exit<'_> {
         ExitRecord::Debug(d) => Exit::Debug(d),
         ExitRecord::Trap { .. } => Exit::None,
         ExitRecord::Invalid { hwcode, detail } => Exit::Invalid(InvalidExit { hwcode, detail }),
+    }
+}
+
+/// Copies an I/O element (1, 2 or 4 bytes) with moves of a fixed size: a
+/// copy of a variable length is a call into the C library.
+fn copy_element(dst: &mut [u8], src: &[u8]) {
+    match dst.len() {
+        1 => dst[0] = src[0],
+        2 => dst[..2].copy_from_slice(&src[..2]),
+        4 => dst[..4].copy_from_slice(&src[..4]),
+        _ => dst.copy_from_slice(src),
     }
 }

@@ -18,7 +18,7 @@ use crate::assist::mmu::PagingRegs;
 use crate::backend::Parts;
 use crate::error::{Error, Result};
 use crate::exit::record::ExitRecord;
-use crate::vmem::{GuestView, Window};
+use crate::vmem::{GuestView, Window, WindowSource};
 use crate::x86::bits::rflags;
 use crate::x86::mode::{CpuMode, linear_rip};
 use crate::x86::state::{Cr, Gpr, Gprs, Msr, State};
@@ -127,10 +127,20 @@ impl Vcpu {
         let linear = linear_rip(raw);
         let rdx = raw.gprs[Gpr::Rdx];
         let rcx = raw.gprs[Gpr::Rcx];
-        let window = {
-            let mem = self.machine.memory();
-            GuestView::new(&mem, self.paging_of(raw)).around(linear)
+        let regs = self.paging_of(raw);
+        let again = self.code_source.as_ref().and_then(|s| s.reread(linear, &regs, self.machine.memory_generation()));
+        let window = match again {
+            Some(w) => w,
+            None => {
+                let mem = self.machine.memory();
+                let generation = self.machine.memory_generation();
+                let view = GuestView::new(&mem, regs);
+                let w = view.around(linear);
+                self.code_source = WindowSource::record(&view, linear, &w, generation);
+                w
+            }
         };
+        let raw = &self.raw;
         let key = IoSiteKey {
             rip,
             linear,

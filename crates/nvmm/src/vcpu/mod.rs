@@ -156,6 +156,8 @@ pub struct Vcpu {
     inflight: Option<Inflight>,
     /// The last I/O instruction located, for the next I/O exit.
     io_memo: Option<io::IoSiteMemo>,
+    /// Where the guest bytes around RIP were found at the last I/O exit.
+    code_source: Option<crate::vmem::WindowSource>,
     /// The event [`Vcpu::inject`] recorded, for the next run.
     event: Option<Event>,
     /// Events made pending by the assists (NVMM's public injection refuses
@@ -236,6 +238,7 @@ impl Vcpu {
             queued: None,
             inflight: None,
             io_memo: None,
+            code_source: None,
             event: None,
             internal_events: Vec::new(),
             raw: State::default(),

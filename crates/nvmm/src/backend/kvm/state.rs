@@ -140,48 +140,46 @@ impl KvmVcpu {
 
     /// The current special registers: from `kvm_run` if KVM synced them,
     /// else by ioctl (then kept in `kvm_run` until the next run).
-    fn current_sregs(&mut self) -> Result<kvm_sregs> {
-        if self.synced(sync_sets::SREGS) {
-            return Ok(self.fd.sync_regs_mut().sregs);
+    fn current_sregs(&mut self) -> Result<&kvm_sregs> {
+        if !self.synced(sync_sets::SREGS) {
+            self.ioctls += 1;
+            let s = self.fd.get_sregs().map_err(|e| Error::kvm_errno("KVM_GET_SREGS", e))?;
+            self.fd.sync_regs_mut().sregs = s;
+            self.sync.synced |= sync_sets::SREGS;
         }
-        self.ioctls += 1;
-        let s = self.fd.get_sregs().map_err(|e| Error::kvm_errno("KVM_GET_SREGS", e))?;
-        self.fd.sync_regs_mut().sregs = s;
-        self.sync.synced |= sync_sets::SREGS;
-        Ok(s)
+        Ok(&self.fd.sync_regs_mut().sregs)
     }
 
     /// The current events, like [`KvmVcpu::current_sregs`].
-    pub(super) fn current_events(&mut self) -> Result<kvm_vcpu_events> {
-        if self.synced(sync_sets::EVENTS) {
-            return Ok(self.fd.sync_regs_mut().events);
+    pub(super) fn current_events(&mut self) -> Result<&kvm_vcpu_events> {
+        if !self.synced(sync_sets::EVENTS) {
+            self.ioctls += 1;
+            let e = self.fd.get_vcpu_events().map_err(|e| Error::kvm_errno("KVM_GET_VCPU_EVENTS", e))?;
+            self.fd.sync_regs_mut().events = e;
+            self.sync.synced |= sync_sets::EVENTS;
         }
-        self.ioctls += 1;
-        let e = self.fd.get_vcpu_events().map_err(|e| Error::kvm_errno("KVM_GET_VCPU_EVENTS", e))?;
-        self.fd.sync_regs_mut().events = e;
-        self.sync.synced |= sync_sets::EVENTS;
-        Ok(e)
+        Ok(&self.fd.sync_regs_mut().events)
     }
 
     pub(super) fn load_parts(&mut self, parts: Parts, state: &mut State, xsave: &mut Xsave) -> Result<()> {
         if parts.intersects(Parts::GPRS) {
-            let regs = if self.synced(sync_sets::REGS) {
-                self.fd.sync_regs_mut().regs
+            if self.synced(sync_sets::REGS) {
+                convert::gprs_from_kvm(&self.fd.sync_regs_mut().regs, &mut state.gprs);
             } else {
                 self.ioctls += 1;
-                self.fd.get_regs().map_err(|e| Error::kvm_errno("KVM_GET_REGS", e))?
-            };
-            convert::gprs_from_kvm(&regs, &mut state.gprs);
+                let regs = self.fd.get_regs().map_err(|e| Error::kvm_errno("KVM_GET_REGS", e))?;
+                convert::gprs_from_kvm(&regs, &mut state.gprs);
+            }
         }
         if parts.intersects(Parts::SEGS | Parts::CS | Parts::CR | Parts::EFER) {
             let s = self.current_sregs()?;
             if parts.intersects(Parts::SEGS) {
-                convert::segs_from_kvm(&s, &mut state.segs);
+                convert::segs_from_kvm(s, &mut state.segs);
             } else if parts.intersects(Parts::CS) {
-                convert::cs_from_kvm(&s, &mut state.segs);
+                convert::cs_from_kvm(s, &mut state.segs);
             }
             if parts.intersects(Parts::CR) {
-                convert::crs_from_kvm(&s, &mut state.crs);
+                convert::crs_from_kvm(s, &mut state.crs);
             }
             if parts.intersects(Parts::EFER) {
                 state.msrs[Msr::Efer] = s.efer;
@@ -205,7 +203,7 @@ impl KvmVcpu {
         }
         if parts.intersects(Parts::INTR) {
             let e = self.current_events()?;
-            convert::intr_from_kvm(&e, &mut state.intr);
+            convert::intr_from_kvm(e, &mut state.intr);
         }
         if parts.intersects(Parts::FPU) {
             self.load_xsave(xsave)?;
@@ -272,7 +270,7 @@ impl KvmVcpu {
             self.add_dirty(sync_sets::REGS);
         }
         if parts.intersects(Parts::SEGS | Parts::CR | Parts::EFER) {
-            let mut s = self.current_sregs()?;
+            let mut s = *self.current_sregs()?;
             if parts.intersects(Parts::SEGS) {
                 convert::segs_into_kvm(&state.segs, &mut s);
             }
@@ -324,7 +322,7 @@ impl KvmVcpu {
     }
 
     pub(super) fn store_event_parts(&mut self, intr: Option<&Intr>, events: &[Event], reset: bool) -> Result<()> {
-        let mut e = if reset { convert::reset_events() } else { self.current_events()? };
+        let mut e = if reset { convert::reset_events() } else { *self.current_events()? };
         if let Some(i) = intr {
             convert::intr_into_kvm(i, &mut e);
         }

@@ -339,8 +339,7 @@ impl VcpuBackend for KvmVcpu {
     }
 
     fn event_status(&mut self) -> Result<crate::backend::EventStatus> {
-        let e = self.current_events()?;
-        Ok(convert::event_status(&e))
+        Ok(convert::event_status(self.current_events()?))
     }
 
     fn tpr(&self) -> u8 {

@@ -5,6 +5,10 @@
 //! when a page is missing. One home for what the assists, the I/O
 //! instruction decoder, the MSR exits and the debugger need.
 
+mod source;
+
+pub(crate) use source::WindowSource;
+
 use crate::assist::mmu::{
     Access, Mapping, PageProt, PagingRegs, Translation, WalkError, mappings, translate_range, walk,
 };
@@ -190,6 +194,19 @@ impl Window {
 
     pub(crate) fn after(&self) -> &[u8] {
         &self.bytes[self.back..self.back + self.ahead]
+    }
+
+    /// Bytes before the address, bytes from it.
+    pub(crate) fn lengths(&self) -> (usize, usize) {
+        (self.back, self.ahead)
+    }
+
+    /// A window of `back` bytes before the address and `ahead` from it,
+    /// filled by `fill` (given all `back + ahead` bytes).
+    pub(crate) fn filled(back: usize, ahead: usize, fill: impl FnOnce(&mut [u8])) -> Window {
+        let mut w = Window { bytes: [0; 30], back, ahead };
+        fill(&mut w.bytes[..back + ahead]);
+        w
     }
 }
 

@@ -1,0 +1,133 @@
+//! Where the guest bytes around an address were found, to read them again
+//! without translating while nothing that decided it has changed.
+//!
+//! Locating the instruction behind an I/O exit reads up to 15 bytes before
+//! RIP and 15 from it through the guest's page tables. A VMM's port
+//! accesses come from a few instructions executed again and again, so the
+//! VCPU keeps where its last window came from: the pieces of guest RAM
+//! (host memory and offset) and every page-table entry the translation
+//! read, with its value. While the machine's memory map is unchanged (its
+//! generation), the paging registers and the address are equal, and every
+//! recorded entry still holds its value, the translation is the same, and
+//! the bytes are read from the pieces directly. Anything else goes through
+//! the walker again.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+
+use super::{GuestView, Window};
+use crate::assist::mmu::{PagingRegs, PhysMemory, walk};
+use crate::memory::{MemoryMap, PAGE_SIZE};
+use crate::os::HostRegion;
+
+/// Guest RAM as host memory: a region and an offset in it.
+struct Piece {
+    region: Arc<HostRegion>,
+    offset: u64,
+    len: usize,
+}
+
+impl Piece {
+    /// The RAM holding `[gpa, gpa + len)` in one mapping.
+    fn of(map: &MemoryMap, gpa: u64, len: usize) -> Option<Piece> {
+        let a = map.area(gpa)?;
+        let end = gpa.checked_add(len as u64)?;
+        (end <= a.gpa + a.size).then(|| Piece { region: a.region.clone(), offset: a.offset + (gpa - a.gpa), len })
+    }
+
+    fn read(&self, buf: &mut [u8]) {
+        self.region.read(self.offset, &mut buf[..self.len]);
+    }
+}
+
+/// A page-table entry a walk read, and its value then.
+struct Entry {
+    piece: Piece,
+    value: [u8; 8],
+}
+
+/// The guest memory a walk reads, with each read recorded.
+struct Recorder<'a> {
+    map: &'a MemoryMap,
+    entries: RefCell<Vec<Entry>>,
+    /// Every read was of RAM in one mapping, at most 8 bytes.
+    complete: Cell<bool>,
+}
+
+impl PhysMemory for Recorder<'_> {
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let ok = self.map.read_phys(gpa, buf);
+        match Piece::of(self.map, gpa, buf.len()) {
+            Some(piece) if ok && buf.len() <= 8 => {
+                let mut value = [0u8; 8];
+                value[..buf.len()].copy_from_slice(buf);
+                self.entries.borrow_mut().push(Entry { piece, value });
+            }
+            _ => self.complete.set(false),
+        }
+        ok
+    }
+}
+
+/// Where a full window (15 bytes before the address, or as many as lie
+/// above 0, and 15 from it) was read.
+pub(crate) struct WindowSource {
+    linear: u64,
+    regs: PagingRegs,
+    generation: u64,
+    back: usize,
+    pieces: Vec<Piece>,
+    entries: Vec<Entry>,
+}
+
+impl WindowSource {
+    /// Records where `window`, read at `linear` through `view` with the
+    /// memory map at `generation`, came from; `None` unless the window is
+    /// full and every byte and page-table entry lies in guest RAM.
+    pub(crate) fn record(view: &GuestView<'_>, linear: u64, window: &Window, generation: u64) -> Option<WindowSource> {
+        let (back, ahead) = window.lengths();
+        if back != linear.min(15) as usize || ahead != 15 {
+            return None;
+        }
+        let rec = Recorder { map: view.map, entries: RefCell::new(Vec::new()), complete: Cell::new(true) };
+        let start = linear - back as u64;
+        let len = back + ahead;
+        let mut pieces = Vec::new();
+        let mut done = 0;
+        while done < len {
+            let at = start.wrapping_add(done as u64);
+            let n = ((PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize).min(len - done);
+            let t = walk(&rec, &view.regs, at).ok()?;
+            pieces.push(Piece::of(view.map, t.gpa, n)?);
+            done += n;
+        }
+        if !rec.complete.get() {
+            return None;
+        }
+        Some(WindowSource { linear, regs: view.regs, generation, back, pieces, entries: rec.entries.into_inner() })
+    }
+
+    /// The window at `linear` read again from where it was found, when
+    /// the paging registers and the memory map's `generation` are the
+    /// recorded ones and every page-table entry the walk read still holds
+    /// its value; `None` otherwise.
+    pub(crate) fn reread(&self, linear: u64, regs: &PagingRegs, generation: u64) -> Option<Window> {
+        if linear != self.linear || generation != self.generation || *regs != self.regs {
+            return None;
+        }
+        for e in &self.entries {
+            let mut now = [0u8; 8];
+            e.piece.read(&mut now);
+            if now != e.value {
+                return None;
+            }
+        }
+        Some(Window::filled(self.back, 15, |bytes| {
+            let mut at = 0;
+            for p in &self.pieces {
+                p.read(&mut bytes[at..]);
+                at += p.len;
+            }
+        }))
+    }
+}

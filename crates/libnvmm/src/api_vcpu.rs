@@ -202,14 +202,17 @@ pub extern "C" fn nvmm_vcpu_run(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> 
                 let ev = check(nvmm::Event::from_raw(e.typ, e.vector, e.error))?;
                 check(v.inject(ev))?;
             }
-            let r = check(v.run().map(drop));
-            let exit = v.netbsd_exit();
+            let r = check(v.run_netbsd());
+            let exit = match r {
+                Ok(e) => e,
+                Err(_) => v.netbsd_exit(),
+            };
             if exit.reason == nvmm::exit::reason::STOPPED {
                 // SAFETY: as above; NVMM clears the flag when it reports it.
                 unsafe { (*comm).stop.store(0, Ordering::SeqCst) };
             }
             v.publish_comm_bits();
-            r.map(|()| exit)
+            r.map(|_| exit)
         })?;
         // SAFETY: non-null `vcpu->exit`, normally the comm page's buffer.
         unsafe { out.write(exit) };

@@ -59,6 +59,14 @@ impl Vcpu {
         }
     }
 
+    /// Runs the VCPU like [`Vcpu::run`] and returns NetBSD's exit structure
+    /// for the exit it stopped at, as `nvmm_vcpu_run` fills it (see
+    /// [`Vcpu::netbsd_exit`]), without building the Rust view of the exit.
+    pub fn run_netbsd(&mut self) -> Result<NbExit> {
+        self.run_to_exit()?;
+        Ok(self.netbsd_exit())
+    }
+
     /// NetBSD's `struct nvmm_vcpu_exit` for the last exit, as
     /// `nvmm_vcpu_run` fills it. Like NetBSD's kernel it also provides
     /// state with the exit: after an I/O or MSR exit GPRS are cached

@@ -42,8 +42,10 @@ pub(crate) struct Inflight {
     pub(crate) finished: bool,
     /// The I/O instruction, once decoded.
     pub(crate) site: Option<IoSite>,
-    /// The general-purpose registers before the instruction, once known.
-    pub(crate) before: Option<Gprs>,
+    /// The general-purpose registers before the instruction are known
+    /// (kept in `Vcpu::before_gprs`, out of this record, which is copied
+    /// around at every exit).
+    pub(crate) before_known: bool,
     /// The assists emulated it in the library: KVM must not finish it.
     pub(crate) emulated: bool,
     /// KVM reported an instruction fetch from unmapped memory as a read
@@ -53,7 +55,15 @@ pub(crate) struct Inflight {
 
 impl Inflight {
     pub(crate) fn new(exit: ExitRecord) -> Inflight {
-        Inflight { exit, answered: false, finished: false, site: None, before: None, emulated: false, fetch: false }
+        Inflight {
+            exit,
+            answered: false,
+            finished: false,
+            site: None,
+            before_known: false,
+            emulated: false,
+            fetch: false,
+        }
     }
 }
 
@@ -110,8 +120,8 @@ impl Vcpu {
         let Some(f) = self.inflight.as_ref() else {
             return Err(Error::WrongExit { what: "gprs_before", expected: "an exit" });
         };
-        if let Some(g) = f.before {
-            return Ok(g);
+        if f.before_known {
+            return Ok(self.before_gprs);
         }
         let exit = f.exit;
         self.raw_state(Parts::CODE)?;
@@ -139,7 +149,8 @@ impl Vcpu {
             _ => {}
         }
         if let Some(f) = self.inflight.as_mut() {
-            f.before = Some(g);
+            f.before_known = true;
+            self.before_gprs = g;
         }
         Ok(g)
     }

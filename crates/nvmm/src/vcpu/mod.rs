@@ -158,6 +158,9 @@ pub struct Vcpu {
     io_memo: Option<io::IoSiteMemo>,
     /// Where the guest bytes around RIP were found at the last I/O exit.
     code_source: Option<crate::vmem::WindowSource>,
+    /// The general-purpose registers before the in-flight instruction,
+    /// when its record says they are known.
+    before_gprs: crate::x86::state::Gprs,
     /// The event [`Vcpu::inject`] recorded, for the next run.
     event: Option<Event>,
     /// Events made pending by the assists (NVMM's public injection refuses
@@ -239,6 +242,7 @@ impl Vcpu {
             inflight: None,
             io_memo: None,
             code_source: None,
+            before_gprs: crate::x86::state::Gprs::default(),
             event: None,
             internal_events: Vec::new(),
             raw: State::default(),

@@ -36,6 +36,7 @@ use crate::x86::xsave::Xsave;
 
 mod control;
 mod held_cpu;
+mod x87_env;
 mod xsave_area;
 
 pub use control::execute_control;

@@ -105,6 +105,13 @@ fn prefix_addr_size(bytes: &[u8], mode: CpuMode) -> u8 {
 }
 
 fn check_mem(m: &Mem, i: &iced_x86::Instruction, addr: u8, ctx: &str) {
+    check_address(m, i, addr, ctx);
+    assert_eq!(usize::from(m.size()), i.memory_size().size(), "{ctx}: memory size {:?}", i.memory_size());
+}
+
+/// [`check_mem`] but for the size (operands of no fixed size, or too large
+/// for the field: the XSAVE area, FNSAVE's image).
+fn check_address(m: &Mem, i: &iced_x86::Instruction, addr: u8, ctx: &str) {
     assert_eq!(m.seg(), seg_of(i.memory_segment()), "{ctx}: segment");
     assert_eq!(m.addr_size(), addr, "{ctx}: address size");
     let base = i.memory_base();
@@ -136,7 +143,6 @@ fn check_mem(m: &Mem, i: &iced_x86::Instruction, addr: u8, ctx: &str) {
         (index != Register::None).then(|| (index.full_register().number() as u8, i.memory_index_scale() as u8)),
         "{ctx}: index"
     );
-    assert_eq!(usize::from(m.size()), i.memory_size().size(), "{ctx}: memory size {:?}", i.memory_size());
 }
 
 /// The segment iced names.
@@ -384,6 +390,7 @@ fn claimed_control(i: &iced_x86::Instruction) -> bool {
             true
         }
         Fnstsw => true,
+        Fnstenv | Fldenv | Fnsave | Frstor => true,
         Xsave | Xsave64 | Xsaveopt | Xsaveopt64 | Xsavec | Xsavec64 | Xrstor | Xrstor64 => true,
         Movaps | Movups | Movapd | Movupd | Movdqa | Movdqu | Vmovaps | Vmovups | Vmovapd | Vmovupd | Vmovdqa
         | Vmovdqu => !has_mem,
@@ -405,6 +412,10 @@ fn control_mnemonics(c: &ControlInsn) -> Vec<Mnemonic> {
         ControlOp::FnstswAx | ControlOp::Fnstsw => vec![M::Fnstsw],
         ControlOp::Fnstcw => vec![M::Fnstcw],
         ControlOp::Fldcw => vec![M::Fldcw],
+        ControlOp::Fnstenv => vec![M::Fnstenv],
+        ControlOp::Fldenv => vec![M::Fldenv],
+        ControlOp::Fnsave => vec![M::Fnsave],
+        ControlOp::Frstor => vec![M::Frstor],
         ControlOp::Ldmxcsr => vec![if c.vex { M::Vldmxcsr } else { M::Ldmxcsr }],
         ControlOp::Stmxcsr => vec![if c.vex { M::Vstmxcsr } else { M::Stmxcsr }],
         ControlOp::MovReg if c.vex => vec![M::Vmovaps, M::Vmovups, M::Vmovapd, M::Vmovupd, M::Vmovdqa, M::Vmovdqu],
@@ -494,30 +505,29 @@ pub fn compare_control(bytes: &[u8], mode: CpuMode) -> bool {
             }
         }
         ControlOp::Verr | ControlOp::Verw if c.mem.is_none() => assert_eq!(num(&regs[0]), c.src, "{ctx}: selector"),
+        ControlOp::Fnstenv | ControlOp::Fldenv | ControlOp::Fnsave | ControlOp::Frstor => {
+            let image = theirs.memory_size().size();
+            assert_eq!(usize::from(c.opsize), if image == 14 || image == 94 { 2 } else { 4 }, "{ctx}: format");
+        }
         _ => {}
     }
     match c.mem {
         Some(m) => {
             assert!((0..theirs.op_count()).any(|n| theirs.op_kind(n) == OpKind::Memory), "{ctx}: memory operand");
-            let mut t = theirs;
-            if matches!(c.op, ControlOp::Xsave | ControlOp::Xsaveopt | ControlOp::Xsavec | ControlOp::Xrstor) {
-                // The XSAVE area has no fixed size: compare the address.
+            let t = theirs;
+            if matches!(
+                c.op,
+                ControlOp::Xsave
+                    | ControlOp::Xsaveopt
+                    | ControlOp::Xsavec
+                    | ControlOp::Xrstor
+                    | ControlOp::Fnsave
+                    | ControlOp::Frstor
+            ) {
+                // The XSAVE area has no fixed size, FNSAVE's does not fit
+                // the field: compare the address.
                 assert_eq!(m.size(), 0, "{ctx}");
-                t.set_memory_displacement64(t.memory_displacement64());
-                check_mem(
-                    &Mem::new(
-                        m.seg(),
-                        m.base(),
-                        m.index(),
-                        m.disp(),
-                        m.rip_relative(),
-                        m.addr_size(),
-                        t.memory_size().size() as u8,
-                    ),
-                    &t,
-                    prefix_addr_size(bytes, mode),
-                    &ctx,
-                );
+                check_address(&m, &t, prefix_addr_size(bytes, mode), &ctx);
             } else {
                 check_mem(&m, &t, prefix_addr_size(bytes, mode), &ctx);
             }

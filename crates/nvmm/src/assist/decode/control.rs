@@ -1,6 +1,7 @@
 //! Decoding of the instructions that work on the FPU, MXCSR and vector
 //! registers themselves rather than on a general instruction's memory
-//! operand: x87 control (FNINIT, FNCLEX, FWAIT, FNSTSW, FNSTCW, FLDCW),
+//! operand: x87 control (FNINIT, FNCLEX, FWAIT, FNSTSW, FNSTCW, FLDCW,
+//! FNSTENV, FLDENV, FNSAVE, FRSTOR),
 //! LDMXCSR/STMXCSR, SSE and AVX moves between registers and the zeroing
 //! idioms (MOVAPS/MOVUPS/MOVAPD/MOVUPD/MOVDQA/MOVDQU, MOVD/MOVQ with a GPR,
 //! MOVQ between XMM registers, PXOR/XORPS/XORPD, VZEROUPPER, VZEROALL),
@@ -32,6 +33,18 @@ pub enum ControlOp {
     Fnstcw,
     /// FLDCW m16.
     Fldcw,
+    /// FNSTENV m14/28: the x87 environment (control, status and full tag
+    /// words, instruction and data pointers, opcode) in the 16- or 32-bit
+    /// format of the operand size ([`ControlInsn::opsize`] 2 or 4); then
+    /// every exception masked.
+    Fnstenv,
+    /// FLDENV m14/28: loads the environment FNSTENV stores.
+    Fldenv,
+    /// FNSAVE m94/108: the environment and ST0-ST7, then the FPU
+    /// initialized as by FNINIT.
+    Fnsave,
+    /// FRSTOR m94/108: loads what FNSAVE stores.
+    Frstor,
     /// LDMXCSR m32 / VLDMXCSR.
     Ldmxcsr,
     /// STMXCSR m32 / VSTMXCSR.
@@ -95,7 +108,8 @@ pub struct ControlInsn {
     /// Length in bytes.
     pub len: u8,
     /// The memory operand, if any (its size is the access size for the
-    /// 16-, 32- and vector-sized operands, 0 for the XSAVE area).
+    /// 16-, 32- and vector-sized operands and the x87 environment, 0 for
+    /// the XSAVE area and FNSAVE's image).
     pub mem: Option<Mem>,
     /// Destination register.
     pub dst: u8,
@@ -111,7 +125,8 @@ pub struct ControlInsn {
     /// REX.W or VEX.W in 64-bit mode: 64-bit GPR for MOVD/MOVQ, 64-bit
     /// FPU pointers for the XSAVE family.
     pub w: bool,
-    /// Operand size in bytes of the integer operations (POPCNT).
+    /// Operand size in bytes of the integer operations (POPCNT), and of
+    /// the x87 environment's format (2 or 4).
     pub opsize: u8,
 }
 
@@ -225,6 +240,19 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
         let (m, len) = mem_at(bytes, at, p, x << 1 | b, mode, size)?;
         Ok(ControlInsn { mem: Some(m), w, ..insn(op, usize::from(len)) })
     };
+    // The x87 environment's format: 16-bit with a 16-bit operand size,
+    // else 32-bit (also in 64-bit mode, where REX.W does not change it).
+    let env_opsize = if p.p66 == (mode == CpuMode::Bits16) { 4u8 } else { 2 };
+    let environment = |op: ControlOp| -> Result<ControlInsn, DecodeError> {
+        // FNSAVE's 94 and 108 bytes do not fit a memory operand's size
+        // field: 0, as for the XSAVE area.
+        let size = match op {
+            ControlOp::Fnsave | ControlOp::Frstor => 0,
+            _ if env_opsize == 4 => 28,
+            _ => 14,
+        };
+        Ok(ControlInsn { opsize: env_opsize, ..memory(i + 1, size, op)? })
+    };
     match opcode {
         0x9b => Ok(insn(ControlOp::Fwait, i + 1)),
         0xd9 | 0xdb | 0xdd | 0xdf => {
@@ -234,6 +262,10 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
                 (0xd9, false, 5, _) => memory(i + 1, 2, ControlOp::Fldcw),
                 (0xd9, false, 7, _) => memory(i + 1, 2, ControlOp::Fnstcw),
                 (0xdd, false, 7, _) => memory(i + 1, 2, ControlOp::Fnstsw),
+                (0xd9, false, 4, _) => environment(ControlOp::Fldenv),
+                (0xd9, false, 6, _) => environment(ControlOp::Fnstenv),
+                (0xdd, false, 4, _) => environment(ControlOp::Frstor),
+                (0xdd, false, 6, _) => environment(ControlOp::Fnsave),
                 (0xdb, true, _, 0xe2) => Ok(insn(ControlOp::Fnclex, i + 2)),
                 (0xdb, true, _, 0xe3) => Ok(insn(ControlOp::Fninit, i + 2)),
                 (0xdf, true, _, 0xe0) => Ok(insn(ControlOp::FnstswAx, i + 2)),

@@ -5,13 +5,13 @@
 //! Each checks what the CPU checks first: CR0.EM and CR0.TS for x87
 //! (#NM), CR0.EM, CR4.OSFXSR and CR0.TS for SSE (#UD, #NM), real mode,
 //! CR4.OSXSAVE and XCR0 for VEX (#UD), pending unmasked x87 exceptions
-//! for the waiting instructions FWAIT and FLDCW (#MF, with CR0.NE; with
+//! for the waiting instructions FWAIT, FLDCW, FLDENV and FRSTOR (#MF, with CR0.NE; with
 //! CR0.NE clear the CPU signals FERR# instead, which the emulator does
 //! not model, so nothing is raised). The instruction works on a copy of
 //! the FPU state, taken back only when it completes.
 #![forbid(unsafe_code)]
 
-use super::{Ctx, EmuCpu, EmuError, EmuMemory, gp0, xsave_area};
+use super::{Ctx, EmuCpu, EmuError, EmuMemory, gp0, x87_env, xsave_area};
 use crate::assist::decode::{ControlInsn, ControlOp, CpuMode, Reg};
 use crate::assist::mmu::{Access, AccessKind};
 use crate::x86::bits::{cr0, cr4, rflags};
@@ -82,6 +82,16 @@ fn run<M: EmuMemory + ?Sized>(
                 return Err(fault(NM));
             }
         }
+        Fnstenv | Fldenv | Fnsave | Frstor => {
+            if cr0v & (cr0::EM | cr0::TS) != 0 {
+                return Err(fault(NM));
+            }
+            // Real and virtual-8086 mode have formats of their own (the
+            // pointers as 20-bit linear addresses): left to the VMM.
+            if cr0v & cr0::PE == 0 || c.st.gprs[Gpr::Rflags] & rflags::VM != 0 {
+                return Err(EmuError::Unsupported("the x87 environment in real or virtual-8086 mode"));
+            }
+        }
         Fwait => {
             if cr0v & (cr0::MP | cr0::TS) == cr0::MP | cr0::TS {
                 return Err(fault(NM));
@@ -108,7 +118,7 @@ fn run<M: EmuMemory + ?Sized>(
         }
         _ => vector_available(c, insn.vex)?,
     }
-    if matches!(insn.op, Fwait | Fldcw) && fx.fx_sw & FSW_ES != 0 && cr0v & cr0::NE != 0 {
+    if matches!(insn.op, Fwait | Fldcw | Fldenv | Frstor) && fx.fx_sw & FSW_ES != 0 && cr0v & cr0::NE != 0 {
         return Err(fault(MF));
     }
     let mem_op = || insn.mem.ok_or(EmuError::Unsupported("control instruction without its memory operand"));
@@ -127,6 +137,35 @@ fn run<M: EmuMemory + ?Sized>(
         FnstswAx => c.write_reg(Reg::Gpr { num: 0, size: 2, high8: false }, u64::from(fx.fx_sw)),
         Fnstsw => c.store(mem, &mem_op()?, &fx.fx_sw.to_le_bytes())?,
         Fnstcw => c.store(mem, &mem_op()?, &fx.fx_cw.to_le_bytes())?,
+        Fnstenv | Fnsave => {
+            let env = x87_env::env_len(insn.opsize);
+            let mut image = [0u8; 108];
+            x87_env::store_env(fx, insn.opsize, &mut image);
+            let len = if insn.op == Fnsave {
+                x87_env::store_registers(fx, &mut image[env..env + 80]);
+                env + 80
+            } else {
+                env
+            };
+            c.store(mem, &mem_op()?, &image[..len])?;
+            if insn.op == Fnsave {
+                // Then initialized, as by FNINIT.
+                *fx = Fxsave { fx_cw: 0x37f, fx_sw: 0, fx_tw: 0, fx_opcode: 0, fx_ip: 0, fx_dp: 0, ..*fx };
+            } else {
+                // Then every exception masked.
+                fx.fx_cw |= 0x3f;
+            }
+        }
+        Fldenv | Frstor => {
+            let env = x87_env::env_len(insn.opsize);
+            let len = if insn.op == Frstor { env + 80 } else { env };
+            let mut image = [0u8; 108];
+            c.load(mem, &mem_op()?, &mut image[..len])?;
+            x87_env::load_env(fx, insn.opsize, &image[..env]);
+            if insn.op == Frstor {
+                x87_env::load_registers(fx, &image[env..len]);
+            }
+        }
         Fldcw => {
             let mut b = [0u8; 2];
             c.load(mem, &mem_op()?, &mut b)?;

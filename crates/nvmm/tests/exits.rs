@@ -198,6 +198,184 @@ fn string_io_with_rep() {
     assert_eq!(gpr(&mut g.vcpu, Gpr::Rcx) & 0xffff, 0);
 }
 
+/// Before an OUTS exit is answered the state shows the instruction not
+/// done, whatever KVM already did: RIP on it, and RSI and RCX as before the
+/// elements of this exit — stepped down with DF set, wrapping within the
+/// address size, the bits above it untouched. The oracle is the SDM's
+/// definition of OUTS, applied to the registers the guest started with.
+#[test]
+fn outs_exits_show_the_registers_before_their_elements() {
+    nvmm_testkit::kvm_or_skip!();
+    const DF: u64 = 1 << 10;
+    /// Code, operand size, address-size mask, RSI, RCX, RFLAGS.
+    type Case = (&'static [u8], u64, u64, u64, u64, u64);
+    let cases: [Case; 4] = [
+        // rep outsb, 16-bit addresses, DF set: SI 1, 0, 0xffff.
+        (&[0xf3, 0x6e], 1, 0xffff, 0xdead_beef_0000_0001, 0x1234_5678_0000_0003, 0x2 | DF),
+        // rep outsw, SI wrapping upwards at 0xffff.
+        (&[0xf3, 0x6f], 2, 0xffff, 0x0000_0001_0000_fffc, 0xffff_0000_0000_0004, 0x2),
+        // rep outsd (66), DF set.
+        (&[0x66, 0xf3, 0x6f], 4, 0xffff, 0x0000_7777_0000_0008, 0x0000_0000_ffff_0002, 0x2 | DF),
+        // rep outsb with 32-bit addresses (67): ESI and ECX.
+        (&[0x67, 0xf3, 0x6e], 1, 0xffff_ffff, 0x0000_0000_0000_0020, 0x0000_0000_0000_0003, 0x2),
+    ];
+    for (code, size, amask, rsi0, rcx0, rflags) in cases {
+        let mut insn = code.to_vec();
+        insn.push(0xf4);
+        let mut g = real_mode(&insn);
+        let data: Vec<u8> = (0..=0xffffu32).map(|i| (i * 7 + 3) as u8).collect();
+        g.machine.write_gpa(0, &data[..0x1000]).unwrap();
+        g.machine.write_gpa(0xf000, &data[0xf000..]).unwrap();
+        g.machine.write_gpa(CODE, &insn).unwrap();
+        g.vcpu
+            .update(StateMask::GPRS, |s| {
+                (s.gprs[Gpr::Rsi], s.gprs[Gpr::Rcx], s.gprs[Gpr::Rdx]) = (rsi0, rcx0, 0xe9);
+                s.gprs[Gpr::Rflags] = rflags;
+            })
+            .unwrap();
+        let merge = |old: u64, new: u64| (old & !amask) | (new & amask);
+        let mut done = 0u64; // elements output so far
+        let count = rcx0 & amask;
+        let ctx = format!("{code:02x?}");
+        loop {
+            match g.vcpu.run().unwrap() {
+                Exit::Io(io) => assert_eq!((io.port(), io.size()), (0xe9, size as usize), "{ctx}"),
+                Exit::Halted => break,
+                Exit::None => continue,
+                e => panic!("{ctx}: {e:?}"),
+            }
+            // Not answered yet: the registers before this exit's elements.
+            g.vcpu.get_state(StateMask::GPRS).unwrap();
+            let st = g.vcpu.state().gprs;
+            let moved = done * size;
+            let si = if rflags & DF != 0 { rsi0.wrapping_sub(moved) } else { rsi0.wrapping_add(moved) };
+            assert_eq!(st[Gpr::Rip], CODE, "{ctx}: element {done}: RIP");
+            assert_eq!(st[Gpr::Rsi], merge(rsi0, si), "{ctx}: element {done}: RSI");
+            assert_eq!(st[Gpr::Rcx], merge(rcx0, rcx0.wrapping_sub(done)), "{ctx}: element {done}: RCX");
+            // The data answers the exit.
+            let Exit::Io(io) = g.vcpu.last_exit() else { unreachable!() };
+            let bytes = io.data().to_vec();
+            for (i, chunk) in bytes.chunks(size as usize).enumerate() {
+                let k = done + i as u64;
+                let at = if rflags & DF != 0 { rsi0.wrapping_sub(k * size) } else { rsi0.wrapping_add(k * size) };
+                let at = (at & amask) as usize;
+                let want: Vec<u8> = (0..size as usize).map(|b| data[(at + b) & 0xffff]).collect();
+                assert_eq!(chunk, &want[..], "{ctx}: element {k}: data from {at:#x}");
+            }
+            done += bytes.len() as u64 / size;
+        }
+        assert_eq!(done, count, "{ctx}: elements");
+        g.vcpu.get_state(StateMask::GPRS).unwrap();
+        let st = g.vcpu.state().gprs;
+        let moved = count * size;
+        let si = if rflags & DF != 0 { rsi0.wrapping_sub(moved) } else { rsi0.wrapping_add(moved) };
+        assert_eq!(st[Gpr::Rsi], merge(rsi0, si), "{ctx}: RSI at the end");
+        assert_eq!(st[Gpr::Rcx], merge(rcx0, 0), "{ctx}: RCX at the end");
+    }
+}
+
+/// An I/O instruction followed by its twin (the same port and size): at
+/// each exit the state shows RIP on the instruction that exited and
+/// `npc` after it, whether KVM left RIP on it or past it (where the twin
+/// also matches the exit). Pairs of OUT DX, of OUTS, of REP OUTS (the
+/// second finding RCX zero, so only the first runs), and of IN DX.
+#[test]
+fn io_instruction_is_told_apart_from_its_twin() {
+    nvmm_testkit::kvm_or_skip!();
+    // (code, RCX, the start of the instruction behind each exit)
+    let cases: [(&[u8], u64, &[u64]); 4] = [
+        (&[0xee, 0xee], 0, &[0, 1]),
+        (&[0x6e, 0x6e], 0, &[0, 1]),
+        (&[0xf3, 0x6e, 0xf3, 0x6e], 3, &[0]),
+        (&[0xec, 0xec], 0, &[0, 1]),
+    ];
+    for (code, rcx, starts) in cases {
+        let mut insn = code.to_vec();
+        insn.push(0xf4);
+        let len = code.len() as u64 / 2;
+        let mut g = real_mode(&insn);
+        g.machine.write_gpa(0x3000, b"abcdef").unwrap();
+        g.vcpu
+            .update(StateMask::GPRS, |s| (s.gprs[Gpr::Rdx], s.gprs[Gpr::Rsi], s.gprs[Gpr::Rcx]) = (0xe9, 0x3000, rcx))
+            .unwrap();
+        let ctx = format!("{code:02x?}");
+        let mut seen = Vec::new();
+        let mut elements = 0;
+        loop {
+            match g.vcpu.run().unwrap() {
+                Exit::Io(io) => assert_eq!((io.port(), io.size()), (0xe9, 1), "{ctx}"),
+                Exit::Halted => break,
+                Exit::None => continue,
+                e => panic!("{ctx}: {e:?}"),
+            }
+            let (found, npc) = g.vcpu.io_instruction().unwrap();
+            g.vcpu.get_state(StateMask::GPRS).unwrap();
+            let rip = g.vcpu.state().gprs[Gpr::Rip];
+            assert_eq!((u64::from(found.length), npc), (len, rip + len), "{ctx}: exit {}", seen.len());
+            seen.push(rip - CODE);
+            let Exit::Io(mut io) = g.vcpu.last_exit() else { unreachable!() };
+            elements += io.data().len();
+            if io.is_in() {
+                io.data_mut().fill(0x5a);
+            }
+        }
+        if rcx == 0 {
+            assert_eq!(seen, starts, "{ctx}: where each exit's instruction starts");
+        } else {
+            // KVM may hand several REP OUTS elements over in one exit.
+            assert!(!seen.is_empty() && seen.iter().all(|s| starts.contains(s)), "{ctx}: {seen:?}");
+            assert_eq!(elements as u64, rcx, "{ctx}: elements");
+        }
+    }
+}
+
+/// Prefixed I/O instructions are located whole, whether KVM left RIP on
+/// them or past them: operand- and address-size prefixes, REP, segment
+/// overrides, several at once, the immediate form, and a preceding
+/// instruction whose last byte looks like a prefix (`mov al,0x66` and
+/// `mov al,'e'` before `out dx,al`: a redundant prefix cannot be told
+/// from such a byte, and before IN and OUT the library takes the byte as
+/// the previous instruction's).
+#[test]
+fn prefixed_io_instructions_are_located_whole() {
+    nvmm_testkit::kvm_or_skip!();
+    // (code, offset of the I/O instruction, its length, port, size,
+    // segment of OUTS)
+    type Case = (&'static [u8], u64, u8, u16, u8, Option<Seg>);
+    let cases: [Case; 8] = [
+        (&[0x66, 0xef], 0, 2, 0xe9, 4, None),
+        (&[0xf3, 0x66, 0x6f], 0, 3, 0xe9, 4, Some(Seg::Ds)),
+        (&[0x2e, 0x6e], 0, 2, 0xe9, 1, Some(Seg::Cs)),
+        (&[0x67, 0x6e], 0, 2, 0xe9, 1, Some(Seg::Ds)),
+        (&[0xb0, 0x66, 0xee], 2, 1, 0xe9, 1, None),
+        (&[0xb0, 0x65, 0xee], 2, 1, 0xe9, 1, None),
+        (&[0x66, 0xe7, 0x80], 0, 3, 0x80, 4, None),
+        (&[0x26, 0x67, 0xf3, 0x66, 0x6f], 0, 5, 0xe9, 4, Some(Seg::Es)),
+    ];
+    for (code, at, len, port, size, seg) in cases {
+        let mut insn = code.to_vec();
+        insn.push(0xf4);
+        let mut g = real_mode(&insn);
+        g.machine.write_gpa(0x3000, b"abcd").unwrap();
+        g.vcpu
+            .update(StateMask::GPRS, |s| (s.gprs[Gpr::Rdx], s.gprs[Gpr::Rsi], s.gprs[Gpr::Rcx]) = (0xe9, 0x3000, 1))
+            .unwrap();
+        let ctx = format!("{code:02x?}");
+        match g.vcpu.run().unwrap() {
+            Exit::Io(io) => assert_eq!((io.port(), io.size()), (port, usize::from(size)), "{ctx}"),
+            e => panic!("{ctx}: {e:?}"),
+        }
+        let (found, npc) = g.vcpu.io_instruction().unwrap();
+        assert_eq!((found.length, found.operand_size, found.segment), (len, size, seg), "{ctx}");
+        assert_eq!(npc, CODE + at + u64::from(len), "{ctx}: npc");
+        g.vcpu.get_state(StateMask::GPRS).unwrap();
+        assert_eq!(g.vcpu.state().gprs[Gpr::Rip], CODE + at, "{ctx}: RIP on the instruction");
+        let Exit::Io(io) = g.vcpu.last_exit() else { unreachable!() };
+        std::hint::black_box(io.data());
+        assert_eq!(next_reason(&mut g.vcpu), reason::HALTED, "{ctx}");
+    }
+}
+
 #[test]
 fn mmio_read_and_write() {
     nvmm_testkit::kvm_or_skip!();

@@ -247,7 +247,7 @@ fn ends_with_out(before: &[u8], port: u16) -> bool {
 fn ending_at(window: &[u8], mode: CpuMode, matches: &dyn Fn(&IoInstruction) -> bool) -> Option<IoInstruction> {
     let back = window.len();
     // The opcode is the last byte (port in DX, string forms) or the one
-    // before it (port immediate); prefixes may precede it. Longest first.
+    // before it (port immediate); prefixes may precede it.
     for opcode_at in [back.wrapping_sub(1), back.wrapping_sub(2)] {
         let Some(&op) = window.get(opcode_at) else { continue };
         let fits =
@@ -259,9 +259,20 @@ fn ending_at(window: &[u8], mode: CpuMode, matches: &dyn Fn(&IoInstruction) -> b
         while first > 0 && is_prefix(window[first - 1], mode) {
             first -= 1;
         }
-        let found = (first..=opcode_at).find_map(|start| {
+        let decodes = |start: usize| {
             decode_io(&window[start..back], mode).ok().filter(|d| usize::from(d.length) == back - start && matches(d))
-        });
+        };
+        // Before INS and OUTS prefixes matter (segment, address size, REP)
+        // and are taken, the longest run first. Before IN and OUT they
+        // are redundant but for 66, which the size check already demands,
+        // while a byte there that looks like a prefix is often the end of
+        // the previous instruction (`mov al,'e'` is B0 65, and 65 is GS):
+        // the shortest match first.
+        let found = if matches!(op, 0x6c..=0x6f) {
+            (first..=opcode_at).find_map(decodes)
+        } else {
+            (first..=opcode_at).rev().find_map(decodes)
+        };
         if found.is_some() {
             return found;
         }

@@ -222,12 +222,12 @@ mod tests {
     use crate::memory::Prot;
     use crate::os::HostRegion;
 
-    const BASE: u64 = 0x4000_0000;
+    pub(super) const BASE: u64 = 0x4000_0000;
     /// Physical page of each virtual page (`None`: not present).
-    const PAGES: [Option<u64>; 4] = [Some(0x5000), Some(0x2000), None, Some(0x7000)];
+    pub(super) const PAGES: [Option<u64>; 4] = [Some(0x5000), Some(0x2000), None, Some(0x7000)];
     const READ_ONLY: usize = 3;
 
-    fn machine() -> MemoryMap {
+    pub(super) fn machine() -> MemoryMap {
         let mut m = MemoryMap::new(1 << 30, 8);
         let hva = m.add_host(HostRegion::anonymous(0x10_0000).unwrap()).unwrap();
         let plan = m.plan_gpa_map(hva, 0, 0x10_0000, Prot::ALL).unwrap();
@@ -251,7 +251,7 @@ mod tests {
         m
     }
 
-    fn regs() -> PagingRegs {
+    pub(super) fn regs() -> PagingRegs {
         PagingRegs { cr0: 0x8000_0011, cr3: 0x80000, cr4: 0x20, efer: 0x500, phys_bits: 40, gib_pages: false }
     }
 

@@ -131,3 +131,81 @@ impl WindowSource {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Over the hand-built 4-level tables of the view's tests (virtual
+    //! pages at `BASE` on physical pages 0x5000, 0x2000, none, 0x7000):
+    //! the oracle is `GuestView::around`, which always walks.
+
+    use super::super::tests::{BASE, PAGES, machine, regs};
+    use super::*;
+
+    /// A window straddling virtual pages 0 and 1 (two walks, two pieces).
+    const AT: u64 = BASE + 0x1000 + 4;
+
+    fn around(map: &MemoryMap, r: PagingRegs, at: u64) -> Window {
+        GuestView::new(map, r).around(at)
+    }
+
+    fn record(map: &MemoryMap, r: PagingRegs, at: u64, generation: u64) -> Option<WindowSource> {
+        let view = GuestView::new(map, r);
+        WindowSource::record(&view, at, &view.around(at), generation)
+    }
+
+    #[test]
+    fn reads_again_what_a_walk_reads_while_nothing_changed() {
+        let m = machine();
+        let s = record(&m, regs(), AT, 7).expect("a full window in RAM is recorded");
+        assert_eq!(s.pieces.len(), 2, "two pages");
+        assert_eq!(s.entries.len(), 8, "four levels walked for each page");
+        assert_eq!(s.reread(AT, &regs(), 7), Some(around(&m, regs(), AT)));
+        // Code written since: the new bytes.
+        m.write(0x2000 + 2, &[0xee, 0xee, 0xee]).unwrap();
+        m.write(0x5000 + 0xffe, &[0x66]).unwrap();
+        let now = around(&m, regs(), AT);
+        assert_eq!(&now.after()[..1], &[0xee]);
+        assert_eq!(s.reread(AT, &regs(), 7), Some(now));
+    }
+
+    #[test]
+    fn anything_that_decided_the_translation_forces_a_walk() {
+        let m = machine();
+        let s = record(&m, regs(), AT, 7).unwrap();
+        assert_eq!(s.reread(AT + 1, &regs(), 7), None, "another address");
+        assert_eq!(s.reread(AT, &regs(), 8), None, "the memory map changed");
+        let other = PagingRegs { cr3: 0x84000, ..regs() };
+        assert_eq!(s.reread(AT, &other, 7), None, "other paging registers");
+        // Virtual page 1 moved onto physical page 0x7000: its PTE changed.
+        m.write(0x83000 + 8, &(0x7000u64 | 3).to_le_bytes()).unwrap();
+        assert_eq!(s.reread(AT, &regs(), 7), None, "a page-table entry changed");
+        // A higher level changed (the PDE, to an identical copy elsewhere).
+        let m = machine();
+        let s = record(&m, regs(), AT, 7).unwrap();
+        let mut pt = [0u8; 4096];
+        m.read(0x83000, &mut pt).unwrap();
+        m.write(0x84000, &pt).unwrap();
+        m.write(0x82000, &(0x84000u64 | 3).to_le_bytes()).unwrap();
+        assert_eq!(s.reread(AT, &regs(), 7), None, "a page-directory entry changed");
+    }
+
+    #[test]
+    fn only_full_windows_in_ram_are_recorded() {
+        let m = machine();
+        // Ahead of it the unmapped virtual page 2: fewer than 15 bytes.
+        assert!(record(&m, regs(), BASE + 0x2000 - 4, 0).is_none(), "a short window");
+        assert!(PAGES[2].is_none());
+        // Paging off: linear is physical. Near 0 the window has fewer
+        // bytes before the address, and is full still.
+        let flat = PagingRegs { cr0: 0x11, cr4: 0, efer: 0, ..regs() };
+        let s = record(&m, flat, 5, 0).expect("5 bytes before address 5");
+        assert_eq!(s.reread(5, &flat, 0), Some(around(&m, flat, 5)));
+        assert!(s.entries.is_empty(), "no walk without paging");
+        // Ending exactly where guest RAM ends.
+        let end = 0x10_0000 - 15;
+        let s = record(&m, flat, end, 0).expect("the window ends with RAM");
+        assert_eq!(s.reread(end, &flat, 0), Some(around(&m, flat, end)));
+        // One byte further the window is short.
+        assert!(record(&m, flat, end + 1, 0).is_none());
+    }
+}

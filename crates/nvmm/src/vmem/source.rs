@@ -140,6 +140,7 @@ mod tests {
 
     use super::super::tests::{BASE, PAGES, machine, regs};
     use super::*;
+    use crate::os::HostRegion;
 
     /// A window straddling virtual pages 0 and 1 (two walks, two pieces).
     const AT: u64 = BASE + 0x1000 + 4;
@@ -207,5 +208,22 @@ mod tests {
         assert_eq!(s.reread(end, &flat, 0), Some(around(&m, flat, end)));
         // One byte further the window is short.
         assert!(record(&m, flat, end + 1, 0).is_none());
+    }
+
+    #[test]
+    fn ram_mapped_above_zero_is_found_at_its_offset() {
+        let mut m = MemoryMap::new(1 << 30, 8);
+        let hva = m.add_host(HostRegion::anonymous(0x2000).unwrap()).unwrap();
+        // The region's second page at guest physical 0x20_0000.
+        let plan = m.plan_gpa_map(hva + 0x1000, 0x20_0000, 0x1000, crate::memory::Prot::ALL).unwrap();
+        m.commit(plan);
+        let bytes: Vec<u8> = (0..0x1000u32).map(|i| (i * 13 + 1) as u8).collect();
+        m.write(0x20_0000, &bytes).unwrap();
+        let flat = PagingRegs { cr0: 0x11, cr4: 0, efer: 0, ..regs() };
+        let at = 0x20_0020;
+        let s = record(&m, flat, at, 0).expect("recorded");
+        let w = s.reread(at, &flat, 0).expect("read again");
+        assert_eq!(w, around(&m, flat, at));
+        assert_eq!(w.after()[0], bytes[0x20]);
     }
 }

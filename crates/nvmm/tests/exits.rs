@@ -54,6 +54,20 @@ fn port_io_out_and_in() {
     assert_eq!(read_u32(&g, 0x2000) & 0xff, 0x5a);
 }
 
+/// Runs `g` to an `out` of one byte to port 0x10 and checks that the
+/// instruction behind the exit is `len` bytes at `start`: its length,
+/// `npc`, and RIP on it in the state (the exit not answered).
+fn out_0x10_located(g: &mut Guest, start: u64, len: u64, ctx: &str) {
+    match g.vcpu.run().unwrap() {
+        Exit::Io(io) => assert_eq!((io.port(), io.size()), (0x10, 1), "{ctx}"),
+        e => panic!("{ctx}: {e:?}"),
+    }
+    let (insn, npc) = g.vcpu.io_instruction().unwrap();
+    assert_eq!((u64::from(insn.length), npc), (len, start + len), "{ctx}");
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    assert_eq!(g.vcpu.state().gprs[Gpr::Rip], start, "{ctx}: RIP on the instruction");
+}
+
 /// The I/O instruction behind an exit is located anew when the code
 /// changed (see `io_instruction_follows_the_page_tables` for the page
 /// tables): the same port and size from `out dx,al` (one byte) and from
@@ -73,14 +87,7 @@ fn io_instruction_follows_code_rewritten_at_the_same_place() {
         let start = site + start;
         g.machine.write_gpa(site, bytes).unwrap();
         g.vcpu.update(StateMask::GPRS, |s| (s.gprs[Gpr::Rip], s.gprs[Gpr::Rdx]) = (start, 0x10)).unwrap();
-        match g.vcpu.run().unwrap() {
-            Exit::Io(io) => assert_eq!((io.port(), io.size()), (0x10, 1)),
-            e => panic!("{e:?}"),
-        }
-        let (insn, npc) = g.vcpu.io_instruction().unwrap();
-        assert_eq!((u64::from(insn.length), npc), (len, start + len), "{bytes:02x?}");
-        g.vcpu.get_state(StateMask::GPRS).unwrap();
-        assert_eq!(g.vcpu.state().gprs[Gpr::Rip], start, "{bytes:02x?}: RIP on the instruction");
+        out_0x10_located(&mut g, start, len, &format!("{bytes:02x?}"));
     }
 }
 
@@ -109,14 +116,7 @@ fn io_instruction_follows_the_page_tables() {
         g.vcpu
             .update(StateMask::GPRS | StateMask::CRS, |s| (s.gprs[Gpr::Rip], s.gprs[Gpr::Rdx]) = (start, 0x10))
             .unwrap();
-        match g.vcpu.run().unwrap() {
-            Exit::Io(io) => assert_eq!((io.port(), io.size()), (0x10, 1)),
-            e => panic!("{e:?}"),
-        }
-        let (insn, npc) = g.vcpu.io_instruction().unwrap();
-        assert_eq!((u64::from(insn.length), npc), (len, start + len), "PDE {pde:#x}");
-        g.vcpu.get_state(StateMask::GPRS).unwrap();
-        assert_eq!(g.vcpu.state().gprs[Gpr::Rip], start, "PDE {pde:#x}: RIP on the instruction");
+        out_0x10_located(&mut g, start, len, &format!("PDE {pde:#x}"));
     }
 }
 
@@ -149,14 +149,7 @@ fn io_instruction_follows_the_memory_map() {
                 (s.gprs[Gpr::Rip], s.gprs[Gpr::Rdx]) = (start, 0x10);
             })
             .unwrap();
-        match g.vcpu.run().unwrap() {
-            Exit::Io(io) => assert_eq!((io.port(), io.size()), (0x10, 1)),
-            e => panic!("{e:?}"),
-        }
-        let (insn, npc) = g.vcpu.io_instruction().unwrap();
-        assert_eq!((u64::from(insn.length), npc), (len, start + len), "host page {hva:#x}");
-        g.vcpu.get_state(StateMask::GPRS).unwrap();
-        assert_eq!(g.vcpu.state().gprs[Gpr::Rip], start, "host page {hva:#x}: RIP on the instruction");
+        out_0x10_located(&mut g, start, len, &format!("host page {hva:#x}"));
     }
 }
 

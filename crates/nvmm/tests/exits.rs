@@ -153,6 +153,36 @@ fn io_instruction_follows_the_memory_map() {
     }
 }
 
+/// `Vcpu::finishes_at_next_run` says whether KVM still has an answered
+/// instruction to finish: not at the exit (unanswered), yes after the
+/// assist, not once `complete_pending` let KVM finish it, nor after an
+/// exit that leaves nothing pending.
+#[test]
+fn finishes_at_next_run_follows_the_answer() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0xba, 0xe9, 0x00, // mov dx,0xe9
+        0xee, //             out dx,al
+        0xee, //             out dx,al
+        0xf4, //             hlt
+    ]);
+    for complete in [true, false] {
+        match g.vcpu.run().unwrap() {
+            Exit::Io(io) => assert_eq!(io.port(), 0xe9),
+            e => panic!("{e:?}"),
+        }
+        assert!(!g.vcpu.finishes_at_next_run(), "unanswered");
+        g.vcpu.assist_io(|_| {}).unwrap();
+        assert!(g.vcpu.finishes_at_next_run(), "answered");
+        if complete {
+            g.vcpu.complete_pending().unwrap();
+            assert!(!g.vcpu.finishes_at_next_run(), "finished by complete_pending");
+        }
+    }
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert!(!g.vcpu.finishes_at_next_run(), "after HLT");
+}
+
 #[test]
 fn string_io_with_rep() {
     nvmm_testkit::kvm_or_skip!();

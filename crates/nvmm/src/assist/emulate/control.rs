@@ -77,18 +77,14 @@ fn run<M: EmuMemory + ?Sized>(
     use ControlOp::*;
     let cr0v = c.st.crs[Cr::Cr0];
     match insn.op {
-        Fninit | Fnclex | FnstswAx | Fnstsw | Fnstcw | Fldcw => {
+        Fninit | Fnclex | FnstswAx | Fnstsw | Fnstcw | Fldcw | Fnstenv | Fldenv | Fnsave | Frstor => {
             if cr0v & (cr0::EM | cr0::TS) != 0 {
                 return Err(fault(NM));
             }
-        }
-        Fnstenv | Fldenv | Fnsave | Frstor => {
-            if cr0v & (cr0::EM | cr0::TS) != 0 {
-                return Err(fault(NM));
-            }
-            // Real and virtual-8086 mode have formats of their own (the
-            // pointers as 20-bit linear addresses): left to the VMM.
-            if cr0v & cr0::PE == 0 || c.st.gprs[Gpr::Rflags] & rflags::VM != 0 {
+            // Real and virtual-8086 mode have environment formats of their
+            // own (the pointers as 20-bit linear addresses): left to the VMM.
+            let real = cr0v & cr0::PE == 0 || c.st.gprs[Gpr::Rflags] & rflags::VM != 0;
+            if real && matches!(insn.op, Fnstenv | Fldenv | Fnsave | Frstor) {
                 return Err(EmuError::Unsupported("the x87 environment in real or virtual-8086 mode"));
             }
         }
@@ -123,14 +119,7 @@ fn run<M: EmuMemory + ?Sized>(
     }
     let mem_op = || insn.mem.ok_or(EmuError::Unsupported("control instruction without its memory operand"));
     match insn.op {
-        Fninit => {
-            fx.fx_cw = 0x37f;
-            fx.fx_sw = 0;
-            fx.fx_tw = 0;
-            fx.fx_opcode = 0;
-            fx.fx_ip = 0;
-            fx.fx_dp = 0;
-        }
+        Fninit => x87_env::initialize(fx),
         // IE, DE, ZE, OE, UE, PE, SF, ES and B.
         Fnclex => fx.fx_sw &= !0x80ff,
         Fwait => {}
@@ -149,8 +138,7 @@ fn run<M: EmuMemory + ?Sized>(
             };
             c.store(mem, &mem_op()?, &image[..len])?;
             if insn.op == Fnsave {
-                // Then initialized, as by FNINIT.
-                *fx = Fxsave { fx_cw: 0x37f, fx_sw: 0, fx_tw: 0, fx_opcode: 0, fx_ip: 0, fx_dp: 0, ..*fx };
+                x87_env::initialize(fx);
             } else {
                 // Then every exception masked.
                 fx.fx_cw |= 0x3f;
@@ -169,8 +157,7 @@ fn run<M: EmuMemory + ?Sized>(
         Fldcw => {
             let mut b = [0u8; 2];
             c.load(mem, &mem_op()?, &mut b)?;
-            // Bit 6 reads as 1, bits 13-15 as 0.
-            fx.fx_cw = (u16::from_le_bytes(b) & 0x1f3f) | 0x40;
+            fx.fx_cw = x87_env::control_word(u16::from_le_bytes(b));
             // The new masks decide whether an exception is pending.
             if fx.fx_sw & 0x3f & !fx.fx_cw != 0 {
                 fx.fx_sw |= FSW_ES | FSW_B;

@@ -24,6 +24,23 @@ use crate::x86::state::Fxsave;
 /// CPU writes ones there).
 const RESERVED: u16 = 0xffff;
 
+/// FNINIT's x87 state (FNSAVE ends with it too): control word 037FH,
+/// status and tags cleared (every register empty), no last instruction.
+pub(super) fn initialize(fx: &mut Fxsave) {
+    fx.fx_cw = 0x37f;
+    fx.fx_sw = 0;
+    fx.fx_tw = 0;
+    fx.fx_opcode = 0;
+    fx.fx_ip = 0;
+    fx.fx_dp = 0;
+}
+
+/// A control word as FLDCW and FLDENV load it: bit 6 reads as 1, bits
+/// 13-15 as 0.
+pub(super) fn control_word(v: u16) -> u16 {
+    (v & 0x1f3f) | 0x40
+}
+
 /// The environment's size for an operand size of `opsize` bytes.
 pub(super) fn env_len(opsize: u8) -> usize {
     if opsize == 4 { 28 } else { 14 }
@@ -64,7 +81,7 @@ pub(super) fn abridged_tags(tw: u16) -> u8 {
 /// [`env_len`] bytes of `out`.
 pub(super) fn store_env(fx: &Fxsave, opsize: u8, out: &mut [u8]) {
     let tw = full_tags(fx);
-    let words: &mut dyn FnMut(usize, u16) = &mut |at, v| out[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let mut words = |at: usize, v: u16| out[at..at + 2].copy_from_slice(&v.to_le_bytes());
     if opsize == 4 {
         for (at, v) in [(0, fx.fx_cw), (4, fx.fx_sw), (8, tw)] {
             words(at, v);
@@ -94,8 +111,7 @@ pub(super) fn load_env(fx: &mut Fxsave, opsize: u8, image: &[u8]) {
     let word = |at: usize| u16::from_le_bytes([image[at], image[at + 1]]);
     let dword = |at: usize| u64::from(u32::from_le_bytes([image[at], image[at + 1], image[at + 2], image[at + 3]]));
     let (cw, sw, tw) = if opsize == 4 { (word(0), word(4), word(8)) } else { (word(0), word(2), word(4)) };
-    // Bit 6 of the control word reads as 1, bits 13-15 as 0 (as FLDCW).
-    fx.fx_cw = (cw & 0x1f3f) | 0x40;
+    fx.fx_cw = control_word(cw);
     // The registers stay where they are while TOP moves: the image keeps
     // them in stack order, so it turns with TOP.
     let turn = usize::from(((sw >> 11) + 8 - ((fx.fx_sw >> 11) & 7)) & 7);

@@ -289,24 +289,23 @@ pub(crate) fn with_vcpu_of<R>(
     let m = non_null(mach)?;
     // SAFETY: non-null; the caller passes a `struct nvmm_machine`.
     let (machid, pages) = unsafe { ((*m).machid, (*m).pages) };
+    if current_callback().is_some() {
+        // Perhaps this very VCPU, lent to the callback: `with_vcpu` tells.
+        return with_vcpu(&*machine(mach)?, cpuid, |v| f(machid, v));
+    }
     let removals = REMOVALS.load(Ordering::SeqCst);
-    let known = if current_callback().is_some() {
-        None
-    } else {
-        REMEMBERED.with_borrow(|r| {
-            r.as_ref()
-                .filter(|r| r.machid == machid && r.pages == pages && r.cpuid == cpuid && r.removals == removals)
-                .and_then(|r| r.vcpu.upgrade())
-        })
-    };
-    let Some(v) = known else {
-        let ctx = machine(mach)?;
-        if current_callback().is_some() {
-            return with_vcpu(&ctx, cpuid, |v| f(machid, v));
+    let known = REMEMBERED.with_borrow(|r| {
+        r.as_ref()
+            .filter(|r| r.machid == machid && r.pages == pages && r.cpuid == cpuid && r.removals == removals)
+            .and_then(|r| r.vcpu.upgrade())
+    });
+    let v = match known {
+        Some(v) => v,
+        None => {
+            let v = machine(mach)?.vcpu(cpuid)?;
+            REMEMBERED.set(Some(Remembered { machid, pages, cpuid, removals, vcpu: Arc::downgrade(&v) }));
+            v
         }
-        let v = ctx.vcpu(cpuid)?;
-        REMEMBERED.set(Some(Remembered { machid, pages, cpuid, removals, vcpu: Arc::downgrade(&v) }));
-        return run_locked(&v, |g| f(machid, g));
     };
     run_locked(&v, |g| f(machid, g))
 }

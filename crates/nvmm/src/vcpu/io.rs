@@ -128,19 +128,7 @@ impl Vcpu {
         let rdx = raw.gprs[Gpr::Rdx];
         let rcx = raw.gprs[Gpr::Rcx];
         let regs = self.paging_of(raw);
-        let again = self.code_source.as_ref().and_then(|s| s.reread(linear, &regs, self.machine.memory_generation()));
-        let window = match again {
-            Some(w) => w,
-            None => {
-                let mem = self.machine.memory();
-                let generation = self.machine.memory_generation();
-                let view = GuestView::new(&mem, regs);
-                let w = view.around(linear);
-                self.code_source = WindowSource::record(&view, linear, &w, generation);
-                w
-            }
-        };
-        let raw = &self.raw;
+        let window = self.code_window(linear, regs);
         let key = IoSiteKey {
             rip,
             linear,
@@ -155,57 +143,71 @@ impl Vcpu {
         let site = match self.io_memo {
             Some(m) if m.key == key => m.site,
             _ => {
-                let matches = |d: &IoInstruction| {
-                    d.is_in == is_in
-                        && d.operand_size == size
-                        && d.port_immediate.map_or(rdx as u16 == port, |p| u16::from(p) == port)
-                };
-                let w = &key.window;
-                let at_rip = decode_io(w.after(), mode).ok().filter(|d| matches(d));
-                let needs_back = match at_rip {
-                    None => !is_in,
-                    Some(d) if d.string => !(is_in || (d.rep && rep_count(&raw.gprs, &d) != 0)),
-                    Some(_) => !is_in && ends_with_out(w.before(), port),
-                };
-                let ending = if needs_back { ending_at(w.before(), mode, &matches) } else { None };
-                let site = match (at_rip, ending) {
-                    // KVM stopped before the instruction (an IN, an
-                    // intercepted OUT, a REP OUTS with elements left).
-                    (Some(d), None) => IoSite {
-                        insn: d,
-                        start: rip,
-                        npc: mode.advance(rip, d.length.into()),
-                        advanced: d.string && !is_in,
-                    },
-                    // KVM executed it: it ends at RIP.
-                    (None, Some(d)) => IoSite {
-                        insn: d,
-                        start: mode.advance(rip, u64::from(d.length).wrapping_neg()),
-                        npc: rip,
-                        advanced: true,
-                    },
-                    // Which one exited depends on KVM's pending work, not
-                    // on the bytes: not kept.
-                    (Some(d), Some(before)) => {
-                        return self.disambiguate(d, before, rip, mode).inspect(|&s| self.keep_site(s));
-                    }
-                    (None, None) => {
-                        return Err(Error::Unsupported { what: "locating the I/O instruction behind the exit" });
-                    }
-                };
-                self.io_memo = Some(IoSiteMemo { key, site });
+                let (site, by_bytes) = self.locate(&key, rcx)?;
+                if by_bytes {
+                    self.io_memo = Some(IoSiteMemo { key, site });
+                }
                 site
             }
         };
-        self.keep_site(site);
-        Ok(site)
-    }
-
-    /// Records the site of the in-flight I/O instruction.
-    fn keep_site(&mut self, site: IoSite) {
         if let Some(f) = self.inflight.as_mut() {
             f.site = Some(site);
         }
+        Ok(site)
+    }
+
+    /// The guest bytes around `linear`: read again from where the last
+    /// window was found while that still holds, else through the walker
+    /// (recording where they came from).
+    fn code_window(&mut self, linear: u64, regs: PagingRegs) -> Window {
+        let generation = self.machine.memory_generation();
+        if let Some(w) = self.code_source.as_ref().and_then(|s| s.reread(linear, &regs, generation)) {
+            return w;
+        }
+        let mem = self.machine.memory();
+        let generation = self.machine.memory_generation();
+        let view = GuestView::new(&mem, regs);
+        let w = view.around(linear);
+        self.code_source = WindowSource::record(&view, linear, &w, generation);
+        w
+    }
+
+    /// Decodes the I/O instruction the exit of `key` came from, at RIP or
+    /// ending there, in `key`'s window; with whether the bytes decided it
+    /// (an `out; out` pair is decided by KVM's pending work instead).
+    fn locate(&mut self, key: &IoSiteKey, rcx: u64) -> Result<(IoSite, bool)> {
+        let IoSiteKey { rip, mode, port, size, is_in, dx, .. } = *key;
+        let matches = |d: &IoInstruction| {
+            d.is_in == is_in && d.operand_size == size && d.port_immediate.map_or(dx == port, |p| u16::from(p) == port)
+        };
+        let w = &key.window;
+        let at_rip = decode_io(w.after(), mode).ok().filter(|d| matches(d));
+        let needs_back = match at_rip {
+            None => !is_in,
+            Some(d) if d.string => !(is_in || (d.rep && rep_count(rcx, &d) != 0)),
+            Some(_) => !is_in && ends_with_out(w.before(), port),
+        };
+        let ending = if needs_back { ending_at(w.before(), mode, &matches) } else { None };
+        Ok(match (at_rip, ending) {
+            // KVM stopped before the instruction (an IN, an intercepted
+            // OUT, a REP OUTS with elements left).
+            (Some(d), None) => {
+                let site = IoSite {
+                    insn: d,
+                    start: rip,
+                    npc: mode.advance(rip, d.length.into()),
+                    advanced: d.string && !is_in,
+                };
+                (site, true)
+            }
+            // KVM executed it: it ends at RIP.
+            (None, Some(d)) => {
+                let start = mode.advance(rip, u64::from(d.length).wrapping_neg());
+                (IoSite { insn: d, start, npc: rip, advanced: true }, true)
+            }
+            (Some(d), Some(before)) => (self.disambiguate(d, before, rip, mode)?, false),
+            (None, None) => return Err(Error::Unsupported { what: "locating the I/O instruction behind the exit" }),
+        })
     }
 
     /// An OUT at RIP and one ending at RIP both match the exit: KVM
@@ -227,8 +229,8 @@ impl Vcpu {
 }
 
 /// RCX (or ECX, CX by address size) as a REP string instruction counts it.
-fn rep_count(g: &Gprs, d: &IoInstruction) -> u64 {
-    g[Gpr::Rcx] & crate::assist::decode::mask(d.address_size)
+fn rep_count(rcx: u64, d: &IoInstruction) -> u64 {
+    rcx & crate::assist::decode::mask(d.address_size)
 }
 
 /// Whether `before` (the bytes before RIP) can end with an OUT to `port`:

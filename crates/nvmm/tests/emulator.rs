@@ -723,80 +723,77 @@ fn x87_value(rng: &mut Rng) -> [u8; 10] {
 #[test]
 fn x87_environment_matches_the_cpu() {
     nvmm_testkit::kvm_or_skip!();
-    {
-        let mode = CpuMode::Bits64;
-        let mut b = Bench::new();
-        b.pointers = true;
-        let base = b.data() + 64;
-        let rm = 3; // [rbx]
-        for round in 0..16u64 {
-            let top = (round % 8) as u16;
-            let tags = (round.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8;
-            for (op, reg) in [(0xd9u8, 6u8), (0xd9, 4), (0xdd, 6), (0xdd, 4)] {
-                for p66 in [false, true] {
-                    let mut insn = if p66 { vec![0x66] } else { vec![] };
-                    insn.extend([op, reg << 3 | rm]);
-                    let load = reg == 4;
-                    let full = op == 0xdd;
-                    let env = if p66 == (mode == CpuMode::Bits16) { 28 } else { 14 };
-                    b.ignore = Vec::new();
-                    if full && !load {
-                        for k in 0..8u16 {
-                            if tags & (1 << ((k + top) & 7)) == 0 {
-                                let at = 64 + env + 10 * usize::from(k);
-                                b.ignore.extend((at..at + 10).map(|i| (i, 0xff)));
-                            }
+    let mut b = Bench::new();
+    b.pointers = true;
+    let base = b.data() + 64;
+    let rm = 3; // [rbx]
+    for round in 0..16u64 {
+        let top = (round % 8) as u16;
+        let tags = (round.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8;
+        for (op, reg) in [(0xd9u8, 6u8), (0xd9, 4), (0xdd, 6), (0xdd, 4)] {
+            for p66 in [false, true] {
+                let mut insn = if p66 { vec![0x66] } else { vec![] };
+                insn.extend([op, reg << 3 | rm]);
+                let load = reg == 4;
+                let full = op == 0xdd;
+                let env = if p66 { 14 } else { 28 };
+                b.ignore = Vec::new();
+                if full && !load {
+                    for k in 0..8u16 {
+                        if tags & (1 << ((k + top) & 7)) == 0 {
+                            let at = 64 + env + 10 * usize::from(k);
+                            b.ignore.extend((at..at + 10).map(|i| (i, 0xff)));
                         }
                     }
-                    let setup = move |st: &mut State, rng: &mut Rng| {
-                        st.gprs[Gpr::Rbx] = base;
-                        // Every exception masked, any rounding and precision.
-                        st.fpu.fx_cw = 0x7f | (rng.next() as u16 & 0xf00);
-                        st.fpu.fx_sw = (rng.next() as u16 & 0x3f) | top << 11;
-                        st.fpu.fx_tw = tags;
-                        for r in st.fpu.fx_87_ac.iter_mut() {
-                            r[..10].copy_from_slice(&x87_value(rng));
-                        }
-                        st.fpu.fx_opcode = rng.next() as u16 & 0x7ff;
-                        st.fpu.fx_ip = rng.next() & 0xffff_ffff;
-                        st.fpu.fx_dp = rng.next() & 0xffff_ffff;
-                    };
-                    let image = move |_: &State, data: &mut [u8], rng: &mut Rng| {
-                        if !load {
-                            return;
-                        }
-                        let img = &mut data[64..64 + env + if full { 80 } else { 0 }];
-                        for byte in img.iter_mut() {
-                            *byte = rng.next() as u8;
-                        }
-                        // A control word with every exception masked, and
-                        // a status word without ES and B.
-                        let cw = 0x7f | (rng.next() as u16 & 0xf00);
-                        let sw = rng.next() as u16 & 0x787f & !0x80;
-                        let (sw_at, tw_at) = if env == 28 { (4, 8) } else { (2, 4) };
-                        img[0..2].copy_from_slice(&cw.to_le_bytes());
-                        img[sw_at..sw_at + 2].copy_from_slice(&sw.to_le_bytes());
-                        if !full {
-                            // Registers empty now stay empty.
-                            let mut tw = u16::from_le_bytes([img[tw_at], img[tw_at + 1]]);
-                            for p in 0..8 {
-                                if tags & (1 << p) == 0 {
-                                    tw |= 3 << (2 * p);
-                                }
-                            }
-                            img[tw_at..tw_at + 2].copy_from_slice(&tw.to_le_bytes());
-                        } else {
-                            for k in 0..8 {
-                                img[env + 10 * k..env + 10 * k + 10].copy_from_slice(&x87_value(rng));
-                            }
-                        }
-                    };
-                    b.check_data(&insn, 0, &setup, &image);
                 }
+                let setup = move |st: &mut State, rng: &mut Rng| {
+                    st.gprs[Gpr::Rbx] = base;
+                    // Every exception masked, any rounding and precision.
+                    st.fpu.fx_cw = 0x7f | (rng.next() as u16 & 0xf00);
+                    st.fpu.fx_sw = (rng.next() as u16 & 0x3f) | top << 11;
+                    st.fpu.fx_tw = tags;
+                    for r in st.fpu.fx_87_ac.iter_mut() {
+                        r[..10].copy_from_slice(&x87_value(rng));
+                    }
+                    st.fpu.fx_opcode = rng.next() as u16 & 0x7ff;
+                    st.fpu.fx_ip = rng.next() & 0xffff_ffff;
+                    st.fpu.fx_dp = rng.next() & 0xffff_ffff;
+                };
+                let image = move |_: &State, data: &mut [u8], rng: &mut Rng| {
+                    if !load {
+                        return;
+                    }
+                    let img = &mut data[64..64 + env + if full { 80 } else { 0 }];
+                    for byte in img.iter_mut() {
+                        *byte = rng.next() as u8;
+                    }
+                    // A control word with every exception masked, and
+                    // a status word without ES and B.
+                    let cw = 0x7f | (rng.next() as u16 & 0xf00);
+                    let sw = rng.next() as u16 & 0x787f & !0x80;
+                    let (sw_at, tw_at) = if env == 28 { (4, 8) } else { (2, 4) };
+                    img[0..2].copy_from_slice(&cw.to_le_bytes());
+                    img[sw_at..sw_at + 2].copy_from_slice(&sw.to_le_bytes());
+                    if !full {
+                        // Registers empty now stay empty.
+                        let mut tw = u16::from_le_bytes([img[tw_at], img[tw_at + 1]]);
+                        for p in 0..8 {
+                            if tags & (1 << p) == 0 {
+                                tw |= 3 << (2 * p);
+                            }
+                        }
+                        img[tw_at..tw_at + 2].copy_from_slice(&tw.to_le_bytes());
+                    } else {
+                        for k in 0..8 {
+                            img[env + 10 * k..env + 10 * k + 10].copy_from_slice(&x87_value(rng));
+                        }
+                    }
+                };
+                b.check_data(&insn, 0, &setup, &image);
             }
         }
-        println!("{mode:?}: {} cases", b.cases);
     }
+    println!("{} cases", b.cases);
 }
 
 /// RBX at a 64-byte aligned place in the data area, for the XSAVE family.

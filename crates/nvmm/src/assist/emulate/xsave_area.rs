@@ -241,12 +241,8 @@ pub(super) fn restore<M: EmuMemory + ?Sized>(
             fx.fx_dp = img.fx_dp;
             fx.fx_87_ac = img.fx_87_ac;
         } else {
-            fx.fx_cw = 0x37f;
-            fx.fx_sw = 0;
-            fx.fx_tw = 0;
-            fx.fx_opcode = 0;
-            fx.fx_ip = 0;
-            fx.fx_dp = 0;
+            // The initial configuration: FNINIT's, registers zeroed.
+            super::x87_env::initialize(fx);
             fx.fx_87_ac = [[0; 16]; 8];
         }
     }

@@ -14,7 +14,7 @@ use common::*;
 use nvmm::exit::reason;
 use nvmm::x86::modes;
 use nvmm::x86::xsave::xfeature;
-use nvmm::{Event, Exit, Gpr, MemAccess, Prot, Seg, StateMask, Vcpu, VcpuConf};
+use nvmm::{Event, Exit, Gpr, MemAccess, Prot, Seg, StateMask, Unanswered, Vcpu, VcpuConf};
 
 /// Guest physical page with nothing mapped until a test maps it.
 const HOLE: u64 = 0x80_0000;
@@ -120,6 +120,36 @@ fn a_store_to_memory_mapped_after_its_exit_lands_there() {
             assert_eq!(&got[..size], &VALUE.to_le_bytes()[..size], "{mode:?} size {size}: the store landed");
             assert!(got[size..].iter().all(|&b| b == 0), "{mode:?} size {size}: no more than the store");
             assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + code.len() as u64, "{mode:?}: halted once");
+        }
+    }
+}
+
+/// Read-only memory mapped where a store exited (a VMM's ROM) does not
+/// take the store. With NetBSD's rule the guest stores again and exits
+/// again (the VMM then discards the write); with the Rust API's default
+/// the exit's data completes it, to no memory.
+#[test]
+fn a_store_to_memory_mapped_read_only_after_its_exit_never_lands() {
+    nvmm_testkit::kvm_or_skip!();
+    for rule in [Unanswered::Reexecute, Unanswered::Complete] {
+        for mode in MODES {
+            let (size, store, _) = movs(mode).remove(0);
+            let mut code = store.clone();
+            code.push(0xf4); // hlt
+            let mut g = guest(mode, &code);
+            g.vcpu.set_unanswered(rule);
+            g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = VALUE).unwrap();
+            assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Write, size), "{rule:?} {mode:?}");
+            g.machine.map_anonymous(HOLE, 4096, Prot::READ | Prot::EXEC).unwrap();
+            if rule == Unanswered::Reexecute {
+                assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Write, size), "{mode:?}: the store exits again");
+                assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE, "{mode:?}: RIP on the store");
+            } else {
+                run_to_halt(&mut g.vcpu);
+            }
+            let mut got = [0u8; 8];
+            g.machine.read_gpa(HOLE, &mut got).unwrap();
+            assert_eq!(got, [0; 8], "{rule:?} {mode:?}: the read-only memory kept its bytes");
         }
     }
 }
@@ -460,4 +490,59 @@ fn setting_the_fpu_without_getting_it_keeps_the_avx_upper_halves() {
     g.machine.read_gpa(0x2000, &mut ymm0).unwrap();
     assert_eq!(&ymm0[..16], &[0x42; 16], "the FXSAVE part was set");
     assert_eq!(&ymm0[16..], &[0xff; 16], "the upper half the guest wrote is kept");
+}
+
+/// A long-mode guest: `mov rax,5 ; mov cr8,rax ; hlt ; out 0x11,al ; hlt`
+/// (the OUT only runs if the first HLT is skipped).
+fn tpr_then_halt_guest() -> Guest {
+    let mut g = long_mode(&[
+        0x48, 0xc7, 0xc0, 0x05, 0x00, 0x00, 0x00, // mov rax,5
+        0x44, 0x0f, 0x22, 0xc0, //                  mov cr8,rax
+        0xf4, //                                    hlt (CODE + 11)
+        0xe6, 0x11, //                              out 0x11,al
+        0xf4, //                                    hlt
+    ]);
+    g.vcpu.configure(VcpuConf::Tpr { exit_changed: true }).unwrap();
+    g
+}
+
+#[test]
+fn a_halt_behind_a_tpr_exit_is_shown_not_executed_yet() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = tpr_then_halt_guest();
+    assert_eq!(next_reason(&mut g.vcpu), reason::TPR_CHANGED);
+    // The TPR raise is reported at the HLT's exit, first: the HLT has not
+    // executed yet as far as the program can see.
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 11, "RIP on the HLT");
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 12, "RIP past the HLT");
+}
+
+#[test]
+fn a_halt_behind_a_tpr_exit_executes_again_after_a_state_change() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = tpr_then_halt_guest();
+    assert_eq!(next_reason(&mut g.vcpu), reason::TPR_CHANGED);
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x42).unwrap();
+    // The guest runs from the HLT again (not past it, which would OUT).
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 12, "RIP past the first HLT");
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rax), 0x42);
+}
+
+/// QEMU's way before a run: CR8 set through the state, then a stop. The
+/// run returns STOPPED without entering; the exit state shows the CR8
+/// the program set (NetBSD stores the state before looking at the stop).
+#[test]
+fn the_exit_state_of_a_stopped_run_shows_the_cr8_just_set() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = tpr_guest();
+    assert_eq!(next_reason(&mut g.vcpu), reason::TPR_CHANGED);
+    assert_eq!(g.vcpu.exit_state().unwrap().cr8, 5);
+    g.vcpu.update(StateMask::CRS, |s| s.crs[nvmm::Cr::Cr8] = 9).unwrap();
+    g.vcpu.stop_handle().stop();
+    assert_eq!(next_reason(&mut g.vcpu), reason::STOPPED);
+    assert_eq!(g.vcpu.exit_state().unwrap().cr8, 9, "CR8 as set");
+    g.vcpu.get_state(StateMask::CRS).unwrap();
+    assert_eq!(g.vcpu.state().crs[nvmm::Cr::Cr8], 9);
 }

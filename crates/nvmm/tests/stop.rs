@@ -120,3 +120,53 @@ fn a_handle_outlives_its_vcpu() {
     h.stop();
     h2.stop();
 }
+
+/// NetBSD's way of answering an MSR exit (RIP set to `npc` through the
+/// state, as QEMU does) makes the next run let KVM finish the RDMSR before
+/// entering the guest, which then spins. Stops land while that run
+/// settles, enters or spins: each is reported, none is lost in the
+/// settling (the guest would spin forever).
+#[test]
+fn stops_while_a_run_settles_an_msr_exit_are_not_lost() {
+    nvmm_testkit::kvm_or_skip!();
+    // l: mov ecx,0xffffffff ; rdmsr ; jmp $
+    let mut g = real_mode(&[0x66, 0xb9, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x32, 0xeb, 0xfe]);
+    let handle = g.vcpu.stop_handle();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (ack_tx, ack_rx) = mpsc::channel::<()>();
+    const ROUNDS: usize = 2000;
+    let runner = std::thread::spawn(move || {
+        for _ in 0..ROUNDS {
+            g.vcpu.update(nvmm::StateMask::GPRS, |s| s.gprs[Gpr::Rip] = CODE).unwrap();
+            let npc = match g.vcpu.run().unwrap() {
+                Exit::Rdmsr(r) => r.npc(),
+                e => panic!("expected the RDMSR, got {e:?}"),
+            };
+            g.vcpu.update(nvmm::StateMask::GPRS, |s| s.gprs[Gpr::Rip] = npc).unwrap();
+            ready_tx.send(()).unwrap();
+            loop {
+                match g.vcpu.run().unwrap() {
+                    Exit::Stopped => break,
+                    Exit::None => {}
+                    e => panic!("{e:?}"),
+                }
+            }
+            ack_tx.send(()).unwrap();
+        }
+    });
+    let mut spin = 0x2545_f491u32;
+    for i in 0..ROUNDS {
+        ready_rx.recv_timeout(Duration::from_secs(30)).expect("the runner reaches the RDMSR");
+        spin ^= spin << 13;
+        spin ^= spin >> 17;
+        spin ^= spin << 5;
+        for _ in 0..(spin % 30_000) {
+            std::hint::spin_loop();
+        }
+        handle.stop();
+        if ack_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("stop {i} was lost while the run settled the MSR exit");
+        }
+    }
+    runner.join().unwrap();
+}

@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::exit::ExitState;
 use crate::exit::record::ExitRecord;
 use crate::netbsd::{NbExit, NbExitIo, NbExitMemory, NbExitPayload, NbExitRdmsr, NbExitState, NbExitWrmsr};
-use crate::x86::state::Gpr;
+use crate::x86::state::{Cr, Gpr};
 
 /// SVM's nested-page-fault exit code, in an emulation failure's exit
 /// information (KVM then reports the faulting address too).
@@ -37,12 +37,20 @@ impl Vcpu {
             self.raw_state(Parts::GPRS)?.gprs[Gpr::Rflags]
         };
         let events = self.backend.event_status()?;
+        // What the program set since, when the run returned before storing
+        // it (a stop, a window exit): NetBSD's kernel stores first.
+        let cr8 = if self.cache.dirty.intersects(Parts::CR) {
+            self.comm.state().crs[Cr::Cr8]
+        } else {
+            u64::from(self.backend.tpr())
+        };
+        let windows = self.pending_windows();
         Ok(ExitState {
             rflags,
-            cr8: u64::from(self.backend.tpr()),
+            cr8,
             int_shadow: events.int_shadow,
-            int_window_exiting: self.windows.int,
-            nmi_window_exiting: self.windows.nmi,
+            int_window_exiting: windows.int,
+            nmi_window_exiting: windows.nmi,
             evt_pending: events.pending,
         })
     }

@@ -21,6 +21,7 @@ use super::io::IoSite;
 use crate::backend::{Parts, VcpuBackend};
 use crate::error::{Error, Result};
 use crate::exit::record::ExitRecord;
+use crate::memory::Prot;
 use crate::vcpu::Unanswered;
 use crate::vmem::GuestView;
 use crate::x86::bits::rflags;
@@ -320,7 +321,7 @@ impl Vcpu {
         }
         if !f.answered
             && let ExitRecord::Memory { gpa, len, write } = f.exit
-            && self.memory_now_ram(gpa, len)
+            && self.memory_now_ram(gpa, len, write)
         {
             // Mapped meanwhile: the access goes to the new memory.
             self.redo_on_ram(gpa, len, write)?;
@@ -410,10 +411,14 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Whether guest RAM now backs `gpa..gpa+len`.
-    fn memory_now_ram(&self, gpa: u64, len: u8) -> bool {
+    /// Whether guest RAM now backs `gpa..gpa+len`, writable for a write
+    /// (a write to memory mapped read-only since exits again, as on
+    /// NetBSD, where the VMM discards it: ROM).
+    fn memory_now_ram(&self, gpa: u64, len: u8, write: bool) -> bool {
         let mem = self.machine.memory();
-        mem.area(gpa).is_some_and(|a| a.slot.is_some() && gpa + u64::from(len) <= a.gpa + a.size)
+        mem.area(gpa).is_some_and(|a| {
+            a.slot.is_some() && gpa + u64::from(len) <= a.gpa + a.size && (!write || a.prot.contains(Prot::WRITE))
+        })
     }
 
     /// Performs the access of an MMIO exit on RAM mapped at its address

@@ -95,7 +95,10 @@ impl Vcpu {
                         | ExitRecord::Rdmsr { .. }
                         | ExitRecord::Wrmsr { .. }
                 ) {
+                    // Done by KVM (a HLT behind a TPR report): the state
+                    // shown before it (RIP on the HLT) is stale now.
                     self.inflight = None;
+                    self.cache.have = Parts::NONE;
                 }
                 return Ok(r);
             }
@@ -105,6 +108,12 @@ impl Vcpu {
             return Ok(r);
         }
         self.commit()?;
+        // Settling may have run KVM to finish the last instruction, which
+        // consumes a kick: a stop requested meanwhile is honoured here
+        // (one requested from now on finds the kick armed).
+        if self.shared.take() {
+            return Ok(ExitRecord::Stopped);
+        }
         let result = self.backend.run();
         self.forget_raw();
         self.conf.has_run = true;
@@ -221,7 +230,7 @@ impl Vcpu {
 
     /// The window exits armed for this run: the program's INTR when it set
     /// it since the last run (stored in `commit`, read here first).
-    fn pending_windows(&self) -> super::Windows {
+    pub(super) fn pending_windows(&self) -> super::Windows {
         if self.cache.dirty.intersects(Parts::INTR) {
             let i = self.comm.state().intr;
             super::Windows { int: i.int_window_exiting(), nmi: i.nmi_window_exiting() }

@@ -17,8 +17,8 @@ use std::os::fd::{IntoRawFd, OwnedFd};
 
 use kvm_bindings::{
     KVM_CAP_DISABLE_QUIRKS2, KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_READONLY, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, KVM_X86_QUIRK_OUT_7E_INC_RIP,
-    kvm_enable_cap, kvm_userspace_memory_region,
+    KVM_MEM_READONLY, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, KVM_X86_QUIRK_MWAIT_NEVER_UD_FAULTS,
+    KVM_X86_QUIRK_OUT_7E_INC_RIP, kvm_enable_cap, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VmFd};
 
@@ -220,10 +220,14 @@ impl KvmSystem {
         let msr_exits = KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER;
         enable(KVM_CAP_X86_USER_SPACE_MSR, msr_exits.into(), "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)")?;
         msr_filter::install(&fd)?;
-        // OUT to port 0x7E advances RIP before the exit unless this quirk
-        // is off; NVMM leaves RIP on the instruction for every port.
-        if self.quirks2 & KVM_X86_QUIRK_OUT_7E_INC_RIP != 0 {
-            enable(KVM_CAP_DISABLE_QUIRKS2, KVM_X86_QUIRK_OUT_7E_INC_RIP.into(), "KVM_ENABLE_CAP(DISABLE_QUIRKS2)")?;
+        // OUT to port 0x7E advances RIP before the exit unless that quirk
+        // is off (NVMM leaves RIP on the instruction for every port); KVM
+        // runs MONITOR/MWAIT as NOPs whatever CPUID says unless the other
+        // is off (NVMM's CPUID hides them: the guest gets #UD, as a VMM
+        // answers NetBSD's MONITOR/MWAIT exits).
+        let quirks = self.quirks2 & (KVM_X86_QUIRK_OUT_7E_INC_RIP | KVM_X86_QUIRK_MWAIT_NEVER_UD_FAULTS);
+        if quirks != 0 {
+            enable(KVM_CAP_DISABLE_QUIRKS2, quirks.into(), "KVM_ENABLE_CAP(DISABLE_QUIRKS2)")?;
         }
         if self.is_intel {
             // Real mode on VMX without unrestricted guest needs a TSS; the

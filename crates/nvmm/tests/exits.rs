@@ -862,3 +862,41 @@ fn exit_state_reports_rflags_cr8_and_windows() {
     assert!(r == reason::INT_READY || r == reason::HALTED, "{r:#x}");
     assert!(!g.vcpu.exit_state().unwrap().int_window_exiting, "disarmed once reported");
 }
+
+/// NVMM's CPUID hides MONITOR/MWAIT, and on NetBSD executing them exits
+/// (a VMM such as QEMU injects #UD). KVM has no such exit. Where KVM
+/// intercepts them, its MONITOR/MWAIT-as-NOP quirk is off and the guest
+/// takes #UD itself; where KVM emulates guest CPL 0 code (these hosts) its
+/// emulator gives up on them and the program gets the instruction's bytes.
+/// Never a NOP that runs on.
+#[test]
+fn monitor_and_mwait_are_never_nops() {
+    nvmm_testkit::kvm_or_skip!();
+    for (name, insn) in [("monitor", [0x0f, 0x01, 0xc8]), ("mwait", [0x0f, 0x01, 0xc9])] {
+        let mut code = insn.to_vec();
+        code.extend_from_slice(&[0xc6, 0x05, 0x00, 0x21, 0x00, 0x00, 0x01, 0xf4]); // mov byte [0x2100],1 ; hlt
+        let mut g = protected_mode(&code);
+        // #UD handler at 0x1800: mov byte [0x2100],6 ; hlt
+        g.machine.write_gpa(0x1800, &[0xc6, 0x05, 0x00, 0x21, 0x00, 0x00, 0x06, 0xf4]).unwrap();
+        idt32(&mut g, &[(6, 0x1800)]);
+        let bytes = loop {
+            match g.vcpu.run().unwrap() {
+                Exit::None => continue,
+                Exit::Halted => break None,
+                Exit::EmulationFailure(f) => break Some(f.instruction_bytes().map(<[u8]>::to_vec)),
+                e => panic!("{name}: {e:?}"),
+            }
+        };
+        let mut b = [0u8; 1];
+        g.machine.read_gpa(0x2100, &mut b).unwrap();
+        match bytes {
+            None => assert_eq!(b[0], 6, "{name}: #UD, not a NOP"),
+            Some(bytes) => {
+                println!("{name}: KVM's emulator gives up on it here (emulation failure with its bytes)");
+                assert_eq!(bytes.as_deref().map(|b| &b[..3]), Some(&insn[..]), "{name}: the instruction's bytes");
+                assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE, "{name}: RIP on it");
+                assert_eq!(b[0], 0, "{name}: nothing after it ran");
+            }
+        }
+    }
+}

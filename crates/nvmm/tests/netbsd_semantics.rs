@@ -546,3 +546,53 @@ fn the_exit_state_of_a_stopped_run_shows_the_cr8_just_set() {
     g.vcpu.get_state(StateMask::CRS).unwrap();
     assert_eq!(g.vcpu.state().crs[nvmm::Cr::Cr8], 9);
 }
+
+/// A load the program answered through the exit's data is done as far as
+/// the state shows, before the next run: RAX holds the data, RIP is past.
+#[test]
+fn an_answered_load_shows_done_before_the_next_run() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        for (size, _, load) in movs(mode) {
+            let mut code = load.clone();
+            code.push(0xf4); // hlt
+            let mut g = guest(mode, &code);
+            next_exit(&mut g.vcpu, |e| match e {
+                Exit::Memory(mut m) => m.data_mut().copy_from_slice(&VALUE.to_le_bytes()[..size]),
+                other => panic!("{mode:?} size {size}: expected the load's exit, got {other:?}"),
+            });
+            let mask = if size == 8 { u64::MAX } else { (1u64 << (size * 8)) - 1 };
+            assert_eq!(gpr(&mut g.vcpu, Gpr::Rax) & mask, VALUE & mask, "{mode:?} size {size}: RAX loaded");
+            assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + load.len() as u64, "{mode:?} size {size}: RIP past");
+            run_to_halt(&mut g.vcpu);
+            assert_eq!(gpr(&mut g.vcpu, Gpr::Rax) & mask, VALUE & mask, "{mode:?} size {size}: after the run");
+        }
+    }
+}
+
+/// A store split across two unmapped pages is two exits; reading the
+/// state after the first lets KVM go on to the second, which the next run
+/// reports (not lost, not done without the program).
+#[test]
+fn the_second_half_of_a_split_store_is_reported_after_a_state_read() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = guest(Mode::Long, &[0x89, 0x03, 0xf4]); // mov [rbx],eax ; hlt
+    g.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rbx] = HOLE + 0xffe;
+            s.gprs[Gpr::Rax] = 0x4433_2211;
+        })
+        .unwrap();
+    let first = next_exit(&mut g.vcpu, |e| match e {
+        Exit::Memory(m) => (m.gpa(), m.is_write(), m.data().to_vec()),
+        other => panic!("expected the first half, got {other:?}"),
+    });
+    assert_eq!(first, (HOLE + 0xffe, true, vec![0x11, 0x22]));
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    let second = next_exit(&mut g.vcpu, |e| match e {
+        Exit::Memory(m) => (m.gpa(), m.is_write(), m.data().to_vec()),
+        other => panic!("expected the second half, got {other:?}"),
+    });
+    assert_eq!(second, (HOLE + 0x1000, true, vec![0x33, 0x44]));
+    run_to_halt(&mut g.vcpu);
+}

@@ -596,3 +596,65 @@ fn the_second_half_of_a_split_store_is_reported_after_a_state_read() {
     assert_eq!(second, (HOLE + 0x1000, true, vec![0x33, 0x44]));
     run_to_halt(&mut g.vcpu);
 }
+
+/// At the exit of a REP string store into unmapped memory, with elements
+/// left (CX 4) or none (CX 1, which KVM may have finished already), the
+/// registers show the instruction not started: RIP on it, CX, DI and SI
+/// as they were.
+#[test]
+fn string_stores_show_their_registers_untouched_at_the_exit() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        for (name, insn) in [("rep stosb", [0xf3u8, 0xaa]), ("rep movsb", [0xf3, 0xa4])] {
+            for cx in [4u64, 1] {
+                let mut g = guest(mode, &[insn[0], insn[1], 0xf4]);
+                let src = CODE + 0x100;
+                let di = if mode == Mode::Real { 0 } else { HOLE };
+                g.vcpu
+                    .update(StateMask::GPRS | StateMask::SEGS, |s| {
+                        s.gprs[Gpr::Rcx] = cx;
+                        s.gprs[Gpr::Rsi] = src;
+                        if mode == Mode::Real {
+                            s.segs[Seg::Ds].selector = 0;
+                            s.segs[Seg::Ds].base = 0;
+                        }
+                    })
+                    .unwrap();
+                let (gpa, access, _) = memory_exit(&mut g.vcpu);
+                assert_eq!((gpa, access), (HOLE, MemAccess::Write), "{mode:?} {name} cx {cx}");
+                g.vcpu.get_state(StateMask::GPRS).unwrap();
+                let s = g.vcpu.state().gprs;
+                let what = format!("{mode:?} {name} cx {cx}");
+                assert_eq!(s[Gpr::Rip], CODE, "{what}: RIP");
+                assert_eq!(s[Gpr::Rcx], cx, "{what}: RCX");
+                assert_eq!(s[Gpr::Rdi], di, "{what}: RDI");
+                assert_eq!(s[Gpr::Rsi], src, "{what}: RSI");
+            }
+        }
+    }
+}
+
+/// A store the program neither answered nor let complete, but emulated by
+/// changing the registers: the guest executes it again with them (NetBSD
+/// runs the instruction again), so the next exit carries the new data and
+/// the first store never happens.
+#[test]
+fn a_store_whose_registers_changed_after_its_exit_executes_again() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        let (size, store, _) = movs(mode).remove(0);
+        let mut code = store.clone();
+        code.push(0xf4); // hlt
+        let mut g = guest(mode, &code);
+        g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x11).unwrap();
+        assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Write, size), "{mode:?}");
+        g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x42).unwrap();
+        let data = next_exit(&mut g.vcpu, |e| match e {
+            Exit::Memory(m) => (m.gpa(), m.data().to_vec()),
+            other => panic!("{mode:?}: expected the store again, got {other:?}"),
+        });
+        assert_eq!(data, (HOLE, vec![0x42]), "{mode:?}: the store again, with the new RAX");
+        // Its data was used: the store is done as far as the state shows.
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + store.len() as u64, "{mode:?}: RIP past the store");
+    }
+}

@@ -26,7 +26,7 @@ use crate::vcpu::Unanswered;
 use crate::vmem::GuestView;
 use crate::x86::bits::rflags;
 use crate::x86::mode::{CpuMode, linear_rip};
-use crate::x86::state::{Gpr, Gprs, State};
+use crate::x86::state::{Gpr, Gprs, Seg, State};
 
 /// How many exits finishing one instruction may produce before the library
 /// gives up (a REP string instruction touching MMIO exits per element).
@@ -134,7 +134,11 @@ impl Vcpu {
                     site.rewind(&mut g);
                 }
             }
-            ExitRecord::Memory { write: true, .. } => self.rewind_memory_write(&mut g),
+            ExitRecord::Memory { gpa, write: true, .. } => {
+                // ES too: a string store's destination.
+                self.raw_state(Parts::SEGS)?;
+                self.rewind_memory_write(&mut g, gpa);
+            }
             ExitRecord::Halted => {
                 let raw = &self.raw;
                 let mem = self.machine.memory();
@@ -183,23 +187,36 @@ impl Vcpu {
     /// instruction that ends at RIP and puts RIP back on it, with the
     /// string registers of MOVS/STOS as they were. When no instruction
     /// decodes there the registers are left as KVM has them.
-    fn rewind_memory_write(&self, g: &mut Gprs) {
-        use crate::assist::decode::{Op, Rep, decode, mask};
+    fn rewind_memory_write(&self, g: &mut Gprs, gpa: u64) {
+        use crate::assist::decode::{Op, Rep, decode};
         let raw = &self.raw;
         let mode = CpuMode::of(raw);
         let linear = linear_rip(raw);
         let mem = self.machine.memory();
         let view = GuestView::new(&mem, self.paging_of(raw));
         let w = view.around(linear);
-        // A REP string store with elements left: KVM did one element and
-        // left RIP on the instruction.
+        // A REP string store KVM did one element of, leaving RIP on the
+        // instruction (even after the last element, RCX then 0): the
+        // element undone must be the one the exit wrote (else RIP is past
+        // another store, and the REP string store is the next
+        // instruction).
         if let Ok(insn) = decode(w.after(), mode)
             && matches!(insn.op(), Op::Movs | Op::Stos)
             && insn.rep() != Rep::None
-            && g[Gpr::Rcx] & mask(insn.addr_size()) != 0
         {
-            undo_string_element(g, insn.op(), insn.opsize(), insn.addr_size(), true);
-            return;
+            let mut undone = *g;
+            undo_string_element(&mut undone, insn.op(), insn.opsize(), insn.addr_size(), true);
+            let amask = crate::assist::decode::mask(insn.addr_size());
+            let es = raw.segs[Seg::Es].base;
+            let dest = if mode == CpuMode::Bits64 {
+                undone[Gpr::Rdi] & amask
+            } else {
+                es.wrapping_add(undone[Gpr::Rdi] & amask)
+            };
+            if view.translate(dest).is_ok_and(|t| t.gpa == gpa) {
+                *g = undone;
+                return;
+            }
         }
         // Else it is done: the longest instruction that ends exactly at
         // RIP and writes memory.

@@ -547,6 +547,29 @@ fn the_exit_state_of_a_stopped_run_shows_the_cr8_just_set() {
     assert_eq!(g.vcpu.state().crs[nvmm::Cr::Cr8], 9);
 }
 
+/// The same for the interrupt shadow and window set through the state and
+/// an event injected: a run stopped before entering reports them.
+#[test]
+fn the_exit_state_of_a_stopped_run_shows_the_intr_and_event_just_set() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xf4]);
+    let before = g.vcpu.exit_state().unwrap();
+    assert!(!before.int_shadow && !before.int_window_exiting && !before.evt_pending);
+    g.vcpu
+        .update(StateMask::INTR, |s| {
+            s.intr.set_int_shadow(true);
+            s.intr.set_int_window_exiting(true);
+        })
+        .unwrap();
+    g.vcpu.inject(Event::exception(6, 0)).unwrap();
+    g.vcpu.stop_handle().stop();
+    assert_eq!(next_reason(&mut g.vcpu), reason::STOPPED);
+    let e = g.vcpu.exit_state().unwrap();
+    assert!(e.int_shadow, "the shadow as set");
+    assert!(e.int_window_exiting, "the window as armed");
+    assert!(e.evt_pending, "the event waits");
+}
+
 /// A load the program answered through the exit's data is done as far as
 /// the state shows, before the next run: RAX holds the data, RIP is past.
 #[test]
@@ -657,4 +680,260 @@ fn a_store_whose_registers_changed_after_its_exit_executes_again() {
         // Its data was used: the store is done as far as the state shows.
         assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + store.len() as u64, "{mode:?}: RIP past the store");
     }
+}
+
+/// A load the program neither answered nor let complete, but emulated by
+/// changing other registers: the guest executes it again with them, and
+/// the exit's stale data never reaches RAX.
+#[test]
+fn a_load_whose_registers_changed_after_its_exit_executes_again() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        let (size, _, load) = movs(mode).remove(0);
+        let mut code = load.clone();
+        code.push(0xf4); // hlt
+        let mut g = guest(mode, &code);
+        g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x11).unwrap();
+        assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Read, size), "{mode:?}");
+        g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rdx] = 0x77).unwrap();
+        assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Read, size), "{mode:?}: the load again");
+        let s = {
+            g.vcpu.get_state(StateMask::GPRS).unwrap();
+            g.vcpu.state().gprs
+        };
+        assert_eq!((s[Gpr::Rip], s[Gpr::Rax] & 0xff, s[Gpr::Rdx]), (CODE, 0x11, 0x77), "{mode:?}");
+    }
+}
+
+/// Plain (not REP) string stores exit with their registers untouched too.
+#[test]
+fn plain_string_stores_show_their_registers_untouched_at_the_exit() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        for (name, insn) in [("stosb", 0xaau8), ("movsb", 0xa4)] {
+            let mut g = guest(mode, &[insn, 0xf4]);
+            let src = CODE + 0x100;
+            let di = if mode == Mode::Real { 0 } else { HOLE };
+            g.vcpu
+                .update(StateMask::GPRS | StateMask::SEGS, |s| {
+                    s.gprs[Gpr::Rcx] = 4;
+                    s.gprs[Gpr::Rsi] = src;
+                    if mode == Mode::Real {
+                        s.segs[Seg::Ds].selector = 0;
+                        s.segs[Seg::Ds].base = 0;
+                    }
+                })
+                .unwrap();
+            assert_eq!(memory_exit(&mut g.vcpu).0, HOLE, "{mode:?} {name}");
+            g.vcpu.get_state(StateMask::GPRS).unwrap();
+            let s = g.vcpu.state().gprs;
+            let what = format!("{mode:?} {name}");
+            assert_eq!((s[Gpr::Rip], s[Gpr::Rcx], s[Gpr::Rdi], s[Gpr::Rsi]), (CODE, 4, di, src), "{what}");
+        }
+    }
+}
+
+/// An answered REP INSB element is done as far as the state shows before
+/// the next run: the byte in memory, RDI and RCX moved, RIP past.
+#[test]
+fn an_answered_ins_shows_done_before_the_next_run() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xf3, 0x6c, 0xf4]); // rep insb ; hlt
+    g.vcpu
+        .update(StateMask::GPRS | StateMask::SEGS, |s| {
+            s.segs[Seg::Es].selector = 0;
+            s.segs[Seg::Es].base = 0;
+            s.gprs[Gpr::Rdi] = 0x3000;
+            s.gprs[Gpr::Rdx] = 0x10;
+            s.gprs[Gpr::Rcx] = 1;
+        })
+        .unwrap();
+    next_exit(&mut g.vcpu, |e| match e {
+        Exit::Io(mut io) => {
+            assert!(io.is_in());
+            io.data_mut()[0] = 0xab;
+        }
+        other => panic!("expected the INSB, got {other:?}"),
+    });
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    let s = g.vcpu.state().gprs;
+    assert_eq!((s[Gpr::Rip], s[Gpr::Rcx], s[Gpr::Rdi]), (CODE + 2, 0, 0x3001));
+    let mut b = [0u8; 1];
+    g.machine.read_gpa(0x3000, &mut b).unwrap();
+    assert_eq!(b[0], 0xab);
+    run_to_halt(&mut g.vcpu);
+}
+
+/// A long-mode guest with IF set: `mov rax,5 ; mov cr8,rax ; out 0x10,al ;
+/// hlt`, TPR exits on.
+fn tpr_guest_with_interrupts_on() -> Guest {
+    let mut g = tpr_guest();
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rflags] |= 0x200).unwrap();
+    g
+}
+
+/// The program acted on a TPR report that went before the OUT: the OUT
+/// runs again, and no interrupt window exit appears that nobody armed.
+#[test]
+fn a_dropped_exit_behind_a_tpr_report_arms_no_window() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = tpr_guest_with_interrupts_on();
+    assert_eq!(next_reason(&mut g.vcpu), reason::TPR_CHANGED);
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x42).unwrap();
+    assert_eq!(out_byte(&mut g.vcpu), 0x42);
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+}
+
+/// A window exit queued behind a TPR report, dropped because the program
+/// acted on the report: the window it armed did open, so it stays armed
+/// and the next run reports it.
+#[test]
+fn a_dropped_window_exit_behind_a_tpr_report_stays_armed() {
+    nvmm_testkit::kvm_or_skip!();
+    // mov rax,5 ; mov cr8,rax ; sti ; mov ecx,1000000 ; loop $ ; hlt (IF
+    // clear at first; KVM reports the window while the guest loops, and
+    // the HLT ends the test if no window is armed)
+    let mut g = long_mode(&[
+        0x48, 0xc7, 0xc0, 0x05, 0x00, 0x00, 0x00, // mov rax,5
+        0x44, 0x0f, 0x22, 0xc0, //                  mov cr8,rax
+        0xfb, //                                    sti
+        0xb9, 0x40, 0x42, 0x0f, 0x00, //            mov ecx,1000000
+        0xe2, 0xfe, //                              loop $
+        0xf4, //                                    hlt
+    ]);
+    g.vcpu.configure(VcpuConf::Tpr { exit_changed: true }).unwrap();
+    g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_window_exiting(true)).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::TPR_CHANGED);
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rbx] = 1).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::INT_READY);
+}
+
+/// Registers the program set after an I/O exit are the state NVMM's I/O
+/// assist starts from: it applies the instruction to them (the IN's data
+/// into AL, the string registers moved with the address size's wrap, RIP
+/// past unless a REP has elements left), and the guest runs on from there.
+#[test]
+fn the_io_assist_applies_the_instruction_to_registers_set_after_the_exit() {
+    nvmm_testkit::kvm_or_skip!();
+    // in al,0x10 ; hlt
+    let mut g = real_mode(&[0xe4, 0x10, 0xf4]);
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x1111_2222).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::IO);
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rbx] = 0x1234).unwrap();
+    g.vcpu.assist_io(|io| io.data[0] = 0x5a).unwrap();
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    let s = g.vcpu.state().gprs;
+    assert_eq!((s[Gpr::Rax], s[Gpr::Rbx], s[Gpr::Rip]), (0x1111_225a, 0x1234, CODE + 2), "IN");
+    run_to_halt(&mut g.vcpu);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rax), 0x1111_225a, "IN, after the run");
+
+    // rep outsb (SI wrapping at 64 KiB, DF both ways), elements left or not.
+    for (cx, df, si, si_after) in [(3u64, false, 0xffff, 0x0000), (1, false, 0x10, 0x11), (3, true, 0x0000, 0xffff)] {
+        let mut g = real_mode(&[0xf3, 0x6e, 0xf4]);
+        let high = 0xdead_0000u64;
+        g.vcpu
+            .update(StateMask::GPRS, |s| {
+                s.gprs[Gpr::Rcx] = high | cx;
+                s.gprs[Gpr::Rsi] = high | si;
+                s.gprs[Gpr::Rdx] = 0x10;
+                if df {
+                    s.gprs[Gpr::Rflags] |= 0x400;
+                }
+            })
+            .unwrap();
+        assert_eq!(next_reason(&mut g.vcpu), reason::IO);
+        g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rbx] = 0x1234).unwrap();
+        g.vcpu.assist_io(|_| {}).unwrap();
+        g.vcpu.get_state(StateMask::GPRS).unwrap();
+        let s = g.vcpu.state().gprs;
+        let what = format!("rep outsb cx {cx} df {df} si {si:#x}");
+        assert_eq!(s[Gpr::Rsi], high | si_after, "{what}: RSI");
+        assert_eq!(s[Gpr::Rcx], high | (cx - 1), "{what}: RCX");
+        assert_eq!(s[Gpr::Rip], if cx == 1 { CODE + 2 } else { CODE }, "{what}: RIP");
+        assert_eq!(s[Gpr::Rbx], 0x1234, "{what}: the program's RBX");
+    }
+}
+
+/// Once answered, the program's later changes win over the instruction's
+/// results: RAX set after an answered MMIO load keeps its value, and RIP
+/// moved after an answered IN sends the guest there.
+#[test]
+fn changes_after_an_answer_are_not_undone_by_the_completion() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        let (size, _, load) = movs(mode).remove(0);
+        let mut code = load.clone();
+        code.push(0xf4);
+        let mut g = guest(mode, &code);
+        next_exit(&mut g.vcpu, |e| match e {
+            Exit::Memory(mut m) => m.data_mut().fill(0x11),
+            other => panic!("{mode:?}: expected the load, got {other:?}"),
+        });
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rax) & 0xff, 0x11, "{mode:?} size {size}");
+        g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x99).unwrap();
+        run_to_halt(&mut g.vcpu);
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rax), 0x99, "{mode:?}: RAX as the program set it");
+    }
+    // in al,0x10 ; hlt ; ... ; at CODE + 0x10: hlt
+    let mut code = vec![0xe4, 0x10, 0xf4];
+    code.resize(0x10, 0x90);
+    code.push(0xf4);
+    let mut g = real_mode(&code);
+    next_exit(&mut g.vcpu, |e| match e {
+        Exit::Io(mut io) => io.data_mut()[0] = 0x5a,
+        other => panic!("expected the IN, got {other:?}"),
+    });
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 2);
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rip] = CODE + 0x10).unwrap();
+    run_to_halt(&mut g.vcpu);
+    let s = {
+        g.vcpu.get_state(StateMask::GPRS).unwrap();
+        g.vcpu.state().gprs
+    };
+    assert_eq!((s[Gpr::Rip], s[Gpr::Rax] & 0xff), (CODE + 0x11, 0x5a), "the guest went where the program said");
+}
+
+/// With NetBSD's rule, an unanswered OUT left alone executes again: the
+/// same exit, RIP on it.
+#[test]
+fn an_unanswered_out_left_alone_executes_again_with_netbsds_rule() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xb0, 0x33, 0xe6, 0x10, 0xf4]); // mov al,0x33 ; out 0x10,al ; hlt
+    g.vcpu.set_unanswered(Unanswered::Reexecute);
+    for round in 0..3 {
+        assert_eq!(next_reason(&mut g.vcpu), reason::IO, "round {round}");
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 2, "round {round}: RIP on the OUT");
+    }
+    assert_eq!(out_byte(&mut g.vcpu), 0x33);
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+}
+
+/// A fetch from unmapped memory left alone faults again the same way; once
+/// the program moves RIP, the guest runs from there.
+#[test]
+fn a_fetch_fault_left_alone_repeats_until_the_program_acts() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xf4]);
+    g.vcpu
+        .update(StateMask::GPRS | StateMask::SEGS, |s| {
+            s.segs[Seg::Cs].base = HOLE;
+            s.segs[Seg::Cs].selector = (HOLE >> 4) as u16;
+            s.gprs[Gpr::Rip] = 0;
+        })
+        .unwrap();
+    for round in 0..3 {
+        let gpa = next_exit(&mut g.vcpu, |e| match e {
+            Exit::Memory(m) => (m.gpa(), m.access()),
+            other => panic!("round {round}: expected the fetch fault, got {other:?}"),
+        });
+        assert_eq!(gpa, (HOLE, MemAccess::Exec), "round {round}");
+    }
+    g.vcpu
+        .update(StateMask::GPRS | StateMask::SEGS, |s| {
+            s.segs[Seg::Cs].base = 0;
+            s.segs[Seg::Cs].selector = 0;
+            s.gprs[Gpr::Rip] = CODE;
+        })
+        .unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
 }

@@ -8,8 +8,13 @@
  *   64-bit, 32-bit and real mode;
  * - an instruction fetch from unmapped memory is a MEMORY exit with that
  *   GPA and PROT_EXEC;
+ * - a store whose address gets read-only memory (a ROM) exits again and
+ *   never lands there; a REP STOSB exiting on its last element shows the
+ *   instruction not started;
  * - a TPR exit is reported once, first, with CR8 in the state, and the
- *   exit behind it is executed again when the program changed the state;
+ *   exit behind it is executed again when the program changed the state
+ *   (a HLT behind it too); a run stopped before entering shows in its
+ *   exitstate the CR8 the program just set;
  * - the assist callbacks call back: getstate, setstate, inject, stop,
  *   gpa_to_hva and gpa_map work there, and the assist keeps their changes.
  */
@@ -243,12 +248,53 @@ test_fetch(enum mode mode)
 	passed(name);
 }
 
+/* A store whose address gets read-only memory (a ROM) before the next
+ * run exits again and never lands there. */
+static void
+test_rom_write(enum mode mode)
+{
+	const struct mov *m = mode == MODE_16 ? movs16 : movs64;
+	char name[64];
+	uint8_t *page;
+
+	start(mode, m[0].store, m[0].len, VALUE);
+	TRUE(run() == NVMM_VCPU_EXIT_MEMORY);
+	data_page = page = guest_page(&mach, DATA_GPA, PROT_READ | PROT_EXEC);
+	TRUE(run() == NVMM_VCPU_EXIT_MEMORY);
+	TRUE(vcpu.exit->u.mem.gpa == DATA_GPA && vcpu.exit->u.mem.prot == PROT_WRITE);
+	TRUE(gpr(NVMM_X64_GPR_RIP) == CODE_GPA);
+	TRUE(page[0] == 0);
+	snprintf(name, sizeof(name), "store to memory mapped read-only, %s", mode_names[mode]);
+	passed(name);
+}
+
+/* REP STOSB with CX = 1: at the exit the instruction is not started. */
+static void
+test_string_last_element(enum mode mode)
+{
+	static const uint8_t stos[] = { 0xf3, 0xaa };
+	char name[64];
+
+	start(mode, stos, 2, 0x5a);
+	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_GPRS));
+	vcpu.state->gprs[NVMM_X64_GPR_RCX] = 1;
+	OK(nvmm_vcpu_setstate(&mach, &vcpu, NVMM_X64_STATE_GPRS));
+	TRUE(run() == NVMM_VCPU_EXIT_MEMORY);
+	TRUE(gpr(NVMM_X64_GPR_RIP) == CODE_GPA);
+	TRUE(vcpu.state->gprs[NVMM_X64_GPR_RCX] == 1);
+	TRUE(vcpu.state->gprs[NVMM_X64_GPR_RDI] == DATA_GPA);
+	snprintf(name, sizeof(name), "REP STOSB's last element undone at its exit, %s", mode_names[mode]);
+	passed(name);
+}
+
 static int
 test_mode(enum mode mode)
 {
 	test_map_and_rerun(mode);
 	test_string_rerun(mode);
 	test_fetch(mode);
+	test_rom_write(mode);
+	test_string_last_element(mode);
 	return 0;
 }
 
@@ -304,6 +350,43 @@ test_tpr(void)
 		TRUE(run() == NVMM_VCPU_EXIT_HALTED);
 		passed(change ? "exit after a TPR exit follows a changed state" : "TPR exit first, once, CR8 in the state");
 	}
+
+	/* mov rax,5 ; mov cr8,rax ; hlt ; out 0x11,al ; hlt: the HLT behind
+	 * the TPR exit is shown not executed, then reported. */
+	static const uint8_t tpr_hlt[] = {
+		0x48, 0xc7, 0xc0, 0x05, 0x00, 0x00, 0x00,
+		0x44, 0x0f, 0x22, 0xc0,
+		0xf4,
+		0xe6, 0x11,
+		0xf4,
+	};
+	start(MODE_64, tpr_hlt, sizeof(tpr_hlt), 0);
+	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
+	vcpu.state->crs[NVMM_X64_CR_CR8] = 0;
+	OK(nvmm_vcpu_setstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
+	OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &tpr));
+	TRUE(run() == NVMM_VCPU_EXIT_TPR_CHANGED);
+	TRUE(gpr(NVMM_X64_GPR_RIP) == CODE_GPA + 11);
+	TRUE(run() == NVMM_VCPU_EXIT_HALTED);
+	TRUE(gpr(NVMM_X64_GPR_RIP) == CODE_GPA + 12);
+	passed("HLT behind a TPR exit");
+
+	/* QEMU before a run: CR8 through setstate, then a stop. The STOPPED
+	 * exit's exitstate shows the CR8 just set. */
+	start(MODE_64, tpr_code, sizeof(tpr_code), 0);
+	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
+	vcpu.state->crs[NVMM_X64_CR_CR8] = 0;
+	OK(nvmm_vcpu_setstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
+	OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &tpr));
+	TRUE(run() == NVMM_VCPU_EXIT_TPR_CHANGED);
+	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
+	vcpu.state->crs[NVMM_X64_CR_CR8] = 9;
+	OK(nvmm_vcpu_setstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
+	OK(nvmm_vcpu_stop(&vcpu));
+	TRUE(run() == NVMM_VCPU_EXIT_STOPPED);
+	TRUE(vcpu.exit->exitstate.cr8 == 9);
+	passed("exitstate of a stopped run shows the CR8 just set");
+
 	tpr.exit_changed = 0;
 	OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &tpr));
 }

@@ -7,7 +7,9 @@
  * - nvmm_vcpu_destroy and nvmm_machine_destroy stop the VCPU, wait for its
  *   run to end, then destroy it: the runner gets STOPPED, later calls fail
  *   with ENOENT, never a crash; 1000 rounds, no descriptor leaked;
- * - a VCPU thread that blocks every signal still stops.
+ * - a VCPU thread that blocks every signal still stops;
+ * - stops landing while a run settles an MSR exit answered QEMU's way
+ *   (setstate with RIP = npc) are never lost.
  *
  * No sleeps as synchronisation: threads wait for the guest's counter or
  * for each other, with bounded waits.
@@ -277,6 +279,106 @@ test_stop_with_every_signal_blocked(void)
 		printf("Test 'stop with every signal blocked' passed\n");
 }
 
+/*
+ * QEMU answers an MSR exit by setting RAX, RDX and RIP = npc through
+ * setstate; the next run then has the library let KVM finish the RDMSR
+ * before entering the guest, which spins (mov ecx,-1 ; rdmsr ; jmp $).
+ * Stops from another thread land while that run settles, enters or
+ * spins: each ends the run, none is lost.
+ */
+#define MSR_ROUNDS	1000
+
+struct msr_runner {
+	struct guest *g;
+	atomic_int ready;	/* rounds whose RDMSR was answered */
+	atomic_int stopped;	/* rounds that ended in STOPPED */
+	atomic_int bad;		/* an unexpected exit or error */
+};
+
+static void *
+msr_runner_main(void *arg)
+{
+	struct msr_runner *r = arg;
+	struct nvmm_vcpu *v = &r->g->vcpu;
+
+	for (int i = 1; i <= MSR_ROUNDS; i++) {
+		uint64_t reason;
+
+		if (nvmm_vcpu_getstate(&r->g->mach, v, NVMM_X64_STATE_GPRS) == -1)
+			break;
+		v->state->gprs[NVMM_X64_GPR_RIP] = CODE;
+		if (nvmm_vcpu_setstate(&r->g->mach, v, NVMM_X64_STATE_GPRS) == -1 ||
+		    run(r->g) != NVMM_VCPU_EXIT_RDMSR)
+			break;
+		if (nvmm_vcpu_getstate(&r->g->mach, v, NVMM_X64_STATE_GPRS) == -1)
+			break;
+		v->state->gprs[NVMM_X64_GPR_RAX] = 0;
+		v->state->gprs[NVMM_X64_GPR_RDX] = 0;
+		v->state->gprs[NVMM_X64_GPR_RIP] = v->exit->u.rdmsr.npc;
+		if (nvmm_vcpu_setstate(&r->g->mach, v, NVMM_X64_STATE_GPRS) == -1)
+			break;
+		atomic_store(&r->ready, i);
+		reason = run(r->g);
+		if (reason != NVMM_VCPU_EXIT_STOPPED)
+			break;
+		atomic_store(&r->stopped, i);
+	}
+	if (atomic_load(&r->stopped) != MSR_ROUNDS)
+		atomic_store(&r->bad, 1);
+	return NULL;
+}
+
+/* Waits (at most 30 s) until *v reaches `want` or the runner gave up. */
+static int
+wait_for(atomic_int *v, int want, struct msr_runner *r)
+{
+	double deadline = now() + 30;
+
+	while (atomic_load(v) < want) {
+		if (now() > deadline || atomic_load(&r->bad))
+			return -1;
+		sched_yield();
+	}
+	return 0;
+}
+
+static void
+test_stop_while_a_run_settles_an_msr_exit(void)
+{
+	static const uint8_t code[] = { 0x66, 0xb9, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x32, 0xeb, 0xfe };
+	struct guest g;
+	struct msr_runner r = { .g = &g };
+	uint32_t spin = 0x2545f491;
+	pthread_t t;
+
+	guest_create(&g);
+	memcpy((uint8_t *)g.ram + CODE, code, sizeof(code));
+	if (pthread_create(&t, NULL, msr_runner_main, &r) != 0)
+		err(EXIT_FAILURE, "pthread_create");
+	for (int i = 1; i <= MSR_ROUNDS; i++) {
+		if (wait_for(&r.ready, i, &r) == -1) {
+			printf("FAIL %s: round %d: the runner did not reach its RDMSR\n", __func__, i);
+			exit(EXIT_FAILURE);
+		}
+		spin ^= spin << 13;
+		spin ^= spin >> 17;
+		spin ^= spin << 5;
+		for (volatile uint32_t k = 0; k < spin % 30000; k++)
+			;
+		TRUE(nvmm_vcpu_stop(&g.vcpu) == 0);
+		if (wait_for(&r.stopped, i, &r) == -1) {
+			/* The runner spins in the guest for good: nothing to join. */
+			printf("FAIL %s: stop %d was lost\n", __func__, i);
+			exit(EXIT_FAILURE);
+		}
+	}
+	pthread_join(t, NULL);
+	TRUE(!atomic_load(&r.bad));
+	TRUE(nvmm_machine_destroy(&g.mach) == 0);
+	munmap((void *)g.ram, 4 * PAGE_SIZE);
+	printf("Test 'stop while a run settles an MSR exit' passed\n");
+}
+
 int
 main(void)
 {
@@ -285,6 +387,7 @@ main(void)
 	test_inject_from_another_thread();
 	test_destroy_while_running();
 	test_stop_with_every_signal_blocked();
+	test_stop_while_a_run_settles_an_msr_exit();
 	printf("%d failures\n", failures);
 	return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -24,7 +24,10 @@ const SVM_EXIT_NPF: u64 = 0x400;
 impl Vcpu {
     /// RFLAGS, CR8, the interrupt shadow, the armed window exits and
     /// whether an event is pending, as of the last exit
-    /// (`exit->exitstate`). Free once KVM copies the registers and events
+    /// (`exit->exitstate`); after a run that returned without entering the
+    /// guest (a stop, a window exit), with the CR8, interrupt state and
+    /// event the program set or injected before it, as NetBSD's kernel
+    /// stores them first. Free once KVM copies the registers and events
     /// out at every exit, which it does for a VCPU whose exits are read
     /// this way.
     pub fn exit_state(&mut self) -> Result<ExitState> {
@@ -37,21 +40,27 @@ impl Vcpu {
             self.raw_state(Parts::GPRS)?.gprs[Gpr::Rflags]
         };
         let events = self.backend.event_status()?;
-        // What the program set since, when the run returned before storing
-        // it (a stop, a window exit): NetBSD's kernel stores first.
+        // What the program set or injected since, when the run returned
+        // before storing it (a stop, a window exit): NetBSD's kernel
+        // stores it first.
         let cr8 = if self.cache.dirty.intersects(Parts::CR) {
             self.comm.state().crs[Cr::Cr8]
         } else {
             u64::from(self.backend.tpr())
         };
+        let int_shadow = if self.cache.dirty.intersects(Parts::INTR) {
+            self.comm.state().intr.int_shadow()
+        } else {
+            events.int_shadow
+        };
         let windows = self.pending_windows();
         Ok(ExitState {
             rflags,
             cr8,
-            int_shadow: events.int_shadow,
+            int_shadow,
             int_window_exiting: windows.int,
             nmi_window_exiting: windows.nmi,
-            evt_pending: events.pending,
+            evt_pending: events.pending || self.event_waiting(),
         })
     }
 

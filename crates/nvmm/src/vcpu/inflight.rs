@@ -84,13 +84,49 @@ impl Vcpu {
     pub(super) fn present_gprs(&mut self) -> Result<()> {
         let Some(f) = self.inflight.as_ref() else { return Ok(()) };
         if f.finished && f.answered {
-            return Ok(());
+            return self.present_finished();
         }
         if f.answered && self.queued.is_none() {
             return self.present_after();
         }
         let before = self.gprs_before()?;
         self.comm.state_mut().gprs = before;
+        Ok(())
+    }
+
+    /// A finished REP string instruction whose count reached zero: KVM
+    /// leaves RIP on it until the guest runs again (where it ends at
+    /// once); NVMM shows it done, RIP past it.
+    fn present_finished(&mut self) -> Result<()> {
+        use crate::assist::decode::{Op, Rep, decode, mask};
+        let Some(exit) = self.inflight.as_ref().map(|f| f.exit) else { return Ok(()) };
+        let (start, npc, amask) = match exit {
+            ExitRecord::Io { .. } => {
+                let site = self.io_site()?;
+                if !(site.insn.string && site.insn.rep) {
+                    return Ok(());
+                }
+                (site.start, site.npc, mask(site.insn.address_size))
+            }
+            ExitRecord::Memory { .. } => {
+                self.raw_state(Parts::CODE)?;
+                let raw = &self.raw;
+                let mode = CpuMode::of(raw);
+                let mem = self.machine.memory();
+                let w = GuestView::new(&mem, self.paging_of(raw)).around(linear_rip(raw));
+                let Ok(insn) = decode(w.after(), mode) else { return Ok(()) };
+                if !matches!(insn.op(), Op::Movs | Op::Stos | Op::Lods | Op::Cmps) || insn.rep() == Rep::None {
+                    return Ok(());
+                }
+                let rip = raw.gprs[Gpr::Rip];
+                (rip, mode.advance(rip, insn.len().into()), mask(insn.addr_size()))
+            }
+            _ => return Ok(()),
+        };
+        let g = &mut self.comm.state_mut().gprs;
+        if g[Gpr::Rip] == start && g[Gpr::Rcx] & amask == 0 {
+            g[Gpr::Rip] = npc;
+        }
         Ok(())
     }
 

@@ -937,3 +937,27 @@ fn a_fetch_fault_left_alone_repeats_until_the_program_acts() {
         .unwrap();
     assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
 }
+
+/// A REP STOSB element the program answered (it used the exit's data) is
+/// done as far as the state shows: with elements left RIP stays on the
+/// instruction, after the last one RIP is past it (KVM still has RIP on it,
+/// RCX 0, until the guest runs again).
+#[test]
+fn an_answered_string_store_element_shows_done() {
+    nvmm_testkit::kvm_or_skip!();
+    for mode in MODES {
+        for cx in [3u64, 1] {
+            let mut g = guest(mode, &[0xf3, 0xaa, 0xf4]); // rep stosb ; hlt
+            let di = if mode == Mode::Real { 0 } else { HOLE };
+            g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rcx] = cx).unwrap();
+            next_exit(&mut g.vcpu, |e| match e {
+                Exit::Memory(m) => assert_eq!((m.gpa(), m.data().len()), (HOLE, 1)),
+                other => panic!("{mode:?} cx {cx}: expected the store, got {other:?}"),
+            });
+            g.vcpu.get_state(StateMask::GPRS).unwrap();
+            let s = g.vcpu.state().gprs;
+            let rip = if cx == 1 { CODE + 2 } else { CODE };
+            assert_eq!((s[Gpr::Rip], s[Gpr::Rcx], s[Gpr::Rdi]), (rip, cx - 1, di + 1), "{mode:?} cx {cx}");
+        }
+    }
+}

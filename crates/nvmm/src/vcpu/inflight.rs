@@ -18,6 +18,7 @@
 
 use super::Vcpu;
 use super::io::IoSite;
+use crate::assist::decode::Instruction;
 use crate::backend::{Parts, VcpuBackend};
 use crate::error::{Error, Result};
 use crate::exit::record::ExitRecord;
@@ -108,14 +109,19 @@ impl Vcpu {
                 }
                 (site.start, site.npc, mask(site.insn.address_size))
             }
-            ExitRecord::Memory { .. } => {
-                self.raw_state(Parts::CODE)?;
+            ExitRecord::Memory { gpa, write, .. } => {
+                self.raw_state(Parts::CODE | Parts::SEGS)?;
                 let raw = &self.raw;
                 let mode = CpuMode::of(raw);
                 let mem = self.machine.memory();
-                let w = GuestView::new(&mem, self.paging_of(raw)).around(linear_rip(raw));
+                let view = GuestView::new(&mem, self.paging_of(raw));
+                let w = view.around(linear_rip(raw));
                 let Ok(insn) = decode(w.after(), mode) else { return Ok(()) };
                 if !matches!(insn.op(), Op::Movs | Op::Stos | Op::Lods | Op::Cmps) || insn.rep() == Rep::None {
+                    return Ok(());
+                }
+                // The exit's own instruction, not the next one after it.
+                if !last_element_at(raw, &view, &insn, write, gpa) {
                     return Ok(());
                 }
                 let rip = raw.gprs[Gpr::Rip];
@@ -239,20 +245,10 @@ impl Vcpu {
         if let Ok(insn) = decode(w.after(), mode)
             && matches!(insn.op(), Op::Movs | Op::Stos)
             && insn.rep() != Rep::None
+            && last_element_at(raw, &view, &insn, true, gpa)
         {
-            let mut undone = *g;
-            undo_string_element(&mut undone, insn.op(), insn.opsize(), insn.addr_size(), true);
-            let amask = crate::assist::decode::mask(insn.addr_size());
-            let es = raw.segs[Seg::Es].base;
-            let dest = if mode == CpuMode::Bits64 {
-                undone[Gpr::Rdi] & amask
-            } else {
-                es.wrapping_add(undone[Gpr::Rdi] & amask)
-            };
-            if view.translate(dest).is_ok_and(|t| t.gpa == gpa) {
-                *g = undone;
-                return;
-            }
+            undo_string_element(g, insn.op(), insn.opsize(), insn.addr_size(), true);
+            return;
         }
         // Else it is done: the longest instruction that ends exactly at
         // RIP and writes memory.
@@ -488,6 +484,19 @@ impl Vcpu {
             Ok(())
         }
     }
+}
+
+/// Whether the element a REP string instruction at RIP (registers in
+/// `raw`) did last was at `gpa`: one element back, its destination ES:RDI
+/// for a write, its source DS:RSI for a read (a segment override is not
+/// followed: no match, and the caller leaves the registers as they are).
+fn last_element_at(raw: &State, view: &GuestView<'_>, insn: &Instruction, write: bool, gpa: u64) -> bool {
+    let mut undone = raw.gprs;
+    undo_string_element(&mut undone, insn.op(), insn.opsize(), insn.addr_size(), true);
+    let amask = crate::assist::decode::mask(insn.addr_size());
+    let (seg, reg) = if write { (Seg::Es, Gpr::Rdi) } else { (Seg::Ds, Gpr::Rsi) };
+    let base = if CpuMode::of(raw) == CpuMode::Bits64 { 0 } else { raw.segs[seg].base };
+    view.translate(base.wrapping_add(undone[reg] & amask)).is_ok_and(|t| t.gpa == gpa)
 }
 
 /// Undoes one element of a MOVS or STOS: RDI (and RSI) back by the element

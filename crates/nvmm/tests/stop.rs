@@ -138,9 +138,12 @@ fn stops_while_a_run_settles_an_msr_exit_are_not_lost() {
     let runner = std::thread::spawn(move || {
         for _ in 0..ROUNDS {
             g.vcpu.update(nvmm::StateMask::GPRS, |s| s.gprs[Gpr::Rip] = CODE).unwrap();
-            let npc = match g.vcpu.run().unwrap() {
-                Exit::Rdmsr(r) => r.npc(),
-                e => panic!("expected the RDMSR, got {e:?}"),
+            let npc = loop {
+                match g.vcpu.run().unwrap() {
+                    Exit::Rdmsr(r) => break r.npc(),
+                    Exit::None => {}
+                    e => panic!("expected the RDMSR, got {e:?}"),
+                }
             };
             g.vcpu.update(nvmm::StateMask::GPRS, |s| s.gprs[Gpr::Rip] = npc).unwrap();
             ready_tx.send(()).unwrap();

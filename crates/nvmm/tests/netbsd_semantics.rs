@@ -99,6 +99,17 @@ fn memory_exit(vcpu: &mut Vcpu) -> (u64, MemAccess, usize) {
     })
 }
 
+/// A guest in `mode` running the byte-sized MOV store (or load) of
+/// `movs` through `[rbx]`, then HLT; with the access size and the MOV's
+/// length.
+fn byte_mov_guest(mode: Mode, store: bool) -> (Guest, usize, u64) {
+    let (size, st, ld) = movs(mode).remove(0);
+    let mut code = if store { st } else { ld };
+    let len = code.len() as u64;
+    code.push(0xf4); // hlt
+    (guest(mode, &code), size, len)
+}
+
 const VALUE: u64 = 0x8877_6655_4433_2211;
 
 #[test]
@@ -133,10 +144,7 @@ fn a_store_to_memory_mapped_read_only_after_its_exit_never_lands() {
     nvmm_testkit::kvm_or_skip!();
     for rule in [Unanswered::Reexecute, Unanswered::Complete] {
         for mode in MODES {
-            let (size, store, _) = movs(mode).remove(0);
-            let mut code = store.clone();
-            code.push(0xf4); // hlt
-            let mut g = guest(mode, &code);
+            let (mut g, size, _) = byte_mov_guest(mode, true);
             g.vcpu.set_unanswered(rule);
             g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = VALUE).unwrap();
             assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Write, size), "{rule:?} {mode:?}");
@@ -665,10 +673,7 @@ fn string_stores_show_their_registers_untouched_at_the_exit() {
 fn a_store_whose_registers_changed_after_its_exit_executes_again() {
     nvmm_testkit::kvm_or_skip!();
     for mode in MODES {
-        let (size, store, _) = movs(mode).remove(0);
-        let mut code = store.clone();
-        code.push(0xf4); // hlt
-        let mut g = guest(mode, &code);
+        let (mut g, size, len) = byte_mov_guest(mode, true);
         g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x11).unwrap();
         assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Write, size), "{mode:?}");
         g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x42).unwrap();
@@ -678,7 +683,7 @@ fn a_store_whose_registers_changed_after_its_exit_executes_again() {
         });
         assert_eq!(data, (HOLE, vec![0x42]), "{mode:?}: the store again, with the new RAX");
         // Its data was used: the store is done as far as the state shows.
-        assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + store.len() as u64, "{mode:?}: RIP past the store");
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + len, "{mode:?}: RIP past the store");
     }
 }
 
@@ -689,10 +694,7 @@ fn a_store_whose_registers_changed_after_its_exit_executes_again() {
 fn a_load_whose_registers_changed_after_its_exit_executes_again() {
     nvmm_testkit::kvm_or_skip!();
     for mode in MODES {
-        let (size, _, load) = movs(mode).remove(0);
-        let mut code = load.clone();
-        code.push(0xf4); // hlt
-        let mut g = guest(mode, &code);
+        let (mut g, size, _) = byte_mov_guest(mode, false);
         g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x11).unwrap();
         assert_eq!(memory_exit(&mut g.vcpu), (HOLE, MemAccess::Read, size), "{mode:?}");
         g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rdx] = 0x77).unwrap();
@@ -861,10 +863,7 @@ fn the_io_assist_applies_the_instruction_to_registers_set_after_the_exit() {
 fn changes_after_an_answer_are_not_undone_by_the_completion() {
     nvmm_testkit::kvm_or_skip!();
     for mode in MODES {
-        let (size, _, load) = movs(mode).remove(0);
-        let mut code = load.clone();
-        code.push(0xf4);
-        let mut g = guest(mode, &code);
+        let (mut g, size, _) = byte_mov_guest(mode, false);
         next_exit(&mut g.vcpu, |e| match e {
             Exit::Memory(mut m) => m.data_mut().fill(0x11),
             other => panic!("{mode:?}: expected the load, got {other:?}"),

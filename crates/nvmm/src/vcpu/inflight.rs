@@ -99,7 +99,7 @@ impl Vcpu {
     /// leaves RIP on it until the guest runs again (where it ends at
     /// once); NVMM shows it done, RIP past it.
     fn present_finished(&mut self) -> Result<()> {
-        use crate::assist::decode::{Op, Rep, decode, mask};
+        use crate::assist::decode::mask;
         let Some(exit) = self.inflight.as_ref().map(|f| f.exit) else { return Ok(()) };
         let (start, npc, amask) = match exit {
             ExitRecord::Io { .. } => {
@@ -112,20 +112,12 @@ impl Vcpu {
             ExitRecord::Memory { gpa, write, .. } => {
                 self.raw_state(Parts::CODE | Parts::SEGS)?;
                 let raw = &self.raw;
-                let mode = CpuMode::of(raw);
                 let mem = self.machine.memory();
                 let view = GuestView::new(&mem, self.paging_of(raw));
                 let w = view.around(linear_rip(raw));
-                let Ok(insn) = decode(w.after(), mode) else { return Ok(()) };
-                if !matches!(insn.op(), Op::Movs | Op::Stos | Op::Lods | Op::Cmps) || insn.rep() == Rep::None {
-                    return Ok(());
-                }
-                // The exit's own instruction, not the next one after it.
-                if !last_element_at(raw, &view, &insn, write, gpa) {
-                    return Ok(());
-                }
+                let Some(insn) = rep_string_of_exit(raw, &view, w.after(), write, gpa) else { return Ok(()) };
                 let rip = raw.gprs[Gpr::Rip];
-                (rip, mode.advance(rip, insn.len().into()), mask(insn.addr_size()))
+                (rip, CpuMode::of(raw).advance(rip, insn.len().into()), mask(insn.addr_size()))
             }
             _ => return Ok(()),
         };
@@ -238,15 +230,8 @@ impl Vcpu {
         let view = GuestView::new(&mem, self.paging_of(raw));
         let w = view.around(linear);
         // A REP string store KVM did one element of, leaving RIP on the
-        // instruction (even after the last element, RCX then 0): the
-        // element undone must be the one the exit wrote (else RIP is past
-        // another store, and the REP string store is the next
-        // instruction).
-        if let Ok(insn) = decode(w.after(), mode)
-            && matches!(insn.op(), Op::Movs | Op::Stos)
-            && insn.rep() != Rep::None
-            && last_element_at(raw, &view, &insn, true, gpa)
-        {
+        // instruction (even after the last element, RCX then 0).
+        if let Some(insn) = rep_string_of_exit(raw, &view, w.after(), true, gpa) {
             undo_string_element(g, insn.op(), insn.opsize(), insn.addr_size(), true);
             return;
         }
@@ -486,10 +471,27 @@ impl Vcpu {
     }
 }
 
-/// Whether the element a REP string instruction at RIP (registers in
-/// `raw`) did last was at `gpa`: one element back, its destination ES:RDI
-/// for a write, its source DS:RSI for a read (a segment override is not
-/// followed: no match, and the caller leaves the registers as they are).
+/// The REP string instruction at RIP (its bytes `at_rip`, registers in
+/// `raw`) when it is the one behind a memory exit at `gpa`: KVM left RIP on
+/// it after one element, and that element was at `gpa` (else RIP is past
+/// another instruction and the string instruction merely follows it).
+/// The element is one back: its destination ES:RDI for a write (MOVS,
+/// STOS), its source DS:RSI for a read (MOVS, LODS, CMPS); a segment
+/// override is not followed (no match: the caller leaves the registers as
+/// KVM has them).
+fn rep_string_of_exit(raw: &State, view: &GuestView<'_>, at_rip: &[u8], write: bool, gpa: u64) -> Option<Instruction> {
+    use crate::assist::decode::{Op, Rep, decode};
+    let insn = decode(at_rip, CpuMode::of(raw)).ok()?;
+    let moves = if write {
+        matches!(insn.op(), Op::Movs | Op::Stos)
+    } else {
+        matches!(insn.op(), Op::Movs | Op::Lods | Op::Cmps)
+    };
+    (moves && insn.rep() != Rep::None && last_element_at(raw, view, &insn, write, gpa)).then_some(insn)
+}
+
+/// Whether the element `insn` (at RIP, registers in `raw`) did last was at
+/// `gpa` (see [`rep_string_of_exit`]).
 fn last_element_at(raw: &State, view: &GuestView<'_>, insn: &Instruction, write: bool, gpa: u64) -> bool {
     let mut undone = raw.gprs;
     undo_string_element(&mut undone, insn.op(), insn.opsize(), insn.addr_size(), true);

@@ -164,8 +164,9 @@ impl Vcpu {
         if let Some(w) = self.code_source.as_ref().and_then(|s| s.reread(linear, &regs, generation)) {
             return w;
         }
+        // The generation read before the map: if the map changes in
+        // between, the record carries the older one and is not used.
         let mem = self.machine.memory();
-        let generation = self.machine.memory_generation();
         let view = GuestView::new(&mem, regs);
         let w = view.around(linear);
         self.code_source = WindowSource::record(&view, linear, &w, generation);

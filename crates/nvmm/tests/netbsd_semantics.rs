@@ -110,6 +110,33 @@ fn byte_mov_guest(mode: Mode, store: bool) -> (Guest, usize, u64) {
     (guest(mode, &code), size, len)
 }
 
+/// Source of the MOVS tests (DS:SI): guest RAM after the code.
+const SRC: u64 = CODE + 0x100;
+
+/// A guest in `mode` running the string instruction `code` with RCX = `cx`
+/// and RSI = `SRC` (DS flat in real mode; ES:RDI addresses `HOLE`, as
+/// `guest` sets it).
+fn string_guest(mode: Mode, code: &[u8], cx: u64) -> Guest {
+    let mut g = guest(mode, code);
+    g.vcpu
+        .update(StateMask::GPRS | StateMask::SEGS, |s| {
+            s.gprs[Gpr::Rcx] = cx;
+            s.gprs[Gpr::Rsi] = SRC;
+            if mode == Mode::Real {
+                // DS addresses the source for MOVS: ES holds HOLE.
+                s.segs[Seg::Ds].selector = 0;
+                s.segs[Seg::Ds].base = 0;
+            }
+        })
+        .unwrap();
+    g
+}
+
+/// RDI as `guest` sets it: `HOLE`, or offset 0 of ES = `HOLE` in real mode.
+fn hole_di(mode: Mode) -> u64 {
+    if mode == Mode::Real { 0 } else { HOLE }
+}
+
 const VALUE: u64 = 0x8877_6655_4433_2211;
 
 #[test]
@@ -194,21 +221,9 @@ fn string_stores_to_memory_mapped_after_their_exit_land_there() {
     for mode in MODES {
         // rep stosb with CX = 4 ; rep movsb with CX = 4 (from CODE + 0x100)
         for (name, insn) in [("rep stosb", [0xf3u8, 0xaa]), ("rep movsb", [0xf3, 0xa4])] {
-            let mut g = guest(mode, &[insn[0], insn[1], 0xf4]);
-            let src = CODE + 0x100;
-            g.machine.write_gpa(src, &[1, 2, 3, 4]).unwrap();
-            g.vcpu
-                .update(StateMask::GPRS | StateMask::SEGS, |s| {
-                    s.gprs[Gpr::Rax] = 0x5a;
-                    s.gprs[Gpr::Rcx] = 4;
-                    s.gprs[Gpr::Rsi] = src;
-                    if mode == Mode::Real {
-                        // DS addresses the source for MOVS: ES holds HOLE.
-                        s.segs[Seg::Ds].selector = 0;
-                        s.segs[Seg::Ds].base = 0;
-                    }
-                })
-                .unwrap();
+            let mut g = string_guest(mode, &[insn[0], insn[1], 0xf4], 4);
+            g.machine.write_gpa(SRC, &[1, 2, 3, 4]).unwrap();
+            g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rax] = 0x5a).unwrap();
             let (gpa, access, _) = memory_exit(&mut g.vcpu);
             assert_eq!((gpa, access), (HOLE, MemAccess::Write), "{mode:?} {name}");
             g.vcpu.get_state(StateMask::GPRS).unwrap();
@@ -628,29 +643,23 @@ fn the_second_half_of_a_split_store_is_reported_after_a_state_read() {
     run_to_halt(&mut g.vcpu);
 }
 
-/// At the exit of a REP string store into unmapped memory, with elements
-/// left (CX 4) or none (CX 1, which KVM may have finished already), the
-/// registers show the instruction not started: RIP on it, CX, DI and SI
-/// as they were.
+/// At the exit of a string store into unmapped memory, REP with elements
+/// left (CX 4) or none (CX 1, which KVM may have finished already), or
+/// plain, the registers show the instruction not started: RIP on it, CX,
+/// DI and SI as they were.
 #[test]
 fn string_stores_show_their_registers_untouched_at_the_exit() {
     nvmm_testkit::kvm_or_skip!();
+    let cases: [(&str, &[u8], &[u64]); 4] = [
+        ("rep stosb", &[0xf3, 0xaa, 0xf4], &[4, 1]),
+        ("rep movsb", &[0xf3, 0xa4, 0xf4], &[4, 1]),
+        ("stosb", &[0xaa, 0xf4], &[4]),
+        ("movsb", &[0xa4, 0xf4], &[4]),
+    ];
     for mode in MODES {
-        for (name, insn) in [("rep stosb", [0xf3u8, 0xaa]), ("rep movsb", [0xf3, 0xa4])] {
-            for cx in [4u64, 1] {
-                let mut g = guest(mode, &[insn[0], insn[1], 0xf4]);
-                let src = CODE + 0x100;
-                let di = if mode == Mode::Real { 0 } else { HOLE };
-                g.vcpu
-                    .update(StateMask::GPRS | StateMask::SEGS, |s| {
-                        s.gprs[Gpr::Rcx] = cx;
-                        s.gprs[Gpr::Rsi] = src;
-                        if mode == Mode::Real {
-                            s.segs[Seg::Ds].selector = 0;
-                            s.segs[Seg::Ds].base = 0;
-                        }
-                    })
-                    .unwrap();
+        for (name, code, cxs) in cases {
+            for &cx in cxs {
+                let mut g = string_guest(mode, code, cx);
                 let (gpa, access, _) = memory_exit(&mut g.vcpu);
                 assert_eq!((gpa, access), (HOLE, MemAccess::Write), "{mode:?} {name} cx {cx}");
                 g.vcpu.get_state(StateMask::GPRS).unwrap();
@@ -658,8 +667,8 @@ fn string_stores_show_their_registers_untouched_at_the_exit() {
                 let what = format!("{mode:?} {name} cx {cx}");
                 assert_eq!(s[Gpr::Rip], CODE, "{what}: RIP");
                 assert_eq!(s[Gpr::Rcx], cx, "{what}: RCX");
-                assert_eq!(s[Gpr::Rdi], di, "{what}: RDI");
-                assert_eq!(s[Gpr::Rsi], src, "{what}: RSI");
+                assert_eq!(s[Gpr::Rdi], hole_di(mode), "{what}: RDI");
+                assert_eq!(s[Gpr::Rsi], SRC, "{what}: RSI");
             }
         }
     }
@@ -704,34 +713,6 @@ fn a_load_whose_registers_changed_after_its_exit_executes_again() {
             g.vcpu.state().gprs
         };
         assert_eq!((s[Gpr::Rip], s[Gpr::Rax] & 0xff, s[Gpr::Rdx]), (CODE, 0x11, 0x77), "{mode:?}");
-    }
-}
-
-/// Plain (not REP) string stores exit with their registers untouched too.
-#[test]
-fn plain_string_stores_show_their_registers_untouched_at_the_exit() {
-    nvmm_testkit::kvm_or_skip!();
-    for mode in MODES {
-        for (name, insn) in [("stosb", 0xaau8), ("movsb", 0xa4)] {
-            let mut g = guest(mode, &[insn, 0xf4]);
-            let src = CODE + 0x100;
-            let di = if mode == Mode::Real { 0 } else { HOLE };
-            g.vcpu
-                .update(StateMask::GPRS | StateMask::SEGS, |s| {
-                    s.gprs[Gpr::Rcx] = 4;
-                    s.gprs[Gpr::Rsi] = src;
-                    if mode == Mode::Real {
-                        s.segs[Seg::Ds].selector = 0;
-                        s.segs[Seg::Ds].base = 0;
-                    }
-                })
-                .unwrap();
-            assert_eq!(memory_exit(&mut g.vcpu).0, HOLE, "{mode:?} {name}");
-            g.vcpu.get_state(StateMask::GPRS).unwrap();
-            let s = g.vcpu.state().gprs;
-            let what = format!("{mode:?} {name}");
-            assert_eq!((s[Gpr::Rip], s[Gpr::Rcx], s[Gpr::Rdi], s[Gpr::Rsi]), (CODE, 4, di, src), "{what}");
-        }
     }
 }
 
@@ -946,9 +927,8 @@ fn an_answered_string_store_element_shows_done() {
     nvmm_testkit::kvm_or_skip!();
     for mode in MODES {
         for cx in [3u64, 1] {
-            let mut g = guest(mode, &[0xf3, 0xaa, 0xf4]); // rep stosb ; hlt
-            let di = if mode == Mode::Real { 0 } else { HOLE };
-            g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rcx] = cx).unwrap();
+            let mut g = string_guest(mode, &[0xf3, 0xaa, 0xf4], cx); // rep stosb ; hlt
+            let di = hole_di(mode);
             next_exit(&mut g.vcpu, |e| match e {
                 Exit::Memory(m) => assert_eq!((m.gpa(), m.data().len()), (HOLE, 1)),
                 other => panic!("{mode:?} cx {cx}: expected the store, got {other:?}"),

@@ -315,6 +315,19 @@ mem_none(struct nvmm_mem *mem)
 	(void)mem;
 }
 
+/* Starts a 64-bit test running `bytes` with CR8 = 0 and TPR exits on. */
+static void
+start_tpr(const uint8_t *bytes, size_t len)
+{
+	struct nvmm_vcpu_conf_tpr tpr = { .exit_changed = 1 };
+
+	start(MODE_64, bytes, len, 0);
+	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
+	vcpu.state->crs[NVMM_X64_CR_CR8] = 0;
+	OK(nvmm_vcpu_setstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
+	OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &tpr));
+}
+
 static void
 test_tpr(void)
 {
@@ -325,14 +338,10 @@ test_tpr(void)
 		0xe6, 0x10,
 		0xf4,
 	};
-	struct nvmm_vcpu_conf_tpr tpr = { .exit_changed = 1 };
+	struct nvmm_vcpu_conf_tpr off = { .exit_changed = 0 };
 
 	for (int change = 0; change < 2; change++) {
-		start(MODE_64, tpr_code, sizeof(tpr_code), 0);
-		OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
-		vcpu.state->crs[NVMM_X64_CR_CR8] = 0;
-		OK(nvmm_vcpu_setstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
-		OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &tpr));
+		start_tpr(tpr_code, sizeof(tpr_code));
 		TRUE(run() == NVMM_VCPU_EXIT_TPR_CHANGED);
 		TRUE(vcpu.exit->exitstate.cr8 == 5);
 		OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
@@ -360,11 +369,7 @@ test_tpr(void)
 		0xe6, 0x11,
 		0xf4,
 	};
-	start(MODE_64, tpr_hlt, sizeof(tpr_hlt), 0);
-	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
-	vcpu.state->crs[NVMM_X64_CR_CR8] = 0;
-	OK(nvmm_vcpu_setstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
-	OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &tpr));
+	start_tpr(tpr_hlt, sizeof(tpr_hlt));
 	TRUE(run() == NVMM_VCPU_EXIT_TPR_CHANGED);
 	TRUE(gpr(NVMM_X64_GPR_RIP) == CODE_GPA + 11);
 	TRUE(run() == NVMM_VCPU_EXIT_HALTED);
@@ -373,11 +378,7 @@ test_tpr(void)
 
 	/* QEMU before a run: CR8 through setstate, then a stop. The STOPPED
 	 * exit's exitstate shows the CR8 just set. */
-	start(MODE_64, tpr_code, sizeof(tpr_code), 0);
-	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
-	vcpu.state->crs[NVMM_X64_CR_CR8] = 0;
-	OK(nvmm_vcpu_setstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
-	OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &tpr));
+	start_tpr(tpr_code, sizeof(tpr_code));
 	TRUE(run() == NVMM_VCPU_EXIT_TPR_CHANGED);
 	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_CRS));
 	vcpu.state->crs[NVMM_X64_CR_CR8] = 9;
@@ -387,8 +388,7 @@ test_tpr(void)
 	TRUE(vcpu.exit->exitstate.cr8 == 9);
 	passed("exitstate of a stopped run shows the CR8 just set");
 
-	tpr.exit_changed = 0;
-	OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &tpr));
+	OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &off));
 }
 
 /* ---- callbacks that call back ---------------------------------------------- */

@@ -80,12 +80,20 @@ impl Vcpu {
         self.debug.blockirq
     }
 
+    /// Whether a debugger or the library's own steps set debug settings
+    /// (the backend's must then be readied before each run).
+    pub(super) fn debugging(&self) -> bool {
+        !(self.debug.user.is_off() && self.debug.applied.is_off())
+    }
+
     /// Readies the backend's debug settings for the next run: the
     /// debugger's, plus the library's own steps. Returns a software
     /// breakpoint the VCPU sits on in real mode (reported without
     /// running).
+    #[cold]
+    #[inline(never)]
     pub(super) fn prepare_debug_run(&mut self) -> Result<Option<ExitRecord>> {
-        if self.debug.user.is_off() && self.debug.applied.is_off() {
+        if !self.debugging() {
             return Ok(None);
         }
         let mut eff = self.debug.user;

@@ -27,7 +27,7 @@ use crate::vcpu::Unanswered;
 use crate::vmem::GuestView;
 use crate::x86::bits::rflags;
 use crate::x86::mode::{CpuMode, linear_rip};
-use crate::x86::state::{Gpr, Gprs, Seg, State};
+use crate::x86::state::{Gpr, Gprs, Msr, Seg, State};
 
 /// How many exits finishing one instruction may produce before the library
 /// gives up (a REP string instruction touching MMIO exits per element).
@@ -212,6 +212,29 @@ impl Vcpu {
         Ok(&self.raw)
     }
 
+    /// Keeps the backend's values of `parts` just loaded into the cache
+    /// as [`Vcpu::raw_state`]'s (they are KVM's until the next run).
+    pub(super) fn keep_raw(&mut self, parts: Parts) {
+        let fresh = parts.and(Parts::GPRS | Parts::SEGS | Parts::CR | Parts::EFER).minus(self.raw_parts);
+        if fresh.is_empty() {
+            return;
+        }
+        let (state, raw) = (self.comm.state(), &mut self.raw);
+        if fresh.intersects(Parts::GPRS) {
+            raw.gprs = state.gprs;
+        }
+        if fresh.intersects(Parts::SEGS) {
+            raw.segs = state.segs;
+        }
+        if fresh.intersects(Parts::CR) {
+            raw.crs = state.crs;
+        }
+        if fresh.intersects(Parts::EFER) {
+            raw.msrs[Msr::Efer] = state.msrs[Msr::Efer];
+        }
+        self.raw_parts |= fresh;
+    }
+
     /// KVM ran: what [`Vcpu::raw_state`] read is stale.
     pub(super) fn forget_raw(&mut self) {
         self.raw_parts = Parts::NONE;
@@ -317,6 +340,32 @@ impl Vcpu {
     /// the way NVMM's semantics need (see the module documentation).
     /// Called with the program's changes still in the cache, not stored.
     pub(super) fn settle_inflight(&mut self) -> Result<Settled> {
+        if self.queued.is_none() {
+            match &self.inflight {
+                None => return Ok(Settled::Enter),
+                // The common case: an answered I/O or memory exit, which
+                // KVM completes in the run (the general path below does
+                // the same for it).
+                Some(f)
+                    if f.answered
+                        && !f.emulated
+                        && matches!(f.exit, ExitRecord::Io { .. } | ExitRecord::Memory { .. }) =>
+                {
+                    let f = *f;
+                    self.complete_inflight(&f)?;
+                    self.inflight = None;
+                    return Ok(Settled::Enter);
+                }
+                Some(_) => {}
+            }
+        }
+        self.settle_inflight_generally()
+    }
+
+    /// [`Vcpu::settle_inflight`] in every case.
+    #[cold]
+    #[inline(never)]
+    fn settle_inflight_generally(&mut self) -> Result<Settled> {
         let changed = !self.cache.dirty.is_empty() || self.event_waiting();
         let mut dropped = false;
         if let Some(q) = self.queued {

@@ -47,6 +47,8 @@ pub(crate) struct IoSite {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IoSiteMemo {
     key: IoSiteKey,
+    /// The guest bytes around RIP the site was decoded from.
+    window: Window,
     site: IoSite,
 }
 
@@ -61,7 +63,6 @@ struct IoSiteKey {
     dx: u16,
     /// CX, ECX, RCX are zero (a REP count of each address size).
     count_zero: [bool; 3],
-    window: Window,
 }
 
 impl IoSite {
@@ -113,7 +114,10 @@ impl Vcpu {
     /// Where the I/O instruction of the last (or queued) I/O exit is;
     /// decoded once per exit.
     pub(super) fn io_site(&mut self) -> Result<IoSite> {
-        let f = self.inflight.as_ref().ok_or(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" })?;
+        // (Not `ok_or`: its error would be built, and dropped, at every call.)
+        let Some(f) = self.inflight.as_ref() else {
+            return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
+        };
         if let Some(site) = f.site {
             return Ok(site);
         }
@@ -128,7 +132,6 @@ impl Vcpu {
         let rdx = raw.gprs[Gpr::Rdx];
         let rcx = raw.gprs[Gpr::Rcx];
         let regs = self.paging_of(raw);
-        let window = self.code_window(linear, regs);
         let key = IoSiteKey {
             rip,
             linear,
@@ -138,14 +141,18 @@ impl Vcpu {
             is_in,
             dx: rdx as u16,
             count_zero: [rcx as u16 == 0, rcx as u32 == 0, rcx == 0],
-            window,
         };
-        let site = match self.io_memo {
-            Some(m) if m.key == key => m.site,
-            _ => {
-                let (site, by_bytes) = self.locate(&key, rcx)?;
+        let generation = self.machine.memory_generation();
+        let memo = self.io_memo.as_ref().filter(|m| {
+            m.key == key && self.code_source.as_ref().is_some_and(|s| s.holds(linear, &regs, generation, &m.window))
+        });
+        let site = match memo {
+            Some(m) => m.site,
+            None => {
+                let window = self.code_window(linear, regs, generation);
+                let (site, by_bytes) = self.locate(&key, &window, rcx)?;
                 if by_bytes {
-                    self.io_memo = Some(IoSiteMemo { key, site });
+                    self.io_memo = Some(IoSiteMemo { key, window, site });
                 }
                 site
             }
@@ -159,8 +166,7 @@ impl Vcpu {
     /// The guest bytes around `linear`: read again from where the last
     /// window was found while that still holds, else through the walker
     /// (recording where they came from).
-    fn code_window(&mut self, linear: u64, regs: PagingRegs) -> Window {
-        let generation = self.machine.memory_generation();
+    fn code_window(&mut self, linear: u64, regs: PagingRegs, generation: u64) -> Window {
         if let Some(w) = self.code_source.as_ref().and_then(|s| s.reread(linear, &regs, generation)) {
             return w;
         }
@@ -176,12 +182,11 @@ impl Vcpu {
     /// Decodes the I/O instruction the exit of `key` came from, at RIP or
     /// ending there, in `key`'s window; with whether the bytes decided it
     /// (an `out; out` pair is decided by KVM's pending work instead).
-    fn locate(&mut self, key: &IoSiteKey, rcx: u64) -> Result<(IoSite, bool)> {
+    fn locate(&mut self, key: &IoSiteKey, w: &Window, rcx: u64) -> Result<(IoSite, bool)> {
         let IoSiteKey { rip, mode, port, size, is_in, dx, .. } = *key;
         let matches = |d: &IoInstruction| {
             d.is_in == is_in && d.operand_size == size && d.port_immediate.map_or(dx == port, |p| u16::from(p) == port)
         };
-        let w = &key.window;
         let at_rip = decode_io(w.after(), mode).ok().filter(|d| matches(d));
         let needs_back = match at_rip {
             None => !is_in,

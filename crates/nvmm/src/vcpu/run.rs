@@ -31,35 +31,35 @@ impl Vcpu {
             self.last = ExitRecord::None;
             let record = self.next_exit()?;
             self.last = record;
-            if let ExitRecord::Trap { vector, pc, dr6 } = record {
-                match self.debug_trap(vector, pc, dr6)? {
-                    Some(r) => {
-                        self.last = r;
-                        return Ok(r);
-                    }
-                    None => continue,
-                }
+            if !matches!(record, ExitRecord::Trap { .. } | ExitRecord::EmulationFailure { len: 1.., .. }) {
+                return Ok(record);
             }
-            if let Some(r) = self.breakpoint_behind_failure(&record)? {
+            if let Some(r) = self.follow_up(record)? {
                 self.last = r;
                 return Ok(r);
             }
-            // What NetBSD runs natively, KVM's emulator may give up on:
-            // complete it here when it touches RAM only.
-            if self.conf.complete_failures
-                && matches!(record, ExitRecord::EmulationFailure { len: 1.., .. })
-                && self.complete_in_userland()?
-            {
-                // The instruction ran without the kernel seeing it: a
-                // single step ends here.
-                if let Some(r) = self.step_after_completion()? {
-                    self.last = r;
-                    return Ok(r);
-                }
-                continue;
-            }
-            return Ok(record);
         }
+    }
+
+    /// What the library does itself about a debug trap or an instruction
+    /// KVM's emulator gave up on: the exit to report, or `None` to run on.
+    #[cold]
+    #[inline(never)]
+    fn follow_up(&mut self, record: ExitRecord) -> Result<Option<ExitRecord>> {
+        if let ExitRecord::Trap { vector, pc, dr6 } = record {
+            return self.debug_trap(vector, pc, dr6);
+        }
+        if let Some(r) = self.breakpoint_behind_failure(&record)? {
+            return Ok(Some(r));
+        }
+        // What NetBSD runs natively, KVM's emulator may give up on:
+        // complete it here when it touches RAM only.
+        if self.conf.complete_failures && self.complete_in_userland()? {
+            // The instruction ran without the kernel seeing it: a single
+            // step ends here.
+            return self.step_after_completion();
+        }
+        Ok(Some(record))
     }
 
     fn next_exit(&mut self) -> Result<ExitRecord> {
@@ -76,35 +76,18 @@ impl Vcpu {
 
     fn enter_guest(&mut self) -> Result<ExitRecord> {
         let windows = self.pending_windows();
-        if windows.nmi && self.queued.is_none() && self.nmi_window_open()? {
-            self.set_nmi_window(false);
-            return Ok(ExitRecord::NmiReady);
+        if (windows.nmi || windows.int)
+            && self.queued.is_none()
+            && let Some(r) = self.window_at_entry(windows)?
+        {
+            return Ok(r);
         }
-        if windows.int && self.queued.is_none() && self.int_window_open()? {
-            // NVMM's window exit fires as the guest is entered when it can
-            // take an interrupt already, before any instruction.
-            self.set_int_window(false);
-            return Ok(ExitRecord::IntReady);
+        if let Settled::Replay(r) = self.settle_inflight()? {
+            return Ok(self.replay(r));
         }
-        match self.settle_inflight()? {
-            Settled::Replay(r) => {
-                if !matches!(
-                    r,
-                    ExitRecord::Io { .. }
-                        | ExitRecord::Memory { .. }
-                        | ExitRecord::Rdmsr { .. }
-                        | ExitRecord::Wrmsr { .. }
-                ) {
-                    // Done by KVM (a HLT behind a TPR report): the state
-                    // shown before it (RIP on the HLT) is stale now.
-                    self.inflight = None;
-                    self.cache.have = Parts::NONE;
-                }
-                return Ok(r);
-            }
-            Settled::Enter => {}
-        }
-        if let Some(r) = self.prepare_debug_run()? {
+        if self.debugging()
+            && let Some(r) = self.prepare_debug_run()?
+        {
             return Ok(r);
         }
         self.commit()?;
@@ -129,23 +112,68 @@ impl Vcpu {
             }
             RunResult::Exit(r) => self.classify(r),
         };
-        let record = if has_pending_instruction(record) {
-            let mut f = Inflight::new(record);
-            let reported = match record {
-                ExitRecord::Memory { gpa, write: false, .. } if self.is_fetch(gpa) => {
-                    f.fetch = true;
-                    ExitRecord::Fetch { gpa }
-                }
-                other => other,
-            };
-            self.inflight = Some(f);
-            reported
-        } else {
-            record
-        };
+        let record = if has_pending_instruction(record) { self.keep_inflight(record) } else { record };
         let tpr = self.backend.tpr();
         let tpr_changed = tpr != self.last_tpr;
         self.last_tpr = tpr;
+        if (self.conf.tpr_exit && (tpr_changed || record == ExitRecord::TprChanged)) || self.windows.nmi {
+            return self.report_before(record, tpr_changed);
+        }
+        Ok(record)
+    }
+
+    /// A window exit due as the guest is entered (before any instruction),
+    /// when one of `windows` is armed and open.
+    #[cold]
+    #[inline(never)]
+    fn window_at_entry(&mut self, windows: super::Windows) -> Result<Option<ExitRecord>> {
+        if windows.nmi && self.nmi_window_open()? {
+            self.set_nmi_window(false);
+            return Ok(Some(ExitRecord::NmiReady));
+        }
+        if windows.int && self.int_window_open()? {
+            // NVMM's window exit fires as the guest is entered when it can
+            // take an interrupt already, before any instruction.
+            self.set_int_window(false);
+            return Ok(Some(ExitRecord::IntReady));
+        }
+        Ok(None)
+    }
+
+    /// A kept exit reported again without entering the guest.
+    #[cold]
+    #[inline(never)]
+    fn replay(&mut self, r: ExitRecord) -> ExitRecord {
+        if !has_pending_instruction(r) {
+            // Done by KVM (a HLT behind a TPR report): the state shown
+            // before it (RIP on the HLT) is stale now.
+            self.inflight = None;
+            self.cache.have = Parts::NONE;
+        }
+        r
+    }
+
+    /// Records the instruction behind `record` as in flight; the exit to
+    /// report for it (an instruction fetch KVM reported as a read is a
+    /// fetch).
+    fn keep_inflight(&mut self, record: ExitRecord) -> ExitRecord {
+        let mut f = Inflight::new(record);
+        let reported = match record {
+            ExitRecord::Memory { gpa, write: false, .. } if self.is_fetch(gpa) => {
+                f.fetch = true;
+                ExitRecord::Fetch { gpa }
+            }
+            other => other,
+        };
+        self.inflight = Some(f);
+        reported
+    }
+
+    /// A TPR change or an open NMI window the program asked to hear of,
+    /// reported before `record` (kept for the next run); else `record`.
+    #[cold]
+    #[inline(never)]
+    fn report_before(&mut self, record: ExitRecord, tpr_changed: bool) -> Result<ExitRecord> {
         if self.conf.tpr_exit && (tpr_changed || record == ExitRecord::TprChanged) {
             return Ok(self.report_first(ExitRecord::TprChanged, record));
         }
@@ -217,6 +245,7 @@ impl Vcpu {
     /// An emulation failure with no instruction bytes: KVM could not fetch
     /// the instruction. When RIP's page is not guest RAM that is NVMM's
     /// MEMORY exit for an instruction fetch.
+    #[cold]
     fn fetch_fault(&mut self) -> Option<ExitRecord> {
         self.raw_state(Parts::CODE).ok()?;
         let raw = &self.raw;

@@ -138,6 +138,11 @@ impl Vcpu {
         if !rest.is_empty() {
             let state = self.comm.state_mut();
             self.backend.load(rest, state, &mut self.xsave)?;
+            if self.inflight.is_some() {
+                // KVM's values, before NVMM's view of the exit changes
+                // them: what the library reads to build that view.
+                self.keep_raw(rest);
+            }
         }
         if need.intersects(Parts::GPRS) {
             self.present_gprs()?;

@@ -172,7 +172,7 @@ impl Window {
         let t = view.read(start, &mut w.bytes[..w.back + 15]);
         if t.done >= w.back {
             w.ahead = t.done - w.back;
-            return w;
+            return w.zero_padded();
         }
         // The page before cannot be read: only what lies in RIP's page
         // before it.
@@ -185,7 +185,13 @@ impl Window {
         } else {
             w.ahead = t.done - in_page;
         }
-        w
+        w.zero_padded()
+    }
+
+    /// `self` with zeros after its bytes (a failed read may have left some).
+    fn zero_padded(mut self) -> Window {
+        self.bytes[self.back + self.ahead..].fill(0);
+        self
     }
 
     pub(crate) fn before(&self) -> &[u8] {
@@ -194,6 +200,11 @@ impl Window {
 
     pub(crate) fn after(&self) -> &[u8] {
         &self.bytes[self.back..self.back + self.ahead]
+    }
+
+    /// All the bytes, those before the address first, then zeros.
+    pub(crate) fn padded(&self) -> &[u8; 30] {
+        &self.bytes
     }
 
     /// Bytes before the address, bytes from it.

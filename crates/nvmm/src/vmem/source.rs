@@ -92,13 +92,23 @@ impl WindowSource {
         let rec = Recorder { map: view.map, entries: RefCell::new(Vec::new()), complete: Cell::new(true) };
         let start = linear - back as u64;
         let len = back + ahead;
-        let mut pieces = Vec::new();
+        let mut pieces: Vec<Piece> = Vec::new();
         let mut done = 0;
         while done < len {
             let at = start.wrapping_add(done as u64);
             let n = ((PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize).min(len - done);
             let t = walk(&rec, &view.regs, at).ok()?;
-            pieces.push(Piece::of(view.map, t.gpa, n)?);
+            let piece = Piece::of(view.map, t.gpa, n)?;
+            match pieces.last_mut() {
+                // Consecutive in one host region (guest pages that are
+                // consecutive in RAM): one piece, read at once.
+                Some(last)
+                    if Arc::ptr_eq(&last.region, &piece.region) && last.offset + last.len as u64 == piece.offset =>
+                {
+                    last.len += n;
+                }
+                _ => pieces.push(piece),
+            }
             done += n;
         }
         if !rec.complete.get() {
@@ -112,15 +122,8 @@ impl WindowSource {
     /// recorded ones and every page-table entry the walk read still holds
     /// its value; `None` otherwise.
     pub(crate) fn reread(&self, linear: u64, regs: &PagingRegs, generation: u64) -> Option<Window> {
-        if linear != self.linear || generation != self.generation || *regs != self.regs {
+        if !self.translates(linear, regs, generation) {
             return None;
-        }
-        for e in &self.entries {
-            let mut now = [0u8; 8];
-            e.piece.read(&mut now);
-            if now != e.value {
-                return None;
-            }
         }
         Some(Window::filled(self.back, 15, |bytes| {
             let mut at = 0;
@@ -129,6 +132,40 @@ impl WindowSource {
                 at += p.len;
             }
         }))
+    }
+}
+
+impl WindowSource {
+    /// Whether the window at `linear` holds the bytes of `window` now, under
+    /// the conditions of [`WindowSource::reread`] (compared piece by piece,
+    /// without building a window).
+    pub(crate) fn holds(&self, linear: u64, regs: &PagingRegs, generation: u64, window: &Window) -> bool {
+        if window.lengths() != (self.back, 15) || !self.translates(linear, regs, generation) {
+            return false;
+        }
+        let mut now = [0u8; 30];
+        let mut at = 0;
+        for p in &self.pieces {
+            p.read(&mut now[at..]);
+            at += p.len;
+        }
+        // Both zero beyond the window's `back + 15` bytes: one compare of
+        // fixed length.
+        now == *window.padded()
+    }
+
+    /// Whether `linear` still translates to the recorded pieces: same
+    /// address, paging registers and memory map, and every page-table entry
+    /// the walk read still holds its value.
+    fn translates(&self, linear: u64, regs: &PagingRegs, generation: u64) -> bool {
+        if linear != self.linear || generation != self.generation || *regs != self.regs {
+            return false;
+        }
+        self.entries.iter().all(|e| {
+            let mut now = [0u8; 8];
+            e.piece.read(&mut now);
+            now == e.value
+        })
     }
 }
 
@@ -160,26 +197,45 @@ mod tests {
         let s = record(&m, regs(), AT, 7).expect("a full window in RAM is recorded");
         assert_eq!(s.pieces.len(), 2, "two pages");
         assert_eq!(s.entries.len(), 8, "four levels walked for each page");
-        assert_eq!(s.reread(AT, &regs(), 7), Some(around(&m, regs(), AT)));
+        let then = around(&m, regs(), AT);
+        assert_eq!(s.reread(AT, &regs(), 7), Some(then));
+        assert!(s.holds(AT, &regs(), 7, &then));
         // Code written since: the new bytes.
         m.write(0x2000 + 2, &[0xee, 0xee, 0xee]).unwrap();
         m.write(0x5000 + 0xffe, &[0x66]).unwrap();
         let now = around(&m, regs(), AT);
         assert_eq!(&now.after()[..1], &[0xee]);
         assert_eq!(s.reread(AT, &regs(), 7), Some(now));
+        assert!(!s.holds(AT, &regs(), 7, &then), "the bytes changed");
+        assert!(s.holds(AT, &regs(), 7, &now));
+        // One byte changed, in either piece.
+        for gpa in [0x5000 + 0xff5, 0x2000 + 0x12] {
+            let m = machine();
+            let s = record(&m, regs(), AT, 7).unwrap();
+            let w = around(&m, regs(), AT);
+            let mut b = [0u8];
+            m.read(gpa, &mut b).unwrap();
+            m.write(gpa, &[b[0] ^ 1]).unwrap();
+            assert!(!s.holds(AT, &regs(), 7, &w), "byte at {gpa:#x} changed");
+        }
     }
 
     #[test]
     fn anything_that_decided_the_translation_forces_a_walk() {
         let m = machine();
         let s = record(&m, regs(), AT, 7).unwrap();
+        let w = around(&m, regs(), AT);
         assert_eq!(s.reread(AT + 1, &regs(), 7), None, "another address");
+        assert!(!s.holds(AT + 1, &regs(), 7, &w), "another address");
         assert_eq!(s.reread(AT, &regs(), 8), None, "the memory map changed");
+        assert!(!s.holds(AT, &regs(), 8, &w), "the memory map changed");
         let other = PagingRegs { cr3: 0x84000, ..regs() };
         assert_eq!(s.reread(AT, &other, 7), None, "other paging registers");
+        assert!(!s.holds(AT, &other, 7, &w), "other paging registers");
         // Virtual page 1 moved onto physical page 0x7000: its PTE changed.
         m.write(0x83000 + 8, &(0x7000u64 | 3).to_le_bytes()).unwrap();
         assert_eq!(s.reread(AT, &regs(), 7), None, "a page-table entry changed");
+        assert!(!s.holds(AT, &regs(), 7, &w), "a page-table entry changed");
         // A higher level changed (the PDE, to an identical copy elsewhere).
         let m = machine();
         let s = record(&m, regs(), AT, 7).unwrap();
@@ -202,6 +258,17 @@ mod tests {
         let s = record(&m, flat, 5, 0).expect("5 bytes before address 5");
         assert_eq!(s.reread(5, &flat, 0), Some(around(&m, flat, 5)));
         assert!(s.entries.is_empty(), "no walk without paging");
+        // Across a page boundary, consecutive in RAM: one piece.
+        let s = record(&m, flat, 0x1004, 0).unwrap();
+        assert_eq!(s.pieces.len(), 1);
+        let w = around(&m, flat, 0x1004);
+        assert_eq!(s.reread(0x1004, &flat, 0), Some(w));
+        assert!(s.holds(0x1004, &flat, 0, &w));
+        m.write(0xff6, &[0x90 ^ w.before()[1]]).unwrap();
+        assert!(!s.holds(0x1004, &flat, 0, &w), "a byte before the boundary changed");
+        // A window with other lengths is not the recorded one.
+        let short = Window::filled(3, 15, |b| b.copy_from_slice(&w.padded()[12..30]));
+        assert!(!s.holds(0x1004, &flat, 0, &short));
         // Ending exactly where guest RAM ends.
         let end = 0x10_0000 - 15;
         let s = record(&m, flat, end, 0).expect("the window ends with RAM");

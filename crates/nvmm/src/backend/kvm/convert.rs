@@ -130,6 +130,48 @@ pub(crate) fn segs_from_kvm(k: &kvm_sregs, s: &mut Segs) {
     s[Seg::Tr] = seg_from_kvm(&k.tr);
 }
 
+/// The last segment registers converted from KVM, kept to convert again
+/// only when KVM's bytes differ: they rarely change between exits, and a
+/// conversion (ten segments, each attribute byte tested) was the largest
+/// part of reading the segments after an exit.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct SegsMemo {
+    key: Option<[u8; SEGS_BYTES]>,
+    segs: Segs,
+}
+
+/// The segment part of `kvm_sregs`: eight `kvm_segment`s, GDTR and IDTR,
+/// before CR0.
+const SEGS_BYTES: usize = 8 * 24 + 2 * 16;
+const _: () = assert!(std::mem::offset_of!(kvm_sregs, cr0) == SEGS_BYTES);
+const _: () = assert!(std::mem::size_of::<kvm_segment>() == 24 && std::mem::size_of::<kvm_dtable>() == 16);
+
+impl SegsMemo {
+    /// Fills the segment part of `s` from `k`, as [`segs_from_kvm`] does.
+    pub(crate) fn segs_from_kvm(&mut self, k: &kvm_sregs, s: &mut Segs) {
+        let key = segs_bytes(k);
+        if self.key.as_ref() != Some(key) {
+            segs_from_kvm(k, &mut self.segs);
+            self.key = Some(*key);
+        }
+        for seg in [Seg::Es, Seg::Cs, Seg::Ss, Seg::Ds, Seg::Fs, Seg::Gs, Seg::Ldt, Seg::Tr] {
+            s[seg] = self.segs[seg];
+        }
+        dtable_into(&k.gdt, &mut s[Seg::Gdt]);
+        dtable_into(&k.idt, &mut s[Seg::Idt]);
+    }
+}
+
+/// The bytes of the segment part of `k`.
+fn segs_bytes(k: &kvm_sregs) -> &[u8; SEGS_BYTES] {
+    // SAFETY: `kvm_sregs` is `repr(C)` and begins with eight `kvm_segment`
+    // and two `kvm_dtable` (checked above: CR0 follows at SEGS_BYTES); both
+    // are integers only, with their padding as named fields, so every one
+    // of these bytes is initialised, and `[u8; N]` needs no alignment. The
+    // borrow keeps `k` alive and unmodified.
+    unsafe { &*std::ptr::from_ref(k).cast::<[u8; SEGS_BYTES]>() }
+}
+
 /// Fills CS alone.
 pub(crate) fn cs_from_kvm(k: &kvm_sregs, s: &mut Segs) {
     s[Seg::Cs] = seg_from_kvm(&k.cs);
@@ -260,6 +302,77 @@ mod tests {
         back[Seg::Cs] = Segment::default();
         segs_from_kvm(&k, &mut back);
         assert_eq!(back, s.segs);
+    }
+
+    #[test]
+    fn the_segment_memo_converts_what_changed() {
+        let s = reset_state();
+        let mut k = kvm_sregs::default();
+        segs_into_kvm(&s.segs, &mut k);
+        let mut memo = SegsMemo::default();
+        let plain = |k: &kvm_sregs, into: &Segs| {
+            let mut out = *into;
+            segs_from_kvm(k, &mut out);
+            out
+        };
+        // GDTR and IDTR keep the selector and attributes they had.
+        let mut dest = s.segs;
+        dest[Seg::Gdt].selector = 0x1234;
+        dest[Seg::Idt].attrib = SegAttrib(0x82);
+        let before = dest;
+        memo.segs_from_kvm(&k, &mut dest);
+        assert_eq!(dest, plain(&k, &before));
+        // Every field of every segment, GDTR and IDTR counts.
+        let flips: [fn(&mut kvm_segment); 12] = [
+            |s| s.base ^= 1 << 40,
+            |s| s.limit ^= 0x100,
+            |s| s.selector ^= 8,
+            |s| s.type_ ^= 2,
+            |s| s.present ^= 1,
+            |s| s.dpl ^= 3,
+            |s| s.db ^= 1,
+            |s| s.s ^= 1,
+            |s| s.l ^= 1,
+            |s| s.g ^= 1,
+            |s| s.avl ^= 1,
+            |s| s.unusable ^= 1,
+        ];
+        let segs: [fn(&mut kvm_sregs) -> &mut kvm_segment; 8] = [
+            |k| &mut k.cs,
+            |k| &mut k.ds,
+            |k| &mut k.es,
+            |k| &mut k.fs,
+            |k| &mut k.gs,
+            |k| &mut k.ss,
+            |k| &mut k.tr,
+            |k| &mut k.ldt,
+        ];
+        let mut variants = Vec::new();
+        for seg in segs {
+            for flip in flips {
+                let mut changed = k;
+                flip(seg(&mut changed));
+                variants.push(changed);
+            }
+        }
+        let dts: [fn(&mut kvm_sregs) -> &mut kvm_dtable; 2] = [|k| &mut k.gdt, |k| &mut k.idt];
+        for dt in dts {
+            let mut changed = k;
+            dt(&mut changed).base ^= 0x10;
+            variants.push(changed);
+            let mut changed = k;
+            dt(&mut changed).limit ^= 0x10;
+            variants.push(changed);
+        }
+        for (i, changed) in variants.iter().enumerate() {
+            let mut out = before;
+            memo.segs_from_kvm(changed, &mut out);
+            assert_eq!(out, plain(changed, &before), "variant {i}");
+            assert_ne!(out, plain(&k, &before), "variant {i} differs");
+            let mut out = before;
+            memo.segs_from_kvm(&k, &mut out);
+            assert_eq!(out, plain(&k, &before), "variant {i} changed back");
+        }
     }
 
     #[test]

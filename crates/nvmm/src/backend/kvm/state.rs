@@ -172,9 +172,10 @@ impl KvmVcpu {
             }
         }
         if parts.intersects(Parts::SEGS | Parts::CS | Parts::CR | Parts::EFER) {
-            let s = self.current_sregs()?;
+            self.current_sregs()?;
+            let s = &self.fd.sync_regs_mut().sregs;
             if parts.intersects(Parts::SEGS) {
-                convert::segs_from_kvm(s, &mut state.segs);
+                self.segs_memo.segs_from_kvm(s, &mut state.segs);
             } else if parts.intersects(Parts::CS) {
                 convert::cs_from_kvm(s, &mut state.segs);
             }

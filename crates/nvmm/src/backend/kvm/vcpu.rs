@@ -38,6 +38,8 @@ pub(crate) struct KvmVcpu {
     pub(super) ioctls: u64,
     /// Register sets KVM copies through `kvm_run`, and what is current.
     pub(super) sync: SyncPolicy,
+    /// The segments last read, converted (see [`convert::SegsMemo`]).
+    pub(super) segs_memo: convert::SegsMemo,
     /// The thread whose signal mask `KVM_SET_SIGNAL_MASK` was last set
     /// for (0: never), and whether a mask is installed.
     mask_thread: i32,
@@ -76,6 +78,7 @@ impl KvmVcpu {
             run_size,
             ioctls: 0,
             sync: SyncPolicy::default(),
+            segs_memo: convert::SegsMemo::default(),
             mask_thread: 0,
             mask_active: false,
             drain_signal: None,

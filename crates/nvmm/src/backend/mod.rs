@@ -242,6 +242,11 @@ pub(crate) trait VcpuBackend: Send {
     /// The data of the last I/O exit: `count * size` bytes.
     fn io_data(&mut self) -> &mut [u8];
 
+    /// The exit information of the last emulation failure decoded:
+    /// hardware exit reason, exit info 1 and 2, interrupt info, error
+    /// code.
+    fn failure_info(&self) -> [u64; 5];
+
     /// The data of the last memory exit.
     fn mmio_data(&mut self) -> &mut [u8];
 

@@ -67,16 +67,14 @@ pub(crate) enum ExitRecord {
     /// The guest changed its TPR (kernel: TPR lowered; library: raised).
     TprChanged,
     /// The kernel could not emulate an instruction; the bytes it fetched
-    /// (`len` of them, 0 when it could not fetch any) and its exit
-    /// information.
+    /// (`len` of them, 0 when it could not fetch any). Its exit information
+    /// is kept beside the record (which is copied at every exit and stays
+    /// small without it): [`VcpuBackend::failure_info`](crate::backend::VcpuBackend::failure_info).
     EmulationFailure {
         /// Instruction bytes.
         bytes: [u8; 15],
         /// How many of `bytes` are valid.
         len: u8,
-        /// Hardware exit reason, exit info 1 and 2, interrupt info, error
-        /// code.
-        info: [u64; 5],
     },
     /// An exception the kernel intercepted for the debugger (`#DB` or
     /// `#BP`), before the front end decides whose it is.
@@ -89,7 +87,7 @@ pub(crate) enum ExitRecord {
         dr6: u64,
     },
     /// What the debugger caught.
-    Debug(crate::debug::DebugExit),
+    Debug,
     /// An exit NVMM does not model.
     Invalid {
         /// The kernel's exit reason.
@@ -105,7 +103,7 @@ impl ExitRecord {
         use super::reason;
         match self {
             ExitRecord::None | ExitRecord::Trap { .. } => reason::NONE,
-            ExitRecord::Debug(_) => reason::DEBUG,
+            ExitRecord::Debug => reason::DEBUG,
             ExitRecord::Stopped => reason::STOPPED,
             ExitRecord::Memory { .. } | ExitRecord::Fetch { .. } | ExitRecord::EmulationFailure { .. } => {
                 reason::MEMORY

@@ -179,6 +179,16 @@ impl HostRegion {
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) }
     }
 
+    /// The `N` bytes at `offset`, copied inline (`read` calls the C
+    /// library's copy, a cost for the few bytes read at every exit).
+    pub(crate) fn read_array<const N: usize>(&self, offset: u64) -> [u8; N] {
+        let off = self.check(offset, N);
+        // SAFETY: `off + N <= len` (checked), so the source lies in the
+        // mapping, which lives as long as `self`; `[u8; N]` has alignment 1
+        // and every bit pattern is valid for it.
+        unsafe { self.ptr.as_ptr().add(off).cast::<[u8; N]>().read() }
+    }
+
     /// Copies `buf` to `offset`.
     pub(crate) fn write(&self, offset: u64, buf: &[u8]) {
         let off = self.check(offset, buf.len());

@@ -248,14 +248,16 @@ pub(super) fn view(v: &mut Vcpu, r: ExitRecord) -> Exit<'_> {
         ExitRecord::IntReady => Exit::IntReady,
         ExitRecord::NmiReady => Exit::NmiReady,
         ExitRecord::TprChanged => Exit::TprChanged,
-        ExitRecord::EmulationFailure { len, info, .. } => {
+        ExitRecord::EmulationFailure { len, .. } => {
+            let info = v.failure_info();
             let bytes = match &v.last {
                 ExitRecord::EmulationFailure { bytes, .. } if len > 0 => Some(&bytes[..usize::from(len)]),
                 _ => None,
             };
             Exit::EmulationFailure(EmulationFailure { bytes, info })
         }
-        ExitRecord::Debug(d) => Exit::Debug(d),
+        // Always recorded with the exit.
+        ExitRecord::Debug => v.last_debug_exit().map_or(Exit::None, Exit::Debug),
         ExitRecord::Trap { .. } => Exit::None,
         ExitRecord::Invalid { hwcode, detail } => Exit::Invalid(InvalidExit { hwcode, detail }),
     }

@@ -55,6 +55,20 @@ pub(super) struct DebugState {
     watched: [Option<u64>; 4],
     /// Where the library's current step started (linear address).
     step_from: u64,
+    /// The last debug exit.
+    exit: Option<DebugExit>,
+    /// `user` or `applied` is not all off (kept with them: the run loop
+    /// asks at every run).
+    active: bool,
+}
+
+impl DebugState {
+    /// Records what the debugger asked for and what the backend has.
+    fn set(&mut self, user: GuestDebug, applied: GuestDebug) {
+        self.user = user;
+        self.applied = applied;
+        self.active = !(user.is_off() && applied.is_off());
+    }
 }
 
 impl Vcpu {
@@ -63,8 +77,7 @@ impl Vcpu {
     pub fn set_guest_debug(&mut self, debug: &GuestDebug) -> Result<()> {
         self.refuse_in_assist("changing guest debugging")?;
         self.debug.blockirq = self.backend.set_guest_debug(debug)?;
-        self.debug.applied = *debug;
-        self.debug.user = *debug;
+        self.debug.set(*debug, *debug);
         Ok(())
     }
 
@@ -83,7 +96,7 @@ impl Vcpu {
     /// Whether a debugger or the library's own steps set debug settings
     /// (the backend's must then be readied before each run).
     pub(super) fn debugging(&self) -> bool {
-        !(self.debug.user.is_off() && self.debug.applied.is_off())
+        self.debug.active
     }
 
     /// Readies the backend's debug settings for the next run: the
@@ -117,7 +130,7 @@ impl Vcpu {
             if real_mode_bps && self.comm.state().crs[Cr::Cr0] & cr0::PE == 0 {
                 let regs = self.paging_of(self.comm.state());
                 if self.breakpoint_at(pc, regs) {
-                    return Ok(Some(Self::debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0)));
+                    return Ok(Some(self.debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0)));
                 }
                 eff.single_step = true;
                 internal = true;
@@ -134,7 +147,7 @@ impl Vcpu {
         }
         if eff != self.debug.applied {
             self.debug.blockirq = self.backend.set_guest_debug(&eff)?;
-            self.debug.applied = eff;
+            self.debug.set(self.debug.user, eff);
         }
         Ok(None)
     }
@@ -144,9 +157,7 @@ impl Vcpu {
     /// the guest or was the library's own step.
     pub(super) fn debug_trap(&mut self, vector: u8, pc: u64, dr6_bits: u64) -> Result<Option<ExitRecord>> {
         match vector {
-            BP_VECTOR if self.is_our_breakpoint(pc) => {
-                Ok(Some(Self::debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0)))
-            }
+            BP_VECTOR if self.is_our_breakpoint(pc) => Ok(Some(self.debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0))),
             BP_VECTOR => {
                 // The guest's own INT3: RIP is on it; the #BP it raises is
                 // a trap, returning past it.
@@ -165,7 +176,7 @@ impl Vcpu {
                     if let DebugEvent::HardwareBreakpoint { .. } = event {
                         self.debug.step_over = Some(pc);
                     }
-                    Ok(Some(Self::debug_exit(event, pc, dr6_bits)))
+                    Ok(Some(self.debug_exit(event, pc, dr6_bits)))
                 }
                 None if self.debug.internal_step && dr6_bits & dr6::BS != 0 => {
                     // The library's own step; the next instruction may be
@@ -200,7 +211,10 @@ impl Vcpu {
             return Ok(None);
         }
         let pc = linear_rip(self.raw_state(Parts::CODE)?);
-        Ok(self.is_our_breakpoint(pc).then(|| Self::debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0)))
+        if !self.is_our_breakpoint(pc) {
+            return Ok(None);
+        }
+        Ok(Some(self.debug_exit(DebugEvent::SoftwareBreakpoint, pc, 0)))
     }
 
     /// A completed instruction while single-stepping is a step (or a
@@ -217,7 +231,7 @@ impl Vcpu {
         // What locating the code needs, not the other MSRs (an ioctl).
         self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
         let pc = linear_rip(self.comm.state());
-        Ok(Some(Self::debug_exit(event, pc, dr6::BS)))
+        Ok(Some(self.debug_exit(event, pc, dr6::BS)))
     }
 
     /// After a step (`dr6_bits` has BS): the first data watchpoint whose
@@ -285,7 +299,15 @@ impl Vcpu {
         }
     }
 
-    fn debug_exit(event: DebugEvent, pc: u64, dr6: u64) -> ExitRecord {
-        ExitRecord::Debug(DebugExit { event, pc, dr6 })
+    /// A debug exit: kept here, out of the exit record (which is copied
+    /// at every exit and stays small without it).
+    fn debug_exit(&mut self, event: DebugEvent, pc: u64, dr6: u64) -> ExitRecord {
+        self.debug.exit = Some(DebugExit { event, pc, dr6 });
+        ExitRecord::Debug
+    }
+
+    /// The last debug exit's details (`None` before the first).
+    pub(super) fn last_debug_exit(&self) -> Option<DebugExit> {
+        self.debug.exit
     }
 }

@@ -104,7 +104,8 @@ impl Vcpu {
                     mem: NbExitMemory { prot: libc::PROT_EXEC, gpa, inst_len: 0, inst_bytes: [0; 15] },
                 };
             }
-            ExitRecord::EmulationFailure { bytes, len, info } => {
+            ExitRecord::EmulationFailure { bytes, len } => {
+                let info = self.failure_info();
                 let (gpa, prot) = if info[0] == SVM_EXIT_NPF {
                     let prot = if info[1] & 2 != 0 {
                         libc::PROT_WRITE

@@ -303,6 +303,7 @@ impl Vcpu {
     pub(super) fn finish_inflight(&mut self, what: &'static str) -> Result<()> {
         self.forget_raw();
         if let Some(next) = self.backend.finish_pending()? {
+            let next = self.noted(next);
             self.queue_behind(next);
         }
         if let Some(f) = self.inflight.as_mut() {

@@ -156,6 +156,9 @@ pub struct Vcpu {
     inflight: Option<Inflight>,
     /// The last I/O instruction located, for the next I/O exit.
     io_memo: Option<io::IoSiteMemo>,
+    /// The exit information of the emulation failure last kept as an exit
+    /// (the last or the queued one).
+    failure_info: [u64; 5],
     /// Where the guest bytes around RIP were found at the last I/O exit.
     code_source: Option<crate::vmem::WindowSource>,
     /// The general-purpose registers before the in-flight instruction,
@@ -241,6 +244,7 @@ impl Vcpu {
             queued: None,
             inflight: None,
             io_memo: None,
+            failure_info: [0; 5],
             code_source: None,
             before_gprs: crate::x86::state::Gprs::default(),
             event: None,

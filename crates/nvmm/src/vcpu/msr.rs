@@ -36,7 +36,7 @@ impl Vcpu {
         if let Some(next) = self.backend.finish_pending()? {
             // Finishing an MSR access produces no exit; should KVM produce
             // one, report it next.
-            self.queued = Some(next);
+            self.queued = Some(self.noted(next));
         }
         self.cache.dirty |= Parts::GPRS;
         self.backend.want(Parts::GPRS);

@@ -110,7 +110,10 @@ impl Vcpu {
                     ExitRecord::None
                 }
             }
-            RunResult::Exit(r) => self.classify(r),
+            RunResult::Exit(r) => {
+                let r = self.noted(r);
+                self.classify(r)
+            }
         };
         let record = if has_pending_instruction(record) { self.keep_inflight(record) } else { record };
         let tpr = self.backend.tpr();
@@ -222,6 +225,21 @@ impl Vcpu {
         Ok(())
     }
 
+    /// `r`, a record the backend just reported and the VCPU keeps, with
+    /// what the backend keeps beside it (an emulation failure's exit
+    /// information) kept too.
+    pub(super) fn noted(&mut self, r: ExitRecord) -> ExitRecord {
+        if matches!(r, ExitRecord::EmulationFailure { .. }) {
+            self.failure_info = self.backend.failure_info();
+        }
+        r
+    }
+
+    /// The exit information of the last emulation failure kept.
+    pub(super) fn failure_info(&self) -> [u64; 5] {
+        self.failure_info
+    }
+
     /// NVMM's exit for what the backend reported.
     fn classify(&mut self, r: ExitRecord) -> ExitRecord {
         match r {
@@ -319,6 +337,7 @@ impl Vcpu {
         self.commit()?;
         self.forget_raw();
         if let Some(next) = self.backend.finish_pending()? {
+            let next = self.noted(next);
             self.queued = Some(next);
             self.inflight = Some(Inflight::new(next));
         }

@@ -115,8 +115,13 @@ impl Vcpu {
         if need.is_empty() {
             return Ok(());
         }
+        if need.intersects(Parts::GPRS) && self.inflight.is_some() {
+            // NVMM's view of the exit's instruction is built from KVM's
+            // code registers: read them with the parts asked for, at once.
+            self.raw_state(need.and(RAW_PARTS).union(Parts::CODE))?;
+        }
         // What the library already read this exit comes from there.
-        let from_raw = need.and(self.raw_parts).and(Parts::GPRS | Parts::SEGS | Parts::CR | Parts::EFER);
+        let from_raw = need.and(self.raw_parts).and(RAW_PARTS);
         if !from_raw.is_empty() {
             let (raw, state) = (&self.raw, self.comm.state_mut());
             if from_raw.intersects(Parts::GPRS) {
@@ -178,6 +183,9 @@ impl Vcpu {
     /// A part that fails is forgotten (a get fetches the kernel's value
     /// again); the others stay marked for the next run.
     pub(super) fn store_dirty(&mut self) -> Result<()> {
+        if self.cache.dirty.is_empty() && !self.cache.reset_events && !self.event_waiting() {
+            return Ok(());
+        }
         let mut pending = std::mem::take(&mut self.cache.dirty);
         let intr = pending.intersects(Parts::INTR);
         pending = pending.minus(Parts::INTR);
@@ -201,9 +209,15 @@ impl Vcpu {
             return Ok(());
         }
         // The order KVM needs: XCR0 before the XSAVE area that uses it.
-        for group in
-            [Parts::XCR0, Parts::MSRS, Parts::DRS, Parts::FPU, Parts::GPRS, Parts::SEGS | Parts::CR | Parts::EFER]
-        {
+        const ORDER: [Parts; 6] = [
+            Parts::XCR0,
+            Parts::MSRS,
+            Parts::DRS,
+            Parts::FPU,
+            Parts::GPRS,
+            Parts::SEGS.union(Parts::CR).union(Parts::EFER),
+        ];
+        for group in ORDER {
             let parts = pending.and(group);
             if parts.is_empty() {
                 continue;
@@ -215,12 +229,13 @@ impl Vcpu {
     }
 
     fn store_group(&mut self, parts: Parts) -> Result<()> {
-        let arch = self.machine.sys.cap.arch;
         if parts.intersects(Parts::XCR0) {
+            let mask = self.machine.sys.cap.arch.xcr0_mask;
             let s = self.comm.state_mut();
-            s.crs[Cr::Xcr0] = (s.crs[Cr::Xcr0] & arch.xcr0_mask) | xfeature::X87;
+            s.crs[Cr::Xcr0] = (s.crs[Cr::Xcr0] & mask) | xfeature::X87;
         }
         if parts.intersects(Parts::FPU) {
+            let arch = self.machine.sys.cap.arch;
             if !self.cache.xsave_current {
                 // Only the FXSAVE part was set: keep the rest of KVM's area.
                 let mut fresh = Xsave::default();
@@ -265,6 +280,9 @@ impl Vcpu {
         self.backend.store_events(intr.as_ref(), &events, reset)
     }
 }
+
+/// The parts [`Vcpu::raw_state`] keeps.
+const RAW_PARTS: Parts = Parts::GPRS.union(Parts::SEGS).union(Parts::CR).union(Parts::EFER);
 
 fn mask_of_bits(bits: u64) -> Result<StateMask> {
     StateMask::from_bits(bits).ok_or(Error::InvalidStateMask { bits: bits & !StateMask::ALL.bits() })

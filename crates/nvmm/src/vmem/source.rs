@@ -38,6 +38,16 @@ impl Piece {
     fn read(&self, buf: &mut [u8]) {
         self.region.read(self.offset, &mut buf[..self.len]);
     }
+
+    /// Whether the piece holds `value` (its first `len` bytes) now.
+    fn holds(&self, value: &[u8; 8]) -> bool {
+        if self.len == 8 {
+            return self.region.read_array::<8>(self.offset) == *value;
+        }
+        let mut now = [0u8; 8];
+        self.read(&mut now);
+        now == *value
+    }
 }
 
 /// A page-table entry a walk read, and its value then.
@@ -143,29 +153,34 @@ impl WindowSource {
         if window.lengths() != (self.back, 15) || !self.translates(linear, regs, generation) {
             return false;
         }
-        let mut now = [0u8; 30];
-        let mut at = 0;
-        for p in &self.pieces {
-            p.read(&mut now[at..]);
-            at += p.len;
-        }
+        let now = match self.pieces.as_slice() {
+            [p] if p.len == 30 => p.region.read_array::<30>(p.offset),
+            pieces => {
+                let mut now = [0u8; 30];
+                let mut at = 0;
+                for p in pieces {
+                    p.read(&mut now[at..]);
+                    at += p.len;
+                }
+                now
+            }
+        };
         // Both zero beyond the window's `back + 15` bytes: one compare of
-        // fixed length.
-        now == *window.padded()
+        // fixed length, as two overlapping 16-byte words.
+        let w = window.padded();
+        let word = |b: &[u8; 30], at: usize| u128::from_le_bytes(b[at..at + 16].try_into().unwrap_or_default());
+        word(&now, 0) == word(w, 0) && word(&now, 14) == word(w, 14)
     }
 
     /// Whether `linear` still translates to the recorded pieces: same
     /// address, paging registers and memory map, and every page-table entry
     /// the walk read still holds its value.
+    #[inline]
     fn translates(&self, linear: u64, regs: &PagingRegs, generation: u64) -> bool {
         if linear != self.linear || generation != self.generation || *regs != self.regs {
             return false;
         }
-        self.entries.iter().all(|e| {
-            let mut now = [0u8; 8];
-            e.piece.read(&mut now);
-            now == e.value
-        })
+        self.entries.iter().all(|e| e.piece.holds(&e.value))
     }
 }
 

@@ -40,6 +40,8 @@ pub(crate) struct KvmVcpu {
     pub(super) sync: SyncPolicy,
     /// The segments last read, converted (see [`convert::SegsMemo`]).
     pub(super) segs_memo: convert::SegsMemo,
+    /// The exit information of the last emulation failure.
+    failure_info: [u64; 5],
     /// The thread whose signal mask `KVM_SET_SIGNAL_MASK` was last set
     /// for (0: never), and whether a mask is installed.
     mask_thread: i32,
@@ -79,6 +81,7 @@ impl KvmVcpu {
             ioctls: 0,
             sync: SyncPolicy::default(),
             segs_memo: convert::SegsMemo::default(),
+            failure_info: [0; 5],
             mask_thread: 0,
             mask_active: false,
             drain_signal: None,
@@ -188,7 +191,8 @@ impl KvmVcpu {
             len = ib.insn_size.min(15);
             bytes[..len as usize].copy_from_slice(&ib.insn_bytes[..len as usize]);
         }
-        ExitRecord::EmulationFailure { bytes, len, info }
+        self.failure_info = info;
+        ExitRecord::EmulationFailure { bytes, len }
     }
 
     /// Readies a fresh exit for the VMM: reads see all-ones (open bus) and
@@ -355,6 +359,10 @@ impl VcpuBackend for KvmVcpu {
 
     fn set_interrupt_window(&mut self, on: bool) {
         self.run_page().request_interrupt_window = on as u8;
+    }
+
+    fn failure_info(&self) -> [u64; 5] {
+        self.failure_info
     }
 
     fn io_data(&mut self) -> &mut [u8] {

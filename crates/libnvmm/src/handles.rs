@@ -374,9 +374,14 @@ pub(crate) fn with_vcpu<R>(ctx: &MachineCtx, cpuid: u32, f: impl FnOnce(&mut Vcp
 pub(crate) fn in_callback<R>(machid: u32, vcpu: &mut Vcpu, f: impl FnOnce() -> R) -> R {
     let me = InCallback { machid, cpuid: vcpu.id(), vcpu };
     CALLBACKS.fetch_add(1, Ordering::SeqCst);
-    let outer = IN_CALLBACK.replace(Some(me));
-    let r = f();
-    IN_CALLBACK.set(outer);
+    // One thread-local lookup for both (each costs a call in a shared
+    // library).
+    let r = IN_CALLBACK.with(|slot| {
+        let outer = slot.replace(Some(me));
+        let r = f();
+        slot.set(outer);
+        r
+    });
     CALLBACKS.fetch_sub(1, Ordering::SeqCst);
     r
 }

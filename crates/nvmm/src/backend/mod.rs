@@ -218,6 +218,10 @@ pub(crate) trait VcpuBackend: Send {
     /// Reads `parts` of the current state into `state` and `xsave`.
     fn load(&mut self, parts: Parts, state: &mut State, xsave: &mut Xsave) -> Result<()>;
 
+    /// The registers locating the code at RIP, as the backend has them now
+    /// (what `load` of [`Parts::CODE`] reads, without converting the rest).
+    fn code_regs(&mut self) -> Result<crate::x86::mode::CodeRegs>;
+
     /// Stores `parts` of `state` and `xsave` for the next run. XCR0 and the
     /// MXCSR mask must already be within what the host allows.
     fn store(&mut self, parts: Parts, state: &State, xsave: &Xsave) -> Result<()>;

@@ -199,7 +199,7 @@ impl Vcpu {
     /// registers the instruction leaves alone; the instruction's result
     /// wins where both wrote).
     fn merge_after_completion(&mut self) -> Result<()> {
-        let before = self.gprs_before()?;
+        let before = *self.gprs_before()?;
         let program = self.comm.state().gprs;
         self.finish_inflight("completing a memory assist")?;
         let after = self.raw_state(Parts::GPRS)?.gprs;

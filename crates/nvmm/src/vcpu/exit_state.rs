@@ -70,8 +70,8 @@ impl Vcpu {
         if self.cache.have.contains(Parts::GPRS) {
             return;
         }
-        if let Ok(g) = self.gprs_before() {
-            self.comm.state_mut().gprs = g;
+        if self.gprs_before().is_ok() {
+            self.comm.state_mut().gprs = self.before_gprs;
             self.cache.have |= Parts::GPRS;
         }
     }

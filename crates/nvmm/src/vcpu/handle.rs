@@ -48,21 +48,26 @@ impl Shared {
     /// kick: publishes the thread, then consumes a pending request.
     pub(crate) fn enter(&self, tid: i32) -> bool {
         self.tid.store(tid, Ordering::SeqCst);
-        if self.requested.swap(false, Ordering::SeqCst) {
-            self.tid.store(0, Ordering::SeqCst);
+        if self.take() {
+            self.tid.store(0, Ordering::Release);
             return true;
         }
         false
     }
 
-    /// Called by `run()` once the guest has exited.
+    /// Called by `run()` once the guest has exited. (A requester that still
+    /// reads the old thread id signals a thread that has left the run: the
+    /// same as one that read it just before; the flag decides.)
     pub(crate) fn leave(&self) {
-        self.tid.store(0, Ordering::SeqCst);
+        self.tid.store(0, Ordering::Release);
     }
 
-    /// Consumes a pending request (after an interrupted run).
+    /// Consumes a pending request. A load first: the swap, a locked
+    /// instruction, only when there is one (both are in the single total
+    /// order of sequentially consistent operations, so a request the swap
+    /// would see, the load sees).
     pub(crate) fn take(&self) -> bool {
-        self.requested.swap(false, Ordering::SeqCst)
+        self.requested.load(Ordering::SeqCst) && self.requested.swap(false, Ordering::SeqCst)
     }
 
     /// The event injected from another thread, if any (consumed).

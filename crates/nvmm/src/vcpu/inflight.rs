@@ -27,7 +27,7 @@ use crate::vcpu::Unanswered;
 use crate::vmem::GuestView;
 use crate::x86::bits::rflags;
 use crate::x86::mode::{CpuMode, linear_rip};
-use crate::x86::state::{Gpr, Gprs, Msr, Seg, State};
+use crate::x86::state::{Gpr, Gprs, Seg, State};
 
 /// How many exits finishing one instruction may produce before the library
 /// gives up (a REP string instruction touching MMIO exits per element).
@@ -90,8 +90,8 @@ impl Vcpu {
         if f.answered && self.queued.is_none() {
             return self.present_after();
         }
-        let before = self.gprs_before()?;
-        self.comm.state_mut().gprs = before;
+        self.gprs_before()?;
+        self.comm.state_mut().gprs = self.before_gprs;
         Ok(())
     }
 
@@ -151,27 +151,34 @@ impl Vcpu {
 
     /// The general-purpose registers before the instruction behind the
     /// last exit (computed once per exit).
-    pub(super) fn gprs_before(&mut self) -> Result<Gprs> {
+    /// (Kept in `Vcpu::before_gprs`, computed there in place: a register
+    /// set is copied as a whole, and this runs at every C I/O exit.)
+    pub(super) fn gprs_before(&mut self) -> Result<&Gprs> {
         let Some(f) = self.inflight.as_ref() else {
             return Err(Error::WrongExit { what: "gprs_before", expected: "an exit" });
         };
         if f.before_known {
-            return Ok(self.before_gprs);
+            return Ok(&self.before_gprs);
         }
         let exit = f.exit;
-        self.raw_state(Parts::CODE)?;
-        let mut g = self.raw.gprs;
+        // The I/O site is located from the backend's code registers: only
+        // the GPRS here.
+        let parts = if matches!(exit, ExitRecord::Io { .. }) { Parts::GPRS } else { Parts::CODE };
+        self.raw_state(parts)?;
+        self.before_gprs = self.raw.gprs;
         match exit {
             ExitRecord::Io { .. } => {
                 let site = self.io_site()?;
                 if site.advanced {
-                    site.rewind(&mut g);
+                    site.rewind(&mut self.before_gprs);
                 }
             }
             ExitRecord::Memory { gpa, write: true, .. } => {
                 // ES too: a string store's destination.
                 self.raw_state(Parts::SEGS)?;
+                let mut g = self.before_gprs;
                 self.rewind_memory_write(&mut g, gpa);
+                self.before_gprs = g;
             }
             ExitRecord::Halted => {
                 let raw = &self.raw;
@@ -182,16 +189,16 @@ impl Vcpu {
                 let hlt = view.read(linear, &mut b).done == 1 && b[0] == 0xf4;
                 drop(mem);
                 if hlt {
-                    g[Gpr::Rip] = CpuMode::of(&self.raw).advance(g[Gpr::Rip], u64::MAX);
+                    let rip = &mut self.before_gprs[Gpr::Rip];
+                    *rip = CpuMode::of(&self.raw).advance(*rip, u64::MAX);
                 }
             }
             _ => {}
         }
         if let Some(f) = self.inflight.as_mut() {
             f.before_known = true;
-            self.before_gprs = g;
         }
-        Ok(g)
+        Ok(&self.before_gprs)
     }
 
     /// Parts of the state as the backend has them now (not the cache,
@@ -210,29 +217,6 @@ impl Vcpu {
             self.raw_parts |= missing;
         }
         Ok(&self.raw)
-    }
-
-    /// Keeps the backend's values of `parts` just loaded into the cache
-    /// as [`Vcpu::raw_state`]'s (they are KVM's until the next run).
-    pub(super) fn keep_raw(&mut self, parts: Parts) {
-        let fresh = parts.and(Parts::GPRS | Parts::SEGS | Parts::CR | Parts::EFER).minus(self.raw_parts);
-        if fresh.is_empty() {
-            return;
-        }
-        let (state, raw) = (self.comm.state(), &mut self.raw);
-        if fresh.intersects(Parts::GPRS) {
-            raw.gprs = state.gprs;
-        }
-        if fresh.intersects(Parts::SEGS) {
-            raw.segs = state.segs;
-        }
-        if fresh.intersects(Parts::CR) {
-            raw.crs = state.crs;
-        }
-        if fresh.intersects(Parts::EFER) {
-            raw.msrs[Msr::Efer] = state.msrs[Msr::Efer];
-        }
-        self.raw_parts |= fresh;
     }
 
     /// KVM ran: what [`Vcpu::raw_state`] read is stale.
@@ -483,7 +467,7 @@ impl Vcpu {
     /// program's changes) is loaded.
     fn cancel_inflight(&mut self, f: &Inflight) -> Result<()> {
         let program_gprs = self.cache.dirty.intersects(Parts::GPRS);
-        let before = if program_gprs { None } else { Some(self.gprs_before()?) };
+        let before = if program_gprs { None } else { Some(*self.gprs_before()?) };
         if !f.finished {
             self.drain_pending("cancelling the last exit")?;
         }

@@ -15,12 +15,12 @@
 use super::Vcpu;
 use crate::assist::io_insn::{IoInstruction, decode_io};
 use crate::assist::mmu::PagingRegs;
-use crate::backend::Parts;
+use crate::backend::{Parts, VcpuBackend};
 use crate::error::{Error, Result};
 use crate::exit::record::ExitRecord;
 use crate::vmem::{GuestView, Window, WindowSource};
 use crate::x86::bits::rflags;
-use crate::x86::mode::{CpuMode, linear_rip};
+use crate::x86::mode::{CodeRegs, CpuMode};
 use crate::x86::state::{Cr, Gpr, Gprs, Msr, State};
 
 /// Where the I/O instruction of the last exit is.
@@ -111,6 +111,18 @@ impl Vcpu {
         }
     }
 
+    /// The paging registers of `code`, for the walker.
+    fn paging_of_code(&self, code: &CodeRegs) -> PagingRegs {
+        PagingRegs {
+            cr0: code.cr0,
+            cr3: code.cr3,
+            cr4: code.cr4,
+            efer: code.efer,
+            phys_bits: self.conf.phys_bits,
+            gib_pages: self.conf.gib_pages,
+        }
+    }
+
     /// Where the I/O instruction of the last (or queued) I/O exit is;
     /// decoded once per exit.
     pub(super) fn io_site(&mut self) -> Result<IoSite> {
@@ -124,14 +136,11 @@ impl Vcpu {
         let ExitRecord::Io { port, size, is_in, .. } = f.exit else {
             return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
         };
-        self.raw_state(Parts::CODE)?;
-        let raw = &self.raw;
-        let mode = CpuMode::of(raw);
-        let rip = raw.gprs[Gpr::Rip];
-        let linear = linear_rip(raw);
-        let rdx = raw.gprs[Gpr::Rdx];
-        let rcx = raw.gprs[Gpr::Rcx];
-        let regs = self.paging_of(raw);
+        let code = self.backend.code_regs()?;
+        let CodeRegs { rip, rcx, rdx, .. } = code;
+        let mode = code.mode();
+        let linear = code.linear_rip();
+        let regs = self.paging_of_code(&code);
         let key = IoSiteKey {
             rip,
             linear,

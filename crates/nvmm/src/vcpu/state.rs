@@ -115,11 +115,6 @@ impl Vcpu {
         if need.is_empty() {
             return Ok(());
         }
-        if need.intersects(Parts::GPRS) && self.inflight.is_some() {
-            // NVMM's view of the exit's instruction is built from KVM's
-            // code registers: read them with the parts asked for, at once.
-            self.raw_state(need.and(RAW_PARTS).union(Parts::CODE))?;
-        }
         // What the library already read this exit comes from there.
         let from_raw = need.and(self.raw_parts).and(RAW_PARTS);
         if !from_raw.is_empty() {
@@ -143,11 +138,6 @@ impl Vcpu {
         if !rest.is_empty() {
             let state = self.comm.state_mut();
             self.backend.load(rest, state, &mut self.xsave)?;
-            if self.inflight.is_some() {
-                // KVM's values, before NVMM's view of the exit changes
-                // them: what the library reads to build that view.
-                self.keep_raw(rest);
-            }
         }
         if need.intersects(Parts::GPRS) {
             self.present_gprs()?;

@@ -4,7 +4,7 @@
 //! shared by the assists, the VCPU and the debugger's memory access.
 
 use super::bits::{cr0, cr4, efer};
-use super::state::{Cr, Gpr, Msr, Seg, State};
+use super::state::{Cr, Gpr, Msr, Seg, SegAttrib, State};
 
 /// Execution mode of the code, as decoding needs it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -22,10 +22,14 @@ impl CpuMode {
     /// CS.D in protected mode, 16-bit otherwise. Needs SEGS, CRS and MSRS
     /// (EFER).
     pub fn of(state: &State) -> CpuMode {
-        let cs = state.segs[Seg::Cs];
-        if state.msrs[Msr::Efer] & efer::LMA != 0 && cs.attrib.l() {
+        CpuMode::select(state.msrs[Msr::Efer], state.crs[Cr::Cr0], state.segs[Seg::Cs].attrib)
+    }
+
+    /// The mode EFER, CR0 and CS's attributes select.
+    fn select(efer: u64, cr0: u64, cs: SegAttrib) -> CpuMode {
+        if efer & efer::LMA != 0 && cs.l() {
             CpuMode::Bits64
-        } else if state.crs[Cr::Cr0] & cr0::PE != 0 && cs.attrib.def() {
+        } else if cr0 & cr0::PE != 0 && cs.def() {
             CpuMode::Bits32
         } else {
             CpuMode::Bits16
@@ -50,10 +54,43 @@ impl CpuMode {
 /// The linear address of `state`'s RIP: CS base plus RIP, truncated to
 /// 32 bits outside 64-bit mode. Needs GPRS, SEGS, CRS and MSRS.
 pub fn linear_rip(state: &State) -> u64 {
-    let rip = state.gprs[Gpr::Rip];
-    match CpuMode::of(state) {
+    linear(CpuMode::of(state), state.segs[Seg::Cs].base, state.gprs[Gpr::Rip])
+}
+
+/// CS base plus `rip`, truncated to 32 bits outside 64-bit mode.
+fn linear(mode: CpuMode, cs_base: u64, rip: u64) -> u64 {
+    match mode {
         CpuMode::Bits64 => rip,
-        _ => state.segs[Seg::Cs].base.wrapping_add(rip) & 0xffff_ffff,
+        _ => cs_base.wrapping_add(rip) & 0xffff_ffff,
+    }
+}
+
+/// The few registers that place the code at RIP (RIP, CS's base and
+/// attributes, CR0, CR3, CR4, EFER) and the two an I/O instruction counts
+/// and addresses ports with (RCX, RDX): what locating the instruction
+/// behind an exit reads, without the rest of the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CodeRegs {
+    pub(crate) rip: u64,
+    pub(crate) rcx: u64,
+    pub(crate) rdx: u64,
+    pub(crate) cs_base: u64,
+    pub(crate) cs_attrib: SegAttrib,
+    pub(crate) cr0: u64,
+    pub(crate) cr3: u64,
+    pub(crate) cr4: u64,
+    pub(crate) efer: u64,
+}
+
+impl CodeRegs {
+    /// The execution mode (as [`CpuMode::of`]).
+    pub(crate) fn mode(&self) -> CpuMode {
+        CpuMode::select(self.efer, self.cr0, self.cs_attrib)
+    }
+
+    /// The linear address of RIP (as [`linear_rip`]).
+    pub(crate) fn linear_rip(&self) -> u64 {
+        linear(self.mode(), self.cs_base, self.rip)
     }
 }
 
@@ -105,6 +142,40 @@ mod tests {
         assert_eq!(CpuMode::of(&s), CpuMode::Bits64);
         assert_eq!(CpuMode::Bits16.advance(0xffff, 2), 1);
         assert_eq!(CpuMode::Bits32.advance(0xffff_ffff, 1), 0);
+    }
+
+    /// The code registers of a state tell its mode and RIP's linear
+    /// address as the state does, in each mode (CS base above 4 GiB too:
+    /// dropped outside 64-bit mode, ignored in it).
+    #[test]
+    fn code_registers_agree_with_the_state() {
+        let code = |s: &State| CodeRegs {
+            rip: s.gprs[Gpr::Rip],
+            rcx: 0,
+            rdx: 0,
+            cs_base: s.segs[Seg::Cs].base,
+            cs_attrib: s.segs[Seg::Cs].attrib,
+            cr0: s.crs[Cr::Cr0],
+            cr3: s.crs[Cr::Cr3],
+            cr4: s.crs[Cr::Cr4],
+            efer: s.msrs[Msr::Efer],
+        };
+        let mut states = vec![crate::x86::reset::reset_state()];
+        let mut s = crate::x86::reset::reset_state();
+        modes::real_mode_entry(&mut s, 0x7c00);
+        states.push(s);
+        modes::protected_mode(&mut s, 0x1000);
+        states.push(s);
+        modes::long_mode(&mut s, 0xffff_8000_0000_1000, 0x10000);
+        states.push(s);
+        for mut s in states {
+            for base in [0, 0x1234_5000, 0x1_0000_f000] {
+                s.segs[Seg::Cs].base = base;
+                let c = code(&s);
+                assert_eq!(c.mode(), CpuMode::of(&s));
+                assert_eq!(c.linear_rip(), linear_rip(&s));
+            }
+        }
     }
 
     #[test]

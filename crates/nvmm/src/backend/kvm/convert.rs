@@ -77,7 +77,7 @@ pub(crate) fn gprs_to_kvm(g: &Gprs) -> kvm_regs {
     }
 }
 
-fn seg_from_kvm(k: &kvm_segment) -> Segment {
+pub(crate) fn seg_from_kvm(k: &kvm_segment) -> Segment {
     let present = k.present != 0 && k.unusable == 0;
     Segment {
         selector: k.selector,

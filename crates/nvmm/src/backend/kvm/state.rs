@@ -19,6 +19,7 @@ use super::vcpu::{KvmVcpu, sync_sets};
 use crate::backend::Parts;
 use crate::error::{Error, Result};
 use crate::x86::event::Event;
+use crate::x86::mode::CodeRegs;
 use crate::x86::state::{Cr, Fxsave, Intr, Msr, State};
 use crate::x86::xsave::{XSAVE_SIZE, Xsave, xfeature};
 
@@ -159,6 +160,30 @@ impl KvmVcpu {
             self.sync.synced |= sync_sets::EVENTS;
         }
         Ok(&self.fd.sync_regs_mut().events)
+    }
+
+    pub(super) fn load_code_regs(&mut self) -> Result<CodeRegs> {
+        self.sync.want(Parts::CODE);
+        let (rip, rcx, rdx) = if self.synced(sync_sets::REGS) {
+            let r = &self.fd.sync_regs_mut().regs;
+            (r.rip, r.rcx, r.rdx)
+        } else {
+            self.ioctls += 1;
+            let r = self.fd.get_regs().map_err(|e| Error::kvm_errno("KVM_GET_REGS", e))?;
+            (r.rip, r.rcx, r.rdx)
+        };
+        let s = self.current_sregs()?;
+        Ok(CodeRegs {
+            rip,
+            rcx,
+            rdx,
+            cs_base: s.cs.base,
+            cs_attrib: convert::seg_from_kvm(&s.cs).attrib,
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+        })
     }
 
     pub(super) fn load_parts(&mut self, parts: Parts, state: &mut State, xsave: &mut Xsave) -> Result<()> {

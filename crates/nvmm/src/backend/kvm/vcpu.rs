@@ -318,6 +318,10 @@ impl VcpuBackend for KvmVcpu {
         self.sync.want(parts);
     }
 
+    fn code_regs(&mut self) -> Result<crate::x86::mode::CodeRegs> {
+        self.load_code_regs()
+    }
+
     fn load(
         &mut self,
         parts: Parts,

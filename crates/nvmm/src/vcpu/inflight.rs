@@ -336,8 +336,10 @@ impl Vcpu {
                         && !f.emulated
                         && matches!(f.exit, ExitRecord::Io { .. } | ExitRecord::Memory { .. }) =>
                 {
-                    let f = *f;
-                    self.complete_inflight(&f)?;
+                    if !f.finished && self.cache.dirty.intersects(Parts::GPRS) {
+                        let f = *f;
+                        self.complete_inflight(&f)?;
+                    }
                     self.inflight = None;
                     return Ok(Settled::Enter);
                 }
@@ -425,6 +427,7 @@ impl Vcpu {
 
     /// KVM finishes the instruction in the run; the program's changes to
     /// the registers go in after it.
+    #[inline(never)]
     fn complete_inflight(&mut self, f: &Inflight) -> Result<()> {
         if f.finished || !self.cache.dirty.intersects(Parts::GPRS) {
             return Ok(());

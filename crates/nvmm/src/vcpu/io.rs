@@ -175,6 +175,7 @@ impl Vcpu {
     /// The guest bytes around `linear`: read again from where the last
     /// window was found while that still holds, else through the walker
     /// (recording where they came from).
+    #[inline(never)]
     fn code_window(&mut self, linear: u64, regs: PagingRegs, generation: u64) -> Window {
         if let Some(w) = self.code_source.as_ref().and_then(|s| s.reread(linear, &regs, generation)) {
             return w;
@@ -191,6 +192,7 @@ impl Vcpu {
     /// Decodes the I/O instruction the exit of `key` came from, at RIP or
     /// ending there, in `key`'s window; with whether the bytes decided it
     /// (an `out; out` pair is decided by KVM's pending work instead).
+    #[inline(never)]
     fn locate(&mut self, key: &IoSiteKey, w: &Window, rcx: u64) -> Result<(IoSite, bool)> {
         let IoSiteKey { rip, mode, port, size, is_in, dx, .. } = *key;
         let matches = |d: &IoInstruction| {

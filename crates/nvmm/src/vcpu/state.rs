@@ -225,26 +225,35 @@ impl Vcpu {
             s.crs[Cr::Xcr0] = (s.crs[Cr::Xcr0] & mask) | xfeature::X87;
         }
         if parts.intersects(Parts::FPU) {
-            let arch = self.machine.sys.cap.arch;
-            if !self.cache.xsave_current {
-                // Only the FXSAVE part was set: keep the rest of KVM's area.
-                let mut fresh = Xsave::default();
-                let mut scratch = *self.comm.state();
-                self.backend.load(Parts::FPU, &mut scratch, &mut fresh)?;
-                self.xsave = fresh;
-                self.cache.xsave_current = true;
-            }
-            let s = self.comm.state_mut();
-            s.fpu.fx_mxcsr_mask = arch.mxcsr_mask;
-            s.fpu.fx_mxcsr &= arch.mxcsr_mask;
-            let legacy = s.fpu.to_bytes();
-            self.xsave.as_bytes_mut()[..512].copy_from_slice(&legacy);
-            self.xsave.set_xstate_bv(self.xsave.xstate_bv() | xfeature::X87 | xfeature::SSE);
+            self.fpu_into_xsave()?;
         }
         self.backend.store(parts, self.comm.state(), &self.xsave)?;
         if parts.intersects(Parts::CR) {
             self.last_tpr = (self.comm.state().crs[Cr::Cr8] & 0xf) as u8;
         }
+        Ok(())
+    }
+
+    /// Puts the cache's FXSAVE image into the XSAVE area to store (out of
+    /// line: a state and an XSAVE area on the stack of every store
+    /// otherwise).
+    #[inline(never)]
+    fn fpu_into_xsave(&mut self) -> Result<()> {
+        let arch = self.machine.sys.cap.arch;
+        if !self.cache.xsave_current {
+            // Only the FXSAVE part was set: keep the rest of KVM's area.
+            let mut fresh = Xsave::default();
+            let mut scratch = *self.comm.state();
+            self.backend.load(Parts::FPU, &mut scratch, &mut fresh)?;
+            self.xsave = fresh;
+            self.cache.xsave_current = true;
+        }
+        let s = self.comm.state_mut();
+        s.fpu.fx_mxcsr_mask = arch.mxcsr_mask;
+        s.fpu.fx_mxcsr &= arch.mxcsr_mask;
+        let legacy = s.fpu.to_bytes();
+        self.xsave.as_bytes_mut()[..512].copy_from_slice(&legacy);
+        self.xsave.set_xstate_bv(self.xsave.xstate_bv() | xfeature::X87 | xfeature::SSE);
         Ok(())
     }
 

@@ -12,7 +12,7 @@
 //! and the XSAVE area are not in `kvm_run`: loading them costs one ioctl
 //! each, storing them one ioctl (XCR0 only when it changed).
 
-use kvm_bindings::{Msrs, kvm_msr_entry, kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave};
+use kvm_bindings::{Msrs, kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcr, kvm_xcrs, kvm_xsave};
 
 use super::convert;
 use super::vcpu::{KvmVcpu, sync_sets};
@@ -143,12 +143,41 @@ impl KvmVcpu {
     /// else by ioctl (then kept in `kvm_run` until the next run).
     fn current_sregs(&mut self) -> Result<&kvm_sregs> {
         if !self.synced(sync_sets::SREGS) {
-            self.ioctls += 1;
-            let s = self.fd.get_sregs().map_err(|e| Error::kvm_errno("KVM_GET_SREGS", e))?;
-            self.fd.sync_regs_mut().sregs = s;
-            self.sync.synced |= sync_sets::SREGS;
+            self.fetch_sregs()?;
         }
         Ok(&self.fd.sync_regs_mut().sregs)
+    }
+
+    /// `KVM_GET_SREGS` into `kvm_run` (out of line: a `kvm_sregs` on the
+    /// stack of every state read otherwise).
+    #[cold]
+    #[inline(never)]
+    fn fetch_sregs(&mut self) -> Result<()> {
+        self.ioctls += 1;
+        let s = self.fd.get_sregs().map_err(|e| Error::kvm_errno("KVM_GET_SREGS", e))?;
+        self.fd.sync_regs_mut().sregs = s;
+        self.sync.synced |= sync_sets::SREGS;
+        Ok(())
+    }
+
+    /// `f` of the general-purpose registers KVM has now: from `kvm_run`
+    /// if KVM synced them, else by ioctl (not kept in `kvm_run`, which may
+    /// hold registers stored for the next run).
+    fn with_current_regs<R>(&mut self, f: impl FnOnce(&kvm_regs) -> R) -> Result<R> {
+        if self.synced(sync_sets::REGS) {
+            return Ok(f(&self.fd.sync_regs_mut().regs));
+        }
+        self.with_fetched_regs(f)
+    }
+
+    /// [`KvmVcpu::with_current_regs`] by `KVM_GET_REGS` (out of line: a
+    /// `kvm_regs` on the stack of every state read otherwise).
+    #[cold]
+    #[inline(never)]
+    fn with_fetched_regs<R>(&mut self, f: impl FnOnce(&kvm_regs) -> R) -> Result<R> {
+        self.ioctls += 1;
+        let r = self.fd.get_regs().map_err(|e| Error::kvm_errno("KVM_GET_REGS", e))?;
+        Ok(f(&r))
     }
 
     /// The current events, like [`KvmVcpu::current_sregs`].
@@ -164,14 +193,7 @@ impl KvmVcpu {
 
     pub(super) fn load_code_regs(&mut self) -> Result<CodeRegs> {
         self.sync.want(Parts::CODE);
-        let (rip, rcx, rdx) = if self.synced(sync_sets::REGS) {
-            let r = &self.fd.sync_regs_mut().regs;
-            (r.rip, r.rcx, r.rdx)
-        } else {
-            self.ioctls += 1;
-            let r = self.fd.get_regs().map_err(|e| Error::kvm_errno("KVM_GET_REGS", e))?;
-            (r.rip, r.rcx, r.rdx)
-        };
+        let (rip, rcx, rdx) = self.with_current_regs(|r| (r.rip, r.rcx, r.rdx))?;
         let s = self.current_sregs()?;
         Ok(CodeRegs {
             rip,
@@ -188,13 +210,7 @@ impl KvmVcpu {
 
     pub(super) fn load_parts(&mut self, parts: Parts, state: &mut State, xsave: &mut Xsave) -> Result<()> {
         if parts.intersects(Parts::GPRS) {
-            if self.synced(sync_sets::REGS) {
-                convert::gprs_from_kvm(&self.fd.sync_regs_mut().regs, &mut state.gprs);
-            } else {
-                self.ioctls += 1;
-                let regs = self.fd.get_regs().map_err(|e| Error::kvm_errno("KVM_GET_REGS", e))?;
-                convert::gprs_from_kvm(&regs, &mut state.gprs);
-            }
+            self.with_current_regs(|r| convert::gprs_from_kvm(r, &mut state.gprs))?;
         }
         if parts.intersects(Parts::SEGS | Parts::CS | Parts::CR | Parts::EFER) {
             self.current_sregs()?;
@@ -211,6 +227,16 @@ impl KvmVcpu {
                 state.msrs[Msr::Efer] = s.efer;
             }
         }
+        if parts.intersects(Parts::XCR0 | Parts::MSRS | Parts::DRS | Parts::FPU) {
+            self.load_by_ioctl(parts, state, xsave)?;
+        }
+        Ok(())
+    }
+
+    /// The parts of `load_parts` not in `kvm_run`, one ioctl each (out of
+    /// line: their buffers would sit on the stack of every state read).
+    #[inline(never)]
+    fn load_by_ioctl(&mut self, parts: Parts, state: &mut State, xsave: &mut Xsave) -> Result<()> {
         if parts.intersects(Parts::XCR0) {
             self.ioctls += 1;
             let x = self.fd.get_xcrs().map_err(|e| Error::kvm_errno("KVM_GET_XCRS", e))?;
@@ -267,6 +293,37 @@ impl KvmVcpu {
     }
 
     pub(super) fn store_parts(&mut self, parts: Parts, state: &State, xsave: &Xsave) -> Result<()> {
+        if parts.intersects(Parts::XCR0 | Parts::MSRS | Parts::DRS | Parts::FPU) {
+            self.store_by_ioctl(parts, state, xsave)?;
+        }
+        if parts.intersects(Parts::GPRS) {
+            self.fd.sync_regs_mut().regs = convert::gprs_to_kvm(&state.gprs);
+            self.add_dirty(sync_sets::REGS);
+        }
+        if parts.intersects(Parts::SEGS | Parts::CR | Parts::EFER) {
+            let mut s = *self.current_sregs()?;
+            if parts.intersects(Parts::SEGS) {
+                convert::segs_into_kvm(&state.segs, &mut s);
+            }
+            if parts.intersects(Parts::CR) {
+                convert::crs_into_kvm(&state.crs, &mut s);
+                // Without an in-kernel LAPIC KVM reloads the TPR from
+                // kvm_run.cr8 after the sync registers.
+                self.fd.get_kvm_run().cr8 = s.cr8;
+            }
+            if parts.intersects(Parts::EFER) {
+                s.efer = state.msrs[Msr::Efer];
+            }
+            self.fd.sync_regs_mut().sregs = s;
+            self.add_dirty(sync_sets::SREGS);
+        }
+        Ok(())
+    }
+
+    /// The parts of `store_parts` not in `kvm_run`, one ioctl each, in the
+    /// order KVM needs (out of line, as `load_by_ioctl`).
+    #[inline(never)]
+    fn store_by_ioctl(&mut self, parts: Parts, state: &State, xsave: &Xsave) -> Result<()> {
         // The order KVM needs: XCR0 before the XSAVE area that uses it.
         if parts.intersects(Parts::XCR0) {
             let x = state.crs[Cr::Xcr0];
@@ -290,27 +347,6 @@ impl KvmVcpu {
         }
         if parts.intersects(Parts::FPU) {
             self.store_xsave(xsave)?;
-        }
-        if parts.intersects(Parts::GPRS) {
-            self.fd.sync_regs_mut().regs = convert::gprs_to_kvm(&state.gprs);
-            self.add_dirty(sync_sets::REGS);
-        }
-        if parts.intersects(Parts::SEGS | Parts::CR | Parts::EFER) {
-            let mut s = *self.current_sregs()?;
-            if parts.intersects(Parts::SEGS) {
-                convert::segs_into_kvm(&state.segs, &mut s);
-            }
-            if parts.intersects(Parts::CR) {
-                convert::crs_into_kvm(&state.crs, &mut s);
-                // Without an in-kernel LAPIC KVM reloads the TPR from
-                // kvm_run.cr8 after the sync registers.
-                self.fd.get_kvm_run().cr8 = s.cr8;
-            }
-            if parts.intersects(Parts::EFER) {
-                s.efer = state.msrs[Msr::Efer];
-            }
-            self.fd.sync_regs_mut().sregs = s;
-            self.add_dirty(sync_sets::SREGS);
         }
         Ok(())
     }

@@ -145,6 +145,27 @@ impl KvmVcpu {
         Ok(RunResult::Exit(record))
     }
 
+    /// [`VcpuBackend::prepare_thread`] for a thread other than the last
+    /// one: its signal mask decides how the kick reaches it.
+    #[cold]
+    #[inline(never)]
+    fn prepare_new_thread(&mut self, tid: i32, signal: i32) -> Result<()> {
+        let mask = SignalMask::of_this_thread();
+        if mask.blocks(signal) {
+            // The thread blocks the kick signal: let it through during runs
+            // only, and consume it after an interrupted run.
+            self.set_signal_mask(Some(mask.without(signal)))?;
+            self.drain_signal = Some(signal);
+        } else {
+            if self.mask_active {
+                self.set_signal_mask(None)?;
+            }
+            self.drain_signal = None;
+        }
+        self.mask_thread = tid;
+        Ok(())
+    }
+
     /// Consumes a kick signal the thread blocks outside runs (see
     /// [`VcpuBackend::prepare_thread`]).
     fn drain_kick(&mut self) {
@@ -282,20 +303,7 @@ impl VcpuBackend for KvmVcpu {
         if tid == self.mask_thread {
             return Ok(());
         }
-        let mask = SignalMask::of_this_thread();
-        if mask.blocks(signal) {
-            // The thread blocks the kick signal: let it through during runs
-            // only, and consume it after an interrupted run.
-            self.set_signal_mask(Some(mask.without(signal)))?;
-            self.drain_signal = Some(signal);
-        } else {
-            if self.mask_active {
-                self.set_signal_mask(None)?;
-            }
-            self.drain_signal = None;
-        }
-        self.mask_thread = tid;
-        Ok(())
+        self.prepare_new_thread(tid, signal)
     }
 
     fn run(&mut self) -> Result<RunResult> {

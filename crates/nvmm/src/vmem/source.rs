@@ -149,6 +149,7 @@ impl WindowSource {
     /// Whether the window at `linear` holds the bytes of `window` now, under
     /// the conditions of [`WindowSource::reread`] (compared piece by piece,
     /// without building a window).
+    #[inline(always)]
     pub(crate) fn holds(&self, linear: u64, regs: &PagingRegs, generation: u64, window: &Window) -> bool {
         if window.lengths() != (self.back, 15) || !self.translates(linear, regs, generation) {
             return false;
@@ -175,7 +176,7 @@ impl WindowSource {
     /// Whether `linear` still translates to the recorded pieces: same
     /// address, paging registers and memory map, and every page-table entry
     /// the walk read still holds its value.
-    #[inline]
+    #[inline(always)]
     fn translates(&self, linear: u64, regs: &PagingRegs, generation: u64) -> bool {
         if linear != self.linear || generation != self.generation || *regs != self.regs {
             return false;

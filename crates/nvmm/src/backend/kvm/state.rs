@@ -191,6 +191,7 @@ impl KvmVcpu {
         Ok(&self.fd.sync_regs_mut().events)
     }
 
+    #[inline]
     pub(super) fn load_code_regs(&mut self) -> Result<CodeRegs> {
         self.sync.want(Parts::CODE);
         let (rip, rcx, rdx) = self.with_current_regs(|r| (r.rip, r.rcx, r.rdx))?;
@@ -208,6 +209,7 @@ impl KvmVcpu {
         })
     }
 
+    #[inline]
     pub(super) fn load_parts(&mut self, parts: Parts, state: &mut State, xsave: &mut Xsave) -> Result<()> {
         if parts.intersects(Parts::GPRS) {
             self.with_current_regs(|r| convert::gprs_from_kvm(r, &mut state.gprs))?;
@@ -292,6 +294,7 @@ impl KvmVcpu {
         Ok(())
     }
 
+    #[inline]
     pub(super) fn store_parts(&mut self, parts: Parts, state: &State, xsave: &Xsave) -> Result<()> {
         if parts.intersects(Parts::XCR0 | Parts::MSRS | Parts::DRS | Parts::FPU) {
             self.store_by_ioctl(parts, state, xsave)?;

@@ -326,6 +326,7 @@ impl VcpuBackend for KvmVcpu {
         self.sync.want(parts);
     }
 
+    #[inline]
     fn code_regs(&mut self) -> Result<crate::x86::mode::CodeRegs> {
         self.load_code_regs()
     }

@@ -689,6 +689,43 @@ fn nmi_injection_and_nmi_window() {
     assert_eq!(read_u32(&g, 0x2000) & 0xff, 0x20, "the NMI handler ran");
 }
 
+/// The NMI window opens at the handler's IRET, not while NMIs are blocked:
+/// an exit from inside the handler comes first. Armed by the program in
+/// the same run as an NMI it injects, the window waits for that NMI too;
+/// armed alone, it opens as the guest is entered.
+#[test]
+fn the_nmi_window_waits_for_the_nmi_handler() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0x90, 0x90, 0xf4]); // nop ; nop ; hlt
+    // NMI handler at 0x1900: out 0x10,al ; iret
+    g.machine.write_gpa(0x1900, &[0xe6, 0x10, 0xcf]).unwrap();
+    ivt(&g, 2, 0x1900);
+    for armed_by_program in [false, true] {
+        g.vcpu
+            .update(StateMask::GPRS | StateMask::INTR, |s| {
+                s.gprs[Gpr::Rip] = CODE;
+                if armed_by_program {
+                    s.intr.set_nmi_window_exiting(true);
+                }
+            })
+            .unwrap();
+        g.vcpu.inject(Event::nmi()).unwrap();
+        assert_eq!(next_reason(&mut g.vcpu), reason::IO, "the handler's OUT first ({armed_by_program})");
+        let (window, halt) = (next_reason(&mut g.vcpu), next_reason(&mut g.vcpu));
+        assert_eq!((window, halt), (reason::NMI_READY, reason::HALTED), "{armed_by_program}");
+    }
+    // Armed with no NMI in the way: the exit comes as the guest is
+    // entered, before any instruction.
+    g.vcpu
+        .update(StateMask::GPRS | StateMask::INTR, |s| {
+            s.gprs[Gpr::Rip] = CODE;
+            s.intr.set_nmi_window_exiting(true);
+        })
+        .unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::NMI_READY);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE, "no instruction ran");
+}
+
 #[test]
 fn exception_injection_pushes_error_code() {
     nvmm_testkit::kvm_or_skip!();

@@ -119,8 +119,9 @@ impl Vcpu {
         let tpr = self.backend.tpr();
         let tpr_changed = tpr != self.last_tpr;
         self.last_tpr = tpr;
-        if (self.conf.tpr_exit && (tpr_changed || record == ExitRecord::TprChanged)) || self.windows.nmi {
-            return self.report_before(record, tpr_changed);
+        let tpr_report = self.conf.tpr_exit && (tpr_changed || record == ExitRecord::TprChanged);
+        if tpr_report || self.windows.nmi {
+            return self.report_before(record, tpr_report);
         }
         Ok(record)
     }
@@ -172,15 +173,17 @@ impl Vcpu {
         reported
     }
 
-    /// A TPR change or an open NMI window the program asked to hear of,
-    /// reported before `record` (kept for the next run); else `record`.
+    /// A TPR change to report (`tpr_report`), or else the NMI window the
+    /// program armed if it is open, reported before `record` (kept for the
+    /// next run); else `record`. (A run's exit is never `NmiReady`: the
+    /// library makes those, before entering.)
     #[cold]
     #[inline(never)]
-    fn report_before(&mut self, record: ExitRecord, tpr_changed: bool) -> Result<ExitRecord> {
-        if self.conf.tpr_exit && (tpr_changed || record == ExitRecord::TprChanged) {
+    fn report_before(&mut self, record: ExitRecord, tpr_report: bool) -> Result<ExitRecord> {
+        if tpr_report {
             return Ok(self.report_first(ExitRecord::TprChanged, record));
         }
-        if self.windows.nmi && record != ExitRecord::NmiReady && self.nmi_window_open()? {
+        if self.windows.nmi && self.nmi_window_open()? {
             self.set_nmi_window(false);
             return Ok(self.report_first(ExitRecord::NmiReady, record));
         }

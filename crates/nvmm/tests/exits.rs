@@ -810,6 +810,31 @@ fn emulation_failure_carries_the_bytes() {
     assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE, "RIP still at the instruction");
 }
 
+/// A VCPU created before its siblings shows the machine's VCPU count at
+/// its first run, not the count when it was created, and keeps that table
+/// after (as NetBSD, which sets CPUID once) (CPUID leaf
+/// 0x80000008 ECX[7:0] is the count less one; leaf 1, which counts them
+/// too, is the host's own on some hosts).
+#[test]
+fn cpuid_counts_the_vcpus_there_are_at_the_first_run() {
+    nvmm_testkit::kvm_or_skip!();
+    let code = [
+        0xb8, 0x08, 0x00, 0x00, 0x80, //       mov eax,0x80000008
+        0x0f, 0xa2, //                         cpuid
+        0x89, 0x0d, 0x00, 0x20, 0x00, 0x00, // mov DWORD PTR ds:0x2000,ecx
+        0xf4, //                               hlt
+    ];
+    let mut g = protected_mode(&code);
+    let _siblings: Vec<_> = (1..4).map(|id| g.machine.create_vcpu(id).unwrap()).collect();
+    run_to_halt(&mut g.vcpu);
+    assert_eq!(read_u32(&g, 0x2000) & 0xff, 3, "four VCPUs");
+    // One more after the first run: the table the guest saw stays.
+    let _late = g.machine.create_vcpu(4).unwrap();
+    g.vcpu.update(StateMask::GPRS, |s| s.gprs[Gpr::Rip] = CODE).unwrap();
+    run_to_halt(&mut g.vcpu);
+    assert_eq!(read_u32(&g, 0x2000) & 0xff, 3, "fixed at the first run");
+}
+
 #[test]
 fn cpuid_is_nvmms_and_masks_apply() {
     nvmm_testkit::kvm_or_skip!();

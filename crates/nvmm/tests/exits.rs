@@ -689,6 +689,20 @@ fn nmi_injection_and_nmi_window() {
     assert_eq!(read_u32(&g, 0x2000) & 0xff, 0x20, "the NMI handler ran");
 }
 
+/// A HLT with interrupts off does not open an armed interrupt window: the
+/// window stays armed (it is disarmed when a HLT exits with IF set, where
+/// the guest waits for exactly that interrupt).
+#[test]
+fn a_hlt_with_interrupts_off_keeps_the_interrupt_window_armed() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xfa, 0xf4]); // cli ; hlt
+    g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_window_exiting(true)).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert!(g.vcpu.exit_state().unwrap().int_window_exiting, "still armed");
+    g.vcpu.get_state(StateMask::INTR).unwrap();
+    assert!(g.vcpu.state().intr.int_window_exiting(), "still armed in the state");
+}
+
 /// The NMI window opens at the handler's IRET, not while NMIs are blocked:
 /// an exit from inside the handler comes first. Armed by the program in
 /// the same run as an NMI it injects, the window waits for that NMI too;

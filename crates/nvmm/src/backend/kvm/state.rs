@@ -191,6 +191,9 @@ impl KvmVcpu {
         Ok(&self.fd.sync_regs_mut().events)
     }
 
+    /// The registers that locate the code at RIP
+    /// ([`VcpuBackend::code_regs`](crate::backend::VcpuBackend::code_regs)),
+    /// read from `kvm_run` without converting the rest of the state.
     #[inline]
     pub(super) fn load_code_regs(&mut self) -> Result<CodeRegs> {
         self.sync.want(Parts::CODE);

@@ -102,13 +102,10 @@ impl Vcpu {
     /// Readies the backend's debug settings for the next run: the
     /// debugger's, plus the library's own steps. Returns a software
     /// breakpoint the VCPU sits on in real mode (reported without
-    /// running).
+    /// running). The run calls it only while [`Vcpu::debugging`].
     #[cold]
     #[inline(never)]
     pub(super) fn prepare_debug_run(&mut self) -> Result<Option<ExitRecord>> {
-        if !self.debugging() {
-            return Ok(None);
-        }
         let mut eff = self.debug.user;
         let mut internal = false;
         let step_over = self.debug.step_over.take();

@@ -336,10 +336,8 @@ impl Vcpu {
                         && !f.emulated
                         && matches!(f.exit, ExitRecord::Io { .. } | ExitRecord::Memory { .. }) =>
                 {
-                    if !f.finished && self.cache.dirty.intersects(Parts::GPRS) {
-                        let f = *f;
-                        self.complete_inflight(&f)?;
-                    }
+                    let (exit, finished) = (f.exit, f.finished);
+                    self.complete_inflight(exit, finished)?;
                     self.inflight = None;
                     return Ok(Settled::Enter);
                 }
@@ -414,7 +412,7 @@ impl Vcpu {
         let emulated_by_vmm = self.cache.dirty.intersects(Parts::GPRS);
         let complete = f.answered || (!dropped && !emulated_by_vmm && self.conf.unanswered == Unanswered::Complete);
         if complete {
-            self.complete_inflight(&f)?;
+            self.complete_inflight(f.exit, f.finished)?;
         } else if changed || dropped || matches!(f.exit, ExitRecord::Io { .. } | ExitRecord::Halted) {
             self.cancel_inflight(&f)?;
         } else if matches!(f.exit, ExitRecord::Memory { .. }) {
@@ -425,14 +423,22 @@ impl Vcpu {
         Ok(Settled::Enter)
     }
 
-    /// KVM finishes the instruction in the run; the program's changes to
-    /// the registers go in after it.
-    #[inline(never)]
-    fn complete_inflight(&mut self, f: &Inflight) -> Result<()> {
-        if f.finished || !self.cache.dirty.intersects(Parts::GPRS) {
+    /// KVM finishes the instruction behind `exit` in the run (unless it
+    /// is `finished`); the program's changes to the registers go in after
+    /// it.
+    #[inline]
+    fn complete_inflight(&mut self, exit: ExitRecord, finished: bool) -> Result<()> {
+        if finished || !self.cache.dirty.intersects(Parts::GPRS) {
             return Ok(());
         }
-        if self.gprs_survive_completion(f)? {
+        self.complete_under_program_gprs(exit)
+    }
+
+    /// [`Vcpu::complete_inflight`] when the program set the registers (out
+    /// of line: the common run stores none).
+    #[inline(never)]
+    fn complete_under_program_gprs(&mut self, exit: ExitRecord) -> Result<()> {
+        if self.gprs_survive_completion(exit)? {
             return Ok(());
         }
         self.finish_inflight("completing the last exit")
@@ -442,8 +448,8 @@ impl Vcpu {
     /// instruction gives the same result as storing them after: true for
     /// plain IN and OUT when RIP is past the instruction (KVM then skips
     /// its completion, or repeats exactly what the registers say).
-    fn gprs_survive_completion(&mut self, f: &Inflight) -> Result<bool> {
-        let ExitRecord::Io { is_in, size, .. } = f.exit else { return Ok(false) };
+    fn gprs_survive_completion(&mut self, exit: ExitRecord) -> Result<bool> {
+        let ExitRecord::Io { is_in, size, .. } = exit else { return Ok(false) };
         let site = self.io_site()?;
         if site.insn.string {
             return Ok(false);

@@ -135,26 +135,31 @@ impl WindowSource {
         if !self.translates(linear, regs, generation) {
             return None;
         }
-        Some(Window::filled(self.back, 15, |bytes| {
-            let mut at = 0;
-            for p in &self.pieces {
-                p.read(&mut bytes[at..]);
-                at += p.len;
-            }
-        }))
+        let now = self.bytes_now();
+        Some(Window::filled(self.back, 15, |bytes| bytes.copy_from_slice(&now[..bytes.len()])))
     }
-}
 
-impl WindowSource {
     /// Whether the window at `linear` holds the bytes of `window` now, under
-    /// the conditions of [`WindowSource::reread`] (compared piece by piece,
+    /// the conditions of [`WindowSource::reread`] (compared in place,
     /// without building a window).
     #[inline(always)]
     pub(crate) fn holds(&self, linear: u64, regs: &PagingRegs, generation: u64, window: &Window) -> bool {
         if window.lengths() != (self.back, 15) || !self.translates(linear, regs, generation) {
             return false;
         }
-        let now = match self.pieces.as_slice() {
+        let now = self.bytes_now();
+        // Both zero beyond the window's `back + 15` bytes: one compare of
+        // fixed length, as two overlapping 16-byte words.
+        let w = window.padded();
+        let word = |b: &[u8; 30], at: usize| u128::from_le_bytes(b[at..at + 16].try_into().unwrap_or_default());
+        word(&now, 0) == word(w, 0) && word(&now, 14) == word(w, 14)
+    }
+
+    /// The window's bytes as the pieces hold them now, then zeros (one
+    /// inline copy when they are one piece).
+    #[inline(always)]
+    fn bytes_now(&self) -> [u8; 30] {
+        match self.pieces.as_slice() {
             [p] if p.len == 30 => p.region.read_array::<30>(p.offset),
             pieces => {
                 let mut now = [0u8; 30];
@@ -165,12 +170,7 @@ impl WindowSource {
                 }
                 now
             }
-        };
-        // Both zero beyond the window's `back + 15` bytes: one compare of
-        // fixed length, as two overlapping 16-byte words.
-        let w = window.padded();
-        let word = |b: &[u8; 30], at: usize| u128::from_le_bytes(b[at..at + 16].try_into().unwrap_or_default());
-        word(&now, 0) == word(w, 0) && word(&now, 14) == word(w, 14)
+        }
     }
 
     /// Whether `linear` still translates to the recorded pieces: same

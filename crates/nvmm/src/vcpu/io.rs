@@ -101,26 +101,18 @@ impl Vcpu {
 
     /// The paging registers of `state`, for the walker.
     pub(super) fn paging_of(&self, s: &State) -> PagingRegs {
-        PagingRegs {
-            cr0: s.crs[Cr::Cr0],
-            cr3: s.crs[Cr::Cr3],
-            cr4: s.crs[Cr::Cr4],
-            efer: s.msrs[Msr::Efer],
-            phys_bits: self.conf.phys_bits,
-            gib_pages: self.conf.gib_pages,
-        }
+        self.paging(s.crs[Cr::Cr0], s.crs[Cr::Cr3], s.crs[Cr::Cr4], s.msrs[Msr::Efer])
     }
 
     /// The paging registers of `code`, for the walker.
     fn paging_of_code(&self, code: &CodeRegs) -> PagingRegs {
-        PagingRegs {
-            cr0: code.cr0,
-            cr3: code.cr3,
-            cr4: code.cr4,
-            efer: code.efer,
-            phys_bits: self.conf.phys_bits,
-            gib_pages: self.conf.gib_pages,
-        }
+        self.paging(code.cr0, code.cr3, code.cr4, code.efer)
+    }
+
+    /// These control registers and EFER with what this VCPU's CPUID says
+    /// about physical addresses and 1 GiB pages.
+    fn paging(&self, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> PagingRegs {
+        PagingRegs { cr0, cr3, cr4, efer, phys_bits: self.conf.phys_bits, gib_pages: self.conf.gib_pages }
     }
 
     /// Where the I/O instruction of the last (or queued) I/O exit is;

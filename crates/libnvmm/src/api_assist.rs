@@ -21,7 +21,7 @@ pub extern "C" fn nvmm_assist_io(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) ->
         let vp = non_null(vcpu)?;
         // SAFETY: non-null; the caller's `struct nvmm_vcpu`.
         let (id, cb) = unsafe { ((*vp).cpuid, (*vp).cbs.io) };
-        with_vcpu_of(mach, id, |machid, v| {
+        with_vcpu_of(mach, id, |ctx, v| {
             let cb = cb.ok_or(libc::EINVAL)?;
             check(v.assist_io(|req| {
                 let mut io = NvmmIo {
@@ -34,7 +34,7 @@ pub extern "C" fn nvmm_assist_io(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) ->
                 };
                 // SAFETY: the program's callback, with a descriptor valid for
                 // the call (`data` points at `size` bytes).
-                in_callback(machid, req.vcpu(), || unsafe { cb(&mut io) });
+                in_callback(ctx, req.vcpu(), || unsafe { cb(&mut io) });
             }))
             .map(drop)
         })
@@ -52,7 +52,7 @@ pub extern "C" fn nvmm_assist_mem(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -
         let vp = non_null(vcpu)?;
         // SAFETY: non-null; the caller's `struct nvmm_vcpu`.
         let (id, cb) = unsafe { ((*vp).cpuid, (*vp).cbs.mem) };
-        with_vcpu_of(mach, id, |machid, v| {
+        with_vcpu_of(mach, id, |ctx, v| {
             let cb = cb.ok_or(libc::EINVAL)?;
             check(v.assist_mem(|req| {
                 let mut mem = NvmmMem {
@@ -64,7 +64,7 @@ pub extern "C" fn nvmm_assist_mem(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -
                     data: req.data.as_mut_ptr(),
                 };
                 // SAFETY: as in `nvmm_assist_io`.
-                in_callback(machid, req.vcpu(), || unsafe { cb(&mut mem) });
+                in_callback(ctx, req.vcpu(), || unsafe { cb(&mut mem) });
             }))
             .map(drop)
         })

@@ -37,7 +37,7 @@ pub extern "C" fn nvmm_machine_create(mach: *mut NvmmMachine) -> c_int {
 pub extern "C" fn nvmm_machine_destroy(mach: *mut NvmmMachine) -> c_int {
     entry(|| {
         let ctx = handles::machine(mach)?;
-        if handles::in_callback_of_machine(ctx.machine.id()) {
+        if ctx.in_callback_here() {
             return Err(libc::EBUSY);
         }
         handles::remove_machine(ctx.machine.id());

@@ -185,9 +185,12 @@ pub extern "C" fn nvmm_vcpu_run(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) -> 
             let comm = v.comm_page();
             // SAFETY: the VCPU's live comm page; `stop` and `event_commit`
             // are atomic, `event` is copied (another thread writing it
-            // meanwhile is the program's race, as on NetBSD).
+            // meanwhile is the program's race, as on NetBSD). The commit
+            // flag is read first and swapped (a locked instruction) only
+            // when set.
             let (stop, posted) = unsafe {
-                let posted = (*comm).event_commit.swap(false, Ordering::SeqCst);
+                let commit = &(*comm).event_commit;
+                let posted = commit.load(Ordering::SeqCst) && commit.swap(false, Ordering::SeqCst);
                 (
                     (*comm).stop.load(Ordering::SeqCst) != 0,
                     posted.then(|| std::ptr::read_volatile(&raw const (*comm).event)),

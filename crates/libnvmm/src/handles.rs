@@ -10,14 +10,14 @@
 //! they never wait for a running VCPU.
 //!
 //! Calls on a VCPU from inside one of its own assist callbacks reach it
-//! through the callback (which holds it) instead of its lock: the callback
-//! records the VCPU for its thread, and a call on that same VCPU from that
-//! thread uses it.
+//! through the callback (which holds it) instead of its lock: the assist
+//! marks the VCPU as lent to its thread for the callback's duration, and a
+//! call on that same VCPU from that thread uses it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use nvmm::netbsd::CommPage;
@@ -94,6 +94,14 @@ pub(crate) struct VcpuCtx {
     /// Being destroyed: runs that have not started are refused.
     dying: AtomicBool,
     handle: nvmm::VcpuHandle,
+    /// The thread (`pthread_self`) inside one of this VCPU's assist
+    /// callbacks, 0 when none: only that thread ever reads its own id here
+    /// (a live thread's id is unique), so the marker costs two plain stores
+    /// per callback where a global count and a thread-local record cost two
+    /// locked instructions and a thread-local lookup.
+    lent_to: AtomicUsize,
+    /// The VCPU that callback's assist holds, valid while `lent_to` is set.
+    lent: AtomicPtr<Vcpu>,
 }
 
 // SAFETY: `comm` points to the VCPU's comm page, which lives as long as the
@@ -107,12 +115,32 @@ impl VcpuCtx {
     pub(crate) fn new(vcpu: Vcpu) -> VcpuCtx {
         let comm = vcpu.comm_page();
         let handle = vcpu.handle();
-        VcpuCtx { vcpu: Mutex::new(vcpu), comm, dying: AtomicBool::new(false), handle }
+        VcpuCtx {
+            vcpu: Mutex::new(vcpu),
+            comm,
+            dying: AtomicBool::new(false),
+            handle,
+            lent_to: AtomicUsize::new(0),
+            lent: AtomicPtr::new(std::ptr::null_mut()),
+        }
     }
 
     pub(crate) fn dying(&self) -> bool {
         self.dying.load(Ordering::SeqCst)
     }
+
+    /// The VCPU, when an assist lent it to a callback on this thread.
+    fn lent_here(&self) -> Option<*mut Vcpu> {
+        let t = self.lent_to.load(Ordering::Acquire);
+        (t != 0 && t == this_thread()).then(|| self.lent.load(Ordering::Relaxed))
+    }
+}
+
+/// The calling thread's id, as `pthread_self` gives it (no system call, no
+/// thread-local lookup).
+fn this_thread() -> usize {
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    unsafe { libc::pthread_self() as usize }
 }
 
 /// A machine, its VCPUs and the `pages` array the C struct points to.
@@ -161,12 +189,18 @@ impl MachineCtx {
     /// Every VCPU, in id order, locked; `EBUSY` when one is running on
     /// another thread or this thread is inside an assist callback.
     pub(crate) fn lock_all(&self) -> CResult<Vec<(u32, Arc<VcpuCtx>)>> {
-        if in_callback_of_machine(self.machine.id()) {
+        if self.in_callback_here() {
             return Err(libc::EBUSY);
         }
         let mut all: Vec<(u32, Arc<VcpuCtx>)> = lock(&self.vcpus).iter().map(|(&i, v)| (i, v.clone())).collect();
         all.sort_by_key(|(i, _)| *i);
         Ok(all)
+    }
+
+    /// Whether this thread is inside an assist callback of one of this
+    /// machine's VCPUs.
+    pub(crate) fn in_callback_here(&self) -> bool {
+        lock(&self.vcpus).values().any(|v| v.lent_here().is_some())
     }
 
     /// The array for `mach->pages`.
@@ -193,10 +227,13 @@ impl MachineCtx {
     /// then destroys it. A run that starts afterwards on another thread
     /// fails with `ENOENT`.
     pub(crate) fn remove_vcpu(&self, id: u32) -> CResult<()> {
-        if in_callback_of(self.machine.id(), id) {
-            return Err(libc::EBUSY);
-        }
-        let ctx = lock(&self.vcpus).remove(&id).ok_or(libc::ENOENT)?;
+        let ctx = {
+            let mut vcpus = lock(&self.vcpus);
+            if vcpus.get(&id).is_some_and(|v| v.lent_here().is_some()) {
+                return Err(libc::EBUSY);
+            }
+            vcpus.remove(&id).ok_or(libc::ENOENT)?
+        };
         REMOVALS.fetch_add(1, Ordering::SeqCst);
         if (id as usize) < self.npages {
             // SAFETY: in bounds of the array from `new`.
@@ -284,15 +321,11 @@ thread_local! {
 pub(crate) fn with_vcpu_of<R>(
     mach: *mut NvmmMachine,
     cpuid: u32,
-    f: impl FnOnce(u32, &mut Vcpu) -> CResult<R>,
+    f: impl FnOnce(&VcpuCtx, &mut Vcpu) -> CResult<R>,
 ) -> CResult<R> {
     let m = non_null(mach)?;
     // SAFETY: non-null; the caller passes a `struct nvmm_machine`.
     let (machid, pages) = unsafe { ((*m).machid, (*m).pages) };
-    if current_callback().is_some() {
-        // Perhaps this very VCPU, lent to the callback: `with_vcpu` tells.
-        return with_vcpu(&*machine(mach)?, cpuid, |v| f(machid, v));
-    }
     let removals = REMOVALS.load(Ordering::SeqCst);
     let known = REMEMBERED.with_borrow(|r| {
         r.as_ref()
@@ -307,7 +340,20 @@ pub(crate) fn with_vcpu_of<R>(
             v
         }
     };
-    run_locked(&v, |g| f(machid, g))
+    use_vcpu(&v, |g| f(&v, g))
+}
+
+/// Runs `f` on a VCPU: through the assist callback that holds it when
+/// called from inside one on this thread, else under its lock.
+fn use_vcpu<R>(v: &VcpuCtx, f: impl FnOnce(&mut Vcpu) -> CResult<R>) -> CResult<R> {
+    if let Some(p) = v.lent_here() {
+        // SAFETY: the pointer is the `&mut Vcpu` the assist lent to the
+        // callback this thread is inside (see `in_callback`); nothing else
+        // uses that borrow until the callback returns, and `f` runs within
+        // it.
+        return f(unsafe { &mut *p });
+    }
+    run_locked(v, f)
 }
 
 /// Runs `f` on a VCPU under its lock; `ENOENT` when it is being destroyed.
@@ -319,69 +365,23 @@ fn run_locked<R>(v: &VcpuCtx, f: impl FnOnce(&mut Vcpu) -> CResult<R>) -> CResul
     f(&mut g)
 }
 
-/// The VCPU an assist callback on this thread is serving.
-#[derive(Clone, Copy)]
-struct InCallback {
-    machid: u32,
-    cpuid: u32,
-    vcpu: *mut Vcpu,
-}
-
-thread_local! {
-    static IN_CALLBACK: Cell<Option<InCallback>> = const { Cell::new(None) };
-}
-
-/// Threads inside an assist callback now: while none is, no lookup needs
-/// the thread-local record (it costs more than the rest of a call).
-static CALLBACKS: AtomicUsize = AtomicUsize::new(0);
-
-fn current_callback() -> Option<InCallback> {
-    if CALLBACKS.load(Ordering::SeqCst) == 0 {
-        return None;
+/// Calls a C callback with `vcpu` (the VCPU of `ctx`, which the running
+/// assist holds) lent to this thread, so that calls on it from the callback
+/// reach it. The marker is undone even if `f` unwinds.
+pub(crate) fn in_callback<R>(ctx: &VcpuCtx, vcpu: &mut Vcpu, f: impl FnOnce() -> R) -> R {
+    /// Puts back what `lent_to` and `lent` held before.
+    struct Restore<'a> {
+        ctx: &'a VcpuCtx,
+        outer: (usize, *mut Vcpu),
     }
-    IN_CALLBACK.get()
-}
-
-/// Whether this thread is inside an assist callback of a VCPU of machine
-/// `machid`.
-pub(crate) fn in_callback_of_machine(machid: u32) -> bool {
-    current_callback().is_some_and(|c| c.machid == machid)
-}
-
-fn in_callback_of(machid: u32, cpuid: u32) -> bool {
-    current_callback().is_some_and(|c| c.machid == machid && c.cpuid == cpuid)
-}
-
-/// Runs `f` on VCPU `cpuid` of `ctx`: through the assist callback that
-/// holds it when called from inside one on this thread, else under its
-/// lock. `ENOENT` when it is being destroyed.
-pub(crate) fn with_vcpu<R>(ctx: &MachineCtx, cpuid: u32, f: impl FnOnce(&mut Vcpu) -> CResult<R>) -> CResult<R> {
-    if let Some(c) = current_callback()
-        && c.machid == ctx.machine.id()
-        && c.cpuid == cpuid
-    {
-        // SAFETY: the pointer comes from the `&mut Vcpu` the assist lent to
-        // the callback this thread is inside (see `in_callback`); nothing
-        // else uses that borrow until the callback returns, and `f` runs
-        // within it.
-        return f(unsafe { &mut *c.vcpu });
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.ctx.lent.store(self.outer.1, Ordering::Relaxed);
+            self.ctx.lent_to.store(self.outer.0, Ordering::Release);
+        }
     }
-    run_locked(&*ctx.vcpu(cpuid)?, f)
-}
-
-/// Calls a C callback with `vcpu` recorded as this thread's VCPU in a
-/// callback, so that calls on it from the callback reach it.
-pub(crate) fn in_callback<R>(machid: u32, vcpu: &mut Vcpu, f: impl FnOnce() -> R) -> R {
-    let me = InCallback { machid, cpuid: vcpu.id(), vcpu };
-    CALLBACKS.fetch_add(1, Ordering::SeqCst);
-    // One thread-local lookup for both (each costs a call in a shared
-    // library).
-    let r = IN_CALLBACK.with(|slot| {
-        let outer = slot.replace(Some(me));
-        let r = f();
-        slot.set(outer);
-        r
-    });
-    CALLBACKS.fetch_sub(1, Ordering::SeqCst);
-    r
+    let _restore = Restore { ctx, outer: (ctx.lent_to.load(Ordering::Relaxed), ctx.lent.load(Ordering::Relaxed)) };
+    ctx.lent.store(vcpu, Ordering::Relaxed);
+    ctx.lent_to.store(this_thread(), Ordering::Release);
+    f()
 }

@@ -222,6 +222,10 @@ pub(crate) trait VcpuBackend: Send {
     /// (what `load` of [`Parts::CODE`] reads, without converting the rest).
     fn code_regs(&mut self) -> Result<crate::x86::mode::CodeRegs>;
 
+    /// RFLAGS as the backend has it now (what `load` of [`Parts::GPRS`]
+    /// reads for it, without converting the other registers).
+    fn rflags(&mut self) -> Result<u64>;
+
     /// Stores `parts` of `state` and `xsave` for the next run. XCR0 and the
     /// MXCSR mask must already be within what the host allows.
     fn store(&mut self, parts: Parts, state: &State, xsave: &Xsave) -> Result<()>;

@@ -71,10 +71,8 @@ pub(crate) enum ExitRecord {
     /// is kept beside the record (which is copied at every exit and stays
     /// small without it): [`VcpuBackend::failure_info`](crate::backend::VcpuBackend::failure_info).
     EmulationFailure {
-        /// Instruction bytes.
-        bytes: [u8; 15],
-        /// How many of `bytes` are valid.
-        len: u8,
+        /// The instruction bytes.
+        insn: InsnBytes,
     },
     /// An exception the kernel intercepted for the debugger (`#DB` or
     /// `#BP`), before the front end decides whose it is.
@@ -95,6 +93,26 @@ pub(crate) enum ExitRecord {
         /// Sub-reason where the kernel gives one.
         detail: u64,
     },
+}
+
+/// Up to 15 instruction bytes and how many are valid, 8-byte aligned so
+/// that the record is copied as three aligned words (byte-aligned, the
+/// payload started at offset 1 and every copy of the record split into
+/// misaligned pieces that stall store forwarding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(8))]
+pub(crate) struct InsnBytes {
+    /// Instruction bytes.
+    pub(crate) bytes: [u8; 15],
+    /// How many of `bytes` are valid.
+    pub(crate) len: u8,
+}
+
+impl InsnBytes {
+    /// The valid bytes.
+    pub(crate) fn valid(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len).min(15)]
+    }
 }
 
 impl ExitRecord {

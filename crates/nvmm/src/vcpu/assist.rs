@@ -248,10 +248,10 @@ pub(super) fn view(v: &mut Vcpu, r: ExitRecord) -> Exit<'_> {
         ExitRecord::IntReady => Exit::IntReady,
         ExitRecord::NmiReady => Exit::NmiReady,
         ExitRecord::TprChanged => Exit::TprChanged,
-        ExitRecord::EmulationFailure { len, .. } => {
+        ExitRecord::EmulationFailure { insn } => {
             let info = v.failure_info();
             let bytes = match &v.last {
-                ExitRecord::EmulationFailure { bytes, .. } if len > 0 => Some(&bytes[..usize::from(len)]),
+                ExitRecord::EmulationFailure { insn: kept } if insn.len > 0 => Some(kept.valid()),
                 _ => None,
             };
             Exit::EmulationFailure(EmulationFailure { bytes, info })

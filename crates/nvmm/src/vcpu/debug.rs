@@ -23,7 +23,7 @@ use crate::backend::{Parts, VcpuBackend};
 use crate::breakpoints::INT3;
 use crate::debug::{DebugEvent, DebugExit, GuestDebug, WatchKind, classify_db, dr6};
 use crate::error::Result;
-use crate::exit::record::ExitRecord;
+use crate::exit::record::{ExitRecord, InsnBytes};
 use crate::vmem::GuestView;
 use crate::x86::bits::cr0;
 use crate::x86::event::Event;
@@ -203,7 +203,7 @@ impl Vcpu {
     /// some hosts and gives up there) at one of the machine's breakpoints,
     /// reported as the breakpoint.
     pub(super) fn breakpoint_behind_failure(&mut self, record: &ExitRecord) -> Result<Option<ExitRecord>> {
-        let ExitRecord::EmulationFailure { bytes, len: 1.., .. } = record else { return Ok(None) };
+        let ExitRecord::EmulationFailure { insn: InsnBytes { bytes, len: 1.. } } = record else { return Ok(None) };
         if bytes[0] != INT3 || !self.debug.user.software_breakpoints {
             return Ok(None);
         }

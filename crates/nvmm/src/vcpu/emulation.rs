@@ -95,9 +95,10 @@ impl Vcpu {
         self.get_state(StateMask::GPRS | StateMask::SEGS | StateMask::CRS | StateMask::MSRS)?;
         let mut bytes = [0u8; MAX_LEN];
         let n = match self.last {
-            ExitRecord::EmulationFailure { bytes: b, len, .. } if len > 0 => {
-                bytes[..usize::from(len)].copy_from_slice(&b[..usize::from(len)]);
-                usize::from(len)
+            ExitRecord::EmulationFailure { insn } if insn.len > 0 => {
+                let b = insn.valid();
+                bytes[..b.len()].copy_from_slice(b);
+                b.len()
             }
             _ => self.fetch_instruction(&mut bytes, mem)?,
         };

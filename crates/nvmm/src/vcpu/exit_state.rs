@@ -13,7 +13,7 @@ use super::Vcpu;
 use crate::backend::{Parts, VcpuBackend};
 use crate::error::Result;
 use crate::exit::ExitState;
-use crate::exit::record::ExitRecord;
+use crate::exit::record::{ExitRecord, InsnBytes};
 use crate::netbsd::{NbExit, NbExitIo, NbExitMemory, NbExitPayload, NbExitRdmsr, NbExitState, NbExitWrmsr};
 use crate::x86::state::{Cr, Gpr};
 
@@ -37,7 +37,7 @@ impl Vcpu {
         let rflags = if self.cache.have.contains(Parts::GPRS) {
             self.comm.state().gprs[Gpr::Rflags]
         } else {
-            self.raw_state(Parts::GPRS)?.gprs[Gpr::Rflags]
+            self.backend.rflags()?
         };
         let events = self.backend.event_status()?;
         // What the program set or injected since, when the run returned
@@ -64,18 +64,6 @@ impl Vcpu {
         })
     }
 
-    /// Caches GPRS as NVMM shows them at this exit, as NetBSD's kernel
-    /// provides them with it (a failure just leaves them uncached).
-    fn provide_gprs(&mut self) {
-        if self.cache.have.contains(Parts::GPRS) {
-            return;
-        }
-        if self.gprs_before().is_ok() {
-            self.comm.state_mut().gprs = self.before_gprs;
-            self.cache.have |= Parts::GPRS;
-        }
-    }
-
     /// Runs the VCPU like [`Vcpu::run`] and returns NetBSD's exit structure
     /// for the exit it stopped at, as `nvmm_vcpu_run` fills it (see
     /// [`Vcpu::netbsd_exit`]), without building the Rust view of the exit.
@@ -85,12 +73,14 @@ impl Vcpu {
     }
 
     /// NetBSD's `struct nvmm_vcpu_exit` for the last exit, as
-    /// `nvmm_vcpu_run` fills it. Like NetBSD's kernel it also provides
-    /// state with the exit: after an I/O or MSR exit GPRS are cached
-    /// (showing the instruction not done). NetBSD also provides SEGS, CRS
-    /// and MSRS after I/O and memory exits, and GPRS after memory exits;
-    /// here those are fetched by `nvmm_vcpu_getstate` (without a system
-    /// call for GPRS, SEGS and CRS but XCR0).
+    /// `nvmm_vcpu_run` fills it. NetBSD's kernel also provides state with
+    /// I/O and memory exits (GPRS, SEGS, CRS and MSRS marked cached, a
+    /// shortcut for its own assists); here `nvmm_vcpu_getstate` fetches
+    /// them when asked, showing the instruction not done the same way, and
+    /// without a system call for GPRS, SEGS and CRS (the registers were
+    /// copied out with the exit). Providing GPRS at every exit cost a
+    /// register conversion and three register-set copies that the exit loop
+    /// of most programs never reads.
     /// A detail that cannot be found is left zero rather than failing.
     pub fn netbsd_exit(&mut self) -> NbExit {
         let mut out = NbExit { reason: self.last.reason(), ..NbExit::default() };
@@ -104,7 +94,7 @@ impl Vcpu {
                     mem: NbExitMemory { prot: libc::PROT_EXEC, gpa, inst_len: 0, inst_bytes: [0; 15] },
                 };
             }
-            ExitRecord::EmulationFailure { bytes, len } => {
+            ExitRecord::EmulationFailure { insn: InsnBytes { bytes, len } } => {
                 let info = self.failure_info();
                 let (gpa, prot) = if info[0] == SVM_EXIT_NPF {
                     let prot = if info[1] & 2 != 0 {
@@ -144,15 +134,12 @@ impl Vcpu {
                     },
                 };
                 out.u = NbExitPayload { io };
-                self.provide_gprs();
             }
             ExitRecord::Rdmsr { msr } => {
                 out.u = NbExitPayload { rdmsr: NbExitRdmsr { msr, npc: self.msr_npc().unwrap_or(0) } };
-                self.provide_gprs();
             }
             ExitRecord::Wrmsr { msr, value } => {
                 out.u = NbExitPayload { wrmsr: NbExitWrmsr { msr, val: value, npc: self.msr_npc().unwrap_or(0) } };
-                self.provide_gprs();
             }
             ExitRecord::Invalid { hwcode, .. } => out.u = NbExitPayload { word: hwcode },
             _ => {}

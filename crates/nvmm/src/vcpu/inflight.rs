@@ -42,8 +42,9 @@ pub(crate) struct Inflight {
     pub(crate) answered: bool,
     /// KVM has nothing left to do for it.
     pub(crate) finished: bool,
-    /// The I/O instruction, once decoded.
-    pub(crate) site: Option<IoSite>,
+    /// The I/O instruction is decoded (kept in `Vcpu::inflight_site`, out
+    /// of this record, which is copied at every exit).
+    pub(crate) site_known: bool,
     /// The general-purpose registers before the instruction are known
     /// (kept in `Vcpu::before_gprs`, out of this record, which is copied
     /// around at every exit).
@@ -61,7 +62,7 @@ impl Inflight {
             exit,
             answered: false,
             finished: false,
-            site: None,
+            site_known: false,
             before_known: false,
             emulated: false,
             fetch: false,

@@ -122,7 +122,9 @@ impl Vcpu {
         let Some(f) = self.inflight.as_ref() else {
             return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
         };
-        if let Some(site) = f.site {
+        if f.site_known
+            && let Some(site) = self.inflight_site
+        {
             return Ok(site);
         }
         let ExitRecord::Io { port, size, is_in, .. } = f.exit else {
@@ -159,7 +161,8 @@ impl Vcpu {
             }
         };
         if let Some(f) = self.inflight.as_mut() {
-            f.site = Some(site);
+            f.site_known = true;
+            self.inflight_site = Some(site);
         }
         Ok(site)
     }

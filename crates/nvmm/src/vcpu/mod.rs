@@ -154,6 +154,9 @@ pub struct Vcpu {
     queued: Option<ExitRecord>,
     /// The instruction behind the last I/O or memory exit.
     inflight: Option<Inflight>,
+    /// The I/O instruction of the in-flight exit, when its record says it
+    /// is known.
+    inflight_site: Option<io::IoSite>,
     /// The last I/O instruction located, for the next I/O exit.
     io_memo: Option<io::IoSiteMemo>,
     /// The exit information of the emulation failure last kept as an exit
@@ -243,6 +246,7 @@ impl Vcpu {
             last: ExitRecord::None,
             queued: None,
             inflight: None,
+            inflight_site: None,
             io_memo: None,
             failure_info: [0; 5],
             code_source: None,

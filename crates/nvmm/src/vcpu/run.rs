@@ -9,7 +9,7 @@ use super::{Vcpu, assist};
 use crate::backend::{Parts, RunResult, VcpuBackend};
 use crate::error::Result;
 use crate::exit::Exit;
-use crate::exit::record::ExitRecord;
+use crate::exit::record::{ExitRecord, InsnBytes};
 use crate::vmem::GuestView;
 use crate::x86::mode::linear_rip;
 
@@ -19,24 +19,29 @@ impl Vcpu {
     /// Stores set state and the injected event first; an invalid one fails
     /// the run with `EINVAL`.
     pub fn run(&mut self) -> Result<Exit<'_>> {
-        let record = self.run_to_exit()?;
-        Ok(self.exit_view(record))
+        self.run_to_exit()?;
+        Ok(self.exit_view(self.last))
     }
 
-    /// Runs until an exit for the VMM and records it as the last exit.
-    pub(crate) fn run_to_exit(&mut self) -> Result<ExitRecord> {
+    /// Runs until an exit for the VMM and records it as the last exit
+    /// (`self.last`: returning the record by value copied it through one
+    /// more stack slot at every exit).
+    pub(crate) fn run_to_exit(&mut self) -> Result<()> {
         self.refuse_in_assist("running the VCPU")?;
         self.take_payload_answer();
         loop {
             self.last = ExitRecord::None;
             let record = self.next_exit()?;
             self.last = record;
-            if !matches!(record, ExitRecord::Trap { .. } | ExitRecord::EmulationFailure { len: 1.., .. }) {
-                return Ok(record);
+            if !matches!(
+                record,
+                ExitRecord::Trap { .. } | ExitRecord::EmulationFailure { insn: InsnBytes { len: 1.., .. } }
+            ) {
+                return Ok(());
             }
             if let Some(r) = self.follow_up(record)? {
                 self.last = r;
-                return Ok(r);
+                return Ok(());
             }
         }
     }
@@ -258,7 +263,7 @@ impl Vcpu {
             }
             ExitRecord::IntReady => ExitRecord::None,
             ExitRecord::TprChanged if !self.conf.tpr_exit => ExitRecord::None,
-            ExitRecord::EmulationFailure { len: 0, .. } => self.fetch_fault().unwrap_or(r),
+            ExitRecord::EmulationFailure { insn: InsnBytes { len: 0, .. } } => self.fetch_fault().unwrap_or(r),
             other => other,
         }
     }

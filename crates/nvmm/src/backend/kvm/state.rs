@@ -212,6 +212,13 @@ impl KvmVcpu {
         })
     }
 
+    /// RFLAGS ([`VcpuBackend::rflags`](crate::backend::VcpuBackend::rflags)),
+    /// read from `kvm_run` without converting the other registers.
+    pub(super) fn load_rflags(&mut self) -> Result<u64> {
+        self.sync.want(Parts::GPRS);
+        self.with_current_regs(|r| r.rflags)
+    }
+
     #[inline]
     pub(super) fn load_parts(&mut self, parts: Parts, state: &mut State, xsave: &mut Xsave) -> Result<()> {
         if parts.intersects(Parts::GPRS) {

@@ -3,6 +3,7 @@
 //! How state moves between the front end and KVM is in `state.rs`.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
 
 use kvm_bindings::{
     CpuId, KVM_EXIT_IO_IN, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
@@ -15,7 +16,7 @@ use super::convert;
 use super::state::SyncPolicy;
 use crate::backend::{MsrAnswer, Parts, RunResult, VcpuBackend};
 use crate::error::{Error, Result};
-use crate::exit::record::ExitRecord;
+use crate::exit::record::{ExitRecord, InsnBytes};
 use crate::os::SignalMask;
 use crate::x86::cpuid::CpuidEntry;
 
@@ -102,17 +103,17 @@ impl KvmVcpu {
         self.fd.get_kvm_run()
     }
 
-    /// Sets or clears `kvm_run.immediate_exit`, atomically: kick handles
-    /// write it from other threads through their own mapping of the page
-    /// (the CPU orders accesses by physical address, so the two mappings
-    /// behave as one location).
-    fn set_immediate_exit(&mut self, on: bool) {
+    /// Sets or clears `kvm_run.immediate_exit`, atomically with `order`:
+    /// kick handles write it from other threads through their own mapping
+    /// of the page (the CPU orders accesses by physical address, so the two
+    /// mappings behave as one location).
+    fn set_immediate_exit(&mut self, on: bool, order: Ordering) {
         let off = std::mem::offset_of!(kvm_run, immediate_exit);
         let page: *mut kvm_run = self.run_page();
         // SAFETY: the byte lies in the live kvm_run mapping owned by `fd`;
         // user space only ever accesses it atomically.
         let byte = unsafe { std::sync::atomic::AtomicU8::from_ptr(page.cast::<u8>().add(off)) };
-        byte.store(on as u8, std::sync::atomic::Ordering::SeqCst);
+        byte.store(on as u8, order);
     }
 
     /// One `KVM_RUN`, decoded.
@@ -213,7 +214,7 @@ impl KvmVcpu {
             bytes[..len as usize].copy_from_slice(&ib.insn_bytes[..len as usize]);
         }
         self.failure_info = info;
-        ExitRecord::EmulationFailure { bytes, len }
+        ExitRecord::EmulationFailure { insn: InsnBytes { bytes, len } }
     }
 
     /// Readies a fresh exit for the VMM: reads see all-ones (open bus) and
@@ -295,8 +296,16 @@ impl VcpuBackend for KvmVcpu {
         RunAlias::map(self.raw_fd())
     }
 
+    /// A relaxed store suffices here: the front end then publishes the
+    /// running thread with a sequentially consistent store (a release)
+    /// before it checks for stop requests, and a requester kicks only after
+    /// it read that publication (an acquire), so its `1` lands after this
+    /// `0` — or else it read an older thread id, and the check finds its
+    /// request. This saves a locked instruction per run on x86. (The clear
+    /// after [`VcpuBackend::finish_pending`] stays sequentially consistent:
+    /// no publication follows it before the next check.)
     fn clear_kick(&mut self) {
-        self.set_immediate_exit(false);
+        self.set_immediate_exit(false, Ordering::Relaxed);
     }
 
     fn prepare_thread(&mut self, tid: i32, signal: i32) -> Result<()> {
@@ -313,9 +322,9 @@ impl VcpuBackend for KvmVcpu {
 
     fn finish_pending(&mut self) -> Result<Option<ExitRecord>> {
         self.sync.before_run(self.fd.get_kvm_run());
-        self.set_immediate_exit(true);
+        self.set_immediate_exit(true, Ordering::SeqCst);
         let r = self.enter();
-        self.set_immediate_exit(false);
+        self.set_immediate_exit(false, Ordering::SeqCst);
         match r? {
             RunResult::Interrupted => Ok(None),
             RunResult::Exit(e) => Ok(Some(e)),
@@ -329,6 +338,10 @@ impl VcpuBackend for KvmVcpu {
     #[inline]
     fn code_regs(&mut self) -> Result<crate::x86::mode::CodeRegs> {
         self.load_code_regs()
+    }
+
+    fn rflags(&mut self) -> Result<u64> {
+        self.load_rflags()
     }
 
     fn load(

@@ -394,6 +394,7 @@ test_tpr(void)
 /* ---- callbacks that call back ---------------------------------------------- */
 
 static int callback_checks;
+static struct nvmm_snapshot *callback_snap;
 
 static void
 io_reentrant(struct nvmm_io *io)
@@ -417,8 +418,15 @@ io_reentrant(struct nvmm_io *io)
 		callback_checks++;
 	if (map_data() != NULL)
 		callback_checks++;
-	/* Running it from here is refused. */
+	/* Running it from here is refused, and so is destroying it or its
+	 * machine, or snapshotting the machine (the assist holds the VCPU). */
 	if (nvmm_vcpu_run(io->mach, v) == -1 && errno == EBUSY)
+		callback_checks++;
+	if (nvmm_vcpu_destroy(io->mach, v) == -1 && errno == EBUSY)
+		callback_checks++;
+	if (nvmm_machine_destroy(io->mach) == -1 && errno == EBUSY)
+		callback_checks++;
+	if (nvmm_machine_snapshot(io->mach, &callback_snap) == -1 && errno == EBUSY)
 		callback_checks++;
 }
 
@@ -447,7 +455,8 @@ test_reentrant_io(void)
 	callback_checks = 0;
 	TRUE(run() == NVMM_VCPU_EXIT_IO);
 	OK(nvmm_assist_io(&mach, &vcpu));
-	TRUE(callback_checks == 6);
+	TRUE(callback_checks == 9);
+	TRUE(callback_snap == NULL);
 	/* The assist kept the callback's change and finished the OUT. */
 	TRUE(gpr(NVMM_X64_GPR_RBX) == 0x1234);
 	TRUE(vcpu.state->gprs[NVMM_X64_GPR_RIP] == CODE_GPA + 4);

@@ -90,8 +90,9 @@ fn memory_exits_tpr_exits_and_callbacks_follow_netbsd() {
     let out = run_ok(&exe, &[]);
     assert!(out.ends_with("\n0 failures\n"), "{out}");
     // 3 modes x (4 or 3 MOV sizes + 2 string forms + 1 fetch + 1 ROM store
-    // + 1 last string element), TPR x4, callbacks x2.
-    assert_eq!(out.matches("passed").count(), 9 + 8 + 8 + 4 + 2, "{out}");
+    // + 1 last string element), TPR x4, state fetched at getstate x1,
+    // callbacks x2.
+    assert_eq!(out.matches("passed").count(), 9 + 8 + 8 + 4 + 1 + 2, "{out}");
 }
 
 #[test]

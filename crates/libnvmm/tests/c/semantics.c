@@ -15,6 +15,8 @@
  *   exit behind it is executed again when the program changed the state
  *   (a HLT behind it too); a run stopped before entering shows in its
  *   exitstate the CR8 the program just set;
+ * - GPRS of an I/O exit are fetched at getstate (showing the instruction
+ *   not done), not marked cached with the exit as NetBSD's kernel does;
  * - the assist callbacks call back: getstate, setstate, inject, stop,
  *   gpa_to_hva and gpa_map work there, and the assist keeps their changes.
  */
@@ -391,6 +393,36 @@ test_tpr(void)
 	OK(nvmm_vcpu_configure(&mach, &vcpu, NVMM_VCPU_CONF_TPR, &off));
 }
 
+/* ---- state with an exit ------------------------------------------------------ */
+
+static void
+test_state_fetched_at_getstate(void)
+{
+	/* mov al,0x11 ; out 0x10,al ; hlt */
+	static const uint8_t c[] = { 0xb0, 0x11, 0xe6, 0x10, 0xf4 };
+	struct nvmm_comm_page *comm = mach.pages[0];
+
+	start(MODE_16, c, sizeof(c), 0);
+	TRUE(run() == NVMM_VCPU_EXIT_IO);
+	/* NetBSD's kernel would mark GPRS (SEGS, CRS, MSRS) cached here;
+	 * this library fetches them when asked. */
+	TRUE((comm->state_cached & NVMM_X64_STATE_GPRS) == 0);
+	/* So a register written without setstate is fetched again... */
+	vcpu.state->gprs[NVMM_X64_GPR_RBX] = 0xdead;
+	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_GPRS));
+	TRUE(vcpu.state->gprs[NVMM_X64_GPR_RBX] == DATA_GPA);
+	/* ...showing the OUT not done, as NetBSD does. */
+	TRUE(vcpu.state->gprs[NVMM_X64_GPR_RIP] == CODE_GPA + 2);
+	TRUE((vcpu.state->gprs[NVMM_X64_GPR_RAX] & 0xff) == 0x11);
+	TRUE((comm->state_cached & NVMM_X64_STATE_GPRS) != 0);
+	/* Cached from then on: a write without setstate now stays. */
+	vcpu.state->gprs[NVMM_X64_GPR_RBX] = 0xbeef;
+	OK(nvmm_vcpu_getstate(&mach, &vcpu, NVMM_X64_STATE_GPRS));
+	TRUE(vcpu.state->gprs[NVMM_X64_GPR_RBX] == 0xbeef);
+	OK(nvmm_assist_io(&mach, &vcpu));
+	passed("GPRS of an I/O exit are fetched at getstate, not provided with it");
+}
+
 /* ---- callbacks that call back ---------------------------------------------- */
 
 static int callback_checks;
@@ -527,6 +559,7 @@ main(void)
 	test_mode(MODE_32);
 	test_mode(MODE_16);
 	test_tpr();
+	test_state_fetched_at_getstate();
 	test_reentrant_io();
 	test_reentrant_mem();
 	printf("%d failures\n", failures);

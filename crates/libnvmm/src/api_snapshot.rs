@@ -5,7 +5,7 @@
 //! A snapshot is an opaque `struct nvmm_snapshot *` the library allocates.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
-use std::sync::{MutexGuard, PoisonError};
+use std::sync::MutexGuard;
 
 use nvmm::{MachineSnapshot, Vcpu};
 
@@ -35,15 +35,9 @@ fn give(snap: MachineSnapshot, out: *mut *mut NvmmSnapshot) -> CResult<()> {
 }
 
 /// Every VCPU of the machine, locked without waiting (`EBUSY` when one
-/// runs on another thread).
-fn lock_vcpus(all: &[(u32, std::sync::Arc<VcpuCtx>)]) -> CResult<Vec<MutexGuard<'_, Vcpu>>> {
-    all.iter()
-        .map(|(_, v)| match v.vcpu.try_lock() {
-            Ok(g) => Ok(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Ok(PoisonError::into_inner(p)),
-            Err(std::sync::TryLockError::WouldBlock) => Err(libc::EBUSY),
-        })
-        .collect()
+/// runs on another thread; each guard holds a VCPU).
+fn lock_vcpus(all: &[(u32, std::sync::Arc<VcpuCtx>)]) -> CResult<Vec<MutexGuard<'_, Option<Vcpu>>>> {
+    all.iter().map(|(_, v)| v.try_lock()).collect()
 }
 
 /// `nvmm_machine_snapshot`: snapshots the machine and every VCPU it has
@@ -54,7 +48,7 @@ pub extern "C" fn nvmm_machine_snapshot(mach: *mut NvmmMachine, snap: *mut *mut 
         let ctx = handles::machine(mach)?;
         let all = ctx.lock_all()?;
         let mut guards = lock_vcpus(&all)?;
-        let mut refs: Vec<&mut Vcpu> = guards.iter_mut().map(|g| &mut **g).collect();
+        let mut refs: Vec<&mut Vcpu> = guards.iter_mut().filter_map(|g| g.as_mut()).collect();
         let s = check(ctx.machine.snapshot(&mut refs))?;
         give(s, snap)
     })
@@ -69,14 +63,14 @@ pub extern "C" fn nvmm_machine_reset(mach: *mut NvmmMachine, snap: *const NvmmSn
         let ctx = handles::machine(mach)?;
         let s = snapshot(snap)?;
         let all = ctx.lock_all()?;
-        let mut slots: Vec<Option<MutexGuard<'_, Vcpu>>> = lock_vcpus(&all)?.into_iter().map(Some).collect();
+        let mut slots: Vec<Option<MutexGuard<'_, Option<Vcpu>>>> = lock_vcpus(&all)?.into_iter().map(Some).collect();
         // The VCPUs in the snapshot's order, each once.
         let mut guards = Vec::with_capacity(s.vcpus().len());
         for v in s.vcpus() {
             let i = all.iter().position(|(id, _)| *id == v.id()).ok_or(libc::EINVAL)?;
             guards.push(slots[i].take().ok_or(libc::EINVAL)?);
         }
-        let mut ordered: Vec<&mut Vcpu> = guards.iter_mut().map(|g| &mut **g).collect();
+        let mut ordered: Vec<&mut Vcpu> = guards.iter_mut().filter_map(|g| g.as_mut()).collect();
         check(ctx.machine.reset_to(&mut ordered, s))
     })
 }

@@ -28,7 +28,7 @@ pub extern "C" fn nvmm_vcpu_create(mach: *mut NvmmMachine, cpuid: u32, vcpu: *mu
         // NetBSD: an exit nobody answered executes again.
         v.set_unanswered(Unanswered::Reexecute);
         let vc = VcpuCtx::new(v);
-        let comm = vc.comm;
+        let comm = vc.comm_page();
         // SAFETY: field projections of the VCPU's live comm page, for the C
         // program (the page lives as long as the VCPU).
         let (state, event, exit, stop) = unsafe {
@@ -164,10 +164,9 @@ pub extern "C" fn nvmm_vcpu_inject(mach: *mut NvmmMachine, vcpu: *mut NvmmVcpu) 
     entry(|| {
         let ctx = handles::machine(mach)?;
         let v = ctx.vcpu(cpuid_of(vcpu)?)?;
-        // SAFETY: the comm page lives as long as the VCPU, which `v` keeps;
+        // SAFETY: `with_comm` lends the comm page only while the VCPU lives;
         // `event_commit` is atomic.
-        unsafe { (*v.comm).event_commit.store(true, Ordering::SeqCst) };
-        Ok(())
+        v.with_comm(|comm| unsafe { (*comm).event_commit.store(true, Ordering::SeqCst) })
     })
 }
 

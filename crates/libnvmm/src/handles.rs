@@ -14,11 +14,11 @@
 //! marks the VCPU as lent to its thread for the callback's duration, and a
 //! call on that same VCPU from that thread uses it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use nvmm::netbsd::CommPage;
 use nvmm::{Machine, Nvmm, Vcpu};
@@ -87,13 +87,22 @@ pub(crate) fn is_root() -> bool {
 }
 
 /// A VCPU and what other threads may use without its lock.
+///
+/// Destroying the VCPU empties the context (`vcpu` and `live` become
+/// `None`); the context itself is freed with its last reference, which may
+/// be a thread's lookup cache (see `with_vcpu_of`), so it owns nothing
+/// else worth freeing early.
 pub(crate) struct VcpuCtx {
-    pub(crate) vcpu: Mutex<Vcpu>,
-    /// Its comm page (lives as long as the VCPU).
-    pub(crate) comm: *mut CommPage,
+    /// The VCPU, `None` once destroyed.
+    vcpu: Mutex<Option<Vcpu>>,
+    /// Its comm page, valid while `live` holds the handle.
+    comm: *mut CommPage,
     /// Being destroyed: runs that have not started are refused.
     dying: AtomicBool,
-    handle: nvmm::VcpuHandle,
+    /// The VCPU's handle while it lives: destroying the VCPU takes it out
+    /// (under this lock) before it frees the VCPU, so holding the lock with
+    /// `Some` here keeps the comm page alive.
+    live: Mutex<Option<nvmm::VcpuHandle>>,
     /// The thread (`pthread_self`) inside one of this VCPU's assist
     /// callbacks, 0 when none: only that thread ever reads its own id here
     /// (a live thread's id is unique), so the marker costs two plain stores
@@ -106,7 +115,7 @@ pub(crate) struct VcpuCtx {
 
 // SAFETY: `comm` points to the VCPU's comm page, which lives as long as the
 // VCPU this context owns; other threads only touch its atomic fields
-// (`event_commit`, `stop`) through it.
+// (`event_commit`, `stop`) through it, under `live` (see `with_comm`).
 unsafe impl Send for VcpuCtx {}
 // SAFETY: as above; the VCPU itself is behind a mutex.
 unsafe impl Sync for VcpuCtx {}
@@ -116,10 +125,10 @@ impl VcpuCtx {
         let comm = vcpu.comm_page();
         let handle = vcpu.handle();
         VcpuCtx {
-            vcpu: Mutex::new(vcpu),
+            vcpu: Mutex::new(Some(vcpu)),
             comm,
             dying: AtomicBool::new(false),
-            handle,
+            live: Mutex::new(Some(handle)),
             lent_to: AtomicUsize::new(0),
             lent: AtomicPtr::new(std::ptr::null_mut()),
         }
@@ -127,6 +136,35 @@ impl VcpuCtx {
 
     pub(crate) fn dying(&self) -> bool {
         self.dying.load(Ordering::SeqCst)
+    }
+
+    /// The comm page of the VCPU, which the caller still owns (creation).
+    pub(crate) fn comm_page(&self) -> *mut CommPage {
+        self.comm
+    }
+
+    /// The VCPU's comm page, for `f`, while the VCPU lives; `ENOENT` once it
+    /// is destroyed.
+    pub(crate) fn with_comm<R>(&self, f: impl FnOnce(*mut CommPage) -> R) -> CResult<R> {
+        let live = lock(&self.live);
+        if live.is_none() {
+            return Err(libc::ENOENT);
+        }
+        Ok(f(self.comm))
+    }
+
+    /// The VCPU, locked without waiting: `EBUSY` when it runs on another
+    /// thread, `ENOENT` once destroyed.
+    pub(crate) fn try_lock(&self) -> CResult<MutexGuard<'_, Option<Vcpu>>> {
+        let g = match self.vcpu.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => PoisonError::into_inner(p),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(libc::EBUSY),
+        };
+        if g.is_none() {
+            return Err(libc::ENOENT);
+        }
+        Ok(g)
     }
 
     /// The VCPU, when an assist lent it to a callback on this thread.
@@ -215,7 +253,7 @@ impl MachineCtx {
 
     /// Adds a created VCPU.
     pub(crate) fn add_vcpu(&self, id: u32, ctx: VcpuCtx) {
-        let comm = ctx.comm;
+        let comm = ctx.comm_page();
         lock(&self.vcpus).insert(id, Arc::new(ctx));
         if (id as usize) < self.npages {
             // SAFETY: in bounds of the array from `new`.
@@ -240,9 +278,16 @@ impl MachineCtx {
             unsafe { *self.pages.add(id as usize) = std::ptr::null_mut() };
         }
         ctx.dying.store(true, Ordering::SeqCst);
-        ctx.handle.stop();
-        // Wait for a run in progress on another thread to leave.
-        drop(lock(&ctx.vcpu));
+        // From here on nobody reaches the comm page through the context.
+        let handle = lock(&ctx.live).take();
+        if let Some(h) = &handle {
+            h.stop();
+        }
+        // Wait for a run in progress on another thread to leave, then free
+        // the VCPU (the context may live on in a thread's lookup cache).
+        let vcpu = lock(&ctx.vcpu).take();
+        drop(vcpu);
+        drop(handle);
         drop(ctx);
         Ok(())
     }
@@ -301,23 +346,43 @@ static REMOVALS: AtomicU64 = AtomicU64::new(0);
 
 /// The VCPU a thread looked up last, found again without the tables' locks
 /// (a VCPU thread calls `nvmm_vcpu_run` and an assist on the same VCPU at
-/// every exit). Weak: a destroyed VCPU is freed whatever threads remember.
+/// every exit). Plain data: a thread-local without a destructor is read
+/// without lazy-initialisation checks; `KEPT` holds the reference that
+/// keeps `vcpu` alive.
+#[derive(Clone, Copy)]
 struct Remembered {
     machid: u32,
     pages: *mut *mut CommPage,
     cpuid: u32,
     removals: u64,
-    vcpu: Weak<VcpuCtx>,
+    vcpu: *const VcpuCtx,
+}
+
+/// Keeps the remembered VCPU's context alive, and forgets it when dropped
+/// (a thread's exit). A strong reference, where a weak one would cost two
+/// locked instructions per call to upgrade and drop: a destroyed VCPU is
+/// freed all the same (its context is emptied), only the empty context
+/// waits for the thread's next lookup or exit.
+struct Kept {
+    _ctx: Arc<VcpuCtx>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let _ = REMEMBERED.try_with(|r| r.set(None));
+    }
 }
 
 thread_local! {
-    static REMEMBERED: RefCell<Option<Remembered>> = const { RefCell::new(None) };
+    static REMEMBERED: Cell<Option<Remembered>> = const { Cell::new(None) };
+    static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` on VCPU `cpuid` of the machine `mach` names, with that
-/// machine's id: as [`machine`] then [`with_vcpu`] do, but the VCPU this
+/// Runs `f` on VCPU `cpuid` of the machine `mach` names, with its context:
+/// as [`machine`] then [`MachineCtx::vcpu`] find it, but the VCPU this
 /// thread used last is found without taking the tables' locks, while no
-/// machine or VCPU was removed since it was looked up.
+/// machine or VCPU was removed since it was looked up. From inside one of
+/// that VCPU's assist callbacks on this thread, through the callback.
 pub(crate) fn with_vcpu_of<R>(
     mach: *mut NvmmMachine,
     cpuid: u32,
@@ -327,20 +392,29 @@ pub(crate) fn with_vcpu_of<R>(
     // SAFETY: non-null; the caller passes a `struct nvmm_machine`.
     let (machid, pages) = unsafe { ((*m).machid, (*m).pages) };
     let removals = REMOVALS.load(Ordering::SeqCst);
-    let known = REMEMBERED.with_borrow(|r| {
-        r.as_ref()
-            .filter(|r| r.machid == machid && r.pages == pages && r.cpuid == cpuid && r.removals == removals)
-            .and_then(|r| r.vcpu.upgrade())
-    });
-    let v = match known {
-        Some(v) => v,
+    let known = REMEMBERED
+        .get()
+        .filter(|r| r.machid == machid && r.pages == pages && r.cpuid == cpuid && r.removals == removals);
+    let v: &VcpuCtx = match known {
+        // SAFETY: `KEPT` holds a strong reference to the remembered context
+        // (they are set together, and dropping it forgets it). A call made
+        // from within `f` may replace it; the context stays alive for this
+        // call all the same: the tables still hold it (no removal since the
+        // lookup), or the thread removing it holds it while it waits for
+        // the VCPU's lock, which this call (or the assist that lent the VCPU
+        // to this thread) holds until `f` returns.
+        Some(r) => unsafe { &*r.vcpu },
         None => {
             let v = machine(mach)?.vcpu(cpuid)?;
-            REMEMBERED.set(Some(Remembered { machid, pages, cpuid, removals, vcpu: Arc::downgrade(&v) }));
-            v
+            let vcpu = Arc::as_ptr(&v);
+            let old = KEPT.replace(Some(Kept { _ctx: v }));
+            drop(old);
+            REMEMBERED.set(Some(Remembered { machid, pages, cpuid, removals, vcpu }));
+            // SAFETY: `KEPT` now holds it; as above.
+            unsafe { &*vcpu }
         }
     };
-    use_vcpu(&v, |g| f(&v, g))
+    use_vcpu(v, |g| f(v, g))
 }
 
 /// Runs `f` on a VCPU: through the assist callback that holds it when
@@ -362,7 +436,8 @@ fn run_locked<R>(v: &VcpuCtx, f: impl FnOnce(&mut Vcpu) -> CResult<R>) -> CResul
     if v.dying() {
         return Err(libc::ENOENT);
     }
-    f(&mut g)
+    let Some(vcpu) = g.as_mut() else { return Err(libc::ENOENT) };
+    f(vcpu)
 }
 
 /// Calls a C callback with `vcpu` (the VCPU of `ctx`, which the running

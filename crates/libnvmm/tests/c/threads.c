@@ -7,6 +7,8 @@
  * - nvmm_vcpu_destroy and nvmm_machine_destroy stop the VCPU, wait for its
  *   run to end, then destroy it: the runner gets STOPPED, later calls fail
  *   with ENOENT, never a crash; 1000 rounds, no descriptor leaked;
+ * - destroying frees the VCPU (its descriptors) at once, while a thread
+ *   that ran it last lives on; that thread's next call fails with ENOENT;
  * - a VCPU thread that blocks every signal still stops;
  * - stops landing while a run settles an MSR exit answered QEMU's way
  *   (setstate with RIP = npc) are never lost.
@@ -250,6 +252,79 @@ test_destroy_while_running(void)
 		printf("Test 'destroy while running, %d rounds' passed\n", ROUNDS);
 }
 
+/*
+ * A thread that ran a VCPU last remembers it for its next call: destroying
+ * the VCPU must free it (its descriptors) all the same, while that thread
+ * lives on; its next call then fails with ENOENT.
+ */
+struct parked {
+	struct guest *g;
+	atomic_int stage;	/* 1: ran, 2: may go on, 3: done */
+	uint64_t first;
+	int second_errno;
+};
+
+static void *
+parked_main(void *arg)
+{
+	struct parked *p = arg;
+	double deadline;
+
+	p->first = run(p->g);
+	atomic_store(&p->stage, 1);
+	deadline = now() + 20;
+	while (atomic_load(&p->stage) != 2 && now() < deadline)
+		sched_yield();
+	p->second_errno = nvmm_vcpu_run(&p->g->mach, &p->g->vcpu) == -1 ? errno : 0;
+	atomic_store(&p->stage, 3);
+	return NULL;
+}
+
+static void
+test_destroy_frees_what_a_live_thread_ran_last(void)
+{
+	int before, during, f0 = failures;
+
+	/* Counted before any VCPU of this test exists: the other tests'
+	 * threads are gone, and this one's last calls were on destroyed
+	 * machines. */
+	before = open_fds();
+	for (int i = 0; i < 4; i++) {
+		struct guest g;
+		struct parked p = { .g = &g };
+		pthread_t t;
+		double deadline;
+
+		guest_create(&g);
+		/* This thread runs it too (stopped before entering). */
+		TRUE(nvmm_vcpu_stop(&g.vcpu) == 0);
+		TRUE(run(&g) == NVMM_VCPU_EXIT_STOPPED);
+		TRUE(nvmm_vcpu_stop(&g.vcpu) == 0);
+		if (pthread_create(&t, NULL, parked_main, &p) != 0)
+			err(EXIT_FAILURE, "pthread_create");
+		deadline = now() + 20;
+		while (atomic_load(&p.stage) != 1 && now() < deadline)
+			sched_yield();
+		TRUE(p.first == NVMM_VCPU_EXIT_STOPPED);
+		during = open_fds();
+		TRUE(during > before);
+		if (i % 2 == 0)
+			TRUE(nvmm_vcpu_destroy(&g.mach, &g.vcpu) == 0);
+		TRUE(nvmm_machine_destroy(&g.mach) == 0);
+		munmap((void *)g.ram, 4 * PAGE_SIZE);
+		/* Both threads remember the VCPU; one of them still lives. Its
+		 * descriptors (and the VM's) are closed all the same. */
+		TRUE(open_fds() < during);
+		TRUE(open_fds() == before);
+		atomic_store(&p.stage, 2);
+		pthread_join(t, NULL);
+		TRUE(p.second_errno == ENOENT);
+		TRUE(nvmm_vcpu_run(&g.mach, &g.vcpu) == -1 && errno == ENOENT);
+	}
+	if (failures == f0)
+		printf("Test 'destroy frees what a live thread ran last' passed\n");
+}
+
 static void
 test_stop_with_every_signal_blocked(void)
 {
@@ -386,6 +461,7 @@ main(void)
 		err(EXIT_FAILURE, "nvmm_init");
 	test_inject_from_another_thread();
 	test_destroy_while_running();
+	test_destroy_frees_what_a_live_thread_ran_last();
 	test_stop_with_every_signal_blocked();
 	test_stop_while_a_run_settles_an_msr_exit();
 	printf("%d failures\n", failures);

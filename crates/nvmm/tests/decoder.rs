@@ -6,7 +6,7 @@
 mod oracle;
 
 use nvmm::assist::decode::CpuMode;
-use oracle::{PREFIXES, Rng, compare, compare_control, control_templates, templates};
+use oracle::{PREFIXES, Rng, compare, compare_control, compare_memory_operand, control_templates, templates};
 
 #[test]
 fn every_supported_opcode_agrees_with_iced() {
@@ -183,6 +183,36 @@ fn control_instructions_agree_with_iced() {
         }
     }
     assert!(accepted > 10_000, "only {accepted} decoded");
+}
+
+/// The ModRM grammar the control decoder borrows for the memory operands
+/// of the x87, MXCSR and XSAVE-family instructions (`memory_operand`, a
+/// public function) against iced: any number of segment-override and
+/// address-size prefixes up to and past the 15-byte limit, REX X and B in
+/// every mode (they count in 64-bit code only), every ModRM, and a tail as
+/// long as an instruction may be.
+#[test]
+fn memory_operands_agree_with_iced() {
+    const LEGACY: [u8; 7] = [0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65, 0x67];
+    let mut rng = Rng(0x510e_527f_ade6_82d1);
+    let mut accepted = 0usize;
+    for mode in [CpuMode::Bits16, CpuMode::Bits32, CpuMode::Bits64] {
+        for nlegacy in 0..=15 {
+            for rex in 0..4u8 {
+                for modrm in 0..=255u8 {
+                    let legacy: Vec<u8> =
+                        (0..nlegacy).map(|_| LEGACY[(rng.next() % LEGACY.len() as u64) as usize]).collect();
+                    let tail: Vec<u8> = std::iter::once(modrm).chain((0..14).map(|_| rng.byte())).collect();
+                    if compare_memory_operand(&legacy, rex, &tail, mode) {
+                        accepted += 1;
+                    }
+                }
+            }
+        }
+    }
+    // Every memory ModRM behind up to 7 prefixes fits whatever follows
+    // (REX, opcode, ModRM, SIB and a 4-byte displacement: 8 more bytes).
+    assert!(accepted >= 3 * 8 * 4 * 192, "only {accepted} decoded");
 }
 
 /// The I/O-instruction decoder (which locates the instruction behind an

@@ -234,9 +234,11 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Instruction, DecodeError> {
 /// VEX) X and B bits. Decoded with the machine's own ModRM, SIB and
 /// displacement grammar, as the memory operand of `mov r32, r/m32`. Returns
 /// the operand with its size set to `size`, and how many bytes ModRM and
-/// the rest took. `None` for a register form or bytes that end early.
+/// the rest took. `None` for a register form, bytes that end early, or an
+/// instruction longer than 15 bytes.
 pub fn memory_operand(legacy: &[u8], rex: u8, modrm: &[u8], mode: CpuMode, size: u8) -> Option<(Mem, usize)> {
-    if modrm.first().is_none_or(|m| m >> 6 == 3) || legacy.len() > 4 {
+    // Room for the opcode and ModRM behind the prefixes.
+    if modrm.first().is_none_or(|m| m >> 6 == 3) || legacy.len() > MAX_LEN - 2 {
         return None;
     }
     let mut bytes = [0u8; MAX_LEN];

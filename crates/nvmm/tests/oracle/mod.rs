@@ -2,7 +2,7 @@
 //! decoder fuzz target (which includes this file by path).
 #![allow(dead_code)]
 
-use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+use iced_x86::{Code, Decoder, DecoderOptions, EncodingKind, Mnemonic, OpKind, Register};
 use nvmm::assist::decode::*;
 use nvmm::x86::state::Seg;
 
@@ -178,6 +178,12 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
         assert_eq!(decode(&bytes[..k], mode), Err(DecodeError::Truncated), "{ctx}: first {k} bytes");
     }
     assert_eq!(d.lock(), theirs.has_lock_prefix(), "{ctx}: lock");
+    assert!(!d.is_empty(), "{ctx}: empty");
+    let addr = prefix_addr_size(bytes, mode);
+    assert_eq!(d.addr_size(), addr, "{ctx}: the instruction's address size");
+    assert_eq!(d.vex(), theirs.encoding() == EncodingKind::VEX, "{ctx}: VEX");
+    let prefix = theirs.segment_prefix();
+    assert_eq!(d.seg_override(), (prefix != Register::None).then(|| seg_of(prefix)), "{ctx}: segment override");
     let string = matches!(d.op(), Op::Movs | Op::Cmps | Op::Stos | Op::Lods);
     if string {
         assert_eq!(d.rep() == Rep::Rep, theirs.has_rep_prefix() || theirs.has_repe_prefix(), "{ctx}: rep");
@@ -189,13 +195,21 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
     }
     assert!(claimed(&theirs), "{ctx}: we decode {d:?}, iced decodes an instruction we do not claim");
     assert!(mnemonics(&d).contains(&theirs.mnemonic()), "{ctx}: we decode {:?}, iced {:?}", d.op(), theirs.mnemonic());
+    if let Op::X87(_) = d.op() {
+        // The other operand is the stack top: every x87 memory form the
+        // emulator claims (iced's mnemonic, checked above: FLD, FILD, FST,
+        // FSTP, FISTP) loads into or stores from ST(0) (SDM vol. 1, 8.1.2);
+        // iced lists neither it among the operands nor among the
+        // registers used.
+        let st0 = if d.shape() == Shape::RegMem { d.dst() } else { d.src() };
+        assert_eq!(st0, Operand::Reg(Reg::St0), "{ctx}: the x87 register operand");
+    }
     // Operands in iced's order.
     let ours_ops: Vec<Operand> = match d.op() {
         Op::X87(_) | Op::CmpxchgNb => vec![Operand::Mem(d.memory().unwrap())],
         Op::Cmps => vec![d.dst(), d.src()],
         _ => vec![d.dst(), d.src()],
     };
-    let addr = prefix_addr_size(bytes, mode);
     let mut n = 0;
     for op in ours_ops {
         if n >= theirs.op_count() {
@@ -250,6 +264,7 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
                 let size = theirs.memory_size().size() as u8;
                 let m = if size >= 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 };
                 assert_eq!(v & m, theirs.immediate(n) & m, "{ctx}: immediate");
+                assert_eq!(d.imm() & m, theirs.immediate(n) & m, "{ctx}: imm()");
             }
             Operand::None => continue,
         }
@@ -536,6 +551,37 @@ pub fn compare_control(bytes: &[u8], mode: CpuMode) -> bool {
             assert!(!(0..theirs.op_count()).any(|n| theirs.op_kind(n) == OpKind::Memory), "{ctx}: no memory operand")
         }
     }
+    true
+}
+
+/// Compares [`memory_operand`](nvmm::assist::decode::memory_operand) with
+/// iced on the instruction it stands for: `legacy`, REX with `rex`'s X and
+/// B bits in 64-bit code (elsewhere they do not exist and are ignored),
+/// then `mov r32, r/m32` with `tail` as its ModRM and what follows. Where
+/// iced decodes it (15 bytes at most, a memory form), ours must give the
+/// same operand and the bytes ModRM and the rest took; else nothing. Returns
+/// whether ours gave an operand.
+pub fn compare_memory_operand(legacy: &[u8], rex: u8, tail: &[u8], mode: CpuMode) -> bool {
+    let mut bytes = legacy.to_vec();
+    if mode == CpuMode::Bits64 && rex & 3 != 0 {
+        bytes.push(0x40 | (rex & 3));
+    }
+    let head = bytes.len() + 1;
+    bytes.push(0x8b);
+    bytes.extend_from_slice(tail);
+    let theirs = iced(&bytes, mode);
+    let ours = nvmm::assist::decode::memory_operand(legacy, rex, tail, mode, 4);
+    let ctx = format!("{mode:?} legacy {legacy:02x?} rex {rex:#x} tail {tail:02x?}");
+    let memory = (0..theirs.op_count()).any(|n| theirs.op_kind(n) == OpKind::Memory);
+    if theirs.code() == Code::INVALID || !memory {
+        assert!(ours.is_none(), "{ctx}: iced has no memory operand here, we give {ours:?}");
+        return false;
+    }
+    let (m, used) = ours.unwrap_or_else(|| panic!("{ctx}: iced decodes {:?}, we give nothing", theirs.code()));
+    // The size is the caller's (the stand-in MOV's is not the operand's).
+    check_address(&m, &theirs, prefix_addr_size(&bytes, mode), &ctx);
+    assert_eq!(m.size(), 4, "{ctx}: size");
+    assert_eq!(used, theirs.len() - head, "{ctx}: bytes used");
     true
 }
 

@@ -158,4 +158,13 @@ mod tests {
         let d = Mem::new(Seg::Fs, Some(6), None, 0, false, 2, 2).es_rdi();
         assert_eq!((d.seg(), d.base(), d.addr_size(), d.size()), (Seg::Es, Some(7), 2, 2));
     }
+
+    #[test]
+    fn debug_shows_every_field() {
+        let m = Mem::new(Seg::Ss, Some(13), Some((9, 8)), -8, false, 4, 10);
+        assert_eq!(
+            format!("{m:?}"),
+            "Mem { seg: Ss, base: Some(13), index: Some((9, 8)), disp: -8, rip_relative: false, addr_size: 4, size: 10 }"
+        );
+    }
 }

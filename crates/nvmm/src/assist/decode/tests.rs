@@ -25,6 +25,27 @@ fn known_encodings() {
     assert!(DecodeError::Unsupported { opcode: 0x0b }.to_string().contains("unsupported"));
 }
 
+/// The debug form names every field a diagnostic needs.
+#[test]
+fn debug_shows_the_fields() {
+    // fs: mov %al,(%rbx)
+    let d = decode(&[0x64, 0x88, 0x03], CpuMode::Bits64).unwrap();
+    let text = format!("{d:?}");
+    for field in [
+        "len: 3",
+        "op: Mov",
+        "base: Some(3)",
+        "src: Reg(Gpr { num: 0, size: 1, high8: false })",
+        "opsize: 1",
+        "addr_size: 8",
+        "lock: false",
+        "seg_override: Some(Fs)",
+        "vex: false",
+    ] {
+        assert!(text.contains(field), "{field} missing from {text}");
+    }
+}
+
 /// Whether the common path gives the machine's answer for `bytes` (or
 /// leaves it to the machine); whether it took the instruction.
 fn common_agrees(bytes: &[u8], mode: CpuMode) -> bool {

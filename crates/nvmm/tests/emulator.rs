@@ -664,12 +664,20 @@ fn vector_moves_match_the_cpu() {
         &[0xf3, 0x0f, 0x7e],
         &[0x66, 0x0f, 0xd6],
     ];
+    // The forms without an alignment rule also at addresses no vector
+    // size divides (MOVAPS, MOVDQA and MOVNTDQ fault there: see
+    // `faults_match_the_cpu`).
+    let unaligned = |st: &mut State, rng: &mut Rng| st.gprs[Gpr::Rbx] = DATA + 64 + 1 + rng.next() % 15;
+    let any_alignment = |form: &[u8]| !matches!(form, [0x0f, 0x28 | 0x29] | [0x66, 0x0f, 0x6f | 0x7f | 0xe7]);
     for round in 0..8 {
         for form in legacy {
             let reg = (round % 8) as u8;
             let mut insn = form.to_vec();
             insn.push((reg << 3) | 3);
             b.check(&insn, 0, &rbx_at_data);
+            if any_alignment(form) {
+                b.check(&insn, 0, &unaligned);
+            }
             if avx {
                 // The VEX forms: map the mandatory prefix to VEX.pp.
                 let (pp, rest) = match form[0] {
@@ -683,6 +691,9 @@ fn vector_moves_match_the_cpu() {
                     }
                     let insn = [0xc5, 0xf8 | l | pp, rest[1], (reg << 3) | 3];
                     b.check(&insn, 0, &rbx_at_data);
+                    if any_alignment(form) {
+                        b.check(&insn, 0, &unaligned);
+                    }
                 }
             }
         }

@@ -332,3 +332,29 @@ fn emulation_failure_carries_kvms_exit_information() {
     assert_eq!(e.errno(), libc::ENODEV, "{e}");
     assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE);
 }
+
+/// With the completion off (`Vcpu::set_complete_emulation_failures`), an
+/// instruction a bare KVM VM gives up on (POPCNT in real mode, on hosts
+/// whose KVM emulates CPL 0 code) reaches the program as an emulation
+/// failure with its bytes; with it on (the default) the run loop
+/// completes it and the guest goes on to its HLT.
+#[test]
+fn completion_off_reports_what_a_bare_kvm_gives_up_on() {
+    nvmm_testkit::kvm_or_skip!();
+    let code = [0xf3, 0x0f, 0xb8, 0xc3, 0xf4]; // popcnt ax, bx ; hlt
+    let mut raw = nvmm_testkit::floor::RawKvm::open().unwrap().vm(&code, CODE, 1 << 20).unwrap();
+    let gives_up = raw.run_to_emulation_failure().unwrap().is_some();
+    println!("a bare KVM VM {} POPCNT in real mode", if gives_up { "gives up on" } else { "runs" });
+    let mut g = real_mode(&code);
+    g.vcpu.set_complete_emulation_failures(false);
+    let exit = g.vcpu.run().unwrap();
+    if gives_up {
+        let Exit::EmulationFailure(f) = exit else { panic!("completion off: expected the failure, got {exit:?}") };
+        assert_eq!(f.instruction_bytes().map(|b| b[..4].to_vec()), Some(vec![0xf3, 0x0f, 0xb8, 0xc3]));
+    } else {
+        assert!(matches!(exit, Exit::Halted), "{exit:?}");
+    }
+    let mut g = real_mode(&code);
+    run_to_halt(&mut g.vcpu);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 5);
+}

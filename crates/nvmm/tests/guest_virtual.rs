@@ -130,3 +130,47 @@ fn mappings_are_the_page_tables_and_match_kvm() {
     assert_eq!(g.vcpu.kvm_translate(0x4000_4000).unwrap(), None);
     assert_eq!(g.vcpu.kvm_translate(2 << 20).unwrap(), None);
 }
+
+/// A 1 GiB page (PS in a PDPTE) translates when the guest's CPUID offers
+/// 1 GiB pages (leaf 0x8000_0001, EDX bit 26) and is a reserved-bit fault
+/// when the VMM's CPUID mask hides them (SDM vol. 3, 4.5.5), as KVM's own
+/// walker finds for the same tables and CPUID. The tables are written by
+/// hand here, not with the library's builder.
+#[test]
+fn one_gib_pages_follow_the_guests_cpuid() {
+    use nvmm::VcpuConf;
+    use nvmm::x86::{CpuidAction, CpuidConf, CpuidRegs};
+    nvmm_testkit::kvm_or_skip!();
+    const P_RW: u64 = 0x3;
+    const PS: u64 = 0x80;
+    let mut offered = None;
+    for hide in [false, true] {
+        let mut g = long_mode(&[0xf4]);
+        if hide {
+            let del = CpuidRegs { edx: 1 << 26, ..Default::default() };
+            let set = CpuidRegs::default();
+            let conf = CpuidConf { leaf: 0x8000_0001, action: CpuidAction::Mask { set, del } };
+            g.vcpu.configure(VcpuConf::Cpuid(conf)).unwrap();
+        }
+        // PML4[0] -> PDPT; PDPT[0] -> PD (a 2 MiB identity page for the
+        // code and stack); PDPT[1]: 0x4000_0000 is a 1 GiB page at 0.
+        let (pml4, pdpt, pd) = (TABLES, TABLES + 0x1000, TABLES + 0x2000);
+        g.machine.write_gpa(pml4, &(pdpt | P_RW).to_le_bytes()).unwrap();
+        g.machine.write_gpa(pdpt, &(pd | P_RW).to_le_bytes()).unwrap();
+        g.machine.write_gpa(pdpt + 8, &(PS | P_RW).to_le_bytes()).unwrap();
+        g.machine.write_gpa(pd, &(PS | P_RW).to_le_bytes()).unwrap();
+        g.vcpu.update(StateMask::CRS, |s| s.crs[Cr::Cr3] = pml4).unwrap();
+        let ours = g.vcpu.gva_to_gpa(0x4000_1234).ok().map(|(gpa, _)| gpa);
+        let kvm = g.vcpu.kvm_translate(0x4000_1234).unwrap();
+        assert_eq!(ours, kvm, "1 GiB pages hidden: {hide}");
+        if hide {
+            assert_eq!(ours, None, "PS in a PDPTE is reserved without 1 GiB pages");
+        } else {
+            offered = Some(ours.is_some());
+            if let Some(gpa) = ours {
+                assert_eq!(gpa, 0x1234);
+            }
+        }
+    }
+    println!("this host offers 1 GiB pages to guests: {offered:?}");
+}

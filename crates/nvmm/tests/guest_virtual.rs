@@ -174,3 +174,40 @@ fn one_gib_pages_follow_the_guests_cpuid() {
     }
     println!("this host offers 1 GiB pages to guests: {offered:?}");
 }
+
+/// After the guest switches page tables itself, guest-virtual accesses
+/// follow the new tables (the view fetches the control registers the run
+/// changed): the guest's own loads are the oracle.
+#[test]
+fn virtual_accesses_follow_page_tables_the_guest_switched_to() {
+    nvmm_testkit::kvm_or_skip!();
+    // mov cr3, rax ; mov rbx, [rsi] ; out 0x10, al ; hlt
+    let (mut g, _) = guest(&[0x0f, 0x22, 0xd8, 0x48, 0x8b, 0x1e, 0xe6, 0x10, 0xf4]);
+    const TABLES2: u64 = 0x38_0000;
+    let mut t = PageTables::new(PagingMode::Level4, TABLES2);
+    t.map(0, 0, 2 << 20, pte::RW).unwrap();
+    t.map(0x4000_0000, 0x30_1000, 0x1000, pte::RW).unwrap();
+    for (gpa, page) in t.pages() {
+        g.machine.write_gpa(gpa, page).unwrap();
+    }
+    g.machine.write_gpa(0x30_0000, &0x1111_1111_1111_1111u64.to_le_bytes()).unwrap();
+    g.machine.write_gpa(0x30_1000, &0x2222_2222_2222_2222u64.to_le_bytes()).unwrap();
+    // The old tables cached before the run.
+    let mut b = [0u8; 8];
+    g.vcpu.read_virtual(0x4000_0000, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), 0x1111_1111_1111_1111);
+    g.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rax] = t.cr3();
+            s.gprs[Gpr::Rsi] = 0x4000_0000;
+        })
+        .unwrap();
+    match g.vcpu.run().unwrap() {
+        Exit::Io(io) => assert_eq!(io.port(), 0x10),
+        e => panic!("{e:?}"),
+    }
+    // What the guest loaded through its new tables, we read.
+    g.vcpu.read_virtual(0x4000_0000, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), gpr(&mut g.vcpu, Gpr::Rbx));
+    assert_eq!(u64::from_le_bytes(b), 0x2222_2222_2222_2222);
+}

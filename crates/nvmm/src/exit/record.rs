@@ -95,10 +95,10 @@ pub(crate) enum ExitRecord {
     },
 }
 
-/// Up to 15 instruction bytes and how many are valid, 8-byte aligned so
-/// that the record is copied as three aligned words (byte-aligned, the
-/// payload started at offset 1 and every copy of the record split into
-/// misaligned pieces that stall store forwarding).
+/// Up to 15 instruction bytes and how many are valid, 8-byte aligned: the
+/// record's largest payload then sits at offset 8 instead of 1 (the run
+/// loop measured about 15 instructions fewer per exit; the compiler still
+/// copies some other variants' byte fields one by one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C, align(8))]
 pub(crate) struct InsnBytes {

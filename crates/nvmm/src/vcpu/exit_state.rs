@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::exit::ExitState;
 use crate::exit::record::{ExitRecord, InsnBytes};
 use crate::netbsd::{NbExit, NbExitIo, NbExitMemory, NbExitPayload, NbExitRdmsr, NbExitState, NbExitWrmsr};
-use crate::x86::state::{Cr, Gpr};
+use crate::x86::state::Cr;
 
 /// SVM's nested-page-fault exit code, in an emulation failure's exit
 /// information (KVM then reports the faulting address too).
@@ -32,13 +32,7 @@ impl Vcpu {
     /// this way.
     pub fn exit_state(&mut self) -> Result<ExitState> {
         self.backend.want(Parts::GPRS | Parts::INTR);
-        // RFLAGS as the cache shows it, else as KVM has it (the view of an
-        // in-flight instruction differs in RIP and string registers only).
-        let rflags = if self.cache.have.contains(Parts::GPRS) {
-            self.comm.state().gprs[Gpr::Rflags]
-        } else {
-            self.backend.rflags()?
-        };
+        let rflags = self.rflags_now()?;
         let events = self.backend.event_status()?;
         // What the program set or injected since, when the run returned
         // before storing it (a stop, a window exit): NetBSD's kernel

@@ -300,11 +300,7 @@ impl Vcpu {
         if self.event_waiting() {
             return Ok(false);
         }
-        let rflags = if self.cache.have.contains(Parts::GPRS) {
-            self.comm.state().gprs[crate::x86::state::Gpr::Rflags]
-        } else {
-            self.raw_state(Parts::GPRS)?.gprs[crate::x86::state::Gpr::Rflags]
-        };
+        let rflags = self.rflags_now()?;
         let e = self.backend.event_status()?;
         let shadow =
             if self.cache.dirty.intersects(Parts::INTR) { self.comm.state().intr.int_shadow() } else { e.int_shadow };

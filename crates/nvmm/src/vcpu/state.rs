@@ -155,6 +155,18 @@ impl Vcpu {
         Ok(())
     }
 
+    /// RFLAGS as NVMM shows it now: the cache's when it holds GPRS (they
+    /// may hold the program's changes), else the backend's, read alone (the
+    /// view of an in-flight instruction differs in RIP and the string
+    /// registers only).
+    pub(super) fn rflags_now(&mut self) -> Result<u64> {
+        if self.cache.have.contains(Parts::GPRS) {
+            Ok(self.comm.state().gprs[crate::x86::state::Gpr::Rflags])
+        } else {
+            self.backend.rflags()
+        }
+    }
+
     /// Writes NVMM's `state_cached` and `state_commit` into the comm page,
     /// where C programs see them (the C library does after each call; Rust
     /// programs have no use for them).

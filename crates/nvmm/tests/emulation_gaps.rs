@@ -45,22 +45,74 @@ struct Snapshot {
     memory: Vec<u8>,
 }
 
+/// Who finishes what KVM gives up on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum How {
+    /// Nobody: the emulation failure reaches the program (KVM's verdict).
+    Kvm,
+    /// The run loop's completion.
+    RunLoop,
+    /// The program, through `assist_mem` (the completion off).
+    Assist,
+}
+
+/// Where the data's second page is: right after the first (the identity
+/// map), or at a distant frame (4 KiB page tables map it there), so that
+/// an access across the boundary is two pieces of guest memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Frames {
+    Adjacent,
+    Apart,
+}
+
+/// The distant frame of [`Frames::Apart`].
+const APART: u64 = 0x30_0000;
+
+/// The guest-physical address of the data's byte `off`.
+fn data_gpa(frames: Frames, off: usize) -> u64 {
+    match frames {
+        Frames::Apart if off >= 4096 => APART + (off - 4096) as u64,
+        _ => DATA + off as u64,
+    }
+}
+
+/// Page tables for [`Frames::Apart`]: the low 2 MiB identity mapped in
+/// 4 KiB user pages, but the data's second page at [`APART`].
+fn tables_apart(g: &mut Guest) -> u64 {
+    let mut t = nvmm::x86::paging::PageTables::new(nvmm::x86::PagingMode::Level4, 0x20_0000);
+    let flags = nvmm::x86::bits::pte::RW | nvmm::x86::bits::pte::US;
+    for page in (0..2 << 20).step_by(4096) {
+        let gpa = if page == DATA + 4096 { APART } else { page };
+        t.map(page, gpa, 4096, flags).unwrap();
+    }
+    for (gpa, page) in t.pages() {
+        g.machine.write_gpa(gpa, page).unwrap();
+    }
+    t.cr3()
+}
+
 /// Runs `insn` followed by `out 0x10, al` from a fixed state, at CPL 3
-/// (`user`) or CPL 0, with or without the run loop's completion.
-fn run(insn: &[u8], user: bool, complete: bool) -> (Verdict, Option<Snapshot>) {
+/// (`user`) or CPL 0, finished by `how` where KVM gives up, with the
+/// data's pages laid out as `frames` says.
+fn run(insn: &[u8], user: bool, how: How, frames: Frames) -> (Verdict, Option<Snapshot>) {
     let mut code = insn.to_vec();
     code.extend_from_slice(&[0xe6, 0x10]);
     let mut g = if user { user_mode64(&code) } else { long_mode(&code) };
-    g.vcpu.set_complete_emulation_failures(complete);
+    g.vcpu.set_complete_emulation_failures(how == How::RunLoop);
+    let cr3 = (frames == Frames::Apart).then(|| tables_apart(&mut g));
     let avx = nvmm().capability().arch.xcr0_mask & xfeature::AVX != 0;
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut data: Vec<u8> = (0..DATA_LEN).map(|_| rng.next() as u8).collect();
     // A valid MXCSR at RSI, for LDMXCSR.
     data[128..132].copy_from_slice(&0x1fa0u32.to_le_bytes());
-    g.machine.write_gpa(DATA, &data).unwrap();
+    g.machine.write_gpa(DATA, &data[..4096]).unwrap();
+    g.machine.write_gpa(data_gpa(frames, 4096), &data[4096..]).unwrap();
     g.vcpu.get_state(StateMask::ALL).unwrap();
     {
         let s = g.vcpu.state_mut();
+        if let Some(cr3) = cr3 {
+            s.crs[Cr::Cr3] = cr3;
+        }
         s.crs[Cr::Cr4] |= cr4::OSFXSR | cr4::OSXMMEXCPT | cr4::OSXSAVE;
         s.crs[Cr::Xcr0] = if avx { 7 } else { 3 };
         for r in [Gpr::Rax, Gpr::Rcx, Gpr::Rdx, Gpr::R8, Gpr::R9, Gpr::R10] {
@@ -91,6 +143,10 @@ fn run(insn: &[u8], user: bool, complete: bool) -> (Verdict, Option<Snapshot>) {
         match g.vcpu.run().unwrap() {
             Exit::None => continue,
             Exit::Io(io) if io.port() == 0x10 => verdict = Verdict::Done,
+            Exit::EmulationFailure(_) if how == How::Assist => {
+                g.vcpu.assist_mem(|r| panic!("no device here: {:#x}", r.gpa)).unwrap();
+                continue;
+            }
             Exit::EmulationFailure(_) => verdict = Verdict::Failure,
             other => verdict = Verdict::Other(format!("{other:?}")),
         }
@@ -102,7 +158,8 @@ fn run(insn: &[u8], user: bool, complete: bool) -> (Verdict, Option<Snapshot>) {
     g.vcpu.get_state(StateMask::ALL).unwrap();
     let s = *g.vcpu.state();
     let mut memory = vec![0u8; DATA_LEN];
-    g.machine.read_gpa(DATA, &mut memory).unwrap();
+    g.machine.read_gpa(DATA, &mut memory[..4096]).unwrap();
+    g.machine.read_gpa(data_gpa(frames, 4096), &mut memory[4096..]).unwrap();
     let ymm_hi = (0..16).map(|i| g.vcpu.xsave().ymm_hi(i).unwrap()).collect();
     let snap = Snapshot {
         gprs: s.gprs.0[..16].try_into().unwrap(),
@@ -153,8 +210,8 @@ const CASES: &[(&str, &[u8], bool)] = &[
     ("vxorps ymm1, ymm2, ymm3", &[0xc5, 0xec, 0x57, 0xcb], true),
     ("vzeroupper", &[0xc5, 0xf8, 0x77], true),
     ("vzeroall", &[0xc5, 0xfc, 0x77], true),
-    ("fxsave [rbx]", &[0x0f, 0xae, 0x03], true),
-    ("fxrstor [rbx]", &[0x0f, 0xae, 0x0b], true),
+    ("fxsave [rbx]", &[0x0f, 0xae, 0x03], false),
+    ("fxrstor [rbx]", &[0x0f, 0xae, 0x0b], false),
     ("xsave [rbx]", &[0x0f, 0xae, 0x23], true),
     ("xsave64 [rbx]", &[0x48, 0x0f, 0xae, 0x23], true),
     ("xsaveopt [rbx]", &[0x0f, 0xae, 0x33], true),
@@ -172,7 +229,7 @@ const CASES: &[(&str, &[u8], bool)] = &[
     ("movdqu xmm0, [rbx+0xfb8]", &[0xf3, 0x0f, 0x6f, 0x83, 0xb8, 0x0f, 0x00, 0x00], true),
     ("movdqu [rbx+0xfb8], xmm1", &[0xf3, 0x0f, 0x7f, 0x8b, 0xb8, 0x0f, 0x00, 0x00], true),
     ("vmovdqu ymm0, [rbx+0xfb0]", &[0xc5, 0xfe, 0x6f, 0x83, 0xb0, 0x0f, 0x00, 0x00], true),
-    ("fxsave [rbx+0xf80]", &[0x0f, 0xae, 0x83, 0x80, 0x0f, 0x00, 0x00], true),
+    ("fxsave [rbx+0xf80]", &[0x0f, 0xae, 0x83, 0x80, 0x0f, 0x00, 0x00], false),
     ("vmovdqu [rbx+0xfb0], ymm1", &[0xc5, 0xfe, 0x7f, 0x8b, 0xb0, 0x0f, 0x00, 0x00], true),
     ("xsave [rbx+0xf80]", &[0x0f, 0xae, 0xa3, 0x80, 0x0f, 0x00, 0x00], true),
     ("popcnt eax, ebx", &[0xf3, 0x0f, 0xb8, 0xc3], true),
@@ -200,9 +257,9 @@ fn the_run_loop_completes_what_kvm_gives_up_on_as_the_cpu_would() {
     nvmm_testkit::kvm_or_skip!();
     let (mut gaps, mut completed) = (0, 0);
     for &(name, insn, implemented) in CASES {
-        let (kvm, _) = run(insn, false, false);
-        let (ours, snap) = run(insn, false, true);
-        let (native, mut native_snap) = run(insn, true, true);
+        let (kvm, _) = run(insn, false, How::Kvm, Frames::Adjacent);
+        let (ours, snap) = run(insn, false, How::RunLoop, Frames::Adjacent);
+        let (native, mut native_snap) = run(insn, true, How::RunLoop, Frames::Adjacent);
         if name == "xgetbv" {
             hold_xgetbv_to_the_sdm(&mut native_snap);
         }
@@ -231,6 +288,77 @@ fn the_run_loop_completes_what_kvm_gives_up_on_as_the_cpu_would() {
         }
     }
     println!("{{\"kvm_gives_up\":{gaps},\"completed\":{completed}}}");
+}
+
+/// The cases that cross a page boundary, with the data's second page
+/// mapped at a distant frame: the run loop's completion and `assist_mem`
+/// split each access into two pieces of guest memory, and the result is
+/// the CPU's, which walks the same page tables natively at CPL 3.
+#[test]
+fn accesses_across_pages_mapped_apart_are_completed_as_the_cpu_would() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut compared = 0;
+    for &(name, insn, _) in CASES.iter().filter(|c| c.0.contains("+0xf")) {
+        if run(insn, false, How::Kvm, Frames::Apart).0 != Verdict::Failure {
+            continue;
+        }
+        let (native, native_snap) = run(insn, true, How::RunLoop, Frames::Apart);
+        assert_eq!(native, Verdict::Done, "{name}: the CPU runs it");
+        for how in [How::RunLoop, How::Assist] {
+            let (ours, snap) = run(insn, false, how, Frames::Apart);
+            assert_eq!(ours, native, "{name} by {how:?}: outcome");
+            assert_eq!(snap, native_snap, "{name} by {how:?}: registers and memory");
+        }
+        compared += 1;
+    }
+    if compared == 0 {
+        nvmm_testkit::skip("KVM completes every page-crossing case itself here: nothing of ours to compare");
+    }
+    println!("{{\"page_crossing_cases_compared\":{compared}}}");
+}
+
+/// Instructions the run loop completes, on guest memory the mapping does
+/// not let the guest access that way (a store to a read-only mapping, a
+/// load from a mapping with no access): the completion leaves them to the
+/// program, which gets the exit with nothing done; the read-only memory
+/// keeps its bytes, as for the guest's own MOV
+/// (`exits::read_only_and_inaccessible_mappings_exit`).
+#[test]
+fn completion_leaves_accesses_the_mapping_forbids_to_the_program() {
+    nvmm_testkit::kvm_or_skip!();
+    const ROM: u64 = 0x50_0000;
+    const HIDDEN: u64 = 0x50_1000;
+    let cases: [(&str, [u8; 4], u64, nvmm::Prot); 2] = [
+        ("movdqu [rbx], xmm1", [0xf3, 0x0f, 0x7f, 0x0b], ROM, nvmm::Prot::READ),
+        ("movdqu xmm0, [rbx]", [0xf3, 0x0f, 0x6f, 0x03], HIDDEN, nvmm::Prot::NONE),
+    ];
+    for (name, insn, at, prot) in cases {
+        let mut code = insn.to_vec();
+        code.extend_from_slice(&[0xe6, 0x10]);
+        let mut g = long_mode(&code);
+        g.machine.map_anonymous(at, 0x1000, prot).unwrap();
+        if prot == nvmm::Prot::READ {
+            g.machine.write_gpa(at, &[0xa5; 16]).unwrap();
+        }
+        g.vcpu
+            .update(StateMask::GPRS | StateMask::CRS | StateMask::FPU, |s| {
+                s.crs[Cr::Cr4] |= cr4::OSFXSR;
+                s.gprs[Gpr::Rbx] = at;
+                s.fpu.fx_xmm[0] = [0x11; 16];
+                s.fpu.fx_xmm[1] = [0x3c; 16];
+            })
+            .unwrap();
+        let exit = format!("{:?}", g.vcpu.run().unwrap());
+        assert!(exit.starts_with("EmulationFailure") || exit.starts_with("Memory"), "{name}: {exit}");
+        g.vcpu.get_state(StateMask::GPRS | StateMask::FPU).unwrap();
+        assert_eq!(g.vcpu.state().gprs[Gpr::Rip], CODE, "{name}: RIP on the instruction");
+        assert_eq!(g.vcpu.state().fpu.fx_xmm[0], [0x11; 16], "{name}: nothing loaded");
+        if prot == nvmm::Prot::READ {
+            let mut back = [0u8; 16];
+            g.machine.read_gpa(at, &mut back).unwrap();
+            assert_eq!(back, [0xa5; 16], "{name}: the read-only memory kept its bytes");
+        }
+    }
 }
 
 #[test]

@@ -586,10 +586,51 @@ fn refused_wrmsr_raises_gp() {
     assert_eq!(u64::from(u32::from_le_bytes(frame)), npc - 2, "#GP at the WRMSR");
 }
 
+/// RDMSR and WRMSR take prefixes, which they ignore (REX in 64-bit mode,
+/// operand size, segment): `npc` is past them. Oracle: the CPU's own
+/// instruction length, with which KVM completes an answered access (the
+/// next exit's RIP, and the HLT's).
+#[test]
+fn prefixed_msr_instructions_report_npc_past_their_prefixes() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = long_mode(&[
+        0xb9, 0xff, 0xff, 0xff, 0xff, // mov ecx,0xffffffff       +0
+        0x48, 0x0f, 0x32, //             rex.W rdmsr              +5
+        0x66, 0x40, 0x0f, 0x32, //       data16 rex rdmsr         +8
+        0xb9, 0xfe, 0xff, 0xff, 0xff, // mov ecx,0xfffffffe       +12
+        0x2e, 0x0f, 0x30, //             cs wrmsr                 +17
+        0xf4, //                         hlt                      +20
+    ]);
+    // Each exit's RIP is where the CPU's length of the one before took it.
+    for (at, len) in [(5, 3), (8, 4)] {
+        let npc = match g.vcpu.run().unwrap() {
+            Exit::Rdmsr(mut r) => {
+                r.complete(0);
+                r.npc()
+            }
+            e => panic!("{e:?}"),
+        };
+        assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + at, "RIP on the RDMSR at +{at}");
+        assert_eq!(npc, CODE + at + len, "npc of the RDMSR at +{at}");
+    }
+    let npc = match g.vcpu.run().unwrap() {
+        Exit::Wrmsr(mut w) => {
+            w.accept();
+            w.npc()
+        }
+        e => panic!("{e:?}"),
+    };
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 17, "RIP on the WRMSR");
+    assert_eq!(npc, CODE + 20, "npc of the WRMSR");
+    assert_eq!(next_reason(&mut g.vcpu), reason::HALTED);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 21, "the CPU's lengths took the guest to its HLT");
+}
+
 #[test]
 fn unanswered_msr_access_is_executed_again() {
     nvmm_testkit::kvm_or_skip!();
     let mut g = msr_guest();
+    g.vcpu.update(StateMask::GPRS, |s| (s.gprs[Gpr::Rax], s.gprs[Gpr::Rdx]) = (0x1111_2222, 0x3333_4444)).unwrap();
     let first = match g.vcpu.run().unwrap() {
         Exit::Rdmsr(r) => r.npc(),
         e => panic!("{e:?}"),
@@ -599,6 +640,8 @@ fn unanswered_msr_access_is_executed_again() {
         Exit::Rdmsr(r) => assert_eq!((r.msr(), r.npc()), (0xffff_ffff, first)),
         e => panic!("{e:?}"),
     }
+    // Nothing was read: EDX:EAX are what the guest had.
+    assert_eq!((gpr(&mut g.vcpu, Gpr::Rax), gpr(&mut g.vcpu, Gpr::Rdx)), (0x1111_2222, 0x3333_4444));
     assert_eq!(read_u32(&g, 0x2100), 0, "no #GP");
 }
 

@@ -91,6 +91,14 @@ fn a_destroyed_vcpu_id_comes_back_in_reset_state() {
     let Guest { machine, vcpu } = g;
     drop(vcpu);
     let mut v = machine.create_vcpu(0).unwrap();
+    let shown = format!("{v:?}");
+    assert!(shown.starts_with("Vcpu {") && shown.contains("id: 0"), "{shown}");
+    let handle = v.handle();
+    assert_eq!(format!("{handle:?}"), "VcpuHandle { requested: false }");
+    handle.stop();
+    assert_eq!(format!("{handle:?}"), "VcpuHandle { requested: true }");
+    assert!(handle.cancel_stop(), "the request was there to cancel");
+    assert!(!handle.cancel_stop(), "and is gone: the run below is not stopped");
     v.get_state(StateMask::ALL).unwrap();
     let fresh = *v.state();
     machine.map_anonymous(0xffff_f000, 4096, Prot::READ | Prot::EXEC).unwrap();

@@ -220,6 +220,10 @@ fn state_around_exits_costs_no_ioctl() {
     }
     assert_eq!(g.vcpu.state_ioctls(), after_warmup, "GPRS/SEGS around exits come from kvm_run");
     assert_eq!(gpr(&mut g.vcpu, Gpr::Rax) & 0xffff, 200);
+    // The count does count: debug registers go to KVM with their own call.
+    g.vcpu.set_state(StateMask::DRS).unwrap();
+    g.vcpu.run().unwrap();
+    assert!(g.vcpu.state_ioctls() > after_warmup, "storing DRS is a system call");
 }
 
 #[test]

@@ -106,7 +106,8 @@ pub trait EmuCpu {
 pub trait EmuMemory {
     /// Reads `buf.len()` bytes at a linear address.
     fn read(&mut self, linear: u64, buf: &mut [u8], access: Access) -> Result<(), EmuError>;
-    /// Writes `buf` at a linear address.
+    /// Writes `buf` at a linear address (`access.kind` is
+    /// [`AccessKind::Write`]).
     fn write(&mut self, linear: u64, buf: &[u8], access: Access) -> Result<(), EmuError>;
 }
 

@@ -27,10 +27,11 @@ impl Vcpu {
         }
         // The registers the guest must resume with: the VMM's if it set
         // them, else the ones of the exit (RIP on the instruction).
+        // They are loaded over KVM's once it finished the access, so the
+        // value KVM puts in EDX:EAX for an RDMSR is never seen.
         self.fetch(Parts::GPRS.minus(self.cache.have))?;
-        let g = self.comm.state().gprs;
         let a = self.backend.msr_answer();
-        *a.data = (g[Gpr::Rdx] << 32) | (g[Gpr::Rax] & 0xffff_ffff);
+        *a.data = 0;
         *a.error = 0;
         self.forget_raw();
         if let Some(next) = self.backend.finish_pending()? {

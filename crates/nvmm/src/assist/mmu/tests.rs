@@ -269,7 +269,17 @@ fn ranges_split_at_pages_and_tables_must_be_ram() {
     b.map(0x3000, 0x6000, 4096, RW);
     let a = Access::supervisor(AccessKind::Read);
     assert_eq!(translate_range(&b.ram, &b.regs, 0x1ffe, 4, a).unwrap(), vec![(0x9ffe, 2), (0x5000, 2)]);
-    assert_eq!(translate_range(&b.ram, &b.regs, 0x2ffe, 4, a).unwrap(), vec![(0x5ffe, 4)], "contiguous pieces merge");
+    assert_eq!(translate_range(&b.ram, &b.regs, 0x2ffd, 6, a).unwrap(), vec![(0x5ffd, 6)], "contiguous pieces merge");
+    // Above 4 GiB in long mode; wrapping at 4 GiB in 32-bit paging.
+    b.map(0x1_0000_0000, 0x7000, 4096, RW);
+    b.map(0x1_0000_1000, 0xa000, 4096, RW);
+    let high = translate_range(&b.ram, &b.regs, 0x1_0000_0ffe, 4, a).unwrap();
+    assert_eq!(high, vec![(0x7ffe, 2), (0xa000, 2)]);
+    let mut b32 = Builder::new(PagingMode::Bits32);
+    b32.map(0xffff_f000, 0x8000, 4096, RW);
+    b32.map(0, 0x3000, 4096, RW);
+    let wrapped = translate_range(&b32.ram, &b32.regs, 0xffff_fffe, 4, a).unwrap();
+    assert_eq!(wrapped, vec![(0x8ffe, 2), (0x3000, 2)]);
     assert!(translate_range(&b.ram, &b.regs, 0x3ffe, 4, a).is_err(), "second page unmapped");
     b.ram.holes.push(b.regs.cr3);
     assert_eq!(walk(&b.ram, &b.regs, 0x1000), Err(WalkError::TableUnreadable { gpa: b.regs.cr3 }));
@@ -367,4 +377,30 @@ fn mappings_skip_reserved_entries_and_unreadable_tables() {
     b.ram.holes.push(pte_addr & !0xfff);
     let after = mappings(&b.ram, &b.regs);
     assert!(after.len() <= 1);
+}
+
+#[test]
+fn walk_errors_say_what_failed_and_where() {
+    let shown: Vec<String> = [
+        WalkError::NonCanonical { gva: 0x8000_0000_0000 },
+        WalkError::NotPresent { gva: 0x4000, level: 2, error_code: 0 },
+        WalkError::Reserved { gva: 0x5000, level: 4, error_code: pf::P | pf::RSVD },
+        WalkError::Protection { gva: 0x6000, error_code: pf::P | pf::W },
+        WalkError::TableUnreadable { gpa: 0xfee0_0000 },
+        WalkError::InvalidMode,
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    assert_eq!(
+        shown,
+        [
+            "0x800000000000 is not canonical",
+            "0x4000: level-2 entry not present",
+            "0x5000: level-4 entry has reserved bits set",
+            "0x6000: access forbidden (#PF error code 0x3)",
+            "page table entry at 0xfee00000 is not in guest RAM",
+            "long mode without PAE",
+        ]
+    );
 }

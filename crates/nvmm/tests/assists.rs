@@ -242,8 +242,17 @@ fn int3_delivers_breakpoint() {
 #[test]
 fn xsave_to_mmio_writes_the_sdm_image_from_the_exits_bytes() {
     nvmm_testkit::kvm_or_skip!();
+    // With the run loop's completion, which looks at the instruction first
+    // and leaves it to the program, and without (the assist alone).
+    for complete in [true, false] {
+        xsave_to_mmio(complete);
+    }
+}
+
+fn xsave_to_mmio(complete: bool) {
     // add rsi,64 ; xsave [rsi] ; hlt
     let mut g = guest(&[0x48, 0x83, 0xc6, 0x40, 0x0f, 0xae, 0x26], false);
+    g.vcpu.set_complete_emulation_failures(complete);
     let xmm: [[u8; 16]; 16] = std::array::from_fn(|i| std::array::from_fn(|j| (i * 16 + j) as u8 ^ 0x5c));
     g.vcpu
         .update(StateMask::FPU | StateMask::GPRS | StateMask::CRS, |s| {

@@ -795,9 +795,11 @@ fn vector_moves_match_the_cpu() {
 /// unnormal, normal).
 fn x87_value(rng: &mut Rng) -> [u8; 10] {
     let sign = (rng.next() as u16) & 0x8000;
-    let (man, exp) = match rng.next() % 7 {
+    let (man, exp) = match rng.next() % 8 {
         0 => (0, 0),
         1 => (rng.next() >> 1, 0),
+        // Pseudo-denormal: exponent 0, integer bit set.
+        6 => ((1 << 63) | rng.next(), 0),
         2 => (1 << 63, 0x7fff),
         3 => ((3 << 62) | (rng.next() >> 2), 0x7fff),
         4 => (rng.next() >> 1, (rng.next() as u16 % 0x7ffe) + 1),
@@ -817,7 +819,7 @@ fn x87_value(rng: &mut Rng) -> [u8; 10] {
 /// (control, status and full tag words computed from the registers,
 /// pointers, opcode, ST0-ST7, the reserved halves) and the state loaded
 /// from random images. Stacks of any depth and TOP hold normal, zero,
-/// denormal, infinite, NaN and unnormal values. What a register tagged
+/// denormal, pseudo-denormal, infinite, NaN and unnormal values. What a register tagged
 /// empty holds is not part of the state a VMM sets (this host keeps other
 /// contents there): FNSAVE's image of such a register is not compared,
 /// and FLDENV's images leave such registers empty.
@@ -948,6 +950,26 @@ fn x87_control_instructions_match_the_cpu() {
         });
     }
     println!("{} cases", b.cases);
+}
+
+/// The x87 environment instructions in real and virtual-8086 mode, whose
+/// formats hold 20-bit linear pointers, are left to the VMM: the emulator
+/// says so instead of storing the protected-mode format.
+#[test]
+fn x87_environments_in_real_and_virtual_8086_mode_are_left_to_the_vmm() {
+    for (insn, vm86) in [([0xd9, 0x37], false), ([0xdd, 0x27], false), ([0xd9, 0x37], true)] {
+        let mut st = State::default();
+        nvmm::x86::modes::real_mode_entry(&mut st, 0x1000);
+        if vm86 {
+            st.crs[Cr::Cr0] |= 1;
+            st.gprs[Gpr::Rflags] |= 1 << 17;
+        }
+        let c = decode_control(&insn, CpuMode::Bits16).unwrap();
+        let mut mem = HashMap::new();
+        let r = execute_control(&c, &mut LazyCpu::new(st, Xsave::default()), &mut MemView(&mut mem));
+        assert!(matches!(r, Err(EmuError::Unsupported(_))), "{insn:02x?} vm86={vm86}: {r:?}");
+        assert!(mem.is_empty(), "nothing stored");
+    }
 }
 
 /// VERR and VERW are #UD in real mode (SDM), whatever else the state
@@ -1091,6 +1113,44 @@ fn xsave_image(st: &State, data: &mut [u8], rng: &mut Rng, compacted: bool) {
     }
 }
 
+/// Which components XSAVE and XSAVEC find in use (XINUSE): the x87 when
+/// any one of its fields leaves its initial state (FCW, FSW, FTW, FOP,
+/// FIP, FDP, a register), SSE when MXCSR or one XMM register does, the
+/// other fields of both initial. The CPU's XSTATE_BV and compacted layout
+/// are the oracle.
+#[test]
+fn xsave_finds_a_component_in_use_by_any_one_field_as_the_cpu_does() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    b.pointers = true;
+    type Field = fn(&mut State);
+    let fields: [(u64, Field); 9] = [
+        (1, |st| st.fpu.fx_cw = 0x27f),
+        (1, |st| st.fpu.fx_sw = 0x20),
+        (1, |st| st.fpu.fx_tw = 0x01),
+        (1, |st| st.fpu.fx_opcode = 0x123),
+        (1, |st| st.fpu.fx_ip = 0x1234),
+        (1, |st| st.fpu.fx_dp = 0x5678),
+        (1, |st| st.fpu.fx_87_ac[3][..10].copy_from_slice(&[1; 10])),
+        (2, |st| st.fpu.fx_mxcsr = 0x1fa0),
+        (2, |st| st.fpu.fx_xmm[5][7] = 0x40),
+    ];
+    for (rfbm, field) in fields {
+        for form in [[0x0f, 0xae, 0x23], [0x0f, 0xc7, 0x23]] {
+            b.check(&form, 0, &move |st: &mut State, rng: &mut Rng| {
+                rbx_at_area(st, rng);
+                (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (rfbm, 0);
+                let f = &mut st.fpu;
+                (f.fx_cw, f.fx_sw, f.fx_tw, f.fx_opcode, f.fx_ip, f.fx_dp) = (0x37f, 0, 0, 0, 0, 0);
+                f.fx_87_ac = [[0; 16]; 8];
+                (f.fx_mxcsr, f.fx_xmm) = (0x1f80, [[0; 16]; 16]);
+                field(st);
+            });
+        }
+    }
+    println!("{} cases", b.cases);
+}
+
 #[test]
 fn xsave_family_matches_the_cpu() {
     nvmm_testkit::kvm_or_skip!();
@@ -1215,6 +1275,83 @@ fn popcnt_verr_verw_match_the_cpu() {
         }
     }
     println!("{} cases", b.cases);
+}
+
+/// VERR and VERW on random descriptors (every type, S, DPL and P, every
+/// RPL, at CPL 0 and 3, in the GDT and in an LDT whose own presence and
+/// selector vary, at and past the tables' limits), against the SDM's
+/// pseudo-code written out here. Not against the CPU: this host runs
+/// guest user code with its own GDT, so a native VERR reads the host's
+/// descriptors (`popcnt_verr_verw_match_the_cpu` compares the entries
+/// where both agree).
+#[test]
+fn verr_verw_follow_the_sdm_on_random_descriptors() {
+    const GDT_AT: u64 = 0x1_0000;
+    const LDT_AT: u64 = 0x1_1000;
+    /// SDM vol. 2, VERR/VERW, "Operation".
+    fn sdm(table: &[u8], limit: u64, selector: u16, cpl: u8, write: bool) -> bool {
+        let index = u64::from(selector & !7);
+        if selector & !3 == 0 || index + 7 > limit {
+            return false;
+        }
+        let access = table[index as usize + 5];
+        let (s, dpl, typ) = (access & 0x10 != 0, (access >> 5) & 3, access & 0xf);
+        let (code, conforming, rw) = (typ & 8 != 0, typ & 0xc == 0xc, typ & 2 != 0);
+        let rpl = (selector & 3) as u8;
+        if !s || (!conforming && (cpl > dpl || rpl > dpl)) {
+            return false;
+        }
+        if write { !code && rw } else { !code || rw }
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut checked = [0usize; 2];
+    for _ in 0..4000 {
+        let gdt: Vec<u8> =
+            (0..16).flat_map(|_| (0x00cf_0000_0000_ffffu64 | (rng.next() & 0xff) << 40).to_le_bytes()).collect();
+        let ldt: Vec<u8> =
+            (0..16).flat_map(|_| (0x00cf_0000_0000_ffffu64 | (rng.next() & 0xff) << 40).to_le_bytes()).collect();
+        let user = rng.next() % 2 == 0;
+        // Mostly the whole table, sometimes a limit anywhere.
+        let mut limit = || if rng.next() % 4 == 0 { rng.next() % 0x90 } else { 0x7f };
+        let (gdt_limit, ldt_limit) = (limit(), limit());
+        let ldt_usable = rng.next() % 4 != 0;
+        let ldt_selector = if rng.next() % 8 == 0 { 0 } else { 0x48 };
+        let selector = rng.next() as u16 & 0x7f;
+        let write = rng.next() % 2 == 0;
+        let mut st = State::default();
+        nvmm::x86::modes::long_mode(&mut st, GDT_AT, 0x2000);
+        if user {
+            nvmm::x86::modes::user_mode(&mut st);
+        }
+        st.segs[nvmm::Seg::Gdt].limit = gdt_limit as u32;
+        let l = &mut st.segs[nvmm::Seg::Ldt];
+        (l.selector, l.base, l.limit) = (ldt_selector, LDT_AT, ldt_limit as u32);
+        l.attrib = nvmm::x86::state::SegAttrib::new(2, false, 0, ldt_usable, false, false, false, false);
+        st.gprs[Gpr::Rip] = CODE;
+        st.gprs[Gpr::Rcx] = u64::from(selector);
+        let mut mem: HashMap<u64, u8> = HashMap::new();
+        mem.extend(gdt.iter().enumerate().map(|(i, b)| (GDT_AT + i as u64, *b)));
+        mem.extend(ldt.iter().enumerate().map(|(i, b)| (LDT_AT + i as u64, *b)));
+        let insn = [0x0f, 0x00, 0xc0 | if write { 5 } else { 4 } << 3 | 1];
+        let c = decode_control(&insn, CpuMode::Bits64).unwrap();
+        let mut cpu = LazyCpu::new(st, Xsave::default());
+        execute_control(&c, &mut cpu, &mut MemView(&mut mem)).unwrap();
+        cpu.settle();
+        let in_ldt = selector & 4 != 0;
+        let want = if in_ldt {
+            ldt_usable && ldt_selector & !3 != 0 && sdm(&ldt, ldt_limit, selector, 3 * u8::from(user), write)
+        } else {
+            sdm(&gdt, gdt_limit, selector, 3 * u8::from(user), write)
+        };
+        let zf = cpu.state.gprs[Gpr::Rflags] & rflags::ZF != 0;
+        assert_eq!(
+            zf, want,
+            "selector {selector:#x} write {write} user {user} limits {gdt_limit:#x}/{ldt_limit:#x} ldt {ldt_usable}/{ldt_selector:#x}"
+        );
+        checked[usize::from(want)] += 1;
+    }
+    println!("{} accessible, {} not", checked[1], checked[0]);
+    assert!(checked[0] > 300 && checked[1] > 300, "{checked:?}: both answers reached often");
 }
 
 /// Every addressing form against the CPU: REX.B bases (r8-r15), REX.R
@@ -1561,6 +1698,40 @@ fn faults_match_the_cpu() {
             };
             b.check_fault_or_sdm(insn, 7, &em, Some((Cr::Cr0, 4, true)));
         }
+        // FWAIT with CR0.MP and TS: #NM; with an unmasked exception
+        // pending (FSW.ES; CR0.NE is always set under VMX): #MF.
+        b.check_fault_or_sdm(
+            &[0x9b],
+            7,
+            &|st: &mut State, rng: &mut Rng| {
+                at(64)(st, rng);
+                st.crs[Cr::Cr0] |= 8 | 2;
+            },
+            Some((Cr::Cr0, 8, true)),
+        );
+        b.check_fault(&[0x9b], 16, &|st: &mut State, rng: &mut Rng| {
+            at(64)(st, rng);
+            st.fpu.fx_cw = 0x37e;
+            st.fpu.fx_sw = 0x8081;
+        });
+        // XSAVE with CR4.OSXSAVE off: #UD.
+        let no_osxsave = |st: &mut State, rng: &mut Rng| {
+            at(64)(st, rng);
+            st.crs[Cr::Cr4] &= !cr4::OSXSAVE;
+        };
+        b.check_fault_or_sdm(&[0x0f, 0xae, 0x23], 6, &no_osxsave, Some((Cr::Cr4, cr4::OSXSAVE, false)));
+        // Register-to-register SSE and AVX moves (the control path): CR0.TS
+        // #NM, CR0.EM and CR4.OSFXSR off #UD; VEX with CR4.OSXSAVE off #UD.
+        let rr_ts = |st: &mut State, _: &mut Rng| st.crs[Cr::Cr0] |= 8;
+        b.check_fault_or_sdm(&[0x0f, 0x28, 0xc1], 7, &rr_ts, Some((Cr::Cr0, 8, true)));
+        let rr_em = |st: &mut State, _: &mut Rng| st.crs[Cr::Cr0] |= 4;
+        b.check_fault_or_sdm(&[0x0f, 0x28, 0xc1], 6, &rr_em, Some((Cr::Cr0, 4, true)));
+        let rr_no_fxsr = |st: &mut State, _: &mut Rng| st.crs[Cr::Cr4] &= !(1 << 9);
+        b.check_fault_or_sdm(&[0x0f, 0x28, 0xc1], 6, &rr_no_fxsr, Some((Cr::Cr4, 1 << 9, false)));
+        if b.avx {
+            let rr_no_xsave = |st: &mut State, _: &mut Rng| st.crs[Cr::Cr4] &= !cr4::OSXSAVE;
+            b.check_fault_or_sdm(&[0xc5, 0xf8, 0x28, 0xc1], 6, &rr_no_xsave, Some((Cr::Cr4, cr4::OSXSAVE, false)));
+        }
         // CLAC and STAC at CPL 3: #UD.
         for insn in [&[0x0f, 0x01, 0xca][..], &[0x0f, 0x01, 0xcb]] {
             b.check_fault(insn, 6, &at(64));
@@ -1604,7 +1775,7 @@ fn faults_match_the_cpu() {
         limit(st, nvmm::Seg::Ss);
         st.gprs[Gpr::Rbp] = (DATA + 0xfe + SS_SHIFT) & 0xffff_ffff;
     });
-    assert_eq!(b.cases + b16.cases + b32.cases, 2 * (18 + usize::from(b.avx)) + 5);
+    assert_eq!(b.cases + b16.cases + b32.cases, 2 * (24 + 2 * usize::from(b.avx)) + 5);
 }
 
 /// Memory that records each access's kind and faults on every one, like a

@@ -64,3 +64,43 @@ impl EmuCpu for HeldCpu {
         self.marked |= mask;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::HeldCpu;
+    use crate::assist::decode::{CpuMode, decode_control};
+    use crate::assist::emulate::{EmuError, EmuMemory, execute_control};
+    use crate::assist::mmu::Access;
+    use crate::x86::modes;
+    use crate::x86::state::{Cr, Gpr, StateMask};
+
+    struct NoMemory;
+
+    impl EmuMemory for NoMemory {
+        fn read(&mut self, _: u64, _: &mut [u8], _: Access) -> Result<(), EmuError> {
+            Err(EmuError::Memory("none"))
+        }
+        fn write(&mut self, _: u64, _: &[u8], _: Access) -> Result<(), EmuError> {
+            Err(EmuError::Memory("none"))
+        }
+    }
+
+    /// The emulator works on the held registers and XSAVE area and says
+    /// what it changed: VMOVDQA ymm0, ymm1 moves both halves and RIP.
+    #[test]
+    fn the_emulator_changes_what_is_held_and_marks_it() {
+        let mut cpu = HeldCpu::default();
+        modes::long_mode(&mut cpu.state, 0x1000, 0x2000);
+        cpu.state.gprs[Gpr::Rip] = 0x1000;
+        cpu.state.crs[Cr::Cr4] |= modes::cr4::OSXSAVE;
+        cpu.state.crs[Cr::Xcr0] = 7;
+        cpu.state.fpu.fx_xmm[1] = [0x55; 16];
+        cpu.xsave.set_ymm_hi(1, [0xaa; 16]).unwrap();
+        let insn = decode_control(&[0xc5, 0xfd, 0x6f, 0xc1], CpuMode::Bits64).unwrap();
+        execute_control(&insn, &mut cpu, &mut NoMemory).unwrap();
+        assert_eq!(cpu.state.gprs[Gpr::Rip], 0x1004);
+        assert_eq!(cpu.state.fpu.fx_xmm[0], [0x55; 16]);
+        assert_eq!(cpu.xsave.ymm_hi(0).unwrap(), [0xaa; 16]);
+        assert_eq!(cpu.marked, StateMask::FPU | StateMask::GPRS);
+    }
+}

@@ -972,6 +972,27 @@ fn x87_environments_in_real_and_virtual_8086_mode_are_left_to_the_vmm() {
     }
 }
 
+/// VEX-encoded instructions are #UD in real mode, and where XCR0 does not
+/// enable both SSE and AVX (SDM vol. 2, 2.8), whatever CR4 says.
+#[test]
+fn vex_is_ud_in_real_mode_and_without_avx_in_xcr0() {
+    let vmovdqa = [0xc5, 0xfd, 0x6f, 0xc1];
+    let mut real = State::default();
+    nvmm::x86::modes::real_mode_entry(&mut real, 0x1000);
+    let mut no_avx = State::default();
+    nvmm::x86::modes::long_mode(&mut no_avx, 0x1000, 0x2000);
+    for (st, mode, xcr0) in [(real, CpuMode::Bits16, 7), (no_avx, CpuMode::Bits64, 3), (no_avx, CpuMode::Bits64, 7)] {
+        let mut st = st;
+        st.crs[Cr::Cr4] |= cr4::OSXSAVE | cr4::OSFXSR;
+        st.crs[Cr::Xcr0] = xcr0;
+        let c = decode_control(&vmovdqa, mode).unwrap();
+        let mut mem = HashMap::new();
+        let r = execute_control(&c, &mut LazyCpu::new(st, Xsave::default()), &mut MemView(&mut mem));
+        let ud = matches!(r, Err(EmuError::Exception { vector: 6, .. }));
+        assert_eq!(ud, mode == CpuMode::Bits16 || xcr0 == 3, "{mode:?} XCR0 {xcr0}: {r:?}");
+    }
+}
+
 /// VERR and VERW are #UD in real mode (SDM), whatever else the state
 /// allows; the emulator runs them from any state a caller holds.
 #[test]
@@ -1286,8 +1307,9 @@ fn popcnt_verr_verw_match_the_cpu() {
 /// where both agree).
 #[test]
 fn verr_verw_follow_the_sdm_on_random_descriptors() {
-    const GDT_AT: u64 = 0x1_0000;
-    const LDT_AT: u64 = 0x1_1000;
+    // Above 4 GiB: 64-bit code does not wrap table addresses.
+    const GDT_AT: u64 = 0x1_0001_0000;
+    const LDT_AT: u64 = 0x1_0001_1000;
     /// SDM vol. 2, VERR/VERW, "Operation".
     fn sdm(table: &[u8], limit: u64, selector: u16, cpl: u8, write: bool) -> bool {
         let index = u64::from(selector & !7);

@@ -344,13 +344,7 @@ impl Bench {
                 self.g.vcpu.complete_pending().unwrap();
                 let mut model = LazyCpu::new(st, xs_in);
                 let mut mem: HashMap<u64, u8> = data.iter().enumerate().map(|(i, b)| (DATA + i as u64, *b)).collect();
-                let r = match decode(insn, self.mode) {
-                    Ok(d) => execute(&d, &mut model, &mut MemView(&mut mem)),
-                    Err(_) => {
-                        let c = decode_control(insn, self.mode).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                        execute_control(&c, &mut model, &mut MemView(&mut mem))
-                    }
-                };
+                let r = emulate(insn, self.mode, &mut model, &mut mem, &ctx);
                 match r {
                     Err(EmuError::Exception { vector: v, error_code: None, .. }) if v == vector => {}
                     other => panic!("{ctx}: the SDM's vector {vector}, the emulator gave {other:?}"),
@@ -374,13 +368,7 @@ impl Bench {
 
         let mut model = LazyCpu::new(st, xs_in);
         let mut mem: HashMap<u64, u8> = data.iter().enumerate().map(|(i, b)| (DATA + i as u64, *b)).collect();
-        let r = match decode(insn, self.mode) {
-            Ok(d) => execute(&d, &mut model, &mut MemView(&mut mem)),
-            Err(_) => {
-                let c = decode_control(insn, self.mode).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                execute_control(&c, &mut model, &mut MemView(&mut mem))
-            }
-        };
+        let r = emulate(insn, self.mode, &mut model, &mut mem, &ctx);
         match r {
             Err(EmuError::Exception { vector: v, error_code, .. }) => {
                 assert_eq!((v, error_code), (native, native_code), "{ctx}: (vector, error code), emulated vs CPU");
@@ -465,29 +453,23 @@ impl LazyCpu {
     }
 
     fn fetch(&mut self, mask: StateMask) {
-        let (t, s) = (&self.truth, &mut self.state);
-        let new = |m: StateMask| mask.contains(m) && !self.fetched.contains(m);
-        if new(StateMask::SEGS) {
-            s.segs = t.segs;
-        }
-        if new(StateMask::GPRS) {
-            s.gprs = t.gprs;
-        }
-        if new(StateMask::CRS) {
-            s.crs = t.crs;
-        }
-        if new(StateMask::DRS) {
-            s.drs = t.drs;
-        }
-        if new(StateMask::MSRS) {
-            s.msrs = t.msrs;
-        }
-        if new(StateMask::INTR) {
-            s.intr = t.intr;
-        }
-        if new(StateMask::FPU) {
-            s.fpu = t.fpu;
-            self.xsave = self.truth_xsave.clone();
+        type Copy = fn(&mut State, &State);
+        let parts: [(StateMask, Copy); 7] = [
+            (StateMask::SEGS, |s, t| s.segs = t.segs),
+            (StateMask::GPRS, |s, t| s.gprs = t.gprs),
+            (StateMask::CRS, |s, t| s.crs = t.crs),
+            (StateMask::DRS, |s, t| s.drs = t.drs),
+            (StateMask::MSRS, |s, t| s.msrs = t.msrs),
+            (StateMask::INTR, |s, t| s.intr = t.intr),
+            (StateMask::FPU, |s, t| s.fpu = t.fpu),
+        ];
+        for (part, copy) in parts {
+            if mask.contains(part) && !self.fetched.contains(part) {
+                copy(&mut self.state, &self.truth);
+                if part == StateMask::FPU {
+                    self.xsave = self.truth_xsave.clone();
+                }
+            }
         }
         self.fetched |= mask;
     }
@@ -509,6 +491,24 @@ impl EmuCpu for LazyCpu {
     }
 
     fn mark(&mut self, _mask: StateMask) {}
+}
+
+/// Decodes `insn` with the general decoder, else with the control one,
+/// and runs it on `model`.
+fn emulate(
+    insn: &[u8],
+    mode: CpuMode,
+    model: &mut LazyCpu,
+    mem: &mut HashMap<u64, u8>,
+    ctx: &str,
+) -> Result<(), EmuError> {
+    match decode(insn, mode) {
+        Ok(d) => execute(&d, model, &mut MemView(mem)),
+        Err(_) => {
+            let c = decode_control(insn, mode).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            execute_control(&c, model, &mut MemView(mem))
+        }
+    }
 }
 
 struct MemView<'a>(&'a mut HashMap<u64, u8>);

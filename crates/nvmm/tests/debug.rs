@@ -46,6 +46,25 @@ fn single_step_in_every_mode() {
     steps_walk_the_instructions(long_mode(&NOPS));
 }
 
+/// The settings read back as set, and all off when debugging ends; single
+/// steps hold interrupts off exactly where KVM offers it
+/// (`KVM_CAP_SET_GUEST_DEBUG2` lists `KVM_GUESTDBG_BLOCKIRQ`).
+#[test]
+fn settings_read_back_and_steps_block_interrupts_where_kvm_offers_it() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = long_mode(&NOPS);
+    assert_eq!(g.vcpu.guest_debug(), &GuestDebug::default());
+    g.vcpu.set_guest_debug(&step_debug()).unwrap();
+    assert_eq!(g.vcpu.guest_debug(), &step_debug());
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let flags = kvm.check_extension_raw(kvm_bindings::KVM_CAP_SET_GUEST_DEBUG2.into());
+    let offered = flags > 0 && (flags as u32) & kvm_bindings::KVM_GUESTDBG_BLOCKIRQ != 0;
+    assert_eq!(g.vcpu.debug_blocks_interrupts(), offered, "KVM's guest-debug flags {flags:#x}");
+    g.vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+    assert_eq!(g.vcpu.guest_debug(), &GuestDebug::default());
+    run_to_halt(&mut g.vcpu);
+}
+
 #[test]
 fn execute_breakpoint_then_continue() {
     nvmm_testkit::kvm_or_skip!();

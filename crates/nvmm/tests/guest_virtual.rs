@@ -176,7 +176,7 @@ fn one_gib_pages_follow_the_guests_cpuid() {
 }
 
 /// After the guest switches page tables itself, guest-virtual accesses
-/// follow the new tables (the view fetches the control registers the run
+/// and `gva_to_gpa` follow the new tables (the view fetches the control registers the run
 /// changed): the guest's own loads are the oracle.
 #[test]
 fn virtual_accesses_follow_page_tables_the_guest_switched_to() {
@@ -206,6 +206,9 @@ fn virtual_accesses_follow_page_tables_the_guest_switched_to() {
         Exit::Io(io) => assert_eq!(io.port(), 0x10),
         e => panic!("{e:?}"),
     }
+    // nvmm_gva_to_gpa follows them too (asked first, before anything
+    // else fetched the control registers).
+    assert_eq!(g.vcpu.gva_to_gpa(0x4000_0008).unwrap().0, 0x30_1008);
     // What the guest loaded through its new tables, we read.
     g.vcpu.read_virtual(0x4000_0000, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), gpr(&mut g.vcpu, Gpr::Rbx));

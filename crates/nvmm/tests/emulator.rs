@@ -77,7 +77,10 @@ impl Bench {
     /// XCR0 (this kind of machine does, as it does with CR0.TS and
     /// CR4.OSFXSR) answer their own instead of the guest's.
     fn cpl3_xcr0(&mut self) -> u64 {
+        // Probed in 64-bit code, whatever the bench's mode.
+        let mode = std::mem::replace(&mut self.mode, CpuMode::Bits64);
         let mut st = self.prepare(&[0x0f, 0x01, 0xd0], 0);
+        self.mode = mode;
         st.gprs[Gpr::Rcx] = 0;
         *self.g.vcpu.state_mut() = st;
         self.g.vcpu.set_state(StateMask::ALL).unwrap();
@@ -89,6 +92,59 @@ impl Bench {
         let g = self.g.vcpu.state().gprs;
         self.g.vcpu.complete_pending().unwrap();
         (g[Gpr::Rax] & 0xffff_ffff) | g[Gpr::Rdx] << 32
+    }
+
+    /// What the XSAVE family's EDX:EAX are masked with. A CPU running the
+    /// guest's user code with another XCR0 saves and restores other
+    /// components: the instruction masks are then kept within the guest's
+    /// XCR0, which makes the requested-feature bitmap the same on both
+    /// sides, and XGETBV is held to the SDM.
+    fn rfbm_mask(&mut self) -> u64 {
+        let guest_xcr0 = if self.avx { 7 } else { 3 };
+        let cpu_xcr0 = self.cpl3_xcr0();
+        if cpu_xcr0 == guest_xcr0 {
+            return u64::MAX;
+        }
+        println!(
+            "the CPU runs CPL 3 with XCR0 {cpu_xcr0:#x}, not the guest's {guest_xcr0:#x}: \
+             EDX:EAX kept within the guest's XCR0; XGETBV held to the SDM"
+        );
+        self.sdm_xgetbv = Some(guest_xcr0);
+        guest_xcr0
+    }
+
+    /// Runs `code` natively from a random state that `setup` adjusts, the
+    /// AVX upper halves `ymm_hi`, over `data` (written at DATA); the data
+    /// area and the state after it.
+    fn native_only(
+        &mut self,
+        code: &[u8],
+        setup: &dyn Fn(&mut State),
+        ymm_hi: [u8; 16],
+        data: &[u8],
+    ) -> (Vec<u8>, State) {
+        let mut st = self.prepare(code, 0);
+        st.fpu.fx_cw = 0x37f;
+        setup(&mut st);
+        self.g.machine.write_gpa(DATA, data).unwrap();
+        *self.g.vcpu.state_mut() = st;
+        if self.avx {
+            let xs = self.g.vcpu.xsave_mut();
+            for i in 0..16 {
+                xs.set_ymm_hi(i, ymm_hi).unwrap();
+            }
+        }
+        self.g.vcpu.set_state(StateMask::ALL).unwrap();
+        match self.g.vcpu.run().unwrap() {
+            Exit::Io(io) => assert_eq!(io.port(), 0x10, "{code:02x?}"),
+            e => panic!("{code:02x?}: native run gave {e:?}"),
+        }
+        let mut out = vec![0u8; data.len()];
+        self.g.machine.read_gpa(DATA, &mut out).unwrap();
+        self.g.vcpu.get_state(StateMask::ALL).unwrap();
+        let after = *self.g.vcpu.state();
+        self.g.vcpu.complete_pending().unwrap();
+        (out, after)
     }
 
     /// A bench whose code runs in compatibility mode with a 32- or 16-bit
@@ -136,6 +192,21 @@ impl Bench {
         setup: &dyn Fn(&mut State, &mut Rng),
         data_setup: &dyn Fn(&State, &mut [u8], &mut Rng),
     ) {
+        self.check_sequence(&[insn], rflags_in, setup, data_setup);
+    }
+
+    /// [`check_data`](Self::check_data) for instructions run one after the
+    /// other: natively as one piece of code, emulated one by one (what one
+    /// leaves behind in the emulator's CPU, the next one sees).
+    fn check_sequence(
+        &mut self,
+        insns: &[&[u8]],
+        rflags_in: u64,
+        setup: &dyn Fn(&mut State, &mut Rng),
+        data_setup: &dyn Fn(&State, &mut [u8], &mut Rng),
+    ) {
+        let code = insns.concat();
+        let insn = &code[..];
         let data_len = self.data_len;
         let mut data: Vec<u8> = (0..data_len).map(|_| self.rng.next() as u8).collect();
         let mut st = self.prepare(insn, rflags_in);
@@ -196,22 +267,27 @@ impl Bench {
         self.g.machine.read_gpa(GDT, &mut gdt).unwrap();
         mem.extend(gdt.iter().enumerate().map(|(i, b)| (GDT + i as u64, *b)));
         let mode = self.mode;
-        // A REP instruction stops after a batch of iterations with RIP
-        // still on it, as the guest would then execute it again.
-        for _ in 0..64 {
-            let done = match decode(insn, mode) {
-                Ok(d) => execute(&d, &mut model, &mut MemView(&mut mem)),
-                Err(_) => {
-                    let c = decode_control(insn, mode).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                    assert_eq!(usize::from(c.len), insn.len(), "{ctx}: length");
-                    execute_control(&c, &mut model, &mut MemView(&mut mem))
+        let mut at = CODE;
+        for one in insns {
+            // A REP instruction stops after a batch of iterations with RIP
+            // still on it, as the guest would then execute it again.
+            for _ in 0..64 {
+                let done = match decode(one, mode) {
+                    Ok(d) => execute(&d, &mut model, &mut MemView(&mut mem)),
+                    Err(_) => {
+                        let c = decode_control(one, mode).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                        assert_eq!(usize::from(c.len), one.len(), "{ctx}: length");
+                        execute_control(&c, &mut model, &mut MemView(&mut mem))
+                    }
+                };
+                done.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                model.settle();
+                if model.state.gprs[Gpr::Rip] != at {
+                    break;
                 }
-            };
-            done.unwrap_or_else(|e| panic!("{ctx}: {e}"));
-            model.settle();
-            if model.state.gprs[Gpr::Rip] != CODE {
-                break;
             }
+            at += one.len() as u64;
+            assert_eq!(model.state.gprs[Gpr::Rip], at, "{ctx}: rip after {one:02x?}");
         }
         let emu_mem: Vec<u8> = (0..data_len as u64).map(|i| mem[&(DATA + i)]).collect();
         // Compatibility mode leaves the upper halves of the registers
@@ -315,8 +391,31 @@ impl Bench {
         setup: &dyn Fn(&mut State, &mut Rng),
         control: Option<(Cr, u64, bool)>,
     ) {
-        let data: Vec<u8> = (0..DATA_LEN).map(|_| self.rng.next() as u8).collect();
-        self.g.machine.write_gpa(DATA, &data).unwrap();
+        self.check_fault_with(insn, vector, setup, &|_: &State, _: &mut [u8], _: &mut Rng| {}, control);
+    }
+
+    /// [`check_fault`](Self::check_fault) with `data_setup` preparing the
+    /// data area (an XSAVE area that is wrong, say) for the state `setup`
+    /// made.
+    fn check_fault_data(
+        &mut self,
+        insn: &[u8],
+        vector: u8,
+        setup: &dyn Fn(&mut State, &mut Rng),
+        data_setup: &dyn Fn(&State, &mut [u8], &mut Rng),
+    ) {
+        self.check_fault_with(insn, vector, setup, data_setup, None);
+    }
+
+    fn check_fault_with(
+        &mut self,
+        insn: &[u8],
+        vector: u8,
+        setup: &dyn Fn(&mut State, &mut Rng),
+        data_setup: &dyn Fn(&State, &mut [u8], &mut Rng),
+        control: Option<(Cr, u64, bool)>,
+    ) {
+        let mut data: Vec<u8> = (0..DATA_LEN).map(|_| self.rng.next() as u8).collect();
         let mut st = self.prepare(insn, 0);
         // Back at CPL 3 after a previous case's fault handler.
         nvmm::x86::modes::user_mode(&mut st);
@@ -327,6 +426,8 @@ impl Bench {
         st.crs[Cr::Cr4] |= 1 << 9 | if self.avx { cr4::OSXSAVE } else { 0 };
         st.fpu.fx_cw = 0x37f;
         setup(&mut st, &mut self.rng);
+        data_setup(&st, &mut data, &mut self.rng);
+        self.g.machine.write_gpa(DATA, &data).unwrap();
         *self.g.vcpu.state_mut() = st;
         self.g.vcpu.set_state(StateMask::ALL).unwrap();
         let xs_in = self.g.vcpu.xsave().clone();
@@ -871,9 +972,13 @@ fn x87_environment_matches_the_cpu() {
                         *byte = rng.next() as u8;
                     }
                     // A control word with every exception masked, and
-                    // a status word without ES and B.
-                    let cw = 0x7f | (rng.next() as u16 & 0xf00);
-                    let sw = rng.next() as u16 & 0x787f & !0x80;
+                    // a status word without ES and B; every other round
+                    // an invalid operation pending instead (IE unmasked
+                    // and set, ES and B), which makes the CPU's pointers
+                    // (FOP, FIP, FDP) part of the comparison.
+                    let pending = round % 2 == 1;
+                    let cw = if pending { 0x7e } else { 0x7f } | (rng.next() as u16 & 0xf00);
+                    let sw = (rng.next() as u16 & 0x787f & !0x80) | if pending { 0x8081 } else { 0 };
                     let (sw_at, tw_at) = if env == 28 { (4, 8) } else { (2, 4) };
                     img[0..2].copy_from_slice(&cw.to_le_bytes());
                     img[sw_at..sw_at + 2].copy_from_slice(&sw.to_le_bytes());
@@ -1117,8 +1222,11 @@ fn xsave_image(st: &State, data: &mut [u8], rng: &mut Rng, compacted: bool) {
     let area = &mut data[off..off + 832];
     let mask = if st.fpu.fx_mxcsr_mask == 0 { 0xffbf } else { st.fpu.fx_mxcsr_mask };
     area[24..28].copy_from_slice(&((rng.next() as u32) & mask).to_le_bytes());
-    // FCW and the tags of a sane stack.
-    area[0..2].copy_from_slice(&(0x37f ^ (rng.next() as u16 & 0xc00)).to_le_bytes());
+    // FCW of any rounding and precision, half the time with invalid
+    // operations unmasked: with FSW's random IE an exception is then
+    // pending, which makes the CPU's ES, and so the pointer comparison,
+    // come into play.
+    area[0..2].copy_from_slice(&(0x37f ^ (rng.next() as u16 & 0xc01)).to_le_bytes());
     area[512..576].fill(0);
     let xcr0 = st.crs[Cr::Xcr0];
     let mut bv = rng.next() & xcr0;
@@ -1175,26 +1283,24 @@ fn xsave_finds_a_component_in_use_by_any_one_field_as_the_cpu_does() {
 #[test]
 fn xsave_family_matches_the_cpu() {
     nvmm_testkit::kvm_or_skip!();
-    let mut b = Bench::new();
+    xsave_family(Bench::new(), 48);
+}
+
+/// The XSAVE family in 32-bit code: 32-bit FIP and FDP with FCS and FDS
+/// dropped, only XMM0-7 and YMM0-7.
+#[test]
+fn xsave_family_in_32_bit_code_matches_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    xsave_family(Bench::compat(CpuMode::Bits32), 16);
+}
+
+fn xsave_family(mut b: Bench, rounds: u64) {
     b.pointers = true;
     let none = |_: &State, _: &mut [u8], _: &mut Rng| {};
-    let guest_xcr0 = if b.avx { 7 } else { 3 };
-    let cpu_xcr0 = b.cpl3_xcr0();
-    // A CPU running the guest's user code with another XCR0 saves and
-    // restores other components: the instruction masks (EDX:EAX) are then
-    // kept within the guest's XCR0, which makes the requested-feature
-    // bitmap the same on both sides, and XGETBV is held to the SDM.
-    let rfbm_mask = if cpu_xcr0 == guest_xcr0 {
-        u64::MAX
-    } else {
-        println!(
-            "the CPU runs CPL 3 with XCR0 {cpu_xcr0:#x}, not the guest's {guest_xcr0:#x}: \
-             EDX:EAX kept within the guest's XCR0; XGETBV held to the SDM"
-        );
-        b.sdm_xgetbv = Some(guest_xcr0);
-        guest_xcr0
-    };
-    for round in 0..48u64 {
+    let rfbm_mask = b.rfbm_mask();
+    // REX.W (64-bit FIP and FDP) exists in 64-bit code only.
+    let rexes: &[&[u8]] = if b.mode == CpuMode::Bits64 { &[&[], &[0x48]] } else { &[&[]] };
+    for round in 0..rounds {
         // Every third round SSE, every other AVX in its initial state.
         // Whether the CPU then reports the component in use (XSTATE_BV)
         // and whether XSAVEOPT and XSAVEC skip it is its choice (SDM
@@ -1216,7 +1322,7 @@ fn xsave_family_matches_the_cpu() {
                 st.fpu.fx_mxcsr = 0x1f80;
             }
         };
-        for rex in [&[][..], &[0x48]] {
+        for rex in rexes {
             let mut forms = vec![(0xaeu8, 4u8)];
             if !sse_init && !avx_init {
                 forms.extend([(0xae, 6), (0xc7, 4)]);
@@ -1241,6 +1347,225 @@ fn xsave_family_matches_the_cpu() {
         });
     }
     println!("{} cases", b.cases);
+}
+
+/// ORs `bits` into the 8-byte word at `at` of `a`.
+fn or_word(a: &mut [u8], at: usize, bits: u64) {
+    let w = u64::from_le_bytes(a[at..at + 8].try_into().unwrap()) | bits;
+    a[at..at + 8].copy_from_slice(&w.to_le_bytes());
+}
+
+/// Where the sequences below save to: 832 bytes (x87, SSE and AVX in
+/// the standard format) past the first area, 64-byte aligned.
+const SECOND_AREA: usize = 0x340;
+
+/// XSAVE [rbx+0x340] and XSAVEC [rbx+0x340].
+const XSAVE_SECOND: [u8; 7] = [0x0f, 0xae, 0xa3, 0x40, 0x03, 0x00, 0x00];
+const XSAVEC_SECOND: [u8; 7] = [0x0f, 0xc7, 0xa3, 0x40, 0x03, 0x00, 0x00];
+
+/// XRSTOR [rbx] and VZEROUPPER.
+const XRSTOR: [u8; 3] = [0x0f, 0xae, 0x2b];
+const VZEROUPPER: [u8; 3] = [0xc5, 0xf8, 0x77];
+
+/// What XRSTOR and VZEROUPPER leave for a later XSAVE or XSAVEC to find
+/// in use (the header's XSTATE_BV, and which components XSAVEC writes),
+/// against the CPU running the same two instructions. For a component
+/// XRSTOR or VZEROUPPER put back in its initial state the SDM leaves
+/// XINUSE to the CPU (13.6): a native run finds what this one does first.
+/// Where it reports the component not in use (as the emulator does), the
+/// emulator is held to that; where it does not, that bit is left out and
+/// XSAVEC, which would then write the component, is not run.
+#[test]
+fn xinuse_after_xrstor_and_vzeroupper_matches_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    b.pointers = true;
+    b.data_len = 2048;
+    b.avx_in_use = Some(true);
+    let rfbm_mask = b.rfbm_mask();
+    let xcr0: u64 = if b.avx { 7 } else { 3 };
+    let header_b = 64 + SECOND_AREA + 512;
+    let bv_at = |data: &[u8]| u64::from_le_bytes(data[header_b..header_b + 8].try_into().unwrap());
+    // The probes: every component initialized by XRSTOR (an all-zero
+    // header, MXCSR 1F80H), or the upper halves zeroed by VZEROUPPER; then
+    // XSAVE of all of them.
+    let mut init_image = vec![0u8; 2048];
+    init_image[64..66].copy_from_slice(&0x37fu16.to_le_bytes());
+    init_image[64 + 24..64 + 28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    let all = move |st: &mut State| {
+        st.gprs[Gpr::Rbx] = DATA + 64;
+        (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (xcr0, 0);
+    };
+    let (after, _) = b.native_only(&[&XRSTOR[..], &XSAVE_SECOND].concat(), &all, [0x55; 16], &init_image);
+    let kept_by_xrstor = bv_at(&after) & xcr0;
+    let kept_by_vzeroupper = if b.avx {
+        let (after, _) = b.native_only(&[&VZEROUPPER[..], &XSAVE_SECOND].concat(), &all, [0x55; 16], &init_image);
+        bv_at(&after) & xfeature::AVX
+    } else {
+        0
+    };
+    println!(
+        "this CPU reports in use after XRSTOR initialized them: {kept_by_xrstor:#x}; \
+         AVX after VZEROUPPER: {}",
+        kept_by_vzeroupper != 0
+    );
+    let none = |_: &State, _: &mut [u8], _: &mut Rng| {};
+    let mut r = Rng(0x2545_f491_4f6c_dd1d);
+    let mut held = 0;
+    for round in 0..40u64 {
+        let compacted = round % 2 == 1;
+        // The requested-feature bitmap, every component every fourth
+        // round; the components the image holds (the compacted one always
+        // SSE, see `xsave_image`).
+        let rfbm = (r.next() | if round % 4 == 0 { xcr0 } else { 0 }) & xcr0 & rfbm_mask;
+        let bv = (r.next() & xcr0) | if compacted { xfeature::SSE } else { 0 };
+        let uncertain = rfbm & !bv & kept_by_xrstor;
+        held |= rfbm & !bv & !kept_by_xrstor;
+        b.ignore = vec![(header_b, uncertain as u8)];
+        let setup = move |st: &mut State, rng: &mut Rng| {
+            rbx_at_area(st, rng);
+            (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (rfbm, 0);
+            // x87 in use before, by a control word other than FNINIT's
+            // (SSE is: random XMM registers; AVX is: `avx_in_use`).
+            st.fpu.fx_cw = 0x27f ^ (rng.next() as u16 & 0xc00);
+        };
+        let image = move |st: &State, data: &mut [u8], rng: &mut Rng| {
+            xsave_image(st, data, rng, compacted);
+            let area = &mut data[64..64 + 832];
+            area[512..520].copy_from_slice(&bv.to_le_bytes());
+            if compacted {
+                let comp = bv | (rng.next() & xcr0) | 1 << 63;
+                area[520..528].copy_from_slice(&comp.to_le_bytes());
+            }
+            if bv & xfeature::SSE == 0 {
+                // SSE initialized wholly (the standard form loads MXCSR
+                // from the area still).
+                area[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+            }
+        };
+        b.check_sequence(&[&XRSTOR, &XSAVE_SECOND], 0, &setup, &image);
+        if uncertain == 0 {
+            b.check_sequence(&[&XRSTOR, &XSAVEC_SECOND], 0, &setup, &image);
+        }
+    }
+    if b.avx {
+        for round in 0..8u64 {
+            let rfbm = (r.next() | xfeature::AVX) & xcr0 & rfbm_mask;
+            b.ignore = vec![(header_b, kept_by_vzeroupper as u8)];
+            let setup = move |st: &mut State, rng: &mut Rng| {
+                rbx_at_area(st, rng);
+                (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (rfbm, 0);
+                st.fpu.fx_cw = 0x27f ^ (rng.next() as u16 & 0xc00);
+            };
+            b.check_sequence(&[&VZEROUPPER, &XSAVE_SECOND], 0, &setup, &none);
+            if kept_by_vzeroupper == 0 && round % 2 == 0 {
+                b.check_sequence(&[&VZEROUPPER, &XSAVEC_SECOND], 0, &setup, &none);
+                held |= xfeature::AVX;
+            }
+        }
+    }
+    println!("{} cases; components held to \"not in use\" after initialization: {held:#x}", b.cases);
+}
+
+/// The XSAVE family's faults against the CPU. XRSTOR's #GP for a header
+/// the SDM forbids (13.8.1, standard form: XSTATE_BV outside XCR0, bytes
+/// 8-23 not zero; 13.8.2, compacted form: XCOMP_BV outside XCR0,
+/// XSTATE_BV outside XCOMP_BV, bytes 16-63 not zero) and for a reserved
+/// MXCSR bit where MXCSR is loaded; XGETBV with CR4.OSXSAVE off #UD;
+/// XSAVEC one byte past a 32-bit data segment's limit #GP. What is no
+/// fault: bytes 24-63 of a standard header (the SDM checks 8-23 only), a
+/// reserved MXCSR bit in a compacted area whose SSE is not in use (MXCSR
+/// is then 1F80H, not loaded), XSAVEC ending right at the limit.
+#[test]
+fn xsave_family_faults_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    let rfbm_mask = b.rfbm_mask();
+    let cpu_xcr0 = b.cpl3_xcr0();
+    let xcr0: u64 = if b.avx { 7 } else { 3 };
+    let rfbm = xcr0 & rfbm_mask;
+    // A component bit neither the guest's XCR0 nor the CPU's has.
+    let outside = (2..63).map(|i| 1u64 << i).find(|bit| (cpu_xcr0 | xcr0) & bit == 0).unwrap();
+    let setup = move |st: &mut State, rng: &mut Rng| {
+        rbx_at_area(st, rng);
+        (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (rfbm, 0);
+    };
+    type Edit = fn(&mut [u8], u64, u64);
+    const BIT31: [u8; 4] = 0x8000_1f80u32.to_le_bytes();
+    // (compacted, what is changed in a valid area, #GP): the edit gets the
+    // area, the `outside` bit and the guest's XCR0.
+    let cases: [(bool, Edit, bool); 9] = [
+        (false, |a, out, _| or_word(a, 512, out), true),
+        (false, |a, _, _| a[512 + 8] = 1, true),
+        (false, |a, _, _| a[512 + 20] = 1, true),
+        (false, |a, _, _| a[512 + 40] = 1, false),
+        (false, |a, _, _| a[24..28].copy_from_slice(&BIT31), true),
+        (true, |a, out, _| or_word(a, 520, out), true),
+        (true, |a, _, x| a[512..528].copy_from_slice(&[(x & !xfeature::SSE).to_le_bytes(), (xfeature::SSE | 1 << 63).to_le_bytes()].concat()), true),
+        (true, |a, _, _| a[512 + 40] = 1, true),
+        (true, |a, _, _| a[24..28].copy_from_slice(&BIT31), true),
+    ];
+    // Whether the CPU sets MXCSR to 1F80H for a compacted area without SSE
+    // (the SDM, and Intel CPUs) or leaves it (some AMD CPUs).
+    let mut image = vec![0u8; DATA_LEN];
+    image[64..66].copy_from_slice(&0x37fu16.to_le_bytes());
+    image[64 + 512..64 + 528].copy_from_slice(&[xfeature::X87.to_le_bytes(), (xcr0 | 1 << 63).to_le_bytes()].concat());
+    let probe = move |st: &mut State| {
+        st.gprs[Gpr::Rbx] = DATA + 64;
+        (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (rfbm, 0);
+        st.fpu.fx_mxcsr = 0x1fa0;
+    };
+    let (_, after) = b.native_only(&XRSTOR, &probe, [0; 16], &image);
+    let sdm_mxcsr = after.fpu.fx_mxcsr == 0x1f80;
+    println!("a compacted XRSTOR without SSE sets MXCSR to 1F80H here: {sdm_mxcsr}");
+    let mut faults = Bench::new().with_handlers();
+    for round in 0..4 {
+        for &(compacted, edit, gp) in &cases {
+            let image = move |st: &State, data: &mut [u8], rng: &mut Rng| {
+                xsave_image(st, data, rng, compacted);
+                edit(&mut data[64..64 + 832], outside, xcr0);
+            };
+            if gp {
+                faults.check_fault_data(&XRSTOR, 13, &setup, &image);
+            } else {
+                b.check_data(&XRSTOR, 0, &setup, &image);
+            }
+        }
+        if sdm_mxcsr {
+            let image = move |st: &State, data: &mut [u8], rng: &mut Rng| {
+                xsave_image(st, data, rng, true);
+                let a = &mut data[64..64 + 832];
+                a[512..528].copy_from_slice(&[(xcr0 & !xfeature::SSE).to_le_bytes(), (xcr0 | 1 << 63).to_le_bytes()].concat());
+                a[24..28].copy_from_slice(&BIT31);
+            };
+            b.check_data(&XRSTOR, 0, &setup, &image);
+        }
+        // XGETBV with CR4.OSXSAVE off.
+        let no_osxsave = |st: &mut State, _: &mut Rng| {
+            st.gprs[Gpr::Rcx] = round & 1;
+            st.crs[Cr::Cr4] &= !cr4::OSXSAVE;
+        };
+        faults.check_fault_or_sdm(&[0x0f, 0x01, 0xd0], 6, &no_osxsave, Some((Cr::Cr4, cr4::OSXSAVE, false)));
+    }
+    // XSAVEC and XSAVE [ebx] of x87, SSE and AVX in 32-bit code, with DS's
+    // limit at the area's last byte and one byte before it.
+    let size = if b.avx { 832 } else { 576 };
+    let limited = move |end: u64| {
+        move |st: &mut State, rng: &mut Rng| {
+            setup(st, rng);
+            st.segs[nvmm::Seg::Ds].limit = end as u32;
+            st.segs[nvmm::Seg::Ds].attrib = SegAttrib::new(3, true, 3, true, false, false, true, false);
+        }
+    };
+    let mut b32 = Bench::compat(CpuMode::Bits32);
+    b32.avx_in_use = Some(true);
+    let mut f32 = Bench::compat(CpuMode::Bits32).with_handlers();
+    f32.avx_in_use = Some(true);
+    for form in [[0x0f, 0xc7, 0x23], [0x0f, 0xae, 0x23]] {
+        b32.check(&form, 0, &limited(DATA + 64 + size - 1));
+        f32.check_fault(&form, 13, &limited(DATA + 64 + size - 2));
+    }
+    println!("{} + {} + {} + {} cases", b.cases, faults.cases, b32.cases, f32.cases);
 }
 
 #[test]
@@ -1307,9 +1632,14 @@ fn popcnt_verr_verw_match_the_cpu() {
 /// where both agree).
 #[test]
 fn verr_verw_follow_the_sdm_on_random_descriptors() {
-    // Above 4 GiB: 64-bit code does not wrap table addresses.
+    // Above 4 GiB: IA-32e mode (64-bit and compatibility mode code) does
+    // not wrap table addresses. In legacy protected mode a GDT just
+    // below 4 GiB, which wraps to 0 there (the tables are 128 bytes long),
+    // and the LDT below it.
     const GDT_AT: u64 = 0x1_0001_0000;
     const LDT_AT: u64 = 0x1_0001_1000;
+    const GDT_WRAPS: u64 = 0xffff_ffc0;
+    const LDT_BELOW: u64 = 0xffff_ff40;
     /// SDM vol. 2, VERR/VERW, "Operation".
     fn sdm(table: &[u8], limit: u64, selector: u16, cpl: u8, write: bool) -> bool {
         let index = u64::from(selector & !7);
@@ -1340,22 +1670,39 @@ fn verr_verw_follow_the_sdm_on_random_descriptors() {
         let ldt_selector = if rng.next() % 8 == 0 { 0 } else { 0x48 };
         let selector = rng.next() as u16 & 0x7f;
         let write = rng.next() % 2 == 0;
+        // 64-bit code, compatibility mode, legacy protected mode.
+        let kind = rng.next() % 3;
+        let (gdt_at, ldt_at) = if kind == 2 { (GDT_WRAPS, LDT_BELOW) } else { (GDT_AT, LDT_AT) };
         let mut st = State::default();
-        nvmm::x86::modes::long_mode(&mut st, GDT_AT, 0x2000);
+        if kind == 2 {
+            nvmm::x86::modes::protected_mode(&mut st, gdt_at);
+        } else {
+            nvmm::x86::modes::long_mode(&mut st, gdt_at, 0x2000);
+        }
         if user {
             nvmm::x86::modes::user_mode(&mut st);
         }
+        if kind == 1 {
+            let cs = &mut st.segs[nvmm::Seg::Cs].attrib;
+            *cs = nvmm::x86::state::SegAttrib::new(11, true, cs.dpl(), true, false, false, true, true);
+        }
+        let mode = if kind == 0 { CpuMode::Bits64 } else { CpuMode::Bits32 };
+        assert_eq!(nvmm::assist::emulate::cpu_mode(&st), mode);
         st.segs[nvmm::Seg::Gdt].limit = gdt_limit as u32;
         let l = &mut st.segs[nvmm::Seg::Ldt];
-        (l.selector, l.base, l.limit) = (ldt_selector, LDT_AT, ldt_limit as u32);
+        (l.selector, l.base, l.limit) = (ldt_selector, ldt_at, ldt_limit as u32);
         l.attrib = nvmm::x86::state::SegAttrib::new(2, false, 0, ldt_usable, false, false, false, false);
         st.gprs[Gpr::Rip] = CODE;
         st.gprs[Gpr::Rcx] = u64::from(selector);
+        let linear = |base: u64, i: usize| {
+            let a = base + i as u64;
+            if kind == 2 { a & 0xffff_ffff } else { a }
+        };
         let mut mem: HashMap<u64, u8> = HashMap::new();
-        mem.extend(gdt.iter().enumerate().map(|(i, b)| (GDT_AT + i as u64, *b)));
-        mem.extend(ldt.iter().enumerate().map(|(i, b)| (LDT_AT + i as u64, *b)));
+        mem.extend(gdt.iter().enumerate().map(|(i, b)| (linear(gdt_at, i), *b)));
+        mem.extend(ldt.iter().enumerate().map(|(i, b)| (linear(ldt_at, i), *b)));
         let insn = [0x0f, 0x00, 0xc0 | if write { 5 } else { 4 } << 3 | 1];
-        let c = decode_control(&insn, CpuMode::Bits64).unwrap();
+        let c = decode_control(&insn, mode).unwrap();
         let mut cpu = LazyCpu::new(st, Xsave::default());
         execute_control(&c, &mut cpu, &mut MemView(&mut mem)).unwrap();
         cpu.settle();
@@ -1798,6 +2145,102 @@ fn faults_match_the_cpu() {
         st.gprs[Gpr::Rbp] = (DATA + 0xfe + SS_SHIFT) & 0xffff_ffff;
     });
     assert_eq!(b.cases + b16.cases + b32.cases, 2 * (24 + 2 * usize::from(b.avx)) + 5);
+}
+
+/// XSAVE stores a component that the XSAVE header of its CPU marks not in
+/// use as its initial configuration (AVX: zeros), whatever bytes the area
+/// holds for it: the SDM's XRSTOR semantics of a header bit that is clear
+/// (KVM hands the area over that way already, so only an `EmuCpu` of a
+/// program's own can hold other bytes there).
+#[test]
+fn xsave_stores_a_component_not_in_use_as_its_initial_state() {
+    let mut st = State::default();
+    nvmm::x86::modes::long_mode(&mut st, 0x800, 0x10000);
+    st.crs[Cr::Cr4] |= cr4::OSXSAVE | cr4::OSFXSR;
+    st.crs[Cr::Xcr0] = 7;
+    (st.gprs[Gpr::Rbx], st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (DATA + 64, 7, 0);
+    st.fpu.fx_mxcsr = 0x1f80;
+    let mut xs = Xsave::default();
+    for i in 0..16 {
+        xs.set_ymm_hi(i, [0xa5; 16]).unwrap();
+    }
+    xs.set_xstate_bv(xs.xstate_bv() & !xfeature::AVX);
+    for form in [&[0x0f, 0xae, 0x23][..], &[0x48, 0x0f, 0xae, 0x23]] {
+        let mut model = LazyCpu::new(st, xs.clone());
+        let mut mem: HashMap<u64, u8> = (0..DATA_LEN as u64).map(|i| (DATA + i, 0xee)).collect();
+        emulate(form, CpuMode::Bits64, &mut model, &mut mem, "xsave").unwrap();
+        let avx: Vec<u8> = (576..832).map(|i| mem[&(DATA + 64 + i)]).collect();
+        assert_eq!(avx, vec![0; 256], "{form:02x?}: the AVX component as stored");
+        assert_eq!(mem[&(DATA + 64 + 512)] & 4, 0, "{form:02x?}: XSTATE_BV's AVX bit");
+    }
+}
+
+/// XSAVE, XSAVEC and XRSTOR in 32-bit code wrap their area's addresses
+/// at 4 GiB, as every linear address outside 64-bit mode does: with DS
+/// based just below 4 GiB and an area starting 64 bytes below it, the
+/// bytes stored are those stored to an area that does not wrap (which the
+/// CPU comparisons hold to the CPU), and restoring them gives the same
+/// state.
+#[test]
+fn xsave_areas_wrap_at_4_gib_in_32_bit_code() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut st = State::default();
+    nvmm::x86::modes::long_mode(&mut st, 0x800, 0x10000);
+    st.segs[nvmm::Seg::Cs].attrib = SegAttrib::new(11, true, 0, true, false, false, true, true);
+    st.crs[Cr::Cr4] |= cr4::OSXSAVE | cr4::OSFXSR;
+    st.crs[Cr::Xcr0] = 7;
+    (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (7, 0);
+    let mut xs = Xsave::default();
+    let randomize = |st: &mut State, xs: &mut Xsave, rng: &mut Rng| {
+        st.fpu.fx_cw = 0x27f ^ (rng.next() as u16 & 0xc00);
+        st.fpu.fx_mxcsr = 0x1f80 ^ (rng.next() as u32 & 0x3f);
+        for x in st.fpu.fx_xmm.iter_mut() {
+            *x = rng.next().to_le_bytes().repeat(2).try_into().unwrap();
+        }
+        for i in 0..16 {
+            xs.set_ymm_hi(i, rng.next().to_le_bytes().repeat(2).try_into().unwrap()).unwrap();
+        }
+    };
+    randomize(&mut st, &mut xs, &mut rng);
+    let area = |ds_base: u64, ebx: u64, fill: &[u8]| {
+        let start = (ds_base + ebx) & 0xffff_ffff;
+        let mem: HashMap<u64, u8> =
+            fill.iter().enumerate().map(|(i, b)| ((start + i as u64) & 0xffff_ffff, *b)).collect();
+        (start, mem)
+    };
+    let image = |start: u64, mem: &HashMap<u64, u8>| -> Vec<u8> {
+        (0..832).map(|i| mem[&((start + i) & 0xffff_ffff)]).collect()
+    };
+    // (DS base, EBX): an area at DATA + 64, and one at 0xffff_ffc0.
+    let places = [(0, DATA + 64), (0xffff_ff00, 0xc0)];
+    for (store, name) in [([0x0f, 0xae, 0x23], "xsave"), ([0x0f, 0xc7, 0x23], "xsavec")] {
+        let mut stored = Vec::new();
+        for (ds_base, ebx) in places {
+            let mut s = st;
+            (s.segs[nvmm::Seg::Ds].base, s.gprs[Gpr::Rbx]) = (ds_base, ebx);
+            let (start, mut mem) = area(ds_base, ebx, &[0xee; 832]);
+            let mut cpu = LazyCpu::new(s, xs.clone());
+            emulate(&store, CpuMode::Bits32, &mut cpu, &mut mem, name).unwrap();
+            stored.push(image(start, &mem));
+        }
+        assert_eq!(stored[0], stored[1], "{name}: the area stored across 4 GiB");
+        // Restored over another state: the same state from both places.
+        let (mut other, mut other_xs) = (st, xs.clone());
+        randomize(&mut other, &mut other_xs, &mut rng);
+        let mut restored = Vec::new();
+        for (ds_base, ebx) in places {
+            let mut s = other;
+            (s.segs[nvmm::Seg::Ds].base, s.gprs[Gpr::Rbx]) = (ds_base, ebx);
+            let (_, mut mem) = area(ds_base, ebx, &stored[0]);
+            let mut cpu = LazyCpu::new(s, other_xs.clone());
+            emulate(&XRSTOR, CpuMode::Bits32, &mut cpu, &mut mem, name).unwrap();
+            cpu.settle();
+            restored.push((cpu.state.fpu, cpu.xsave.clone()));
+        }
+        assert_eq!(restored[0].0, restored[1].0, "{name}: the x87 and SSE state restored across 4 GiB");
+        assert_eq!(restored[0].1.as_bytes(), restored[1].1.as_bytes(), "{name}: the XSAVE area restored");
+        assert_eq!(restored[0].0.fx_xmm[..8], st.fpu.fx_xmm[..8], "{name}: XMM0-7 as stored");
+    }
 }
 
 /// Memory that records each access's kind and faults on every one, like a

@@ -14,8 +14,8 @@
 use super::{Ctx, EmuCpu, EmuError, EmuMemory, gp0, x87_env, xsave_area};
 use crate::assist::decode::{ControlInsn, ControlOp, CpuMode, Reg};
 use crate::assist::mmu::{Access, AccessKind};
-use crate::x86::bits::{cr0, cr4, rflags};
-use crate::x86::state::{Cr, Fxsave, Gpr, StateMask};
+use crate::x86::bits::{cr0, cr4, efer, rflags};
+use crate::x86::state::{Cr, Fxsave, Gpr, Msr, StateMask};
 use crate::x86::xsave::{Xsave, xfeature};
 
 /// An exception without error code.
@@ -289,8 +289,11 @@ fn segment_accessible<M: EmuMemory + ?Sized>(
         return Ok(false);
     }
     let mut d = [0u8; 8];
+    // Descriptor tables have 64-bit bases in IA-32e mode, compatibility
+    // mode included (a 32-bit program's GDT is its 64-bit kernel's); only
+    // legacy protected mode wraps their addresses at 4 GiB.
     let lin = table.base.wrapping_add(index);
-    let lin = if c.mode == CpuMode::Bits64 { lin } else { lin & 0xffff_ffff };
+    let lin = if c.st.msrs[Msr::Efer] & efer::LMA != 0 { lin } else { lin & 0xffff_ffff };
     mem.read(lin, &mut d, Access::supervisor(AccessKind::Read))?;
     let typ = d[5] & 0xf;
     let s = d[5] & 0x10 != 0;

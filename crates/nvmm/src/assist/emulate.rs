@@ -274,13 +274,64 @@ impl<'a> Ctx<'a> {
     #[inline]
     fn load<M: EmuMemory + ?Sized>(&self, mem: &mut M, m: &Mem, buf: &mut [u8]) -> Result<(), EmuError> {
         let lin = self.mem_linear(m, buf.len() as u64, false)?;
-        mem.read(lin, buf, self.access(AccessKind::Read))
+        self.read_linear(mem, lin, buf, self.access(AccessKind::Read))
     }
 
     #[inline]
     fn store<M: EmuMemory + ?Sized>(&self, mem: &mut M, m: &Mem, buf: &[u8]) -> Result<(), EmuError> {
         let lin = self.mem_linear(m, buf.len() as u64, true)?;
-        mem.write(lin, buf, self.access(AccessKind::Write))
+        self.write_linear(mem, lin, buf, self.access(AccessKind::Write))
+    }
+
+    /// Where an access of `len` bytes at `lin` crosses 4 GiB outside
+    /// 64-bit mode, whose linear addresses have 32 bits: the bytes before
+    /// it (the rest continue at 0, as on the CPU).
+    #[inline]
+    fn wraps_after(&self, lin: u64, len: usize) -> Option<usize> {
+        if self.long() {
+            return None;
+        }
+        let room = (1u64 << 32).wrapping_sub(lin);
+        (room < len as u64).then_some(room as usize)
+    }
+
+    /// Reads `buf` at the linear address `lin`, wrapping at 4 GiB
+    /// outside 64-bit mode.
+    #[inline]
+    fn read_linear<M: EmuMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        lin: u64,
+        buf: &mut [u8],
+        a: Access,
+    ) -> Result<(), EmuError> {
+        match self.wraps_after(lin, buf.len()) {
+            None => mem.read(lin, buf, a),
+            Some(n) => {
+                let (low, high) = buf.split_at_mut(n);
+                mem.read(lin, low, a)?;
+                mem.read(0, high, a)
+            }
+        }
+    }
+
+    /// Writes `buf` at the linear address `lin`, wrapping at 4 GiB
+    /// outside 64-bit mode.
+    #[inline]
+    fn write_linear<M: EmuMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        lin: u64,
+        buf: &[u8],
+        a: Access,
+    ) -> Result<(), EmuError> {
+        match self.wraps_after(lin, buf.len()) {
+            None => mem.write(lin, buf, a),
+            Some(n) => {
+                mem.write(lin, &buf[..n], a)?;
+                mem.write(0, &buf[n..], a)
+            }
+        }
     }
 
     /// Loads bytes the instruction then writes back (read-modify-write):
@@ -289,7 +340,7 @@ impl<'a> Ctx<'a> {
     #[inline]
     fn load_for_update<M: EmuMemory + ?Sized>(&self, mem: &mut M, m: &Mem, buf: &mut [u8]) -> Result<(), EmuError> {
         let lin = self.mem_linear(m, buf.len() as u64, true)?;
-        mem.read(lin, buf, self.access(AccessKind::Write))
+        self.read_linear(mem, lin, buf, self.access(AccessKind::Write))
     }
 
     /// [`read`](Self::read) of an operand the instruction then writes.

@@ -91,11 +91,11 @@ fn at(c: &Ctx<'_>, base: u64, off: usize) -> u64 {
 }
 
 fn put<M: EmuMemory + ?Sized>(c: &Ctx<'_>, mem: &mut M, base: u64, off: usize, b: &[u8]) -> Result<(), EmuError> {
-    mem.write(at(c, base, off), b, c.access(AccessKind::Write))
+    c.write_linear(mem, at(c, base, off), b, c.access(AccessKind::Write))
 }
 
 fn get<M: EmuMemory + ?Sized>(c: &Ctx<'_>, mem: &mut M, base: u64, off: usize, b: &mut [u8]) -> Result<(), EmuError> {
-    mem.read(at(c, base, off), b, c.access(AccessKind::Read))
+    c.read_linear(mem, at(c, base, off), b, c.access(AccessKind::Read))
 }
 
 /// The legacy region of `fx` as the instruction stores it.
@@ -153,7 +153,7 @@ pub(super) fn save<M: EmuMemory + ?Sized>(
     } else {
         // XSTATE_BV is read and written back: a write access, as the
         // CPU's (its #PF reports a write).
-        mem.read(at(c, base, HEADER), &mut header[..8], c.access(AccessKind::Write))?;
+        c.read_linear(mem, at(c, base, HEADER), &mut header[..8], c.access(AccessKind::Write))?;
         let old = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
         let bv = (old & !rfbm) | (rfbm & inuse);
         put(c, mem, base, HEADER, &bv.to_le_bytes())?;
@@ -193,9 +193,11 @@ pub(super) fn restore<M: EmuMemory + ?Sized>(
     let word = |i: usize| u64::from_le_bytes(header[8 * i..8 * i + 8].try_into().expect("8 bytes"));
     let (bv, comp) = (word(0), word(1));
     let compacted = comp & COMPACTED != 0;
-    let reserved_from = if compacted { 16 } else { 8 };
+    // The bytes that must be zero: 16-63 of a compacted header, 8-23 of a
+    // standard one (SDM 13.8.1: the CPU ignores its bytes 24-63).
+    let reserved = if compacted { 16..64 } else { 8..24 };
     let bad = if compacted { comp & !COMPACTED & !xcr0 != 0 || bv & !comp != 0 } else { bv & !xcr0 != 0 };
-    if bad || header[reserved_from..].iter().any(|&b| b != 0) {
+    if bad || header[reserved].iter().any(|&b| b != 0) {
         return Err(gp0());
     }
     let layout_bits = if compacted { comp & !COMPACTED } else { rfbm };
@@ -236,10 +238,15 @@ pub(super) fn restore<M: EmuMemory + ?Sized>(
             let pending = img.fx_sw & 0x3f & !img.fx_cw != 0;
             fx.fx_sw = (img.fx_sw & !0x8080) | if pending { 0x8080 } else { 0 };
             fx.fx_tw = img.fx_tw;
-            fx.fx_opcode = img.fx_opcode;
+            // FOP has 11 bits; the registers 80 (the rest of their
+            // 16-byte slots is reserved and reads as zero afterwards).
+            fx.fx_opcode = img.fx_opcode & 0x7ff;
             fx.fx_ip = img.fx_ip;
             fx.fx_dp = img.fx_dp;
             fx.fx_87_ac = img.fx_87_ac;
+            for r in fx.fx_87_ac.iter_mut() {
+                r[10..].fill(0);
+            }
         } else {
             // The initial configuration: FNINIT's, registers zeroed.
             super::x87_env::initialize(fx);

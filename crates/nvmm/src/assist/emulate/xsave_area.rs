@@ -13,6 +13,13 @@
 //! previous one without 64-byte alignment (again what CPUs report for
 //! them). Components past PKRU (AMX) are not emulated.
 //!
+//! XRSTOR raises #GP(0) for a header the SDM forbids (standard form:
+//! XSTATE_BV outside XCR0 or bytes 8-23 not zero, bytes 24-63 being
+//! ignored; compacted form: XCOMP_BV outside XCR0, XSTATE_BV outside
+//! XCOMP_BV or bytes 16-63 not zero) and for reserved MXCSR bits where it
+//! loads MXCSR; it keeps 11 bits of FOP and 80 of each x87 register, as
+//! the CPU does. Outside 64-bit mode an area's addresses wrap at 4 GiB.
+//!
 //! XSAVEOPT is executed as XSAVE: it writes components it could skip,
 //! which the instruction always permits. A #PF part-way through a save
 //! leaves the components before it written, as the SDM allows.

@@ -210,6 +210,32 @@ fn guests_own_debug_registers() {
     assert_eq!(gpr(&mut g.vcpu, Gpr::Rbx), 0x44, "the guest's own #DB handler ran");
 }
 
+/// The guest's own single step (RFLAGS.TF) reaches its #DB handler while
+/// a debugger watches with a hardware breakpoint elsewhere (so #DB exits
+/// to the library, which hands this one back): only the library's own
+/// steps are its to swallow.
+#[test]
+fn guests_own_single_step_reaches_its_handler() {
+    nvmm_testkit::kvm_or_skip!();
+    // pushfd ; or dword [esp], 0x100 ; popfd ; nop ; hlt
+    // handler: mov ebx, 0x44 ; hlt
+    let code = [0x9c, 0x81, 0x0c, 0x24, 0x00, 0x01, 0x00, 0x00, 0x9d, 0x90, 0xf4];
+    let mut g = protected_mode(&code);
+    g.machine.write_gpa(HANDLER, &[0xbb, 0x44, 0, 0, 0, 0xf4]).unwrap();
+    idt32(&mut g, &[(1, HANDLER)]);
+    let mut d = GuestDebug::default();
+    d.hardware[0] = Some(HwBreakpoint::new(CODE + 0x40, WatchKind::Execute, 1).unwrap());
+    g.vcpu.set_guest_debug(&d).unwrap();
+    run_to_halt(&mut g.vcpu);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rbx), 0x44, "the guest's own #DB handler ran");
+    // It trapped after the first instruction with TF set (the NOP): the
+    // return address is the HLT.
+    let sp = gpr(&mut g.vcpu, Gpr::Rsp);
+    let mut ret = [0u8; 4];
+    g.machine.read_gpa(sp, &mut ret).unwrap();
+    assert_eq!(u64::from(u32::from_le_bytes(ret)), CODE + 10);
+}
+
 /// Single steps through `cli ; nop ; sti ; nop ; nop` with an interrupt
 /// handler installed: each step lands on the next instruction, none in
 /// the handler, whatever IF says.

@@ -185,6 +185,59 @@ fn control_instructions_agree_with_iced() {
     assert!(accepted > 10_000, "only {accepted} decoded");
 }
 
+/// Control instructions up to and past the 15-byte limit (segment
+/// prefixes in front of forms with a 32-bit displacement) against iced:
+/// the same length up to 15 bytes, rejected beyond.
+#[test]
+fn control_instructions_at_the_length_limit_agree_with_iced() {
+    let mut checked = 0;
+    for mode in [CpuMode::Bits16, CpuMode::Bits32, CpuMode::Bits64] {
+        // xsave [disp32], fnstcw [disp32] (in 16-bit code with 0x67).
+        for form in [&[0x0f, 0xae, 0x25][..], &[0xd9, 0x3d]] {
+            for k in 0..=12 {
+                let mut bytes = vec![0x2e; k];
+                if mode == CpuMode::Bits16 {
+                    bytes.push(0x67);
+                }
+                bytes.extend_from_slice(form);
+                bytes.extend_from_slice(&[0x78, 0x56, 0x34, 0x12]);
+                bytes.resize(20, 0x90);
+                compare_control(&bytes, mode);
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 78);
+}
+
+/// LOCK in front of a control instruction is #UD (SDM vol. 2: "#UD If
+/// the LOCK prefix is used"; iced says invalid too): the decoder reports
+/// the instruction invalid, not unsupported (which would leave it to the
+/// VMM instead of raising #UD).
+#[test]
+fn lock_makes_control_instructions_invalid() {
+    use nvmm::assist::decode::{DecodeError, decode_control};
+    let mut checked = 0;
+    for mode in [CpuMode::Bits16, CpuMode::Bits32, CpuMode::Bits64] {
+        for t in control_templates() {
+            for modrm in [0x03u8, 0x23, 0xc1, 0xe3] {
+                let mut bytes = t.clone();
+                bytes.push(modrm);
+                bytes.resize(16, 0);
+                if decode_control(&bytes, mode).is_err() {
+                    continue;
+                }
+                let mut locked = vec![0xf0];
+                locked.extend_from_slice(&bytes);
+                assert_eq!(decode_control(&locked, mode), Err(DecodeError::Invalid), "{mode:?} {locked:02x?}");
+                assert_eq!(oracle::iced(&locked, mode).code(), iced_x86::Code::INVALID, "{mode:?} {locked:02x?}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300, "{checked}");
+}
+
 /// The ModRM grammar the control decoder borrows for the memory operands
 /// of the x87, MXCSR and XSAVE-family instructions (`memory_operand`, a
 /// public function) against iced: any number of segment-override and

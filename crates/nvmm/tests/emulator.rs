@@ -1299,6 +1299,23 @@ fn xsave_family_matches_the_cpu() {
     xsave_family(Bench::new(), 48);
 }
 
+/// A state for the emulator alone (no VCPU): long mode at CPL 0, in
+/// 64-bit code or, with `compat`, 32-bit compatibility-mode code; SSE and
+/// XSAVE enabled, XCR0 x87|SSE|AVX, EDX:EAX asking for all three, RBX at a
+/// 64-byte aligned area in the data, MXCSR 1F80H.
+fn emulator_state(compat: bool) -> State {
+    let mut st = State::default();
+    nvmm::x86::modes::long_mode(&mut st, 0x800, 0x10000);
+    if compat {
+        st.segs[nvmm::Seg::Cs].attrib = SegAttrib::new(11, true, 0, true, false, false, true, true);
+    }
+    st.crs[Cr::Cr4] |= cr4::OSXSAVE | cr4::OSFXSR;
+    st.crs[Cr::Xcr0] = 7;
+    (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx], st.gprs[Gpr::Rbx]) = (7, 0, DATA + 64);
+    st.fpu.fx_mxcsr = 0x1f80;
+    st
+}
+
 /// The XSAVE family in 32-bit code, where this host's CPU cannot serve
 /// (it raises #UD for XSAVE in compatibility-mode guest code), held to
 /// the SDM instead (13.5.1, 13.5.2): outside 64-bit mode only XMM0-7 and
@@ -1309,15 +1326,9 @@ fn xsave_family_matches_the_cpu() {
 /// short of that is #GP(0).
 #[test]
 fn xsave_family_in_32_bit_code_follows_the_sdm() {
-    let mut st = State::default();
-    nvmm::x86::modes::long_mode(&mut st, 0x800, 0x10000);
-    st.segs[nvmm::Seg::Cs].attrib = SegAttrib::new(11, true, 0, true, false, false, true, true);
-    st.crs[Cr::Cr4] |= cr4::OSXSAVE | cr4::OSFXSR;
-    st.crs[Cr::Xcr0] = 7;
-    (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx], st.gprs[Gpr::Rbx]) = (7, 0, DATA + 64);
+    let mut st = emulator_state(true);
     st.fpu.fx_ip = 0x1234_5678_9abc_def0;
     st.fpu.fx_dp = 0x0fed_cba9_8765_4321;
-    st.fpu.fx_mxcsr = 0x1f80;
     let mut xs = Xsave::default();
     for i in 0..16 {
         st.fpu.fx_xmm[i] = [0x10 + i as u8; 16];
@@ -2237,12 +2248,7 @@ fn faults_match_the_cpu() {
 /// program's own can hold other bytes there).
 #[test]
 fn xsave_stores_a_component_not_in_use_as_its_initial_state() {
-    let mut st = State::default();
-    nvmm::x86::modes::long_mode(&mut st, 0x800, 0x10000);
-    st.crs[Cr::Cr4] |= cr4::OSXSAVE | cr4::OSFXSR;
-    st.crs[Cr::Xcr0] = 7;
-    (st.gprs[Gpr::Rbx], st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (DATA + 64, 7, 0);
-    st.fpu.fx_mxcsr = 0x1f80;
+    let st = emulator_state(false);
     let mut xs = Xsave::default();
     for i in 0..16 {
         xs.set_ymm_hi(i, [0xa5; 16]).unwrap();
@@ -2265,12 +2271,8 @@ fn xsave_stores_a_component_not_in_use_as_its_initial_state() {
 /// and reported by XGETBV 1.
 #[test]
 fn registers_not_in_their_initial_state_are_in_use_whatever_the_header_says() {
-    let mut st = State::default();
-    nvmm::x86::modes::long_mode(&mut st, 0x800, 0x10000);
-    st.crs[Cr::Cr4] |= cr4::OSXSAVE | cr4::OSFXSR;
-    st.crs[Cr::Xcr0] = 7;
-    (st.gprs[Gpr::Rbx], st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx], st.gprs[Gpr::Rcx]) = (DATA + 64, 7, 0, 1);
-    st.fpu.fx_mxcsr = 0x1f80;
+    let mut st = emulator_state(false);
+    st.gprs[Gpr::Rcx] = 1;
     st.fpu.fx_xmm[3][5] = 1;
     let mut xs = Xsave::default();
     xs.set_xstate_bv(xfeature::X87);
@@ -2289,10 +2291,7 @@ fn registers_not_in_their_initial_state_are_in_use_whatever_the_header_says() {
 /// legacy form in guest user code, so its CPU is no oracle here.
 #[test]
 fn pxor_memory_operands_are_aligned_in_the_legacy_form_only() {
-    let mut st = State::default();
-    nvmm::x86::modes::long_mode(&mut st, 0x800, 0x10000);
-    st.crs[Cr::Cr4] |= cr4::OSXSAVE | cr4::OSFXSR;
-    st.crs[Cr::Xcr0] = 7;
+    let mut st = emulator_state(false);
     for (insn, vex) in [(&[0x66, 0x0f, 0xef, 0x03][..], false), (&[0xc5, 0xf9, 0xef, 0x03], true)] {
         for off in [0u64, 8] {
             st.gprs[Gpr::Rbx] = DATA + 64 + off;
@@ -2319,12 +2318,7 @@ fn pxor_memory_operands_are_aligned_in_the_legacy_form_only() {
 #[test]
 fn xsave_areas_wrap_at_4_gib_in_32_bit_code() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut st = State::default();
-    nvmm::x86::modes::long_mode(&mut st, 0x800, 0x10000);
-    st.segs[nvmm::Seg::Cs].attrib = SegAttrib::new(11, true, 0, true, false, false, true, true);
-    st.crs[Cr::Cr4] |= cr4::OSXSAVE | cr4::OSFXSR;
-    st.crs[Cr::Xcr0] = 7;
-    (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (7, 0);
+    let mut st = emulator_state(true);
     let mut xs = Xsave::default();
     let randomize = |st: &mut State, xs: &mut Xsave, rng: &mut Rng| {
         st.fpu.fx_cw = 0x27f ^ (rng.next() as u16 & 0xc00);

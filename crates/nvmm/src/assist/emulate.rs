@@ -103,6 +103,8 @@ pub trait EmuCpu {
 
 /// Guest memory as the emulator sees it: linear addresses, translated and
 /// dispatched (RAM or device) by the implementation, which raises #PF.
+/// Outside 64-bit mode no access crosses 4 GiB: the emulator splits one
+/// that would and continues it at linear address 0, as the CPU does.
 pub trait EmuMemory {
     /// Reads `buf.len()` bytes at a linear address.
     fn read(&mut self, linear: u64, buf: &mut [u8], access: Access) -> Result<(), EmuError>;

@@ -17,7 +17,7 @@ fn bits(mode: CpuMode) -> u32 {
     }
 }
 
-fn iced(bytes: &[u8], mode: CpuMode) -> iced_x86::Instruction {
+pub fn iced(bytes: &[u8], mode: CpuMode) -> iced_x86::Instruction {
     Decoder::with_ip(bits(mode), bytes, 0, DecoderOptions::NONE).decode()
 }
 

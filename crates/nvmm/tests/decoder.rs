@@ -210,6 +210,46 @@ fn control_instructions_at_the_length_limit_agree_with_iced() {
     assert_eq!(checked, 78);
 }
 
+/// What the SDM makes #UD the decoder reports as invalid, as iced does,
+/// not as unsupported (which would leave the instruction to the VMM): a
+/// VEX prefix after REX (each of 40-4F in 64-bit code, in front of every
+/// VEX template), and the register forms of CMPXCHG8B/16B and MOVNTDQ.
+#[test]
+fn encodings_the_sdm_makes_ud_are_invalid() {
+    use nvmm::assist::decode::{DecodeError, decode};
+    let mut checked = 0;
+    let mut invalid = |bytes: &[u8], mode: CpuMode| {
+        let mut b = bytes.to_vec();
+        b.resize(16, 0);
+        assert_eq!(oracle::iced(&b, mode).code(), iced_x86::Code::INVALID, "{mode:?} {b:02x?}: iced");
+        assert_eq!(decode(&b, mode), Err(DecodeError::Invalid), "{mode:?} {b:02x?}");
+        checked += 1;
+    };
+    for t in templates().iter().filter(|t| matches!(t.first(), Some(0xc4 | 0xc5))) {
+        for rex in 0x40..=0x4fu8 {
+            let mut b = vec![rex];
+            b.extend_from_slice(t);
+            b.push(0x03);
+            invalid(&b, CpuMode::Bits64);
+        }
+    }
+    for mode in [CpuMode::Bits16, CpuMode::Bits32, CpuMode::Bits64] {
+        for modrm in [0xc8u8, 0xcb, 0xcf] {
+            invalid(&[0x0f, 0xc7, modrm], mode);
+        }
+        for modrm in [0xc0u8, 0xd3] {
+            invalid(&[0x66, 0x0f, 0xe7, modrm], mode);
+        }
+        // Other register forms are valid, only not the assists' (no
+        // memory exit comes from them): unsupported.
+        let mut mov = [0x8b, 0xc3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(decode(&mov, mode), Err(DecodeError::Unsupported { opcode: 0x8b }), "{mode:?} mov eax, ebx");
+        mov[..4].copy_from_slice(&[0x0f, 0xc7, 0xf0, 0]);
+        assert_eq!(decode(&mov, mode), Err(DecodeError::Unsupported { opcode: 0xc7 }), "{mode:?} rdrand eax");
+    }
+    assert!(checked > 100, "{checked}");
+}
+
 /// LOCK in front of a control instruction is #UD (SDM vol. 2: "#UD If
 /// the LOCK prefix is used"; iced says invalid too): the decoder reports
 /// the instruction invalid, not unsupported (which would leave it to the

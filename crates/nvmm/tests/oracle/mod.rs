@@ -611,6 +611,8 @@ pub fn control_templates() -> Vec<Vec<u8>> {
             for l in [0u8, 4] {
                 for vvvv in [0x78u8, 0x00, 0x28] {
                     t.push(vec![0xc5, 0x80 | vvvv | l | pp, op]);
+                    // VEX.R set (its bit clear): XMM8-15 in ModRM.reg.
+                    t.push(vec![0xc5, vvvv | l | pp, op]);
                     t.push(vec![0xc4, 0x41, vvvv | l | pp | 0x80, op]);
                     t.push(vec![0xc4, 0xe1, vvvv | l | pp, op]);
                 }

@@ -232,6 +232,11 @@ fn unknown_components_are_refused() {
     let mut g = real_mode(&[0xf4]);
     assert_eq!(g.vcpu.get_state_bits(0x80).unwrap_err().errno(), 22);
     assert_eq!(g.vcpu.set_state_bits(0x7f | 0x100).unwrap_err().errno(), 22);
+    // The error names the unknown bits only.
+    for (bits, unknown) in [(0x80u64, 0x80u64), (0x7f | 0x100, 0x100), (0x41 | 1 << 40, 1 << 40)] {
+        let e = g.vcpu.get_state_bits(bits).unwrap_err();
+        assert!(matches!(e, nvmm::Error::InvalidStateMask { bits } if bits == unknown), "{bits:#x}: {e}");
+    }
     g.vcpu.get_state_bits(0x7f).unwrap();
     g.vcpu.set_state_bits(0).unwrap();
 }

@@ -44,9 +44,9 @@ struct Bench {
     /// for the guest's XCR0.
     sdm_xgetbv: Option<u64>,
     /// Leave MXCSR out of the state comparison: the case puts SSE in its
-    /// initial state, where this host's KVM reports a stale MXCSR (the
-    /// kernel's XSAVES skips a component not in use), and stores MXCSR to
-    /// the data area instead, where it is compared.
+    /// initial state, where this host's KVM reports an older MXCSR than
+    /// the one a following XSAVE stores, and stores MXCSR to the data area
+    /// instead, where it is compared.
     mxcsr_in_memory: bool,
 }
 
@@ -100,14 +100,14 @@ impl Bench {
         (g[Gpr::Rax] & 0xffff_ffff) | g[Gpr::Rdx] << 32
     }
 
-    /// What the XSAVE family's EDX:EAX are masked with. A CPU running the
-    /// guest's user code with another XCR0 saves and restores other
+    /// What the XSAVE family's EDX:EAX are masked with, for a CPU whose
+    /// XCR0 at CPL 3 is `cpu_xcr0` ([`Bench::cpl3_xcr0`]). A CPU running
+    /// the guest's user code with another XCR0 saves and restores other
     /// components: the instruction masks are then kept within the guest's
     /// XCR0, which makes the requested-feature bitmap the same on both
     /// sides, and XGETBV is held to the SDM.
-    fn rfbm_mask(&mut self) -> u64 {
+    fn rfbm_mask(&mut self, cpu_xcr0: u64) -> u64 {
         let guest_xcr0 = if self.avx { 7 } else { 3 };
-        let cpu_xcr0 = self.cpl3_xcr0();
         if cpu_xcr0 == guest_xcr0 {
             return u64::MAX;
         }
@@ -121,14 +121,8 @@ impl Bench {
 
     /// Runs `code` natively from a random state that `setup` adjusts, the
     /// AVX upper halves `ymm_hi`, over `data` (written at DATA); the data
-    /// area and the state after it.
-    fn native_only(
-        &mut self,
-        code: &[u8],
-        setup: &dyn Fn(&mut State),
-        ymm_hi: [u8; 16],
-        data: &[u8],
-    ) -> (Vec<u8>, State) {
+    /// area after it.
+    fn native_only(&mut self, code: &[u8], setup: &dyn Fn(&mut State), ymm_hi: [u8; 16], data: &[u8]) -> Vec<u8> {
         let mut st = self.prepare(code, 0);
         st.fpu.fx_cw = 0x37f;
         setup(&mut st);
@@ -147,10 +141,8 @@ impl Bench {
         }
         let mut out = vec![0u8; data.len()];
         self.g.machine.read_gpa(DATA, &mut out).unwrap();
-        self.g.vcpu.get_state(StateMask::ALL).unwrap();
-        let after = *self.g.vcpu.state();
         self.g.vcpu.complete_pending().unwrap();
-        (out, after)
+        out
     }
 
     /// A bench whose code runs in compatibility mode with a 32- or 16-bit
@@ -1299,6 +1291,11 @@ fn xsave_family_matches_the_cpu() {
     xsave_family(Bench::new(), 48);
 }
 
+/// The data area for the emulator alone: `byte(i)` at DATA + i.
+fn data_area(byte: impl Fn(u64) -> u8) -> HashMap<u64, u8> {
+    (0..DATA_LEN as u64).map(|i| (DATA + i, byte(i))).collect()
+}
+
 /// A state for the emulator alone (no VCPU): long mode at CPL 0, in
 /// 64-bit code or, with `compat`, 32-bit compatibility-mode code; SSE and
 /// XSAVE enabled, XCR0 x87|SSE|AVX, EDX:EAX asking for all three, RBX at a
@@ -1334,7 +1331,7 @@ fn xsave_family_in_32_bit_code_follows_the_sdm() {
         st.fpu.fx_xmm[i] = [0x10 + i as u8; 16];
         xs.set_ymm_hi(i, [0x30 + i as u8; 16]).unwrap();
     }
-    let fresh = || -> HashMap<u64, u8> { (0..DATA_LEN as u64).map(|i| (DATA + i, 0xee)).collect() };
+    let fresh = || data_area(|_| 0xee);
     let byte = |mem: &HashMap<u64, u8>, off: usize| mem[&(DATA + 64 + off as u64)];
     // XSAVE: XMM0-7 and YMM0-7 only, 32-bit pointers.
     let mut mem = fresh();
@@ -1390,7 +1387,8 @@ fn xsave_family_in_32_bit_code_follows_the_sdm() {
 fn xsave_family(mut b: Bench, rounds: u64) {
     b.pointers = true;
     let none = |_: &State, _: &mut [u8], _: &mut Rng| {};
-    let rfbm_mask = b.rfbm_mask();
+    let cpu_xcr0 = b.cpl3_xcr0();
+    let rfbm_mask = b.rfbm_mask(cpu_xcr0);
     // REX.W (64-bit FIP and FDP) exists in 64-bit code only.
     let rexes: &[&[u8]] = if b.mode == CpuMode::Bits64 { &[&[], &[0x48]] } else { &[&[]] };
     for round in 0..rounds {
@@ -1475,7 +1473,8 @@ fn xinuse_after_xrstor_and_vzeroupper_matches_the_cpu() {
     b.pointers = true;
     b.data_len = 2048;
     b.avx_in_use = Some(true);
-    let rfbm_mask = b.rfbm_mask();
+    let cpu_xcr0 = b.cpl3_xcr0();
+    let rfbm_mask = b.rfbm_mask(cpu_xcr0);
     let xcr0: u64 = if b.avx { 7 } else { 3 };
     let header_b = 64 + SECOND_AREA + 512;
     let bv_at = |data: &[u8]| u64::from_le_bytes(data[header_b..header_b + 8].try_into().unwrap());
@@ -1489,10 +1488,10 @@ fn xinuse_after_xrstor_and_vzeroupper_matches_the_cpu() {
         st.gprs[Gpr::Rbx] = DATA + 64;
         (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (xcr0, 0);
     };
-    let (after, _) = b.native_only(&[&XRSTOR[..], &XSAVE_SECOND].concat(), &all, [0x55; 16], &init_image);
+    let after = b.native_only(&[&XRSTOR[..], &XSAVE_SECOND].concat(), &all, [0x55; 16], &init_image);
     let kept_by_xrstor = bv_at(&after) & xcr0;
     let kept_by_vzeroupper = if b.avx {
-        let (after, _) = b.native_only(&[&VZEROUPPER[..], &XSAVE_SECOND].concat(), &all, [0x55; 16], &init_image);
+        let after = b.native_only(&[&VZEROUPPER[..], &XSAVE_SECOND].concat(), &all, [0x55; 16], &init_image);
         bv_at(&after) & xfeature::AVX
     } else {
         0
@@ -1577,8 +1576,8 @@ fn xinuse_after_xrstor_and_vzeroupper_matches_the_cpu() {
 fn xsave_family_faults_match_the_cpu() {
     nvmm_testkit::kvm_or_skip!();
     let mut b = Bench::new();
-    let rfbm_mask = b.rfbm_mask();
     let cpu_xcr0 = b.cpl3_xcr0();
+    let rfbm_mask = b.rfbm_mask(cpu_xcr0);
     let xcr0: u64 = if b.avx { 7 } else { 3 };
     let rfbm = xcr0 & rfbm_mask;
     // A component bit neither the guest's XCR0 nor the CPU's has.
@@ -1623,7 +1622,7 @@ fn xsave_family_faults_match_the_cpu() {
         (st.gprs[Gpr::Rax], st.gprs[Gpr::Rdx]) = (rfbm, 0);
         st.fpu.fx_mxcsr = 0x1fa0;
     };
-    let (after, _) = b.native_only(&[&XRSTOR[..], &XSAVE_SECOND].concat(), &probe, [0; 16], &image);
+    let after = b.native_only(&[&XRSTOR[..], &XSAVE_SECOND].concat(), &probe, [0; 16], &image);
     let at = 64 + SECOND_AREA + 24;
     let sdm_mxcsr = after[at..at + 4] == 0x1f80u32.to_le_bytes();
     println!("a compacted XRSTOR without SSE sets MXCSR to 1F80H here: {sdm_mxcsr}");
@@ -1778,7 +1777,7 @@ fn verr_verw_follow_the_sdm_on_random_descriptors() {
         }
         if kind == 1 {
             let cs = &mut st.segs[nvmm::Seg::Cs].attrib;
-            *cs = nvmm::x86::state::SegAttrib::new(11, true, cs.dpl(), true, false, false, true, true);
+            *cs = SegAttrib::new(11, true, cs.dpl(), true, false, false, true, true);
         }
         let mode = if kind == 0 { CpuMode::Bits64 } else { CpuMode::Bits32 };
         assert_eq!(nvmm::assist::emulate::cpu_mode(&st), mode);
@@ -2256,7 +2255,7 @@ fn xsave_stores_a_component_not_in_use_as_its_initial_state() {
     xs.set_xstate_bv(xs.xstate_bv() & !xfeature::AVX);
     for form in [&[0x0f, 0xae, 0x23][..], &[0x48, 0x0f, 0xae, 0x23]] {
         let mut model = LazyCpu::new(st, xs.clone());
-        let mut mem: HashMap<u64, u8> = (0..DATA_LEN as u64).map(|i| (DATA + i, 0xee)).collect();
+        let mut mem = data_area(|_| 0xee);
         emulate(form, CpuMode::Bits64, &mut model, &mut mem, "xsave").unwrap();
         let avx: Vec<u8> = (576..832).map(|i| mem[&(DATA + 64 + i)]).collect();
         assert_eq!(avx, vec![0; 256], "{form:02x?}: the AVX component as stored");
@@ -2277,7 +2276,7 @@ fn registers_not_in_their_initial_state_are_in_use_whatever_the_header_says() {
     let mut xs = Xsave::default();
     xs.set_xstate_bv(xfeature::X87);
     let mut model = LazyCpu::new(st, xs.clone());
-    let mut mem: HashMap<u64, u8> = (0..DATA_LEN as u64).map(|i| (DATA + i, 0)).collect();
+    let mut mem = data_area(|_| 0);
     emulate(&[0x0f, 0xae, 0x23], CpuMode::Bits64, &mut model, &mut mem, "xsave").unwrap();
     assert_eq!(mem[&(DATA + 64 + 512)] & 2, 2, "XSAVE: SSE in use");
     let mut model = LazyCpu::new(st, xs);
@@ -2296,7 +2295,7 @@ fn pxor_memory_operands_are_aligned_in_the_legacy_form_only() {
         for off in [0u64, 8] {
             st.gprs[Gpr::Rbx] = DATA + 64 + off;
             let mut model = LazyCpu::new(st, Xsave::default());
-            let mut mem: HashMap<u64, u8> = (0..DATA_LEN as u64).map(|i| (DATA + i, i as u8)).collect();
+            let mut mem = data_area(|i| i as u8);
             let r = emulate(insn, CpuMode::Bits64, &mut model, &mut mem, "pxor");
             let gp = matches!(r, Err(EmuError::Exception { vector: 13, error_code: Some(0), .. }));
             assert_eq!(gp, off != 0 && !vex, "{insn:02x?} at offset {off}: {r:?}");

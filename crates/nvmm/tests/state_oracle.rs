@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use nvmm::x86::xsave::xfeature;
 use nvmm::{Component, Cr, Dr, Gpr, Msr, Seg, StateMask};
 
 /// `struct kvm_regs`'s order: rax rbx rcx rdx rsi rdi rsp rbp r8..r15,
@@ -168,12 +169,18 @@ fn every_component_lands_where_kvm_keeps_it() {
 /// The other way: values written into KVM's own structures (the
 /// components of a snapshot file, edited here by the documented file and
 /// ABI layouts) read back through NVMM's state.
-#[test]
-fn kvm_structures_read_back_through_nvmms_state() {
-    nvmm_testkit::kvm_or_skip!();
-    let mut g = long_mode(&[0xf4]);
+/// Where each component's bytes are in a saved snapshot file of one
+/// VCPU (offset, length), by component.
+type Spans = std::collections::HashMap<Component, (usize, usize)>;
+
+/// `g`'s machine saved to a snapshot file, `edit`ed there (KVM's own bytes,
+/// by the documented file and ABI layouts), resealed, loaded and forked:
+/// the fork's VCPU starts from KVM structures the library did not write.
+fn fork_with_kvm_bytes(g: &mut Guest, edit: impl FnOnce(&mut [u8], &Spans)) -> (nvmm::Machine, nvmm::Vcpu) {
     let snap = g.machine.snapshot(&mut [&mut g.vcpu]).unwrap();
-    let path = std::env::temp_dir().join(format!("nvmm-state-oracle-{}.nvmmsnap", std::process::id()));
+    static FILES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("nvmm-state-oracle-{}-{n}.nvmmsnap", std::process::id()));
     snap.save(&path).unwrap();
     let mut f = std::fs::read(&path).unwrap();
     // Header: magic, version, metadata length (u32 at 12), checksum (u64
@@ -182,33 +189,46 @@ fn kvm_structures_read_back_through_nvmms_state() {
     let mut at = 40 + 12 + 8 + 12 + 4 + 4;
     let ncomp = u32_at(&f, at) as usize;
     at += 4;
-    let mut spans = std::collections::HashMap::new();
+    let mut spans = Spans::new();
     for _ in 0..ncomp {
-        let (tag, len) = (u32_at(&f, at), u32_at(&f, at + 4) as usize);
-        spans.insert(tag, (at + 8, len));
+        let (tag, len) = (u32_at(&f, at) as usize, u32_at(&f, at + 4) as usize);
+        spans.insert(Component::ALL[tag], (at + 8, len));
         at += 8 + len;
     }
-    let tag = |c: Component| Component::ALL.iter().position(|&k| k == c).unwrap() as u32;
-    let (regs, _) = spans[&tag(Component::Regs)];
-    for i in 0..16 {
-        f[regs + 8 * i..regs + 8 * i + 8].copy_from_slice(&(0x1000_0000_0000_0000u64 + i as u64 * 0x111).to_le_bytes());
-    }
-    let (sregs, _) = spans[&tag(Component::Sregs)];
-    // FS (index 3): base; GS (4): base, selector; CR2 at 232.
-    f[sregs + 72..sregs + 80].copy_from_slice(&0x7100_0000_0000u64.to_le_bytes());
-    f[sregs + 96..sregs + 104].copy_from_slice(&0x7200_0000_0000u64.to_le_bytes());
-    f[sregs + 96 + 12..sregs + 96 + 14].copy_from_slice(&0x33u16.to_le_bytes());
-    f[sregs + 232..sregs + 240].copy_from_slice(&0xcafe_0000u64.to_le_bytes());
-    let (dr, _) = spans[&tag(Component::DebugRegs)];
-    f[dr + 16..dr + 24].copy_from_slice(&0x6000u64.to_le_bytes());
+    edit(&mut f, &spans);
     reseal_snapshot_file(&mut f);
     std::fs::write(&path, &f).unwrap();
     let nvmm = nvmm();
     let edited = nvmm.load_snapshot(&path).unwrap();
     let _ = std::fs::remove_file(&path);
-    let (_m, mut v) = nvmm.fork(&edited).unwrap();
-    v[0].get_state(StateMask::ALL).unwrap();
-    let s = *v[0].state();
+    let (m, mut v) = nvmm.fork(&edited).unwrap();
+    (m, v.remove(0))
+}
+
+/// The other way: values written into KVM's own structures (the
+/// components of a snapshot file, edited here by the documented file and
+/// ABI layouts) read back through NVMM's state.
+#[test]
+fn kvm_structures_read_back_through_nvmms_state() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = long_mode(&[0xf4]);
+    let (_m, mut v) = fork_with_kvm_bytes(&mut g, |f, spans| {
+        let (regs, _) = spans[&Component::Regs];
+        for i in 0..16 {
+            f[regs + 8 * i..regs + 8 * i + 8]
+                .copy_from_slice(&(0x1000_0000_0000_0000u64 + i as u64 * 0x111).to_le_bytes());
+        }
+        let (sregs, _) = spans[&Component::Sregs];
+        // FS (index 3): base; GS (4): base, selector; CR2 at 232.
+        f[sregs + 72..sregs + 80].copy_from_slice(&0x7100_0000_0000u64.to_le_bytes());
+        f[sregs + 96..sregs + 104].copy_from_slice(&0x7200_0000_0000u64.to_le_bytes());
+        f[sregs + 96 + 12..sregs + 96 + 14].copy_from_slice(&0x33u16.to_le_bytes());
+        f[sregs + 232..sregs + 240].copy_from_slice(&0xcafe_0000u64.to_le_bytes());
+        let (dr, _) = spans[&Component::DebugRegs];
+        f[dr + 16..dr + 24].copy_from_slice(&0x6000u64.to_le_bytes());
+    });
+    v.get_state(StateMask::ALL).unwrap();
+    let s = *v.state();
     for (i, r) in KVM_REGS_ORDER.iter().enumerate() {
         assert_eq!(s.gprs[*r], 0x1000_0000_0000_0000 + i as u64 * 0x111, "{r:?}");
     }
@@ -216,4 +236,63 @@ fn kvm_structures_read_back_through_nvmms_state() {
     assert_eq!((s.segs[Seg::Gs].base, s.segs[Seg::Gs].selector), (0x7200_0000_0000, 0x33));
     assert_eq!(s.crs[Cr::Cr2], 0xcafe_0000);
     assert_eq!(s.drs[Dr::Dr2], 0x6000);
+}
+
+/// Setting FPU (NetBSD's FXSAVE image) lands in KVM whatever KVM's XSAVE
+/// header said of the x87 and SSE components before: a component KVM held
+/// in its initial state (XSTATE_BV bit clear) and one it held in use both
+/// take the values set (SDM vol. 1, 13.8: XRSTOR initialises a component
+/// whose XSTATE_BV bit is clear, so the header must mark both in use).
+#[test]
+fn fpu_set_lands_whatever_kvms_xsave_header_said() {
+    nvmm_testkit::kvm_or_skip!();
+    for before in [0, xfeature::X87, xfeature::SSE, xfeature::X87 | xfeature::SSE] {
+        for get_first in [false, true] {
+            let mut g = long_mode(&[0xf4]);
+            let (_m, mut v) = fork_with_kvm_bytes(&mut g, |f, spans| {
+                let (x, _) = spans[&Component::Xsave];
+                // XSTATE_BV at 512; a component in use holds values of its
+                // own (FCW 0x7f, XMM3 all 0x11) so that it is not initial.
+                f[x + 512..x + 520].copy_from_slice(&before.to_le_bytes());
+                f[x..x + 2].copy_from_slice(&0x7fu16.to_le_bytes());
+                f[x + 160 + 3 * 16..x + 160 + 4 * 16].copy_from_slice(&[0x11; 16]);
+            });
+            if get_first {
+                v.get_state(StateMask::FPU).unwrap();
+            }
+            let s = v.state_mut();
+            s.fpu.fx_cw = 0x27f;
+            s.fpu.fx_xmm[3] = [0x5a; 16];
+            v.set_state(StateMask::FPU).unwrap();
+            assert!(matches!(v.run().unwrap(), nvmm::Exit::Halted), "XSTATE_BV {before:#x}");
+            let snap = v.snapshot().unwrap();
+            let x = snap.component(Component::Xsave).unwrap();
+            let what = format!("XSTATE_BV {before:#x} before, get first: {get_first}");
+            assert_eq!(u16_at(x, 0), 0x27f, "FCW; {what}");
+            assert_eq!(&x[160 + 3 * 16..160 + 4 * 16], &[0x5a; 16], "XMM3; {what}");
+            assert_eq!(u64_at(x, 512) & 3, 3, "XSTATE_BV; {what}");
+        }
+    }
+}
+
+/// XCR0 as set is what KVM holds, with the bits this host cannot give a
+/// guest dropped and x87 always on (NetBSD's `vmx_vcpu_setstate` masks it
+/// the same way): read back from `struct kvm_xcrs`.
+#[test]
+fn xcr0_lands_masked_with_x87_on() {
+    nvmm_testkit::kvm_or_skip!();
+    let mask = nvmm().capability().arch.xcr0_mask;
+    for (set, want) in [
+        (xfeature::X87, xfeature::X87),
+        (0, xfeature::X87),
+        (xfeature::X87 | xfeature::SSE | 1 << 63, xfeature::X87 | xfeature::SSE),
+        (xfeature::SSE, xfeature::X87 | xfeature::SSE),
+    ] {
+        let mut g = long_mode(&[0xf4]);
+        g.vcpu.state_mut().crs[Cr::Xcr0] = set;
+        g.vcpu.set_state(StateMask::CRS).unwrap();
+        let snap = g.vcpu.snapshot().unwrap();
+        let xcrs = snap.component(Component::Xcrs).unwrap();
+        assert_eq!((u32_at(xcrs, 8), u64_at(xcrs, 16)), (0, want), "XCR0 set to {set:#x} (mask {mask:#x})");
+    }
 }

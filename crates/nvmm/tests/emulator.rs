@@ -2329,6 +2329,25 @@ fn faults_match_the_cpu() {
         st.segs[nvmm::Seg::Ds].attrib = nvmm::x86::state::SegAttrib::new(1, true, 3, true, false, false, true, true);
         st.gprs[Gpr::Rbx] = DATA + 64;
     });
+    // An expand-down data segment: offsets above the limit up to 4 GiB
+    // (B set) or 64 KiB (B clear) are valid, the limit itself and below
+    // are #GP(0), and so is an access running past 64 KiB with B clear.
+    // (With B clear, DS is based so that the offsets land in the data.)
+    let expand_down = |big: bool, limit: u64, ebx: u64| {
+        move |st: &mut State, _: &mut Rng| {
+            let ds = &mut st.segs[nvmm::Seg::Ds];
+            ds.attrib = nvmm::x86::state::SegAttrib::new(7, true, 3, true, false, false, big, false);
+            ds.limit = limit as u32;
+            ds.base = if big { 0 } else { DATA + 0x40 - 0xff00 };
+            st.gprs[Gpr::Rbx] = ebx;
+        }
+    };
+    b32.check_fault(&[0x8b, 0x03], 13, &expand_down(true, DATA + 0x40, DATA + 0x40));
+    b32.check_fault(&[0x8b, 0x03], 13, &expand_down(true, DATA + 0x40, DATA + 0x20));
+    b32.check(&[0x8b, 0x03], 0, &expand_down(true, DATA + 0x40, DATA + 0x80));
+    b32.check(&[0x8b, 0x03], 0, &expand_down(true, DATA + 0x40, DATA + 0x41));
+    b32.check_fault(&[0x8b, 0x03], 13, &expand_down(false, 0x100, 0xfffe));
+    b32.check(&[0x8b, 0x03], 0, &expand_down(false, 0x100, 0xff40));
     // SSE moves check the segment for their direction: a load through a
     // read-only data segment is no fault, a store is #GP(0).
     let read_only = |st: &mut State, _: &mut Rng| {
@@ -2337,7 +2356,7 @@ fn faults_match_the_cpu() {
     };
     b32.check(&[0x0f, 0x10, 0x03], 0, &read_only);
     b32.check_fault(&[0x0f, 0x11, 0x03], 13, &read_only);
-    assert_eq!(b.cases + b16.cases + b32.cases, 2 * (28 + 2 * usize::from(b.avx)) + 13);
+    assert_eq!(b.cases + b16.cases + b32.cases, 2 * (28 + 2 * usize::from(b.avx)) + 19);
 }
 
 /// 5-level paging widens the canonical range (SDM vol. 3, 4.5: bits 63:57

@@ -224,6 +224,132 @@ fn paging_off_and_long_mode_without_pae_match_the_sdm_model() {
     }
 }
 
+/// One translation the model finds: (linear address, physical address,
+/// writable, user, executable, size).
+type Page = (u64, u64, bool, bool, bool, u64);
+
+/// Every translation of the tables, found by asking the SDM model at each
+/// address in turn and skipping what a not-present or reserved entry at
+/// some level leaves out (the span of that entry), in linear-address
+/// order (lower half first, then the sign-extended upper half).
+fn model_pages(mem: &Memory, r: &Regs, mode: Mode) -> Vec<Page> {
+    let (va_bits, index_bits) = match mode {
+        Mode::Bits32 => (32u32, 10u32),
+        Mode::Pae => (32, 9),
+        Mode::Level4 => (48, 9),
+        Mode::Level5 => (57, 9),
+    };
+    let long = matches!(mode, Mode::Level4 | Mode::Level5);
+    let span = |level: u8| 1u128 << (12 + index_bits * (u32::from(level) - 1));
+    let mut out = Vec::new();
+    let mut la: u128 = 0;
+    while la < 1u128 << va_bits {
+        let mut addr = la as u64;
+        if long && addr >> (va_bits - 1) != 0 {
+            addr |= !((1u64 << va_bits) - 1);
+        }
+        la += match paging_model::walk(mem, r, addr, None) {
+            Outcome::Ok { pa, write, user, exec, size } => {
+                assert_eq!(addr % size, 0, "{mode:?}: a {size:#x} page met off its start at {addr:#x}");
+                out.push((addr, pa, write, user, exec, size));
+                u128::from(size)
+            }
+            Outcome::NotPresent { level, .. } | Outcome::Reserved { level, .. } => span(level),
+            // A table outside memory (32-bit paging's PDE with PS and no
+            // PSE points anywhere): one page at a time.
+            Outcome::Unreadable { .. } => 4096,
+            other => panic!("{mode:?}: {other:?} at {addr:#x}"),
+        };
+    }
+    out
+}
+
+/// [`model_pages`] merged as `mmu::mappings` documents: adjacent pages
+/// whose physical pages follow each other and whose rights match.
+fn merged(pages: &[Page]) -> Vec<Page> {
+    let mut runs: Vec<Page> = Vec::new();
+    for &(la, pa, w, u, x, size) in pages {
+        if let Some(last) = runs.last_mut()
+            && last.0.wrapping_add(last.5) == la
+            && last.1 + last.5 == pa
+            && (last.2, last.3, last.4) == (w, u, x)
+        {
+            last.5 += size;
+            continue;
+        }
+        runs.push((la, pa, w, u, x, size));
+    }
+    runs
+}
+
+/// Random tables thinned out so that their walks end (about one entry in
+/// 64 kept; in PAE's three levels one in 8, and the four PDPTEs at `cr3`), with every table pointer of a
+/// long-mode or PAE entry inside the table pages (no walk meets a table
+/// outside memory there).
+fn sparse_tables(rng: &mut Rng, mode: Mode, cr3: u64) -> Memory {
+    let n = mode.entry_bytes();
+    let mut mem = paging_model::random_tables(&mut || rng.next(), TABLES, TABLE_PAGES, n, true);
+    for k in 0..TABLE_PAGES {
+        for slot in 0..4096 / n {
+            let at = TABLES + k * 4096 + (slot * n) as u64;
+            let e = mem.read(at, n).unwrap();
+            let frame = e & 0x000f_ffff_ffff_f000;
+            let outside = n == 8 && e & 0x80 == 0 && !(TABLES..TABLES + TABLE_PAGES * 4096).contains(&frame);
+            let pdpte = mode == Mode::Pae && (cr3..cr3 + 32).contains(&at);
+            let keep = if mode == Mode::Pae { 8 } else { 64 };
+            if (rng.next() % keep != 0 && !pdpte) || outside {
+                mem.write(at, n, 0);
+            } else if n == 8 && !pdpte && rng.next() % 4 == 0 {
+                // A large page below 4 GiB, 2 MiB or 1 GiB aligned (a PS
+                // entry of random address rarely fits MAXPHYADDR).
+                let align = if rng.next() % 2 == 0 { 0xffe0_0000 } else { 0xc000_0000 };
+                mem.write(at, n, (rng.next() & align) | 0x80 | (rng.next() & 6) | 1);
+            }
+        }
+    }
+    mem
+}
+
+/// `mmu::mappings` lists what the SDM model translates, run for run: every
+/// page with its physical address and rights, entries with reserved bits
+/// and not-present ones left out, adjacent pages merged; on random sparse
+/// tables in every paging mode with PSE, NXE, MAXPHYADDR and 1 GiB pages
+/// varied.
+#[test]
+fn mappings_match_the_sdm_model() {
+    let mut rng = Rng(6);
+    for mode in [Mode::Bits32, Mode::Pae, Mode::Level4, Mode::Level5] {
+        let mut pages = 0;
+        let mut sizes = std::collections::BTreeSet::new();
+        for round in 0..12 {
+            let r = random_regs(&mut rng, mode);
+            let mem = sparse_tables(&mut rng, mode, r.cr3);
+            let model = model_pages(&mem, &r, mode);
+            pages += model.len();
+            sizes.extend(model.iter().map(|p| p.5));
+            let regs = PagingRegs {
+                cr0: r.cr0,
+                cr3: r.cr3,
+                cr4: r.cr4,
+                efer: r.efer,
+                phys_bits: r.maxphyaddr as u8,
+                gib_pages: r.page1gb,
+            };
+            let ours: Vec<Page> = mmu::mappings(&Phys(&mem), &regs)
+                .iter()
+                .map(|m| {
+                    let p = m.prot;
+                    (m.gva, m.gpa, p.has(PageProt::WRITE), p.has(PageProt::USER), p.has(PageProt::EXEC), m.size)
+                })
+                .collect();
+            assert_eq!(ours, merged(&model), "{mode:?} round {round}: {r:x?}");
+        }
+        // The tables map enough, in pages of more than one size, to mean
+        // something.
+        assert!(pages > 100 && sizes.len() > 1, "{mode:?}: {pages} pages, sizes {sizes:?}");
+    }
+}
+
 /// The guest runs CPUID (MAXPHYADDR, 1 GiB pages) and, for the 32-bit
 /// modes, turns paging on itself with identity-mapping boot tables (KVM
 /// drops CR0.PG when `KVM_SET_SREGS` turns paging on outside long mode);

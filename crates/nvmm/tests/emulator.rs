@@ -831,22 +831,58 @@ fn x87_loads_and_stores_match_the_cpu() {
         for &(op, reg) in &forms {
             let rc = (round % 4) as u16;
             let stack_depth = round % 3;
-            b.check(&[op, (reg << 3) | 3], 0, &move |st: &mut State, rng: &mut Rng| {
+            // Every fifth round some exceptions unmasked: the CPU then
+            // pushes or stores nothing for them and sets ES and B.
+            let unmasked = if round % 5 == 4 { (round as u16 * 0x25) & 0x3f } else { 0 };
+            // Every other round the memory operand of a floating-point load
+            // is a special value: a denormal, a NaN (signalling or quiet)
+            // or, for m80, any class (pseudo-denormals and unnormals too).
+            let special_operand = round % 2 == 1;
+            let setup = move |st: &mut State, rng: &mut Rng| {
                 rbx_at_data(st, rng);
-                st.fpu.fx_cw = 0x37f | (rc << 10);
+                st.fpu.fx_cw = (0x37f & !unmasked) | (rc << 10);
                 // A few values on the stack: random doubles and special ones.
-                let specials =
-                    [0.0f64, -0.0, 1.5, -3.25e300, 1e-310, f64::INFINITY, f64::NAN, 7.0e-45, 3.4e38, 65536.5];
+                // (And the integer stores' limits: 2^15, 2^31, 2^63 either
+                // side, half a unit off.)
+                let specials = [
+                    0.0f64,
+                    -0.0,
+                    1.5,
+                    -3.25e300,
+                    1e-310,
+                    f64::INFINITY,
+                    f64::NAN,
+                    7.0e-45,
+                    3.4e38,
+                    65536.5,
+                    32768.0,
+                    -32768.0,
+                    32767.5,
+                    -32768.5,
+                    2147483648.0,
+                    -2147483648.0,
+                    2147483647.5,
+                    9.223372036854775808e18,
+                    -9.223372036854775808e18,
+                    -9.223372036854777e18,
+                ];
                 let mut top = 0u16;
                 for k in 0..stack_depth {
                     let v = if rng.next() % 2 == 0 {
-                        specials[(rng.next() % 10) as usize]
+                        specials[(rng.next() % specials.len() as u64) as usize]
                     } else {
                         f64::from_bits(rng.next())
                     };
                     top = top.wrapping_sub(1) & 7;
                     st.fpu.fx_tw |= 1 << top;
                     st.fpu.fx_87_ac[k] = [0; 16];
+                    // A third of them any 80-bit value (every exponent, so
+                    // that stores round far below the smallest denormal
+                    // too, and unsupported encodings).
+                    if rng.next() % 3 == 0 {
+                        st.fpu.fx_87_ac[k][..10].copy_from_slice(&x87_value(rng));
+                        continue;
+                    }
                     let m = v.to_bits();
                     let exp = ((m >> 52) & 0x7ff) as i32;
                     let man = m & ((1 << 52) - 1);
@@ -863,7 +899,35 @@ fn x87_loads_and_stores_match_the_cpu() {
                 // pushed last-first, so reverse them.
                 st.fpu.fx_87_ac[..stack_depth].reverse();
                 st.fpu.fx_sw = top << 11;
-            });
+            };
+            let data_setup = move |st: &State, data: &mut [u8], rng: &mut Rng| {
+                let at = (st.gprs[Gpr::Rbx] - DATA) as usize;
+                if !special_operand {
+                    return;
+                }
+                let sign = rng.next() & 1;
+                match (op, reg) {
+                    (0xd9, 0) => {
+                        let bits = match rng.next() % 3 {
+                            0 => (rng.next() as u32 & 0x007f_ffff) | 1,
+                            1 => 0x7f80_0001 | (rng.next() as u32 & 0x003f_ffff),
+                            _ => 0x7fc0_0000 | (rng.next() as u32 & 0x003f_ffff),
+                        } | (sign as u32) << 31;
+                        data[at..at + 4].copy_from_slice(&bits.to_le_bytes());
+                    }
+                    (0xdd, 0) => {
+                        let bits = match rng.next() % 3 {
+                            0 => (rng.next() & 0x000f_ffff_ffff_ffff) | 1,
+                            1 => 0x7ff0_0000_0000_0001 | (rng.next() & 0x0007_ffff_ffff_ffff),
+                            _ => 0x7ff8_0000_0000_0000 | (rng.next() & 0x0007_ffff_ffff_ffff),
+                        } | sign << 63;
+                        data[at..at + 8].copy_from_slice(&bits.to_le_bytes());
+                    }
+                    (0xdb, 5) => data[at..at + 10].copy_from_slice(&x87_value(rng)),
+                    _ => {}
+                }
+            };
+            b.check_data(&[op, (reg << 3) | 3], 0, &setup, &data_setup);
         }
     }
     println!("{} cases", b.cases);

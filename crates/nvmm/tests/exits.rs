@@ -843,6 +843,21 @@ fn tpr_changes_exit_when_configured() {
     assert_eq!(g.vcpu.state().crs[nvmm::Cr::Cr8], 2);
 }
 
+/// A TPR the program sets is no TPR change to report: NetBSD reports the
+/// guest's own CR8 writes only. With TPR exits on, CR8 set to each value
+/// and the guest run to its HLT: HLT, and the TPR as set.
+#[test]
+fn a_tpr_the_program_sets_is_no_tpr_exit() {
+    nvmm_testkit::kvm_or_skip!();
+    for cr8 in [5u64, 15, 1, 0] {
+        let mut g = long_mode(&[0xf4]);
+        g.vcpu.configure(VcpuConf::Tpr { exit_changed: true }).unwrap();
+        g.vcpu.update(StateMask::CRS, |s| s.crs[nvmm::Cr::Cr8] = cr8).unwrap();
+        assert_eq!(next_reason(&mut g.vcpu), reason::HALTED, "CR8 {cr8}");
+        assert_eq!(u64::from(g.vcpu.tpr()), cr8);
+    }
+}
+
 #[test]
 fn emulation_failure_carries_the_bytes() {
     nvmm_testkit::kvm_or_skip!();

@@ -248,8 +248,16 @@ fn fpu_set_lands_whatever_kvms_xsave_header_said() {
     nvmm_testkit::kvm_or_skip!();
     for before in [0, xfeature::X87, xfeature::SSE, xfeature::X87 | xfeature::SSE] {
         for get_first in [false, true] {
-            let mut g = long_mode(&[0xf4]);
-            let (_m, mut v) = fork_with_kvm_bytes(&mut g, |f, spans| {
+            // fnstcw [0x3000] ; movdqu [0x3010],xmm3 ; hlt: the guest
+            // stores what its FPU holds (KVM's emulator runs both on the
+            // guest's FPU state).
+            let mut g = long_mode(&[
+                0xd9, 0x3c, 0x25, 0x00, 0x30, 0x00, 0x00, //
+                0xf3, 0x0f, 0x7f, 0x1c, 0x25, 0x10, 0x30, 0x00, 0x00, //
+                0xf4,
+            ]);
+            g.vcpu.update(StateMask::CRS, |s| s.crs[Cr::Cr4] |= 1 << 9).unwrap();
+            let (m, mut v) = fork_with_kvm_bytes(&mut g, |f, spans| {
                 let (x, _) = spans[&Component::Xsave];
                 // XSTATE_BV at 512; a component in use holds values of its
                 // own (FCW 0x7f, XMM3 all 0x11) so that it is not initial.
@@ -271,6 +279,10 @@ fn fpu_set_lands_whatever_kvms_xsave_header_said() {
             assert_eq!(u16_at(x, 0), 0x27f, "FCW; {what}");
             assert_eq!(&x[160 + 3 * 16..160 + 4 * 16], &[0x5a; 16], "XMM3; {what}");
             assert_eq!(u64_at(x, 512) & 3, 3, "XSTATE_BV; {what}");
+            let mut stored = [0u8; 32];
+            m.read_gpa(0x3000, &mut stored).unwrap();
+            assert_eq!(u16_at(&stored, 0), 0x27f, "FCW the guest stored; {what}");
+            assert_eq!(&stored[16..], &[0x5a; 16], "XMM3 the guest stored; {what}");
         }
     }
 }

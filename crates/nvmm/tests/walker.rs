@@ -283,10 +283,12 @@ fn merged(pages: &[Page]) -> Vec<Page> {
 }
 
 /// Random tables thinned out so that their walks end (about one entry in
-/// 64 kept; in PAE's three levels one in 8, and the four PDPTEs at `cr3`), with every table pointer of a
-/// long-mode or PAE entry inside the table pages (no walk meets a table
-/// outside memory there).
-fn sparse_tables(rng: &mut Rng, mode: Mode, cr3: u64) -> Memory {
+/// 64 kept; in PAE's three levels one in 8, and the four PDPTEs at CR3),
+/// with every table pointer of a long-mode or PAE entry inside the table
+/// pages or beyond MAXPHYADDR (no walk meets a table outside memory
+/// there); some entries are clean table pointers without their P bit.
+fn sparse_tables(rng: &mut Rng, mode: Mode, r: &Regs) -> Memory {
+    let cr3 = r.cr3;
     let n = mode.entry_bytes();
     let mut mem = paging_model::random_tables(&mut || rng.next(), TABLES, TABLE_PAGES, n, true);
     for k in 0..TABLE_PAGES {
@@ -294,11 +296,19 @@ fn sparse_tables(rng: &mut Rng, mode: Mode, cr3: u64) -> Memory {
             let at = TABLES + k * 4096 + (slot * n) as u64;
             let e = mem.read(at, n).unwrap();
             let frame = e & 0x000f_ffff_ffff_f000;
-            let outside = n == 8 && e & 0x80 == 0 && !(TABLES..TABLES + TABLE_PAGES * 4096).contains(&frame);
+            // (One beyond MAXPHYADDR stays: its reserved bits end the walk.)
+            let outside = n == 8
+                && e & 0x80 == 0
+                && frame >> r.maxphyaddr == 0
+                && !(TABLES..TABLES + TABLE_PAGES * 4096).contains(&frame);
             let pdpte = mode == Mode::Pae && (cr3..cr3 + 32).contains(&at);
             let keep = if mode == Mode::Pae { 8 } else { 64 };
             if (rng.next() % keep != 0 && !pdpte) || outside {
                 mem.write(at, n, 0);
+            } else if rng.next() % 6 == 0 {
+                // Not present, but otherwise a clean pointer to a table:
+                // only the P bit keeps a walk out.
+                mem.write(at, n, TABLES + (rng.next() % TABLE_PAGES) * 4096 | (rng.next() & 6));
             } else if n == 8 && !pdpte && rng.next() % 4 == 0 {
                 // A large page below 4 GiB, 2 MiB or 1 GiB aligned (a PS
                 // entry of random address rarely fits MAXPHYADDR).
@@ -323,7 +333,7 @@ fn mappings_match_the_sdm_model() {
         let mut sizes = std::collections::BTreeSet::new();
         for round in 0..12 {
             let r = random_regs(&mut rng, mode);
-            let mem = sparse_tables(&mut rng, mode, r.cr3);
+            let mem = sparse_tables(&mut rng, mode, &r);
             let model = model_pages(&mem, &r, mode);
             pages += model.len();
             sizes.extend(model.iter().map(|p| p.5));

@@ -3,10 +3,13 @@
 //! (TOP, abridged tag word), the status flags (IE, DE, OE, UE, PE, SF, C1,
 //! ES/B) and the masked responses the CPU gives (QNaN indefinite, integer
 //! indefinite, rounding by FCW.RC, overflow to infinity or the largest
-//! finite value). With an unmasked exception nothing is stored or pushed
-//! and ES is set, so the guest takes #MF at its next x87 instruction, as on
-//! the CPU. Tininess is detected before rounding. The last-instruction
-//! pointers (FIP, FDP, FOP) are not updated.
+//! finite value). With an unmasked exception ES is set, so the guest takes
+//! #MF at its next x87 instruction, and nothing is stored or pushed, as on
+//! the CPU, but for a denormal operand, which a load pushes all the same,
+//! and inexactness alone, which a store lets through; an unmasked overflow
+//! or underflow of a store reports OE or UE without PE. Tininess is
+//! detected before rounding. The last-instruction pointers (FIP, FDP, FOP)
+//! are not updated.
 #![forbid(unsafe_code)]
 
 use super::decode::X87Op;
@@ -134,7 +137,12 @@ pub(crate) fn load(fx: &mut Fxsave, op: X87Op, bytes: &[u8]) {
         (_, 8) => from_float(u64::from_le_bytes(bytes.try_into().expect("8 bytes")), 52, 11),
         (_, _) => from_float(u64::from(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"))), 23, 8),
     };
-    if raise(fx, flags) {
+    // An unmasked invalid operation (an SNaN) pushes nothing; a denormal
+    // operand is loaded whether its exception is masked or not, as the
+    // CPU does.
+    let blocked = flags & ex::IE & !fx.fx_cw != 0;
+    raise(fx, flags);
+    if !blocked {
         push(fx, v);
     }
 }
@@ -316,11 +324,18 @@ fn to_float(v: &F80, frac_bits: u32, exp_bits: u32, rc: Rc, cw: u16) -> ([u8; 10
     if inexact {
         flags |= ex::PE;
     }
-    if tiny && (inexact || cw & ex::UE == 0) {
+    if tiny && cw & ex::UE == 0 {
+        // Unmasked: nothing is stored and UE alone is reported (as the CPU
+        // does for a memory destination).
+        flags = ex::UE;
+    } else if tiny && inexact {
         flags |= ex::UE;
     }
     if !tiny && e > emax {
-        flags |= ex::OE | ex::PE;
+        // Masked: the rounded result is inexact too. Unmasked, nothing is
+        // stored and OE alone is reported (as the CPU does for a memory
+        // destination).
+        flags = if cw & ex::OE != 0 { ex::OE | ex::PE } else { ex::OE };
         let to_inf = match rc {
             Rc::Nearest => true,
             Rc::Zero => false,

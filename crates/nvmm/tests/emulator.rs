@@ -865,6 +865,19 @@ fn x87_loads_and_stores_match_the_cpu() {
                     9.223372036854775808e18,
                     -9.223372036854775808e18,
                     -9.223372036854777e18,
+                    // Half the smallest single denormal (a tie to 0 when
+                    // rounding to nearest) and a bit more (rounds up).
+                    2f64.powi(-150),
+                    1.5 * 2f64.powi(-150),
+                    // The smallest normals (tiny or not, with UE unmasked),
+                    // and a value whose rounding to single carries into
+                    // the exponent.
+                    2f64.powi(-126),
+                    2f64.powi(-1022),
+                    2.0 - 2f64.powi(-30),
+                    // Too large for any integer store.
+                    1.8446744073709552e19,
+                    -1e20,
                 ];
                 let mut top = 0u16;
                 for k in 0..stack_depth {
@@ -880,7 +893,25 @@ fn x87_loads_and_stores_match_the_cpu() {
                     // that stores round far below the smallest denormal
                     // too, and unsupported encodings).
                     if rng.next() % 3 == 0 {
-                        st.fpu.fx_87_ac[k][..10].copy_from_slice(&x87_value(rng));
+                        let raw = if rng.next() % 4 == 0 {
+                            // Half the smallest double denormal and a bit
+                            // more (the tie and the round-up of a store to
+                            // m64), a signalling NaN, and a significand of
+                            // ones (rounding to m64 carries into the
+                            // exponent).
+                            let (man, exp) = match rng.next() % 3 {
+                                0 => ((1u64 << 63) | (rng.next() % 2) << 62, 16383u16 - 1075),
+                                1 => ((1 << 63) | (rng.next() >> 2) | 1, 0x7fff),
+                                _ => (u64::MAX, 16383),
+                            };
+                            let mut r = [0u8; 10];
+                            r[..8].copy_from_slice(&man.to_le_bytes());
+                            r[8..].copy_from_slice(&exp.to_le_bytes());
+                            r
+                        } else {
+                            x87_value(rng)
+                        };
+                        st.fpu.fx_87_ac[k][..10].copy_from_slice(&raw);
                         continue;
                     }
                     let m = v.to_bits();

@@ -286,7 +286,8 @@ fn merged(pages: &[Page]) -> Vec<Page> {
 /// 64 kept; in PAE's three levels one in 8, and the four PDPTEs at CR3),
 /// with every table pointer of a long-mode or PAE entry inside the table
 /// pages or beyond MAXPHYADDR (no walk meets a table outside memory
-/// there); some entries are clean table pointers without their P bit.
+/// there); some entries are clean table pointers without their P bit, or
+/// with a bit set above MAXPHYADDR.
 fn sparse_tables(rng: &mut Rng, mode: Mode, r: &Regs) -> Memory {
     let cr3 = r.cr3;
     let n = mode.entry_bytes();
@@ -305,6 +306,11 @@ fn sparse_tables(rng: &mut Rng, mode: Mode, r: &Regs) -> Memory {
             let keep = if mode == Mode::Pae { 8 } else { 64 };
             if (rng.next() % keep != 0 && !pdpte) || outside {
                 mem.write(at, n, 0);
+            } else if n == 8 && r.maxphyaddr < 52 && rng.next() % 6 == 0 {
+                // A present table pointer with a bit set above MAXPHYADDR
+                // (reserved: the walk ends there).
+                let bit = r.maxphyaddr + (rng.next() % u64::from(52 - r.maxphyaddr)) as u32;
+                mem.write(at, n, TABLES + (rng.next() % TABLE_PAGES) * 4096 | 1 << bit | 1);
             } else if rng.next() % 6 == 0 {
                 // Not present, but otherwise a clean pointer to a table:
                 // only the P bit keeps a walk out.

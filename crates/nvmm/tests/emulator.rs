@@ -775,6 +775,80 @@ fn string_instructions_match_the_cpu() {
     }
 }
 
+/// `v` as an 80-bit register (double denormals as zero).
+fn f64_to_f80(v: f64) -> [u8; 10] {
+    let m = v.to_bits();
+    let exp = ((m >> 52) & 0x7ff) as i32;
+    let man = m & ((1 << 52) - 1);
+    let (e80, m80) = match exp {
+        0 => (0u16, 0u64),
+        0x7ff => (0x7fff, (1 << 63) | (man << 11)),
+        _ => ((exp - 1023 + 16383) as u16, (1 << 63) | (man << 11)),
+    };
+    f80(m >> 63 == 1, e80, m80)
+}
+
+/// An 80-bit register from its sign, biased exponent and significand.
+fn f80(sign: bool, exp: u16, man: u64) -> [u8; 10] {
+    let mut r = [0u8; 10];
+    r[..8].copy_from_slice(&man.to_le_bytes());
+    r[8..].copy_from_slice(&(u16::from(sign) << 15 | exp).to_le_bytes());
+    r
+}
+
+/// x87 stores of ST(0) at the limits, against the CPU, in every rounding
+/// mode with every exception masked and with every one unmasked: ties
+/// and round-ups at half the smallest single and double denormals, the
+/// smallest normals, significands that carry into the exponent, the
+/// integer stores' ranges on either side (2^15, 2^31, 2^63, half a unit
+/// off), values no integer holds, and a signalling NaN.
+#[test]
+fn x87_stores_at_their_limits_match_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    let one = 1u64 << 63;
+    let mut values = vec![
+        f80(false, 16383 - 150, one),
+        f80(true, 16383 - 150, 3 << 62),
+        f80(false, 16383 - 1075, one),
+        f80(false, 16383 - 1075, 3 << 62),
+        f80(false, 16383 - 126, one),
+        f80(true, 16383 - 1022, one),
+        f80(false, 16383, 0xffff_fffc_0000_0000),
+        f80(false, 16383, u64::MAX),
+        f80(false, 0x7fff, one | 1),
+    ];
+    for v in
+        [32768.0, -32768.0, 32767.5, -32768.5, 2147483648.0, -2147483648.0, 2147483647.5, 1.8446744073709552e19, -1e20]
+    {
+        values.push(f64_to_f80(v));
+    }
+    for k in [62, 63] {
+        values.push(f80(false, 16383 + k, one));
+        values.push(f80(true, 16383 + k, one));
+    }
+    values.push(f80(true, 16383 + 63, one | 1 << 52));
+    // FST/FSTP m32 and m64, FSTP m80, FISTP m16/m32/m64.
+    let forms = [(0xd9u8, 2u8), (0xd9, 3), (0xdd, 2), (0xdd, 3), (0xdb, 7), (0xdf, 3), (0xdb, 3), (0xdf, 7)];
+    for v in &values {
+        for &(op, reg) in &forms {
+            for rc in 0..4u16 {
+                for masks in [0x3fu16, 0] {
+                    let v = *v;
+                    b.check(&[op, (reg << 3) | 3], 0, &move |st: &mut State, rng: &mut Rng| {
+                        rbx_at_data(st, rng);
+                        st.fpu.fx_cw = 0x340 | masks | rc << 10;
+                        st.fpu.fx_sw = 7 << 11;
+                        st.fpu.fx_tw = 1 << 7;
+                        st.fpu.fx_87_ac[0] = [0; 16];
+                        st.fpu.fx_87_ac[0][..10].copy_from_slice(&v);
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// REPE and REPNE CMPS stop where their condition ends, as on the CPU:
 /// REPE over operands equal for the first `k` elements, REPNE over
 /// operands that differ until element `k`.
@@ -842,43 +916,8 @@ fn x87_loads_and_stores_match_the_cpu() {
                 rbx_at_data(st, rng);
                 st.fpu.fx_cw = (0x37f & !unmasked) | (rc << 10);
                 // A few values on the stack: random doubles and special ones.
-                // (And the integer stores' limits: 2^15, 2^31, 2^63 either
-                // side, half a unit off.)
-                let specials = [
-                    0.0f64,
-                    -0.0,
-                    1.5,
-                    -3.25e300,
-                    1e-310,
-                    f64::INFINITY,
-                    f64::NAN,
-                    7.0e-45,
-                    3.4e38,
-                    65536.5,
-                    32768.0,
-                    -32768.0,
-                    32767.5,
-                    -32768.5,
-                    2147483648.0,
-                    -2147483648.0,
-                    2147483647.5,
-                    9.223372036854775808e18,
-                    -9.223372036854775808e18,
-                    -9.223372036854777e18,
-                    // Half the smallest single denormal (a tie to 0 when
-                    // rounding to nearest) and a bit more (rounds up).
-                    2f64.powi(-150),
-                    1.5 * 2f64.powi(-150),
-                    // The smallest normals (tiny or not, with UE unmasked),
-                    // and a value whose rounding to single carries into
-                    // the exponent.
-                    2f64.powi(-126),
-                    2f64.powi(-1022),
-                    2.0 - 2f64.powi(-30),
-                    // Too large for any integer store.
-                    1.8446744073709552e19,
-                    -1e20,
-                ];
+                let specials =
+                    [0.0f64, -0.0, 1.5, -3.25e300, 1e-310, f64::INFINITY, f64::NAN, 7.0e-45, 3.4e38, 65536.5];
                 let mut top = 0u16;
                 for k in 0..stack_depth {
                     let v = if rng.next() % 2 == 0 {
@@ -893,38 +932,10 @@ fn x87_loads_and_stores_match_the_cpu() {
                     // that stores round far below the smallest denormal
                     // too, and unsupported encodings).
                     if rng.next() % 3 == 0 {
-                        let raw = if rng.next() % 4 == 0 {
-                            // Half the smallest double denormal and a bit
-                            // more (the tie and the round-up of a store to
-                            // m64), a signalling NaN, and a significand of
-                            // ones (rounding to m64 carries into the
-                            // exponent).
-                            let (man, exp) = match rng.next() % 3 {
-                                0 => ((1u64 << 63) | (rng.next() % 2) << 62, 16383u16 - 1075),
-                                1 => ((1 << 63) | (rng.next() >> 2) | 1, 0x7fff),
-                                _ => (u64::MAX, 16383),
-                            };
-                            let mut r = [0u8; 10];
-                            r[..8].copy_from_slice(&man.to_le_bytes());
-                            r[8..].copy_from_slice(&exp.to_le_bytes());
-                            r
-                        } else {
-                            x87_value(rng)
-                        };
-                        st.fpu.fx_87_ac[k][..10].copy_from_slice(&raw);
+                        st.fpu.fx_87_ac[k][..10].copy_from_slice(&x87_value(rng));
                         continue;
                     }
-                    let m = v.to_bits();
-                    let exp = ((m >> 52) & 0x7ff) as i32;
-                    let man = m & ((1 << 52) - 1);
-                    let (e80, m80) = match exp {
-                        0 if man == 0 => (0u16, 0u64),
-                        0 => (0, 0),
-                        0x7ff => (0x7fff, (1 << 63) | (man << 11)),
-                        _ => ((exp - 1023 + 16383) as u16, (1 << 63) | (man << 11)),
-                    };
-                    st.fpu.fx_87_ac[k][..8].copy_from_slice(&m80.to_le_bytes());
-                    st.fpu.fx_87_ac[k][8..10].copy_from_slice(&((u16::from(m >> 63 == 1) << 15) | e80).to_le_bytes());
+                    st.fpu.fx_87_ac[k][..10].copy_from_slice(&f64_to_f80(v));
                 }
                 // FXSAVE keeps ST(i) in stack order; the registers above were
                 // pushed last-first, so reverse them.

@@ -2720,10 +2720,12 @@ fn emulator_errors_say_what_happened() {
     }
 }
 
-/// Guest memory that serves reads with 0x5a and keeps every access made:
-/// (linear address, length, access).
+/// One access made: linear address, length, access.
+type Made = (u64, usize, Access);
+
+/// Guest memory that serves reads with 0x5a and keeps every access made.
 #[derive(Default)]
-struct Recording(Vec<(u64, usize, Access)>);
+struct Recording(Vec<Made>);
 
 impl EmuMemory for Recording {
     fn read(&mut self, linear: u64, buf: &mut [u8], a: Access) -> Result<(), EmuError> {
@@ -2738,7 +2740,7 @@ impl EmuMemory for Recording {
 }
 
 /// Emulates `insn` in `mode` from `st` on a [`Recording`] memory.
-fn recorded(insn: &[u8], mode: CpuMode, st: State) -> (Result<(), EmuError>, Vec<(u64, usize, Access)>) {
+fn recorded(insn: &[u8], mode: CpuMode, st: State) -> (Result<(), EmuError>, Vec<Made>) {
     let d = decode(insn, mode).unwrap();
     let mut model = LazyCpu::new(st, Xsave::default());
     let mut mem = Recording::default();

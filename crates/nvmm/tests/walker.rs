@@ -310,11 +310,11 @@ fn sparse_tables(rng: &mut Rng, mode: Mode, r: &Regs) -> Memory {
                 // A present table pointer with a bit set above MAXPHYADDR
                 // (reserved: the walk ends there).
                 let bit = r.maxphyaddr + (rng.next() % u64::from(52 - r.maxphyaddr)) as u32;
-                mem.write(at, n, TABLES + (rng.next() % TABLE_PAGES) * 4096 | 1 << bit | 1);
+                mem.write(at, n, (TABLES + (rng.next() % TABLE_PAGES) * 4096) | (1 << bit) | 1);
             } else if rng.next() % 6 == 0 {
                 // Not present, but otherwise a clean pointer to a table:
                 // only the P bit keeps a walk out.
-                mem.write(at, n, TABLES + (rng.next() % TABLE_PAGES) * 4096 | (rng.next() & 6));
+                mem.write(at, n, (TABLES + (rng.next() % TABLE_PAGES) * 4096) | (rng.next() & 6));
             } else if n == 8 && !pdpte && rng.next() % 4 == 0 {
                 // A large page below 4 GiB, 2 MiB or 1 GiB aligned (a PS
                 // entry of random address rarely fits MAXPHYADDR).

@@ -2271,10 +2271,13 @@ fn large_rep_counts_match_the_cpu() {
 /// The faults the emulator raises against the ones the CPU raises for the
 /// same instruction and state (natively at CPL 3, through the guest's own
 /// IDT): #GP for a non-canonical address, a misaligned MOVAPS or
-/// CMPXCHG16B and a segment limit; #SS for the stack segment's; #AC with
-/// CR0.AM and RFLAGS.AC; #NM with CR0.TS for x87 and SSE; #UD for SSE
-/// without CR4.OSFXSR and VEX without CR4.OSXSAVE. Vector and error code
-/// must match, and RIP stays on the instruction.
+/// CMPXCHG16B, a segment limit (expand-down ones too), a write through a
+/// read-only or code segment, a read through an execute-only one and a
+/// null DS; #SS for the stack segment's; #AC with CR0.AM and RFLAGS.AC
+/// (and none for an aligned access or CR0.AM alone); #NM with CR0.TS for
+/// x87 and SSE; #UD for SSE without CR4.OSFXSR and VEX without
+/// CR4.OSXSAVE. Vector and error code must match, and RIP stays on the
+/// instruction.
 #[test]
 fn faults_match_the_cpu() {
     nvmm_testkit::kvm_or_skip!();

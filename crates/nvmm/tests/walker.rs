@@ -57,16 +57,14 @@ impl mmu::PhysMemory for Phys<'_> {
     }
 }
 
+/// The model's registers as the library's.
+fn paging_regs(r: &Regs) -> PagingRegs {
+    PagingRegs { cr0: r.cr0, cr3: r.cr3, cr4: r.cr4, efer: r.efer, phys_bits: r.maxphyaddr as u8, gib_pages: r.page1gb }
+}
+
 /// The library's answer in the model's terms.
 fn ours(mem: &Memory, r: &Regs, gva: u64, access: Option<paging_model::Access>) -> Outcome {
-    let regs = PagingRegs {
-        cr0: r.cr0,
-        cr3: r.cr3,
-        cr4: r.cr4,
-        efer: r.efer,
-        phys_bits: r.maxphyaddr as u8,
-        gib_pages: r.page1gb,
-    };
+    let regs = paging_regs(r);
     let result = match access {
         None => mmu::walk(&Phys(mem), &regs, gva),
         Some(a) => {
@@ -343,15 +341,7 @@ fn mappings_match_the_sdm_model() {
             let model = model_pages(&mem, &r, mode);
             pages += model.len();
             sizes.extend(model.iter().map(|p| p.5));
-            let regs = PagingRegs {
-                cr0: r.cr0,
-                cr3: r.cr3,
-                cr4: r.cr4,
-                efer: r.efer,
-                phys_bits: r.maxphyaddr as u8,
-                gib_pages: r.page1gb,
-            };
-            let ours: Vec<Page> = mmu::mappings(&Phys(&mem), &regs)
+            let ours: Vec<Page> = mmu::mappings(&Phys(&mem), &paging_regs(&r))
                 .iter()
                 .map(|m| {
                     let p = m.prot;

@@ -943,10 +943,10 @@ fn x87_loads_and_stores_match_the_cpu() {
                 st.fpu.fx_sw = top << 11;
             };
             let data_setup = move |st: &State, data: &mut [u8], rng: &mut Rng| {
-                let at = (st.gprs[Gpr::Rbx] - DATA) as usize;
                 if !special_operand {
                     return;
                 }
+                let at = (st.gprs[Gpr::Rbx] - DATA) as usize;
                 let sign = rng.next() & 1;
                 match (op, reg) {
                     (0xd9, 0) => {
@@ -2421,8 +2421,7 @@ fn faults_match_the_cpu() {
     for (typ, present, insn) in [(1u8, true, &[0x89u8, 0x03][..]), (11, true, &[0x89, 0x03]), (3, false, &[0x8b, 0x03])]
     {
         b32.check_fault(insn, 13, &move |st, _| {
-            st.segs[nvmm::Seg::Ds].attrib =
-                nvmm::x86::state::SegAttrib::new(typ, true, 3, present, false, false, true, true);
+            st.segs[nvmm::Seg::Ds].attrib = SegAttrib::new(typ, true, 3, present, false, false, true, true);
             st.gprs[Gpr::Rbx] = DATA + 64;
         });
     }
@@ -2430,14 +2429,16 @@ fn faults_match_the_cpu() {
     // #GP(0); through a readable one or a read-only data segment it is
     // no fault.
     b32.check_fault(&[0x2e, 0x8b, 0x03], 13, &|st, _| {
-        st.segs[nvmm::Seg::Cs].attrib = nvmm::x86::state::SegAttrib::new(9, true, 3, true, false, false, true, true);
+        st.segs[nvmm::Seg::Cs].attrib = SegAttrib::new(9, true, 3, true, false, false, true, true);
         st.gprs[Gpr::Rbx] = DATA + 64;
     });
     b32.check(&[0x2e, 0x8b, 0x03], 0, &|st, _| st.gprs[Gpr::Rbx] = DATA + 64);
-    b32.check(&[0x8b, 0x03], 0, &|st, _| {
-        st.segs[nvmm::Seg::Ds].attrib = nvmm::x86::state::SegAttrib::new(1, true, 3, true, false, false, true, true);
+    // (A data segment that is read-only.)
+    let read_only = |st: &mut State, _: &mut Rng| {
+        st.segs[nvmm::Seg::Ds].attrib = SegAttrib::new(1, true, 3, true, false, false, true, true);
         st.gprs[Gpr::Rbx] = DATA + 64;
-    });
+    };
+    b32.check(&[0x8b, 0x03], 0, &read_only);
     // An expand-down data segment: offsets above the limit up to 4 GiB
     // (B set) or 64 KiB (B clear) are valid, the limit itself and below
     // are #GP(0), and so is an access running past 64 KiB with B clear.
@@ -2445,7 +2446,7 @@ fn faults_match_the_cpu() {
     let expand_down = |big: bool, limit: u64, ebx: u64| {
         move |st: &mut State, _: &mut Rng| {
             let ds = &mut st.segs[nvmm::Seg::Ds];
-            ds.attrib = nvmm::x86::state::SegAttrib::new(7, true, 3, true, false, false, big, false);
+            ds.attrib = SegAttrib::new(7, true, 3, true, false, false, big, false);
             ds.limit = limit as u32;
             ds.base = if big { 0 } else { DATA + 0x40 - 0xff00 };
             st.gprs[Gpr::Rbx] = ebx;
@@ -2459,10 +2460,6 @@ fn faults_match_the_cpu() {
     b32.check(&[0x8b, 0x03], 0, &expand_down(false, 0x100, 0xff40));
     // SSE moves check the segment for their direction: a load through a
     // read-only data segment is no fault, a store is #GP(0).
-    let read_only = |st: &mut State, _: &mut Rng| {
-        st.segs[nvmm::Seg::Ds].attrib = nvmm::x86::state::SegAttrib::new(1, true, 3, true, false, false, true, true);
-        st.gprs[Gpr::Rbx] = DATA + 64;
-    };
     b32.check(&[0x0f, 0x10, 0x03], 0, &read_only);
     b32.check_fault(&[0x0f, 0x11, 0x03], 13, &read_only);
     assert_eq!(b.cases + b16.cases + b32.cases, 2 * (28 + 2 * usize::from(b.avx)) + 19);

@@ -166,9 +166,6 @@ fn every_component_lands_where_kvm_keeps_it() {
     assert_eq!((u32_at(xcrs, 8), u64_at(xcrs, 16)), (0, 7), "XCR0");
 }
 
-/// The other way: values written into KVM's own structures (the
-/// components of a snapshot file, edited here by the documented file and
-/// ABI layouts) read back through NVMM's state.
 /// Where each component's bytes are in a saved snapshot file of one
 /// VCPU (offset, length), by component.
 type Spans = std::collections::HashMap<Component, (usize, usize)>;

@@ -287,7 +287,6 @@ fn merged(pages: &[Page]) -> Vec<Page> {
 /// there); some entries are clean table pointers without their P bit, or
 /// with a bit set above MAXPHYADDR.
 fn sparse_tables(rng: &mut Rng, mode: Mode, r: &Regs) -> Memory {
-    let cr3 = r.cr3;
     let n = mode.entry_bytes();
     let mut mem = paging_model::random_tables(&mut || rng.next(), TABLES, TABLE_PAGES, n, true);
     for k in 0..TABLE_PAGES {
@@ -300,7 +299,7 @@ fn sparse_tables(rng: &mut Rng, mode: Mode, r: &Regs) -> Memory {
                 && e & 0x80 == 0
                 && frame >> r.maxphyaddr == 0
                 && !(TABLES..TABLES + TABLE_PAGES * 4096).contains(&frame);
-            let pdpte = mode == Mode::Pae && (cr3..cr3 + 32).contains(&at);
+            let pdpte = mode == Mode::Pae && (r.cr3..r.cr3 + 32).contains(&at);
             let keep = if mode == Mode::Pae { 8 } else { 64 };
             if (rng.next() % keep != 0 && !pdpte) || outside {
                 mem.write(at, n, 0);

@@ -351,3 +351,188 @@ fn bad_debug_settings_are_errors() {
     assert_eq!(g.machine.insert_sw_breakpoint(0x10_0000_0000).unwrap_err().errno(), libc::ENOENT);
     assert!(g.machine.sw_breakpoints().is_empty());
 }
+
+/// Stale DR6 bits a guest left behind (B1, B2): the CPU replaces B0–B3
+/// with the cause of each `#DB` and never clears BS.
+const STALE_DR6: u64 = 0xffff_0ff6;
+
+/// What the guest's own `#DB` handler (`mov eax, dr6 ; hlt`) saw: DR6,
+/// the return address it was pushed and the pushed flags' TF.
+#[derive(Debug, PartialEq)]
+struct GuestDb {
+    dr6: u64,
+    ret: u64,
+    tf: bool,
+}
+
+/// Runs `g` to the HLT of its `#DB` handler and reads what the handler
+/// saw; `width` is the stack slot size (2 in real mode, 4 in protected).
+fn guest_db(g: &mut Guest, width: usize) -> GuestDb {
+    run_to_halt(&mut g.vcpu);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), HANDLER + 4, "the guest's #DB handler ran to its HLT");
+    let sp = gpr(&mut g.vcpu, Gpr::Rsp);
+    let mut frame = [0u8; 12];
+    g.machine.read_gpa(sp, &mut frame[..3 * width]).unwrap();
+    let slot = |i: usize| {
+        let mut b = [0u8; 8];
+        b[..width].copy_from_slice(&frame[i * width..(i + 1) * width]);
+        u64::from_le_bytes(b)
+    };
+    GuestDb { dr6: gpr(&mut g.vcpu, Gpr::Rax) & 0xffff_ffff, ret: slot(0), tf: slot(2) & 0x100 != 0 }
+}
+
+/// A guest that sets its own RFLAGS.TF, with `mov eax, dr6 ; hlt` as its
+/// `#DB` handler and DR6 holding [`STALE_DR6`]; the trap comes after the
+/// NOP, on the HLT at `CODE + hlt`.
+fn guest_tf(real: bool) -> (Guest, u64) {
+    let handler = [0x0f, 0x21, 0xf0, 0xf4];
+    let (mut g, hlt) = if real {
+        // pushf ; pop ax ; or ax, 0x100 ; push ax ; popf ; nop ; hlt
+        let g = real_mode(&[0x9c, 0x58, 0x0d, 0x00, 0x01, 0x50, 0x9d, 0x90, 0xf4]);
+        ivt(&g, 1, HANDLER as u16);
+        (g, 8)
+    } else {
+        // pushfd ; or dword [esp], 0x100 ; popfd ; nop ; hlt
+        let mut g = protected_mode(&[0x9c, 0x81, 0x0c, 0x24, 0x00, 0x01, 0x00, 0x00, 0x9d, 0x90, 0xf4]);
+        idt32(&mut g, &[(1, HANDLER)]);
+        (g, 10)
+    };
+    g.machine.write_gpa(HANDLER, &handler).unwrap();
+    g.vcpu.update(StateMask::DRS, |s| s.drs[nvmm::Dr::Dr6] = STALE_DR6).unwrap();
+    (g, hlt)
+}
+
+/// The guest's own single step beside a debugger. Where the library takes
+/// no steps of its own (software breakpoints with none inserted in
+/// protected or real mode, one inserted in protected mode, an execute
+/// breakpoint elsewhere) the guest's `#DB` handler runs on the same
+/// instruction and sees the same DR6 and frame as the same guest run with
+/// no debugger (KVM delivering the trap: the oracle). Where the library
+/// steps for itself (a software breakpoint inserted in real mode, a
+/// watchpoint) the guest's trap is lost, as the README and `vcpu/debug.rs`
+/// say: KVM hides RFLAGS.TF from register reads while it single-steps, and
+/// the guest runs on to its HLT.
+#[test]
+fn guests_own_single_step_beside_a_debugger() {
+    nvmm_testkit::kvm_or_skip!();
+    for real in [true, false] {
+        let width = if real { 2 } else { 4 };
+        let (mut g, hlt) = guest_tf(real);
+        let native = guest_db(&mut g, width);
+        assert_eq!((native.ret, native.tf), (CODE + hlt, true), "real mode {real}");
+        let mut watch = GuestDebug::default();
+        watch.hardware[3] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 4).unwrap());
+        let mut hw = GuestDebug::default();
+        hw.hardware[0] = Some(HwBreakpoint::new(CODE + 0x40, WatchKind::Execute, 1).unwrap());
+        let debuggers = [
+            ("software breakpoints, none inserted", sw_debug(), false, false),
+            ("a software breakpoint elsewhere", sw_debug(), true, real),
+            ("a watchpoint elsewhere", watch, false, true),
+            ("an execute breakpoint elsewhere", hw, false, false),
+        ];
+        for (what, debug, insert, library_steps) in debuggers {
+            let (mut g, _) = guest_tf(real);
+            if insert {
+                g.machine.insert_sw_breakpoint(CODE + 0x40).unwrap();
+            }
+            g.vcpu.set_guest_debug(&debug).unwrap();
+            if library_steps {
+                run_to_halt(&mut g.vcpu);
+                assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + hlt + 1, "real mode {real}, {what}: the trap is lost");
+            } else {
+                assert_eq!(guest_db(&mut g, width), native, "real mode {real}, {what}");
+            }
+        }
+    }
+}
+
+/// Instructions KVM's emulator gives up on and the run loop completes
+/// (x87 at CPL 0 on hosts that emulate guest kernel code; natively run
+/// elsewhere) are stepped like any other, and a watched write by one is
+/// reported after it: `fld qword [0x3008] ; fstp qword [0x3000] ; nop ;
+/// hlt` with 1.0 at 0x3008.
+#[test]
+fn steps_and_watchpoints_cover_instructions_the_run_loop_completes() {
+    nvmm_testkit::kvm_or_skip!();
+    let code = [0xdd, 0x04, 0x25, 0x08, 0x30, 0, 0, 0xdd, 0x1c, 0x25, 0x00, 0x30, 0, 0, 0x90, 0xf4];
+    let long_mode = |code: &[u8]| {
+        let g = long_mode(code);
+        g.machine.write_gpa(0x3008, &1.0f64.to_le_bytes()).unwrap();
+        g
+    };
+    let mut g = long_mode(&code);
+    g.vcpu.set_guest_debug(&step_debug()).unwrap();
+    for pc in [CODE + 7, CODE + 14, CODE + 15] {
+        assert_eq!(next_debug(&mut g.vcpu), (DebugEvent::SingleStep, pc));
+    }
+    g.vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+    run_to_halt(&mut g.vcpu);
+    assert_eq!(read_u32(&g, 0x3004), 0x3ff0_0000, "1.0 stored");
+
+    let mut g = long_mode(&code);
+    let mut d = GuestDebug::default();
+    d.hardware[2] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 8).unwrap());
+    g.vcpu.set_guest_debug(&d).unwrap();
+    assert_eq!(
+        next_debug(&mut g.vcpu),
+        (DebugEvent::Watchpoint { index: 2, addr: 0x3000, kind: WatchKind::Write }, CODE + 14)
+    );
+    run_to_halt(&mut g.vcpu);
+}
+
+/// A HLT while debugging halts once: `hlt ; nop ; nop ; nop ; hlt`. KVM
+/// leaves a halt pending after a stepped HLT on hosts that emulate guest
+/// kernel code (the next run executes one instruction, then exits for HLT),
+/// so the library never steps a HLT: its own steps (a watchpoint, real-mode
+/// software breakpoints, stepping over an execute breakpoint) report the
+/// HLT exit, a debugger's step reports the step past it. Either way, with
+/// debugging then off, the guest runs on to its second HLT, or through
+/// an interrupt handler (`nop ; hlt`) to its HLT, and halts only there.
+#[test]
+fn a_hlt_while_debugging_halts_once() {
+    nvmm_testkit::kvm_or_skip!();
+    let code = [0xf4, 0x90, 0x90, 0x90, 0xf4];
+    let mut watch = GuestDebug::default();
+    watch.hardware[0] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 4).unwrap());
+    let mut on_hlt = GuestDebug::default();
+    on_hlt.hardware[1] = Some(HwBreakpoint::new(CODE, WatchKind::Execute, 1).unwrap());
+    let debuggers = [
+        ("a watchpoint", watch),
+        ("software breakpoints", sw_debug()),
+        ("an execute breakpoint on the HLT", on_hlt),
+        ("the debugger's steps", step_debug()),
+    ];
+    for real in [false, true] {
+        for (what, debug) in debuggers {
+            for inject in [false, true] {
+                let mut g = if real { real_mode(&code) } else { protected_mode(&code) };
+                g.machine.write_gpa(HANDLER, &[0x90, 0xf4]).unwrap();
+                if real {
+                    ivt(&g, 0x20, HANDLER as u16);
+                } else {
+                    idt32(&mut g, &[(0x20, HANDLER)]);
+                    g.vcpu.update(StateMask::SEGS, |s| s.segs[nvmm::Seg::Idt].limit = 0xfff).unwrap();
+                }
+                g.machine.insert_sw_breakpoint(CODE + 0x40).unwrap();
+                g.vcpu.set_guest_debug(&debug).unwrap();
+                let case = format!("real mode {real}, {what}, inject {inject}");
+                if debug == on_hlt {
+                    assert_eq!(next_debug(&mut g.vcpu), (DebugEvent::HardwareBreakpoint { index: 1 }, CODE), "{case}");
+                }
+                if debug == step_debug() {
+                    assert_eq!(next_debug(&mut g.vcpu), (DebugEvent::SingleStep, CODE + 1), "{case}");
+                } else {
+                    run_to_halt(&mut g.vcpu);
+                }
+                assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 1, "{case}");
+                g.vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
+                if inject {
+                    g.vcpu.inject(nvmm::Event::interrupt(0x20)).unwrap();
+                }
+                run_to_halt(&mut g.vcpu);
+                let end = if inject { HANDLER + 2 } else { CODE + 5 };
+                assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), end, "{case}: halted once, at the HLT");
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! the kernel's emulator gave up on) becomes an [`Exit::Debug`](crate::Exit::Debug)
 //! when the debugger caused it, and goes to the guest when it did not.
 //!
-//! Two things the kernel does not do on every host are done here, with
+//! Three things the kernel does not do on every host are done here, with
 //! single steps the program never sees:
 //! - stepping over an execute breakpoint the VCPU stopped at (RFLAGS.RF
 //!   is not honoured by KVM's emulator on hosts that emulate guest kernel
@@ -55,6 +55,9 @@ pub(super) struct DebugState {
     watched: [Option<u64>; 4],
     /// Where the library's current step started (linear address).
     step_from: u64,
+    /// The current run executes a HLT without the single step the
+    /// settings ask for; its HLT exit ends the step.
+    hlt_unstepped: bool,
     /// The last debug exit.
     exit: Option<DebugExit>,
     /// `user` or `applied` is not all off (kept with them: the run loop
@@ -86,11 +89,15 @@ impl Vcpu {
         &self.debug.user
     }
 
-    /// Whether single steps hold guest interrupts off on this host
-    /// (`KVM_GUESTDBG_BLOCKIRQ`). Without it a step taken with an
-    /// interrupt pending lands in the guest's interrupt handler.
+    /// Whether the debugger's single steps hold guest interrupts off
+    /// (`KVM_GUESTDBG_BLOCKIRQ`): `true` while the settings single-step on
+    /// a host whose KVM offers it, `false` when they do not single-step.
+    /// Without it a step taken with an interrupt pending lands in the
+    /// guest's interrupt handler.
     pub fn debug_blocks_interrupts(&self) -> bool {
-        self.debug.blockirq
+        // (`blockirq` follows the backend's last settings, which include
+        // the library's own steps.)
+        self.debug.user.single_step && self.debug.blockirq
     }
 
     /// Whether a debugger or the library's own steps set debug settings
@@ -138,6 +145,16 @@ impl Vcpu {
                 internal = true;
             }
         }
+        // A stepped HLT leaves a halt pending in KVM where it emulates guest
+        // kernel code: the next run executes one more instruction and then
+        // exits for HLT. A HLT runs unstepped (its exit comes at once, no
+        // device has to answer it); with an event to deliver first, the
+        // guest starts elsewhere.
+        self.debug.hlt_unstepped = eff.single_step && !self.event_waiting() && self.at_hlt()?;
+        if self.debug.hlt_unstepped {
+            eff.single_step = false;
+            internal = false;
+        }
         self.debug.internal_step = internal && !self.debug.user.single_step;
         if self.debug.internal_step {
             self.debug.step_from = linear_rip(self.comm.state());
@@ -147,6 +164,29 @@ impl Vcpu {
             self.debug.set(self.debug.user, eff);
         }
         Ok(None)
+    }
+
+    /// Whether the instruction at RIP is a HLT.
+    fn at_hlt(&mut self) -> Result<bool> {
+        self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
+        let s = self.comm.state();
+        let mem = self.machine.memory();
+        let mut byte = [0u8];
+        Ok(GuestView::new(&mem, self.paging_of(s)).read(linear_rip(s), &mut byte).done == 1 && byte[0] == HLT)
+    }
+
+    /// The exit for a HLT exit while debugging: the end of a debugger's
+    /// step over a HLT run unstepped (past it, without halting, as KVM
+    /// steps a HLT), a HLT exit otherwise.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn halt_while_debugging(&mut self) -> Result<ExitRecord> {
+        if !std::mem::take(&mut self.debug.hlt_unstepped) || !self.debug.user.single_step {
+            return Ok(ExitRecord::Halted);
+        }
+        self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
+        let pc = linear_rip(self.comm.state());
+        Ok(self.debug_exit(DebugEvent::SingleStep, pc, dr6::BS))
     }
 
     /// What an intercepted exception `vector` (with `dr6` for `#DB`, the
@@ -184,19 +224,26 @@ impl Vcpu {
                     Ok(self.stepped_hlt(pc).then_some(ExitRecord::Halted))
                 }
                 None => {
-                    // The guest's own #DB (its TF, its debug registers):
-                    // its DR6 shows the cause, as the CPU would.
-                    self.get_state(StateMask::DRS)?;
-                    let d = &mut self.comm.state_mut().drs[Dr::Dr6];
-                    *d = (*d & !(dr6::B_MASK | dr6::BS)) | (dr6_bits & (dr6::B_MASK | dr6::BS));
-                    self.set_state(StateMask::DRS)?;
-                    self.inject_internal(Event::exception(DB_VECTOR, 0));
+                    self.give_guest_db(dr6_bits)?;
                     Ok(None)
                 }
             },
             // The backend reports no other vector.
             _ => Ok(Some(ExitRecord::None)),
         }
+    }
+
+    /// Hands the guest its own `#DB` (its TF, its debug registers) with
+    /// `dr6_bits`' cause in its DR6, as the CPU and KVM deliver it: B0–B3
+    /// replaced by the cause's, BS set by a step and otherwise left as the
+    /// guest had it (the CPU never clears it).
+    fn give_guest_db(&mut self, dr6_bits: u64) -> Result<()> {
+        self.get_state(StateMask::DRS)?;
+        let d = &mut self.comm.state_mut().drs[Dr::Dr6];
+        *d = (*d & !dr6::B_MASK) | (dr6_bits & (dr6::B_MASK | dr6::BS));
+        self.set_state(StateMask::DRS)?;
+        self.inject_internal(Event::exception(DB_VECTOR, 0));
+        Ok(())
     }
 
     /// An emulation failure on `INT3` (the kernel emulates CPL 0 code on
@@ -308,3 +355,6 @@ impl Vcpu {
         self.debug.exit
     }
 }
+
+#[cfg(test)]
+mod tests;

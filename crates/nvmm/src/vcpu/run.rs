@@ -37,6 +37,9 @@ impl Vcpu {
                 record,
                 ExitRecord::Trap { .. } | ExitRecord::EmulationFailure { insn: InsnBytes { len: 1.., .. } }
             ) {
+                if record == ExitRecord::Halted && self.debugging() {
+                    self.last = self.halt_while_debugging()?;
+                }
                 return Ok(());
             }
             if let Some(r) = self.follow_up(record)? {

@@ -54,6 +54,20 @@ fn settings_read_back_and_steps_block_interrupts_where_kvm_offers_it() {
     nvmm_testkit::kvm_or_skip!();
     let mut g = long_mode(&NOPS);
     assert_eq!(g.vcpu.guest_debug(), &GuestDebug::default());
+    assert!(!g.vcpu.debug_blocks_interrupts(), "nothing single-steps");
+    let mut watch = GuestDebug::default();
+    watch.hardware[0] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 4).unwrap());
+    // mov [rdi], rax ; nop ; hlt, under a watchpoint the library steps for.
+    let mut w = long_mode(&[0x48, 0x89, 0x07, 0x90, 0xf4]);
+    w.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rdi] = 0x3000;
+            s.gprs[Gpr::Rax] = 1;
+        })
+        .unwrap();
+    w.vcpu.set_guest_debug(&watch).unwrap();
+    assert_eq!(next_debug(&mut w.vcpu).0, DebugEvent::Watchpoint { index: 0, addr: 0x3000, kind: WatchKind::Write });
+    assert!(!w.vcpu.debug_blocks_interrupts(), "the debugger does not single-step (the library does, for the watchpoint)");
     g.vcpu.set_guest_debug(&step_debug()).unwrap();
     assert_eq!(g.vcpu.guest_debug(), &step_debug());
     let kvm = kvm_ioctls::Kvm::new().unwrap();
@@ -62,6 +76,7 @@ fn settings_read_back_and_steps_block_interrupts_where_kvm_offers_it() {
     assert_eq!(g.vcpu.debug_blocks_interrupts(), offered, "KVM's guest-debug flags {flags:#x}");
     g.vcpu.set_guest_debug(&GuestDebug::default()).unwrap();
     assert_eq!(g.vcpu.guest_debug(), &GuestDebug::default());
+    assert!(!g.vcpu.debug_blocks_interrupts(), "debugging ended");
     run_to_halt(&mut g.vcpu);
 }
 

@@ -109,6 +109,7 @@ pub struct GuestDebug {
     /// Stop after every instruction ([`DebugEvent::SingleStep`]); guest
     /// interrupts are held off meanwhile where the kernel can
     /// ([`Vcpu::debug_blocks_interrupts`](crate::Vcpu::debug_blocks_interrupts)).
+    /// A step over a HLT ends past it without halting (no HLT exit).
     pub single_step: bool,
     /// Report the machine's software breakpoints
     /// ([`DebugEvent::SoftwareBreakpoint`]).

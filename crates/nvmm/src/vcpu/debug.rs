@@ -17,6 +17,18 @@
 //!   compared after each step (a write that changes them is reported; the
 //!   debug registers are programmed too, so hosts whose hardware checks
 //!   them also report reads and writes of equal values).
+//!
+//! A HLT is never single-stepped: after a stepped HLT such hosts' KVM
+//! leaves a halt pending (the next run executes one more instruction and
+//! exits for HLT again). It runs unstepped; the debugger's step over it
+//! ends past it, without halting, and the library's own steps report its
+//! HLT exit. The exception: a step that delivers an event runs the first
+//! instruction of its handler too, and a HLT there does not halt (the
+//! guest goes on as after a wake-up; no HLT exit).
+//!
+//! While the library steps for itself, a guest's own RFLAGS.TF trap is
+//! lost: KVM hides TF from register reads while it single-steps, so the
+//! library cannot tell the guest's trap from its own.
 
 use super::Vcpu;
 use crate::backend::{Parts, VcpuBackend};
@@ -53,8 +65,6 @@ pub(super) struct DebugState {
     internal_step: bool,
     /// The watched bytes before the current step (`None`: unreadable).
     watched: [Option<u64>; 4],
-    /// Where the library's current step started (linear address).
-    step_from: u64,
     /// The current run executes a HLT without the single step the
     /// settings ask for; its HLT exit ends the step.
     hlt_unstepped: bool,
@@ -156,9 +166,6 @@ impl Vcpu {
             internal = false;
         }
         self.debug.internal_step = internal && !self.debug.user.single_step;
-        if self.debug.internal_step {
-            self.debug.step_from = linear_rip(self.comm.state());
-        }
         if eff != self.debug.applied {
             self.debug.blockirq = self.backend.set_guest_debug(&eff)?;
             self.debug.set(self.debug.user, eff);
@@ -217,11 +224,9 @@ impl Vcpu {
                 }
                 None if self.debug.internal_step && dr6_bits & dr6::BS != 0 => {
                     // The library's own step; the next instruction may be
-                    // a real-mode breakpoint. A stepped HLT does not halt
-                    // (the kernel ends the step instead): the VMM still
-                    // gets its HLT exit.
+                    // a real-mode breakpoint.
                     self.debug.internal_step = false;
-                    Ok(self.stepped_hlt(pc).then_some(ExitRecord::Halted))
+                    Ok(None)
                 }
                 None => {
                     self.give_guest_db(dr6_bits)?;
@@ -293,18 +298,6 @@ impl Vcpu {
         self.debug.user.watchpoints().find_map(|(i, bp)| {
             (before[i] != now[i]).then_some(DebugEvent::Watchpoint { index: i as u8, addr: bp.addr(), kind: bp.kind() })
         })
-    }
-
-    /// Whether the library's step that ended at `pc` executed a HLT.
-    fn stepped_hlt(&mut self, pc: u64) -> bool {
-        let from = self.debug.step_from;
-        if pc != from.wrapping_add(1) {
-            return false;
-        }
-        let Ok(&raw) = self.raw_state(Parts::CODE) else { return false };
-        let mem = self.machine.memory();
-        let mut byte = [0u8];
-        GuestView::new(&mem, self.paging_of(&raw)).read(from, &mut byte).done == 1 && byte[0] == HLT
     }
 
     /// The bytes each data watchpoint covers, through page tables `regs`.

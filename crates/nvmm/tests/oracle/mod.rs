@@ -203,6 +203,13 @@ pub fn compare(bytes: &[u8], mode: CpuMode) -> bool {
         // registers used.
         let st0 = if d.shape() == Shape::RegMem { d.dst() } else { d.src() };
         assert_eq!(st0, Operand::Reg(Reg::St0), "{ctx}: the x87 register operand");
+        // Loads read the memory operand, stores write it (iced's memory
+        // access, from its instruction information).
+        let mut factory = iced_x86::InstructionInfoFactory::new();
+        let access = factory.info(&theirs).used_memory()[0].access();
+        let stores = matches!(d.dst(), Operand::Mem(_));
+        assert_eq!(stores, access == iced_x86::OpAccess::Write, "{ctx}: memory written (iced: {access:?})");
+        assert!(matches!(access, iced_x86::OpAccess::Read | iced_x86::OpAccess::Write), "{ctx}: {access:?}");
     }
     // Operands in iced's order.
     let ours_ops: Vec<Operand> = match d.op() {

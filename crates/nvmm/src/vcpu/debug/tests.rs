@@ -204,3 +204,25 @@ fn a_db_that_is_no_step_is_the_guests_while_the_library_steps() {
     let (_, ret, _) = handler_saw(&machine, &mut vcpu);
     assert_eq!(ret, CODE + 1);
 }
+
+/// Stepping over the execute breakpoint the VCPU stopped at lifts that
+/// breakpoint alone for the step: another execute breakpoint and a data
+/// watchpoint on the stepped instruction's own byte stay programmed
+/// (hosts whose CPU checks the debug registers report them).
+#[test]
+fn stepping_over_a_breakpoint_lifts_only_that_breakpoint() {
+    nvmm_testkit::kvm_or_skip!();
+    let (_machine, mut vcpu) = guest(&[0x90, 0x90, 0x90, 0x90, 0xf4]);
+    let at = HwBreakpoint::new(CODE + 1, WatchKind::Execute, 1).unwrap();
+    let other = HwBreakpoint::new(CODE + 3, WatchKind::Execute, 1).unwrap();
+    let on_its_byte = HwBreakpoint::new(CODE + 1, WatchKind::ReadWrite, 1).unwrap();
+    let debug = GuestDebug { hardware: [Some(at), Some(other), Some(on_its_byte), None], ..GuestDebug::default() };
+    vcpu.set_guest_debug(&debug).unwrap();
+    let exit = vcpu.run().unwrap();
+    assert!(matches!(exit, Exit::Debug(d) if d.pc() == CODE + 1), "{exit:?}");
+    assert_eq!(vcpu.prepare_debug_run().unwrap(), None);
+    let stepping = vcpu.debug.applied;
+    assert!(stepping.single_step);
+    assert_eq!(stepping.hardware, [None, Some(other), Some(on_its_byte), None]);
+    assert_eq!(vcpu.guest_debug(), &debug, "the debugger's settings stay as set");
+}

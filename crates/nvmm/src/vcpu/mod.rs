@@ -56,6 +56,8 @@ mod msr;
 mod run;
 mod snapshot;
 mod state;
+#[cfg(test)]
+mod test_guest;
 
 pub use assist::{AssistOutcome, IoRequest, MemRequest};
 pub use handle::{StopHandle, VcpuHandle};

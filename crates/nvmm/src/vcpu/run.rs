@@ -372,3 +372,6 @@ impl Vcpu {
 fn has_pending_instruction(r: ExitRecord) -> bool {
     matches!(r, ExitRecord::Io { .. } | ExitRecord::Memory { .. } | ExitRecord::Rdmsr { .. } | ExitRecord::Wrmsr { .. })
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,65 +11,23 @@
 use super::{BP_VECTOR, DB_VECTOR};
 use crate::debug::{DebugEvent, GuestDebug, HwBreakpoint, WatchKind};
 use crate::exit::record::ExitRecord;
-use crate::x86::modes;
-use crate::{Dr, Exit, Gpr, Machine, Nvmm, Prot, Seg, StateMask, Vcpu};
+use crate::vcpu::test_guest::{self, CODE, HANDLER, gpr, run_to_halt};
+use crate::{Dr, Exit, Gpr, Machine, StateMask, Vcpu};
 
-const CODE: u64 = 0x1000;
-/// The guest's `#DB` and `#BP` handler: `mov eax, dr6 ; hlt`.
-const HANDLER: u64 = 0x1100;
-const GDT: u64 = 0x800;
-const IDT: u64 = 0x600;
-const STACK: u64 = 0x8000;
-const DATA: u64 = 0x3000;
 /// DR6 as a guest left it: B1, B2 and BS from earlier exceptions.
 const STALE_DR6: u64 = 0xffff_4ff6;
 /// DR6 as KVM reports a single-step trap and an instruction breakpoint on
 /// DR0 (the active-low bits set).
 const DR6_STEP: u64 = 0xffff_4ff0;
 const DR6_B0: u64 = 0xffff_0ff1;
+const DATA: u64 = 0x3000;
 
-/// A flat 32-bit protected-mode guest running `code` at `CODE`, with
-/// [`HANDLER`] for `#DB` and `#BP` and DR6 at [`STALE_DR6`].
+/// A guest running `code`, with `mov eax, dr6 ; hlt` as its `#DB` and
+/// `#BP` handler and DR6 at [`STALE_DR6`].
 fn guest(code: &[u8]) -> (Machine, Vcpu) {
-    let machine = Nvmm::open().expect("open nvmm").create_machine().expect("create machine");
-    machine.map_anonymous(0, 0x10_0000, Prot::ALL).unwrap();
-    machine.write_gpa(CODE, code).unwrap();
-    machine.write_gpa(HANDLER, &[0x0f, 0x21, 0xf0, 0xf4]).unwrap();
-    machine.write_gpa(GDT, &modes::gdt_bytes()).unwrap();
-    for v in [DB_VECTOR, BP_VECTOR] {
-        let gate = (HANDLER & 0xffff)
-            | (u64::from(modes::CODE32_SELECTOR) << 16)
-            | (0x8e00u64 << 32)
-            | ((HANDLER >> 16) << 48);
-        machine.write_gpa(IDT + 8 * u64::from(v), &gate.to_le_bytes()).unwrap();
-    }
-    let mut vcpu = machine.create_vcpu(0).expect("create vcpu");
-    vcpu.update(StateMask::ALL, |s| {
-        modes::protected_mode(s, GDT);
-        s.gprs[Gpr::Rip] = CODE;
-        s.gprs[Gpr::Rsp] = STACK;
-        s.segs[Seg::Idt].base = IDT;
-        s.segs[Seg::Idt].limit = 0xff;
-        s.drs[Dr::Dr6] = STALE_DR6;
-    })
-    .unwrap();
+    let (machine, mut vcpu) = test_guest::guest(code, &[0x0f, 0x21, 0xf0, 0xf4], &[DB_VECTOR, BP_VECTOR]);
+    vcpu.update(StateMask::DRS, |s| s.drs[Dr::Dr6] = STALE_DR6).unwrap();
     (machine, vcpu)
-}
-
-fn run_to_halt(vcpu: &mut Vcpu) {
-    for _ in 0..100 {
-        match vcpu.run().expect("run") {
-            Exit::None => continue,
-            Exit::Halted => return,
-            e => panic!("expected HLT, got {e:?}"),
-        }
-    }
-    panic!("the guest did not halt");
-}
-
-fn gpr(vcpu: &mut Vcpu, r: Gpr) -> u64 {
-    vcpu.get_state(StateMask::GPRS).unwrap();
-    vcpu.state().gprs[r]
 }
 
 /// The run readies the debug settings, then the host reports `vector`

@@ -168,7 +168,7 @@ impl Vcpu {
     /// Records the instruction behind `record` as in flight; the exit to
     /// report for it (an instruction fetch KVM reported as a read is a
     /// fetch).
-    fn keep_inflight(&mut self, record: ExitRecord) -> ExitRecord {
+    pub(super) fn keep_inflight(&mut self, record: ExitRecord) -> ExitRecord {
         let mut f = Inflight::new(record);
         let reported = match record {
             ExitRecord::Memory { gpa, write: false, .. } if self.is_fetch(gpa) => {

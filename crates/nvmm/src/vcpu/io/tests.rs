@@ -1,0 +1,83 @@
+//! Locating the I/O instruction behind an I/O exit where KVM leaves RIP
+//! past an OUT it executed (hosts whose KVM emulates OUT, and string OUT
+//! everywhere) and before an instruction it stopped at, with the registers
+//! and bytes such a host leaves. This host's KVM intercepts the tested
+//! forms before executing them, so each case sets RIP as the other kind of
+//! host leaves it and hands the run loop the exit directly. The oracle is
+//! where the bytes were placed.
+
+use crate::exit::record::ExitRecord;
+use crate::vcpu::io::IoSite;
+use crate::vcpu::test_guest::{CODE, guest};
+use crate::{Gpr, Seg, StateMask};
+
+/// `code` at `CODE`, RIP at `CODE + rip_at` and RCX at `rcx`, and an I/O
+/// exit to `port` (DX too) of `size` bytes: where the library locates it.
+fn locate(code: &[u8], rip_at: u64, rcx: u64, port: u16, size: u8, is_in: bool) -> IoSite {
+    let (_machine, mut vcpu) = guest(code, &[], &[]);
+    vcpu.update(StateMask::GPRS, |s| {
+        s.gprs[Gpr::Rip] = CODE + rip_at;
+        s.gprs[Gpr::Rcx] = rcx;
+        s.gprs[Gpr::Rdx] = u64::from(port);
+        s.gprs[Gpr::Rsi] = 0x3000;
+        s.gprs[Gpr::Rdi] = 0x3000;
+    })
+    .unwrap();
+    // Into KVM without running the guest, as at an exit.
+    vcpu.complete_pending().unwrap();
+    vcpu.keep_inflight(ExitRecord::Io { port, size, count: 1, is_in });
+    vcpu.io_site().unwrap()
+}
+
+/// An OUT KVM executed ends at RIP: found backwards, with the prefixes it
+/// has and not the bytes before them (`mov al, 0x65` ends with a byte
+/// that reads as GS).
+#[test]
+fn an_out_kvm_executed_ends_at_rip() {
+    nvmm_testkit::kvm_or_skip!();
+    // mov al, 0x65 ; out dx, al ; nop
+    let s = locate(&[0xb0, 0x65, 0xee, 0x90], 3, 0, 0x70, 1, false);
+    assert_eq!((s.start, s.npc, s.advanced, s.insn.length), (CODE + 2, CODE + 3, true, 1));
+    // mov al, 0x66 ; out 0x80, al ; nop (66 would make it a word OUT)
+    let s = locate(&[0xb0, 0x66, 0xe6, 0x80, 0x90], 4, 0, 0x80, 1, false);
+    assert_eq!((s.start, s.npc, s.insn.port_immediate), (CODE + 2, CODE + 4, Some(0x80)));
+    // out dx, ax (66 EF) ; nop
+    let s = locate(&[0x66, 0xef, 0x90], 2, 0, 0x70, 2, false);
+    assert_eq!((s.start, s.npc, s.insn.operand_size), (CODE, CODE + 2, 2));
+}
+
+/// A REP OUTS whose count reached zero, behind a segment override: KVM
+/// executed it, RIP is past it, and its prefixes (the longest run) say
+/// the segment and the REP.
+#[test]
+fn a_finished_rep_outs_ends_at_rip_with_its_prefixes() {
+    nvmm_testkit::kvm_or_skip!();
+    // nop ; cs rep outsb ; nop
+    let s = locate(&[0x90, 0x2e, 0xf3, 0x6e, 0x90], 4, 0, 0x70, 1, false);
+    assert_eq!((s.start, s.npc, s.advanced), (CODE + 1, CODE + 4, true));
+    assert_eq!((s.insn.length, s.insn.string, s.insn.rep, s.insn.segment), (3, true, true, Some(Seg::Cs)));
+    // nop ; outsb (no REP: executed, RIP past it) ; nop
+    let s = locate(&[0x90, 0x6e, 0x90], 2, 7, 0x70, 1, false);
+    assert_eq!((s.start, s.npc, s.insn.rep), (CODE + 1, CODE + 2, false));
+}
+
+/// Where KVM stops before the instruction: an IN (nothing done yet), a
+/// REP OUTS with elements left (RCX at its address size not zero: one
+/// element done, RIP still on it), a REP INS.
+#[test]
+fn kvm_stops_on_an_in_and_on_a_rep_outs_with_elements_left() {
+    nvmm_testkit::kvm_or_skip!();
+    // in al, dx
+    let s = locate(&[0xec, 0x90], 0, 0, 0x70, 1, true);
+    assert_eq!((s.start, s.npc, s.advanced), (CODE, CODE + 1, false));
+    // rep outsb, 5 elements left
+    let s = locate(&[0xf3, 0x6e, 0x90], 0, 5, 0x70, 1, false);
+    assert_eq!((s.start, s.npc, s.advanced, s.insn.rep), (CODE, CODE + 2, true, true));
+    // rep outsb with ECX's low half zero but ECX not: the count is ECX
+    // in 32-bit code.
+    let s = locate(&[0xf3, 0x6e, 0x90], 0, 0x1_0000, 0x70, 1, false);
+    assert_eq!((s.start, s.advanced), (CODE, true));
+    // rep insb
+    let s = locate(&[0xf3, 0x6c, 0x90], 0, 5, 0x70, 1, true);
+    assert_eq!((s.start, s.npc, s.advanced, s.insn.string), (CODE, CODE + 2, false, true));
+}

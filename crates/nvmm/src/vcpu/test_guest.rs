@@ -15,6 +15,7 @@ pub(super) const RAM: u64 = 0x10_0000;
 const GDT: u64 = 0x800;
 const IDT: u64 = 0x600;
 const STACK: u64 = 0x8000;
+const PML4: u64 = 0x10000;
 
 /// A flat 32-bit protected-mode guest running `code` at [`CODE`], with
 /// `handler` at [`HANDLER`] behind interrupt gates for `vectors`.
@@ -41,6 +42,19 @@ pub(super) fn guest(code: &[u8], handler: &[u8], vectors: &[u8]) -> (Machine, Vc
     })
     .unwrap();
     (machine, vcpu)
+}
+
+/// Switches the guest of [`guest`] to 64-bit code, with its RAM identity
+/// mapped.
+pub(super) fn to_long_mode(machine: &Machine, vcpu: &mut Vcpu) {
+    machine.write_gpa(PML4, &modes::identity_page_tables(PML4, 1 << 30)).unwrap();
+    vcpu.update(StateMask::ALL, |s| {
+        let rip = s.gprs[Gpr::Rip];
+        modes::long_mode(s, GDT, PML4);
+        s.gprs[Gpr::Rip] = rip;
+        s.gprs[Gpr::Rsp] = STACK;
+    })
+    .unwrap();
 }
 
 /// Runs until a HLT exit.

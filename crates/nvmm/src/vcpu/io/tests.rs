@@ -8,13 +8,20 @@
 
 use crate::exit::record::ExitRecord;
 use crate::vcpu::io::IoSite;
-use crate::vcpu::test_guest::{CODE, guest};
-use crate::{Gpr, Seg, StateMask};
+use crate::vcpu::test_guest::{CODE, guest, to_long_mode};
+use crate::{Gpr, Seg, StateMask, Vcpu};
 
 /// `code` at `CODE`, RIP at `CODE + rip_at` and RCX at `rcx`, and an I/O
 /// exit to `port` (DX too) of `size` bytes: where the library locates it.
 fn locate(code: &[u8], rip_at: u64, rcx: u64, port: u16, size: u8, is_in: bool) -> IoSite {
     let (_machine, mut vcpu) = guest(code, &[], &[]);
+    exit_at(&mut vcpu, rip_at, rcx, port, size, is_in)
+}
+
+/// An I/O exit on `vcpu` with RIP at `CODE + rip_at` and RCX at `rcx`:
+/// where the library locates it.
+fn exit_at(vcpu: &mut Vcpu, rip_at: u64, rcx: u64, port: u16, size: u8, is_in: bool) -> IoSite {
+    vcpu.inflight = None;
     vcpu.update(StateMask::GPRS, |s| {
         s.gprs[Gpr::Rip] = CODE + rip_at;
         s.gprs[Gpr::Rcx] = rcx;
@@ -80,4 +87,56 @@ fn kvm_stops_on_an_in_and_on_a_rep_outs_with_elements_left() {
     // rep insb
     let s = locate(&[0xf3, 0x6c, 0x90], 0, 5, 0x70, 1, true);
     assert_eq!((s.start, s.npc, s.advanced, s.insn.string), (CODE, CODE + 2, false, true));
+}
+
+/// Two string OUTs in a row, RIP on the second: the one KVM reported is
+/// at RIP while a REP count is left (RCX at the address size not zero),
+/// and the one before when the count ran out or there is no REP (KVM
+/// executed it; then RIP is past it). The same site met with another
+/// count is located again, not taken from the last exit's.
+#[test]
+fn of_two_string_outs_the_count_tells_which_one_exited() {
+    nvmm_testkit::kvm_or_skip!();
+    // outsb ; rep outsb, 5 elements left: the REP OUTS at RIP.
+    assert_eq!(locate(&[0x6e, 0xf3, 0x6e, 0x90], 1, 5, 0x70, 1, false).start, CODE + 1);
+    // outsb ; outsb, RCX 7 (no REP: it counts nothing): the one before.
+    assert_eq!(locate(&[0x6e, 0x6e, 0x90], 1, 7, 0x70, 1, false).start, CODE);
+    // rep outsb ; rep outsb on one VCPU: with elements left the one at
+    // RIP, then, the count run out, the one before.
+    let (_machine, mut vcpu) = guest(&[0xf3, 0x6e, 0xf3, 0x6e, 0x90], &[], &[]);
+    assert_eq!(exit_at(&mut vcpu, 2, 5, 0x70, 1, false).start, CODE + 2);
+    assert_eq!(exit_at(&mut vcpu, 2, 0, 0x70, 1, false).start, CODE);
+}
+
+/// An IN stops KVM before it, whatever precedes it: `in al, 0xee` twice
+/// (the first ends with a byte that reads as `out dx, al`), RIP on the
+/// second, is the second.
+#[test]
+fn an_in_is_at_rip_even_after_bytes_that_read_as_an_out() {
+    nvmm_testkit::kvm_or_skip!();
+    let s = locate(&[0xe4, 0xee, 0xe4, 0xee, 0x90], 2, 0, 0xee, 1, true);
+    assert_eq!((s.start, s.npc, s.advanced), (CODE + 2, CODE + 4, false));
+}
+
+/// An OUTS KVM executed whose prefixes fill the 15 bytes before RIP: the
+/// backwards walk stops at the first of them and takes the 15-byte
+/// instruction.
+#[test]
+fn prefixes_up_to_the_length_limit_are_walked_back_to_their_start() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut code = vec![0x2e; 14];
+    code.extend_from_slice(&[0x6e, 0x90]);
+    let s = locate(&code, 15, 0, 0x70, 1, false);
+    assert_eq!((s.start, s.npc, s.insn.length, s.insn.segment), (CODE, CODE + 15, 15, Some(Seg::Cs)));
+}
+
+/// In 64-bit code REX is a prefix too: a finished `rep rex.w outsb` ending
+/// at RIP is the three bytes, REP included.
+#[test]
+fn rex_counts_among_the_prefixes_walked_back_in_64_bit_code() {
+    nvmm_testkit::kvm_or_skip!();
+    let (machine, mut vcpu) = guest(&[0xf3, 0x48, 0x6e, 0x90], &[], &[]);
+    to_long_mode(&machine, &mut vcpu);
+    let s = exit_at(&mut vcpu, 3, 0, 0x70, 1, false);
+    assert_eq!((s.start, s.npc, s.insn.length, s.insn.rep, s.insn.address_size), (CODE, CODE + 3, 3, true, 8));
 }

@@ -273,3 +273,6 @@ fn copy_element(dst: &mut [u8], src: &[u8]) {
         _ => dst.copy_from_slice(src),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -134,8 +134,10 @@ fn mappings_are_the_page_tables_and_match_kvm() {
 /// A 1 GiB page (PS in a PDPTE) translates when the guest's CPUID offers
 /// 1 GiB pages (leaf 0x8000_0001, EDX bit 26) and is a reserved-bit fault
 /// when the VMM's CPUID mask hides them (SDM vol. 3, 4.5.5), as KVM's own
-/// walker finds for the same tables and CPUID. The tables are written by
-/// hand here, not with the library's builder.
+/// walker finds for the same tables and CPUID: as the host offers them,
+/// hidden, and set by the VMM's mask, which gives them only where the CPU
+/// has them. The tables are written by hand here, not with the library's
+/// builder.
 #[test]
 fn one_gib_pages_follow_the_guests_cpuid() {
     use nvmm::VcpuConf;
@@ -144,11 +146,11 @@ fn one_gib_pages_follow_the_guests_cpuid() {
     const P_RW: u64 = 0x3;
     const PS: u64 = 0x80;
     let mut offered = None;
-    for hide in [false, true] {
+    for (hide, offer) in [(false, false), (true, false), (false, true)] {
         let mut g = long_mode(&[0xf4]);
-        if hide {
-            let del = CpuidRegs { edx: 1 << 26, ..Default::default() };
-            let set = CpuidRegs::default();
+        let bit = CpuidRegs { edx: 1 << 26, ..Default::default() };
+        if hide || offer {
+            let (set, del) = if hide { (CpuidRegs::default(), bit) } else { (bit, CpuidRegs::default()) };
             let conf = CpuidConf { leaf: 0x8000_0001, action: CpuidAction::Mask { set, del } };
             g.vcpu.configure(VcpuConf::Cpuid(conf)).unwrap();
         }
@@ -162,9 +164,12 @@ fn one_gib_pages_follow_the_guests_cpuid() {
         g.vcpu.update(StateMask::CRS, |s| s.crs[Cr::Cr3] = pml4).unwrap();
         let ours = g.vcpu.gva_to_gpa(0x4000_1234).ok().map(|(gpa, _)| gpa);
         let kvm = g.vcpu.kvm_translate(0x4000_1234).unwrap();
-        assert_eq!(ours, kvm, "1 GiB pages hidden: {hide}");
+        assert_eq!(ours, kvm, "1 GiB pages hidden: {hide}, offered by the program: {offer}");
         if hide {
             assert_eq!(ours, None, "PS in a PDPTE is reserved without 1 GiB pages");
+        } else if offer {
+            let host = offered.expect("measured first");
+            assert_eq!(ours.is_some(), host, "a VMM's mask gives 1 GiB pages only where the CPU has them");
         } else {
             offered = Some(ours.is_some());
             if let Some(gpa) = ours {

@@ -3,6 +3,7 @@
 use super::{Vcpu, VcpuConf};
 use crate::backend::VcpuBackend;
 use crate::error::{Error, Result};
+use crate::x86::cpuid::CpuidEntry;
 
 impl Vcpu {
     /// Applies a configuration request (`nvmm_vcpu_configure`).
@@ -36,7 +37,10 @@ impl Vcpu {
         self.backend.set_cpuid(&table)?;
         self.conf.cpuid_nvcpus = self.machine.nvcpus();
         self.conf.phys_bits = crate::x86::cpuid::phys_addr_bits(&table) as u8;
-        self.conf.gib_pages = table.iter().any(|e| e.function == 0x8000_0001 && e.regs.edx & (1 << 26) != 0);
+        // The CPU walks 1 GiB pages where it has them and the guest's CPUID
+        // offers them (so does KVM's walker), whatever a VMM's mask sets.
+        let gib = |t: &[CpuidEntry]| t.iter().any(|e| e.function == 0x8000_0001 && e.regs.edx & (1 << 26) != 0);
+        self.conf.gib_pages = gib(&table) && gib(self.machine.sys.kvm.supported_cpuid());
         Ok(())
     }
 }

@@ -25,6 +25,34 @@ fn step_debug() -> GuestDebug {
     GuestDebug { single_step: true, ..GuestDebug::default() }
 }
 
+/// Where the watchpoint tests watch.
+const WATCHED: u64 = 0x3000;
+
+/// `debug` with a write watchpoint on `len` bytes at [`WATCHED`] in slot
+/// `slot`.
+fn watching(mut debug: GuestDebug, slot: usize, len: u8) -> GuestDebug {
+    debug.hardware[slot] = Some(HwBreakpoint::new(WATCHED, WatchKind::Write, len).unwrap());
+    debug
+}
+
+/// The debug exit of the watchpoint of [`watching`] in `slot` at `pc`.
+fn watch_hit(slot: u8, pc: u64) -> (DebugEvent, u64) {
+    (DebugEvent::Watchpoint { index: slot, addr: WATCHED, kind: WatchKind::Write }, pc)
+}
+
+/// `mov [rdi], rax ; nop ; hlt` in 64-bit code, RDI at [`WATCHED`], RAX
+/// at `rax`: the store ends at `CODE + 3`.
+fn storing(rax: u64) -> Guest {
+    let mut g = long_mode(&[0x48, 0x89, 0x07, 0x90, 0xf4]);
+    g.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rdi] = WATCHED;
+            s.gprs[Gpr::Rax] = rax;
+        })
+        .unwrap();
+    g
+}
+
 /// nop ; nop ; xchg ax,ax (2 bytes) ; nop ; hlt
 const NOPS: [u8; 6] = [0x90, 0x90, 0x66, 0x90, 0x90, 0xf4];
 
@@ -55,18 +83,10 @@ fn settings_read_back_and_steps_block_interrupts_where_kvm_offers_it() {
     let mut g = long_mode(&NOPS);
     assert_eq!(g.vcpu.guest_debug(), &GuestDebug::default());
     assert!(!g.vcpu.debug_blocks_interrupts(), "nothing single-steps");
-    let mut watch = GuestDebug::default();
-    watch.hardware[0] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 4).unwrap());
-    // mov [rdi], rax ; nop ; hlt, under a watchpoint the library steps for.
-    let mut w = long_mode(&[0x48, 0x89, 0x07, 0x90, 0xf4]);
-    w.vcpu
-        .update(StateMask::GPRS, |s| {
-            s.gprs[Gpr::Rdi] = 0x3000;
-            s.gprs[Gpr::Rax] = 1;
-        })
-        .unwrap();
-    w.vcpu.set_guest_debug(&watch).unwrap();
-    assert_eq!(next_debug(&mut w.vcpu).0, DebugEvent::Watchpoint { index: 0, addr: 0x3000, kind: WatchKind::Write });
+    // A store under a watchpoint the library steps for.
+    let mut w = storing(1);
+    w.vcpu.set_guest_debug(&watching(GuestDebug::default(), 0, 4)).unwrap();
+    assert_eq!(next_debug(&mut w.vcpu), watch_hit(0, CODE + 3));
     assert!(
         !w.vcpu.debug_blocks_interrupts(),
         "the debugger does not single-step (the library does, for the watchpoint)"
@@ -112,21 +132,9 @@ fn software_breakpoint_in_every_mode() {
 #[test]
 fn write_watchpoint() {
     nvmm_testkit::kvm_or_skip!();
-    // mov [rdi], rax ; nop ; hlt
-    let mut g = long_mode(&[0x48, 0x89, 0x07, 0x90, 0xf4]);
-    g.vcpu
-        .update(StateMask::GPRS, |s| {
-            s.gprs[Gpr::Rdi] = 0x3000;
-            s.gprs[Gpr::Rax] = 0x1234_5678;
-        })
-        .unwrap();
-    let mut d = GuestDebug::default();
-    d.hardware[1] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 8).unwrap());
-    g.vcpu.set_guest_debug(&d).unwrap();
-    assert_eq!(
-        next_debug(&mut g.vcpu),
-        (DebugEvent::Watchpoint { index: 1, addr: 0x3000, kind: WatchKind::Write }, CODE + 3)
-    );
+    let mut g = storing(0x1234_5678);
+    g.vcpu.set_guest_debug(&watching(GuestDebug::default(), 1, 8)).unwrap();
+    assert_eq!(next_debug(&mut g.vcpu), watch_hit(1, CODE + 3));
     run_to_halt(&mut g.vcpu);
 }
 
@@ -135,22 +143,12 @@ fn write_watchpoint() {
 #[test]
 fn watchpoint_covers_its_whole_length() {
     nvmm_testkit::kvm_or_skip!();
-    // mov [rdi], rax ; nop ; hlt
-    let mut g = long_mode(&[0x48, 0x89, 0x07, 0x90, 0xf4]);
-    g.machine.write_gpa(0x3000, &0x0011_2233_4455_6677u64.to_le_bytes()).unwrap();
-    g.vcpu
-        .update(StateMask::GPRS, |s| {
-            s.gprs[Gpr::Rdi] = 0x3000;
-            s.gprs[Gpr::Rax] = 0xff11_2233_4455_6677;
-        })
-        .unwrap();
-    let mut d = GuestDebug::default();
-    d.hardware[0] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 8).unwrap());
-    g.vcpu.set_guest_debug(&d).unwrap();
+    let mut g = storing(0xff11_2233_4455_6677);
+    g.machine.write_gpa(WATCHED, &0x0011_2233_4455_6677u64.to_le_bytes()).unwrap();
+    g.vcpu.set_guest_debug(&watching(GuestDebug::default(), 0, 8)).unwrap();
     let exit = g.vcpu.run().unwrap();
     let Exit::Debug(e) = exit else { panic!("expected the watchpoint, got {exit:?}") };
-    assert_eq!(e.event(), DebugEvent::Watchpoint { index: 0, addr: 0x3000, kind: WatchKind::Write });
-    assert_eq!(e.pc(), CODE + 3);
+    assert_eq!((e.event(), e.pc()), watch_hit(0, CODE + 3));
     assert_ne!(e.dr6() & (1 << 14), 0, "DR6.BS: found by the library's step");
 }
 
@@ -438,8 +436,7 @@ fn guests_own_single_step_beside_a_debugger() {
         let (mut g, hlt) = guest_tf(real);
         let native = guest_db(&mut g, width);
         assert_eq!((native.ret, native.tf), (CODE + hlt, true), "real mode {real}");
-        let mut watch = GuestDebug::default();
-        watch.hardware[3] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 4).unwrap());
+        let watch = watching(GuestDebug::default(), 3, 4);
         let mut hw = GuestDebug::default();
         hw.hardware[0] = Some(HwBreakpoint::new(CODE + 0x40, WatchKind::Execute, 1).unwrap());
         let debuggers = [
@@ -488,13 +485,8 @@ fn steps_and_watchpoints_cover_instructions_the_run_loop_completes() {
     assert_eq!(read_u32(&g, 0x3004), 0x3ff0_0000, "1.0 stored");
 
     let mut g = long_mode(&code);
-    let mut d = GuestDebug::default();
-    d.hardware[2] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 8).unwrap());
-    g.vcpu.set_guest_debug(&d).unwrap();
-    assert_eq!(
-        next_debug(&mut g.vcpu),
-        (DebugEvent::Watchpoint { index: 2, addr: 0x3000, kind: WatchKind::Write }, CODE + 14)
-    );
+    g.vcpu.set_guest_debug(&watching(GuestDebug::default(), 2, 8)).unwrap();
+    assert_eq!(next_debug(&mut g.vcpu), watch_hit(2, CODE + 14));
     run_to_halt(&mut g.vcpu);
 }
 
@@ -510,8 +502,7 @@ fn steps_and_watchpoints_cover_instructions_the_run_loop_completes() {
 fn a_hlt_while_debugging_halts_once() {
     nvmm_testkit::kvm_or_skip!();
     let code = [0xf4, 0x90, 0x90, 0x90, 0xf4];
-    let mut watch = GuestDebug::default();
-    watch.hardware[0] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 4).unwrap());
+    let watch = watching(GuestDebug::default(), 0, 4);
     let mut on_hlt = GuestDebug::default();
     on_hlt.hardware[1] = Some(HwBreakpoint::new(CODE, WatchKind::Execute, 1).unwrap());
     let debuggers = [
@@ -567,9 +558,7 @@ fn an_interrupt_delivered_by_a_step_runs_its_handlers_first_instruction() {
     g.machine.write_gpa(HANDLER, &[0xf4, 0x90, 0xf4]).unwrap();
     idt32(&mut g, &[(0x20, HANDLER)]);
     g.vcpu.update(StateMask::SEGS, |s| s.segs[nvmm::Seg::Idt].limit = 0xfff).unwrap();
-    let mut d = GuestDebug::default();
-    d.hardware[0] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 4).unwrap());
-    g.vcpu.set_guest_debug(&d).unwrap();
+    g.vcpu.set_guest_debug(&watching(GuestDebug::default(), 0, 4)).unwrap();
     g.vcpu.inject(nvmm::Event::interrupt(0x20)).unwrap();
     run_to_halt(&mut g.vcpu);
     assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), HANDLER + 3);
@@ -585,19 +574,8 @@ fn an_interrupt_delivered_by_a_step_runs_its_handlers_first_instruction() {
 #[test]
 fn a_step_that_changes_a_watched_value_reports_the_watchpoint() {
     nvmm_testkit::kvm_or_skip!();
-    let mut g = long_mode(&[0x48, 0x89, 0x07, 0x90, 0xf4]);
-    g.vcpu
-        .update(StateMask::GPRS, |s| {
-            s.gprs[Gpr::Rdi] = 0x3000;
-            s.gprs[Gpr::Rax] = 0x1234_5678;
-        })
-        .unwrap();
-    let mut d = step_debug();
-    d.hardware[1] = Some(HwBreakpoint::new(0x3000, WatchKind::Write, 8).unwrap());
-    g.vcpu.set_guest_debug(&d).unwrap();
-    assert_eq!(
-        next_debug(&mut g.vcpu),
-        (DebugEvent::Watchpoint { index: 1, addr: 0x3000, kind: WatchKind::Write }, CODE + 3)
-    );
+    let mut g = storing(0x1234_5678);
+    g.vcpu.set_guest_debug(&watching(step_debug(), 1, 8)).unwrap();
+    assert_eq!(next_debug(&mut g.vcpu), watch_hit(1, CODE + 3));
     assert_eq!(next_debug(&mut g.vcpu), (DebugEvent::SingleStep, CODE + 4));
 }

@@ -22,9 +22,10 @@
 //! leaves a halt pending (the next run executes one more instruction and
 //! exits for HLT again). It runs unstepped; the debugger's step over it
 //! ends past it, without halting, and the library's own steps report its
-//! HLT exit. The exception: a step that delivers an event runs the first
-//! instruction of its handler too, and a HLT there does not halt (the
-//! guest goes on as after a wake-up; no HLT exit).
+//! HLT exit. The exception: where a step that delivers an event runs the
+//! first instruction of its handler too (these hosts' KVM does), a HLT
+//! there does not halt (the guest goes on as after a wake-up; no HLT
+//! exit).
 //!
 //! While the library steps for itself, a guest's own RFLAGS.TF trap is
 //! lost: KVM hides TF from register reads while it single-steps, so the

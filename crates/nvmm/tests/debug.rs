@@ -394,7 +394,11 @@ fn guest_db(g: &mut Guest, width: usize) -> GuestDb {
         b[..width].copy_from_slice(&frame[i * width..(i + 1) * width]);
         u64::from_le_bytes(b)
     };
-    GuestDb { dr6: gpr(&mut g.vcpu, Gpr::Rax) & 0xffff_ffff, ret: slot(0), tf: slot(2) & 0x100 != 0 }
+    GuestDb {
+        dr6: gpr(&mut g.vcpu, Gpr::Rax) & 0xffff_ffff,
+        ret: slot(0),
+        tf: slot(2) & nvmm::x86::bits::rflags::TF != 0,
+    }
 }
 
 /// A guest that sets its own RFLAGS.TF, with `mov eax, dr6 ; hlt` as its

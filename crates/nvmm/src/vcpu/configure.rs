@@ -3,7 +3,7 @@
 use super::{Vcpu, VcpuConf};
 use crate::backend::VcpuBackend;
 use crate::error::{Error, Result};
-use crate::x86::cpuid::CpuidEntry;
+use crate::x86::cpuid::one_gib_pages;
 
 impl Vcpu {
     /// Applies a configuration request (`nvmm_vcpu_configure`).
@@ -39,8 +39,7 @@ impl Vcpu {
         self.conf.phys_bits = crate::x86::cpuid::phys_addr_bits(&table) as u8;
         // The CPU walks 1 GiB pages where it has them and the guest's CPUID
         // offers them (so does KVM's walker), whatever a VMM's mask sets.
-        let gib = |t: &[CpuidEntry]| t.iter().any(|e| e.function == 0x8000_0001 && e.regs.edx & (1 << 26) != 0);
-        self.conf.gib_pages = gib(&table) && gib(self.machine.sys.kvm.supported_cpuid());
+        self.conf.gib_pages = one_gib_pages(&table) && one_gib_pages(self.machine.sys.kvm.supported_cpuid());
         Ok(())
     }
 }

@@ -130,9 +130,7 @@ impl Vcpu {
         let real_mode_bps = eff.software_breakpoints && !self.machine.breakpoints.is_empty();
         let watching = eff.watchpoints().next().is_some();
         if step_over.is_some() || real_mode_bps || watching {
-            // What locating the code needs, not the other MSRs (an ioctl).
-            self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
-            let pc = linear_rip(self.comm.state());
+            let pc = self.code_pc()?;
             if let Some(at) = step_over.filter(|&at| at == pc) {
                 for slot in &mut eff.hardware {
                     if slot.is_some_and(|b| b.kind() == WatchKind::Execute && b.addr() == at) {
@@ -174,13 +172,19 @@ impl Vcpu {
         Ok(None)
     }
 
+    /// The linear address of RIP, with what locating the code needs in the
+    /// cache (not the other MSRs: an ioctl).
+    fn code_pc(&mut self) -> Result<u64> {
+        self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
+        Ok(linear_rip(self.comm.state()))
+    }
+
     /// Whether the instruction at RIP is a HLT.
     fn at_hlt(&mut self) -> Result<bool> {
-        self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
-        let s = self.comm.state();
+        let pc = self.code_pc()?;
         let mem = self.machine.memory();
         let mut byte = [0u8];
-        Ok(GuestView::new(&mem, self.paging_of(s)).read(linear_rip(s), &mut byte).done == 1 && byte[0] == HLT)
+        Ok(GuestView::new(&mem, self.paging_of(self.comm.state())).read(pc, &mut byte).done == 1 && byte[0] == HLT)
     }
 
     /// The exit for a HLT exit while debugging: the end of a debugger's
@@ -192,8 +196,7 @@ impl Vcpu {
         if !std::mem::take(&mut self.debug.hlt_unstepped) || !self.debug.user.single_step {
             return Ok(ExitRecord::Halted);
         }
-        self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
-        let pc = linear_rip(self.comm.state());
+        let pc = self.code_pc()?;
         Ok(self.debug_exit(DebugEvent::SingleStep, pc, dr6::BS))
     }
 
@@ -278,9 +281,7 @@ impl Vcpu {
             None if self.debug.user.single_step => DebugEvent::SingleStep,
             None => return Ok(None),
         };
-        // What locating the code needs, not the other MSRs (an ioctl).
-        self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
-        let pc = linear_rip(self.comm.state());
+        let pc = self.code_pc()?;
         Ok(Some(self.debug_exit(event, pc, dr6::BS)))
     }
 

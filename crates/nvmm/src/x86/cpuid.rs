@@ -205,6 +205,11 @@ pub fn phys_addr_bits(supported: &[CpuidEntry]) -> u32 {
     supported.iter().find(|e| e.function == 0x8000_0008).map_or(36, |e| e.regs.eax & 0xff)
 }
 
+/// Whether `table` offers 1 GiB pages (CPUID 0x80000001 EDX\[26\]).
+pub fn one_gib_pages(table: &[CpuidEntry]) -> bool {
+    table.iter().any(|e| e.function == 0x8000_0001 && e.regs.edx & (1 << 26) != 0)
+}
+
 /// NVMM's default filtering of the supported table.
 fn default_table(supported: &[CpuidEntry], vcpu_id: u32, nvcpus: u32) -> Vec<CpuidEntry> {
     let host_basic = supported.iter().find(|e| e.function == 0).map_or(0, |e| e.regs.eax);

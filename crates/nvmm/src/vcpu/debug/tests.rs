@@ -12,6 +12,7 @@ use super::{BP_VECTOR, DB_VECTOR};
 use crate::debug::{DebugEvent, GuestDebug, HwBreakpoint, WatchKind};
 use crate::exit::record::ExitRecord;
 use crate::vcpu::test_guest::{self, CODE, HANDLER, gpr, run_to_halt};
+use crate::x86::bits::rflags;
 use crate::{Dr, Exit, Gpr, Machine, StateMask, Vcpu};
 
 /// DR6 as a guest left it: B1, B2 and BS from earlier exceptions.
@@ -45,7 +46,7 @@ fn handler_saw(machine: &Machine, vcpu: &mut Vcpu) -> (u64, u64, bool) {
     let mut frame = [0u8; 12];
     machine.read_gpa(gpr(vcpu, Gpr::Rsp), &mut frame).unwrap();
     let slot = |i: usize| u64::from(u32::from_le_bytes(frame[4 * i..4 * i + 4].try_into().unwrap()));
-    (gpr(vcpu, Gpr::Rax), slot(0), slot(2) & 0x100 != 0)
+    (gpr(vcpu, Gpr::Rax), slot(0), slot(2) & rflags::TF != 0)
 }
 
 fn hw_elsewhere() -> GuestDebug {
@@ -135,7 +136,7 @@ fn a_guests_own_db_shows_its_cause_in_dr6_as_kvm_delivers_it() {
     run_to_halt(&mut vcpu);
     vcpu.update(StateMask::GPRS, |s| {
         s.gprs[Gpr::Rip] = CODE + 2;
-        s.gprs[Gpr::Rflags] |= 0x100;
+        s.gprs[Gpr::Rflags] |= rflags::TF;
     })
     .unwrap();
     assert_eq!(trap(&mut vcpu, DB_VECTOR, CODE + 2, DR6_STEP), None);

@@ -40,10 +40,13 @@ pub(crate) struct IoSite {
 /// accesses come from a few instructions executed again and again, and
 /// decoding them (forwards, and backwards when KVM already executed the
 /// OUT) is most of an I/O exit's user-space cost. Reused only when
-/// everything the decode looked at is equal: RIP, its linear address, the
-/// mode, the exit, the RDX port and RCX's zero tests, and the guest bytes
-/// around RIP (read again at every exit, so changed code or page tables
-/// are seen).
+/// everything the decode looked at is equal: the registers that place the
+/// code (RIP, CS, CR0, CR3, CR4, EFER, which give its linear address, the
+/// mode and the paging registers), the exit, the RDX port and RCX's zero
+/// tests, and the guest bytes around RIP (read again at every exit through
+/// [`Vcpu::code_source`](super::Vcpu), so changed code or page tables are
+/// seen). Whenever a memo is kept, `code_source` is where its window came
+/// from: a miss replaces both or drops the memo.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IoSiteMemo {
     key: IoSiteKey,
@@ -52,17 +55,40 @@ pub(crate) struct IoSiteMemo {
     site: IoSite,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct IoSiteKey {
-    rip: u64,
-    linear: u64,
-    mode: CpuMode,
-    port: u16,
-    size: u8,
-    is_in: bool,
-    dx: u16,
-    /// CX, ECX, RCX are zero (a REP count of each address size).
-    count_zero: [bool; 3],
+/// What an I/O site's decode depends on besides the guest's bytes, as
+/// compared at every I/O exit: RIP, CS's base, CR0, CR3, CR4, EFER, then
+/// the small fields packed in one word (see [`IoSiteKey::of`]). Plain
+/// words, compared without a branch per word.
+#[derive(Clone, Copy, Debug, Eq)]
+struct IoSiteKey([u64; 7]);
+
+impl PartialEq for IoSiteKey {
+    #[inline(always)]
+    fn eq(&self, other: &IoSiteKey) -> bool {
+        self.0.iter().zip(other.0.iter()).fold(0, |d, (a, b)| d | (a ^ b)) == 0
+    }
+}
+
+impl IoSiteKey {
+    /// The key of an I/O exit (`port`, `size`, `is_in`) with the code
+    /// registers `code`, under the paging facts of the VCPU's CPUID.
+    /// RCX counts only by its zero tests (CX, ECX, RCX: a REP count of each
+    /// address size) and RDX only as DX (the port); the mode is what CS's
+    /// attributes contribute.
+    #[inline(always)]
+    fn of(code: &CodeRegs, port: u16, size: u8, is_in: bool, phys_bits: u8, gib_pages: bool) -> IoSiteKey {
+        let rcx = code.rcx;
+        let count_zero = u64::from(rcx as u16 == 0) | u64::from(rcx as u32 == 0) << 1 | u64::from(rcx == 0) << 2;
+        let small = count_zero
+            | u64::from(code.rdx as u16) << 3
+            | (code.mode() as u64) << 19
+            | u64::from(port) << 22
+            | u64::from(size) << 38
+            | u64::from(is_in) << 46
+            | u64::from(phys_bits) << 47
+            | u64::from(gib_pages) << 55;
+        IoSiteKey([code.rip, code.cs_base, code.cr0, code.cr3, code.cr4, code.efer, small])
+    }
 }
 
 impl IoSite {
@@ -131,39 +157,39 @@ impl Vcpu {
             return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
         };
         let code = self.backend.code_regs()?;
-        let CodeRegs { rip, rcx, rdx, .. } = code;
-        let mode = code.mode();
-        let linear = code.linear_rip();
-        let regs = self.paging_of_code(&code);
-        let key = IoSiteKey {
-            rip,
-            linear,
-            mode,
-            port,
-            size,
-            is_in,
-            dx: rdx as u16,
-            count_zero: [rcx as u16 == 0, rcx as u32 == 0, rcx == 0],
-        };
+        let key = IoSiteKey::of(&code, port, size, is_in, self.conf.phys_bits, self.conf.gib_pages);
         let generation = self.machine.memory_generation();
-        let memo = self.io_memo.as_ref().filter(|m| {
-            m.key == key && self.code_source.as_ref().is_some_and(|s| s.holds(linear, &regs, generation, &m.window))
-        });
+        // The key equal, the source describes the same address under the
+        // same paging registers (see `IoSiteMemo`).
+        let memo = self
+            .io_memo
+            .as_ref()
+            .filter(|m| m.key == key && self.code_source.as_ref().is_some_and(|s| s.holds(generation, &m.window)));
         let site = match memo {
             Some(m) => m.site,
-            None => {
-                let window = self.code_window(linear, regs, generation);
-                let (site, by_bytes) = self.locate(&key, &window, rcx)?;
-                if by_bytes {
-                    self.io_memo = Some(IoSiteMemo { key, window, site });
-                }
-                site
-            }
+            None => self.io_site_missed(key, (port, size, is_in), generation)?,
         };
         if let Some(f) = self.inflight.as_mut() {
             f.site_known = true;
             self.inflight_site = Some(site);
         }
+        Ok(site)
+    }
+
+    /// Decodes the I/O site of `exit` (memo key `key`) when the memo did
+    /// not hold it, and keeps it as the memo when the bytes decided it.
+    /// (The code registers are read again here: passing them in would make
+    /// every exit convert CS's attributes whole, where the key needs two
+    /// bits of them.)
+    #[inline(never)]
+    fn io_site_missed(&mut self, key: IoSiteKey, exit: (u16, u8, bool), generation: u64) -> Result<IoSite> {
+        let code = self.backend.code_regs()?;
+        let linear = code.linear_rip();
+        let regs = self.paging_of_code(&code);
+        let window = self.code_window(linear, regs, generation);
+        let (site, by_bytes) = self.locate(&code, exit, &window)?;
+        // Kept only with the source its window came from (see `IoSiteMemo`).
+        self.io_memo = by_bytes.then_some(IoSiteMemo { key, window, site });
         Ok(site)
     }
 
@@ -184,12 +210,13 @@ impl Vcpu {
         w
     }
 
-    /// Decodes the I/O instruction the exit of `key` came from, at RIP or
-    /// ending there, in `key`'s window; with whether the bytes decided it
+    /// Decodes the I/O instruction the exit `(port, size, is_in)` came
+    /// from (registers `code`), at RIP or ending there, in the window `w`
+    /// of the bytes around RIP; with whether the bytes decided it
     /// (an `out; out` pair is decided by KVM's pending work instead).
     #[inline(never)]
-    fn locate(&mut self, key: &IoSiteKey, w: &Window, rcx: u64) -> Result<(IoSite, bool)> {
-        let IoSiteKey { rip, mode, port, size, is_in, dx, .. } = *key;
+    fn locate(&mut self, code: &CodeRegs, (port, size, is_in): (u16, u8, bool), w: &Window) -> Result<(IoSite, bool)> {
+        let (rip, rcx, dx, mode) = (code.rip, code.rcx, code.rdx as u16, code.mode());
         let matches = |d: &IoInstruction| {
             d.is_in == is_in && d.operand_size == size && d.port_immediate.map_or(dx == port, |p| u16::from(p) == port)
         };

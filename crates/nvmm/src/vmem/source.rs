@@ -139,12 +139,14 @@ impl WindowSource {
         Some(Window::filled(self.back, 15, |bytes| bytes.copy_from_slice(&now[..bytes.len()])))
     }
 
-    /// Whether the window at `linear` holds the bytes of `window` now, under
-    /// the conditions of [`WindowSource::reread`] (compared in place,
-    /// without building a window).
+    /// Whether the window this source describes holds the bytes of `window`
+    /// now, the memory map being at `generation` and every page-table entry
+    /// the walk read holding its value (compared in place, without building
+    /// a window). The caller knows the address and paging registers are
+    /// the recorded ones (they are part of what it keyed the window by).
     #[inline(always)]
-    pub(crate) fn holds(&self, linear: u64, regs: &PagingRegs, generation: u64, window: &Window) -> bool {
-        if window.lengths() != (self.back, 15) || !self.translates(linear, regs, generation) {
+    pub(crate) fn holds(&self, generation: u64, window: &Window) -> bool {
+        if generation != self.generation || window.lengths() != (self.back, 15) || !self.entries_hold() {
             return false;
         }
         let now = self.bytes_now();
@@ -181,6 +183,12 @@ impl WindowSource {
         if linear != self.linear || generation != self.generation || *regs != self.regs {
             return false;
         }
+        self.entries_hold()
+    }
+
+    /// Whether every page-table entry the walk read still holds its value.
+    #[inline(always)]
+    fn entries_hold(&self) -> bool {
         self.entries.iter().all(|e| e.piece.holds(&e.value))
     }
 }
@@ -215,15 +223,15 @@ mod tests {
         assert_eq!(s.entries.len(), 8, "four levels walked for each page");
         let then = around(&m, regs(), AT);
         assert_eq!(s.reread(AT, &regs(), 7), Some(then));
-        assert!(s.holds(AT, &regs(), 7, &then));
+        assert!(s.holds(7, &then));
         // Code written since: the new bytes.
         m.write(0x2000 + 2, &[0xee, 0xee, 0xee]).unwrap();
         m.write(0x5000 + 0xffe, &[0x66]).unwrap();
         let now = around(&m, regs(), AT);
         assert_eq!(&now.after()[..1], &[0xee]);
         assert_eq!(s.reread(AT, &regs(), 7), Some(now));
-        assert!(!s.holds(AT, &regs(), 7, &then), "the bytes changed");
-        assert!(s.holds(AT, &regs(), 7, &now));
+        assert!(!s.holds(7, &then), "the bytes changed");
+        assert!(s.holds(7, &now));
         // One byte changed, in either piece.
         for gpa in [0x5000 + 0xff5, 0x2000 + 0x12] {
             let m = machine();
@@ -232,7 +240,7 @@ mod tests {
             let mut b = [0u8];
             m.read(gpa, &mut b).unwrap();
             m.write(gpa, &[b[0] ^ 1]).unwrap();
-            assert!(!s.holds(AT, &regs(), 7, &w), "byte at {gpa:#x} changed");
+            assert!(!s.holds(7, &w), "byte at {gpa:#x} changed");
         }
     }
 
@@ -242,16 +250,14 @@ mod tests {
         let s = record(&m, regs(), AT, 7).unwrap();
         let w = around(&m, regs(), AT);
         assert_eq!(s.reread(AT + 1, &regs(), 7), None, "another address");
-        assert!(!s.holds(AT + 1, &regs(), 7, &w), "another address");
         assert_eq!(s.reread(AT, &regs(), 8), None, "the memory map changed");
-        assert!(!s.holds(AT, &regs(), 8, &w), "the memory map changed");
+        assert!(!s.holds(8, &w), "the memory map changed");
         let other = PagingRegs { cr3: 0x84000, ..regs() };
         assert_eq!(s.reread(AT, &other, 7), None, "other paging registers");
-        assert!(!s.holds(AT, &other, 7, &w), "other paging registers");
         // Virtual page 1 moved onto physical page 0x7000: its PTE changed.
         m.write(0x83000 + 8, &(0x7000u64 | 3).to_le_bytes()).unwrap();
         assert_eq!(s.reread(AT, &regs(), 7), None, "a page-table entry changed");
-        assert!(!s.holds(AT, &regs(), 7, &w), "a page-table entry changed");
+        assert!(!s.holds(7, &w), "a page-table entry changed");
         // A higher level changed (the PDE, to an identical copy elsewhere).
         let m = machine();
         let s = record(&m, regs(), AT, 7).unwrap();
@@ -279,12 +285,12 @@ mod tests {
         assert_eq!(s.pieces.len(), 1);
         let w = around(&m, flat, 0x1004);
         assert_eq!(s.reread(0x1004, &flat, 0), Some(w));
-        assert!(s.holds(0x1004, &flat, 0, &w));
+        assert!(s.holds(0, &w));
         m.write(0xff6, &[0x90 ^ w.before()[1]]).unwrap();
-        assert!(!s.holds(0x1004, &flat, 0, &w), "a byte before the boundary changed");
+        assert!(!s.holds(0, &w), "a byte before the boundary changed");
         // A window with other lengths is not the recorded one.
         let short = Window::filled(3, 15, |b| b.copy_from_slice(&w.padded()[12..30]));
-        assert!(!s.holds(0x1004, &flat, 0, &short));
+        assert!(!s.holds(0, &short));
         // Ending exactly where guest RAM ends.
         let end = 0x10_0000 - 15;
         let s = record(&m, flat, end, 0).expect("the window ends with RAM");

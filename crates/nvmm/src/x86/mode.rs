@@ -27,9 +27,14 @@ impl CpuMode {
 
     /// The mode EFER, CR0 and CS's attributes select.
     fn select(efer: u64, cr0: u64, cs: SegAttrib) -> CpuMode {
-        if efer & efer::LMA != 0 && cs.l() {
+        CpuMode::select_by(efer, cr0, cs.l(), cs.def())
+    }
+
+    /// The mode EFER, CR0 and CS's L and D bits select.
+    fn select_by(efer: u64, cr0: u64, cs_l: bool, cs_d: bool) -> CpuMode {
+        if efer & efer::LMA != 0 && cs_l {
             CpuMode::Bits64
-        } else if cr0 & cr0::PE != 0 && cs.def() {
+        } else if cr0 & cr0::PE != 0 && cs_d {
             CpuMode::Bits32
         } else {
             CpuMode::Bits16
@@ -75,7 +80,10 @@ pub(crate) struct CodeRegs {
     pub(crate) rcx: u64,
     pub(crate) rdx: u64,
     pub(crate) cs_base: u64,
-    pub(crate) cs_attrib: SegAttrib,
+    /// CS's L (64-bit code) and D (32-bit default size) bits: what its
+    /// attributes tell of the mode.
+    pub(crate) cs_l: bool,
+    pub(crate) cs_d: bool,
     pub(crate) cr0: u64,
     pub(crate) cr3: u64,
     pub(crate) cr4: u64,
@@ -85,7 +93,7 @@ pub(crate) struct CodeRegs {
 impl CodeRegs {
     /// The execution mode (as [`CpuMode::of`]).
     pub(crate) fn mode(&self) -> CpuMode {
-        CpuMode::select(self.efer, self.cr0, self.cs_attrib)
+        CpuMode::select_by(self.efer, self.cr0, self.cs_l, self.cs_d)
     }
 
     /// The linear address of RIP (as [`linear_rip`]).
@@ -154,7 +162,8 @@ mod tests {
             rcx: 0,
             rdx: 0,
             cs_base: s.segs[Seg::Cs].base,
-            cs_attrib: s.segs[Seg::Cs].attrib,
+            cs_l: s.segs[Seg::Cs].attrib.l(),
+            cs_d: s.segs[Seg::Cs].attrib.def(),
             cr0: s.crs[Cr::Cr0],
             cr3: s.crs[Cr::Cr3],
             cr4: s.crs[Cr::Cr4],

@@ -150,7 +150,7 @@ impl SegsMemo {
     /// Fills the segment part of `s` from `k`, as [`segs_from_kvm`] does.
     pub(crate) fn segs_from_kvm(&mut self, k: &kvm_sregs, s: &mut Segs) {
         let key = segs_bytes(k);
-        if self.key.as_ref() != Some(key) {
+        if !self.key.as_ref().is_some_and(|kept| same_bytes(kept, key)) {
             segs_from_kvm(k, &mut self.segs);
             self.key = Some(*key);
         }
@@ -160,6 +160,16 @@ impl SegsMemo {
         dtable_into(&k.gdt, &mut s[Seg::Gdt]);
         dtable_into(&k.idt, &mut s[Seg::Idt]);
     }
+}
+
+/// Whether `a` and `b` hold the same bytes: compared word by word inline,
+/// where `==` on arrays calls the C library's `memcmp` (through the GOT:
+/// an indirect call at every exit, which the host's branch-predictor
+/// barrier at VM exits makes mispredict).
+#[inline(always)]
+fn same_bytes(a: &[u8; SEGS_BYTES], b: &[u8; SEGS_BYTES]) -> bool {
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or_default());
+    a.chunks_exact(8).zip(b.chunks_exact(8)).fold(0, |d, (x, y)| d | (word(x) ^ word(y))) == 0
 }
 
 /// The bytes of the segment part of `k`.

@@ -116,7 +116,11 @@ impl KvmVcpu {
         byte.store(on as u8, order);
     }
 
-    /// One `KVM_RUN`, decoded.
+    /// One `KVM_RUN`, decoded. Inlined into the run loop: the kernel
+    /// refills the return-stack predictor at VM exits, so every return
+    /// between `KVM_RUN` and the loop mispredicts; one call level fewer is
+    /// one misprediction fewer per exit.
+    #[inline(always)]
     fn enter(&mut self) -> Result<RunResult> {
         // A VCPU that ran is no longer as KVM created it.
         self.restored.fresh = None;

@@ -313,12 +313,20 @@ fn walk_inner(
     access: Option<Access>,
 ) -> Result<Translation, WalkError> {
     let mode = regs.mode().ok_or(WalkError::InvalidMode)?;
+    let flat = Translation { gpa: gva & 0xffff_ffff, prot: PageProt::ALL, page_size: 4096 };
+    if mode == PagingMode::Off {
+        // Tested apart: a `match` over the four modes is a jump table, an
+        // indirect branch the host's branch-predictor barrier at VM exits
+        // makes mispredict (real-mode and flat guests walk at every MMIO
+        // read).
+        return Ok(flat);
+    }
     let code = access_code(regs, access, mode);
     let not_present = |level| WalkError::NotPresent { gva, level, error_code: code };
     let reserved = |level| WalkError::Reserved { gva, level, error_code: code | pf::P | pf::RSVD };
     let phys = regs.phys_mask();
     match mode {
-        PagingMode::Off => Ok(Translation { gpa: gva & 0xffff_ffff, prot: PageProt::ALL, page_size: 4096 }),
+        PagingMode::Off => Ok(flat),
         PagingMode::Bits32 => {
             let va = gva & 0xffff_ffff;
             let pde_addr = (regs.cr3 & 0xffff_f000) | ((va >> 22) << 2);

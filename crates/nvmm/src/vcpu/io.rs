@@ -131,7 +131,7 @@ impl Vcpu {
     }
 
     /// The paging registers of `code`, for the walker.
-    fn paging_of_code(&self, code: &CodeRegs) -> PagingRegs {
+    pub(super) fn paging_of_code(&self, code: &CodeRegs) -> PagingRegs {
         self.paging(code.cr0, code.cr3, code.cr4, code.efer)
     }
 

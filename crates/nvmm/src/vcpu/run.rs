@@ -313,13 +313,12 @@ impl Vcpu {
     /// Whether a memory read at `gpa` is the instruction fetch at RIP
     /// (KVM's emulator fetches through its MMIO path when the code is not
     /// in RAM).
+    /// (From the code registers alone: this runs at every MMIO read.)
     fn is_fetch(&mut self, gpa: u64) -> bool {
-        let Ok(raw) = self.raw_state(Parts::CODE) else { return false };
-        let raw = *raw;
+        let Ok(code) = self.backend.code_regs() else { return false };
         let mem = self.machine.memory();
-        let view = GuestView::new(&mem, self.paging_of(&raw));
-        let linear = linear_rip(&raw);
-        let Ok(t) = view.translate(linear) else { return false };
+        let view = GuestView::new(&mem, self.paging_of_code(&code));
+        let Ok(t) = view.translate(code.linear_rip()) else { return false };
         gpa >= t.gpa && gpa < t.gpa + 15 && mem.area(t.gpa).is_none_or(|a| a.slot.is_none())
     }
 

@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -47,12 +48,30 @@ pub(crate) fn install_kick_handler(signal: i32) -> Result<()> {
     Ok(())
 }
 
+/// Exits of threads that asked for their id (VCPU threads): a
+/// remembered (thread pointer, id) pair holds while this count is
+/// unchanged, since a new thread may take over the thread pointer of one
+/// that exited, never that of a live one.
+static THREAD_EXITS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts its thread's exit when dropped (a thread-local destructor).
+struct ExitCounter;
+
+impl Drop for ExitCounter {
+    fn drop(&mut self) {
+        THREAD_EXITS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 thread_local! {
     static TID: Cell<i32> = const { Cell::new(0) };
+    static ON_EXIT: ExitCounter = const { ExitCounter };
 }
 
 /// Kernel thread id of the calling thread (cached per thread).
 pub(crate) fn this_thread_id() -> i32 {
+    // Registers the exit count's destructor for this thread.
+    let _ = ON_EXIT.try_with(|_| ());
     TID.with(|t| {
         if t.get() == 0 {
             // SAFETY: gettid has no preconditions.
@@ -62,11 +81,93 @@ pub(crate) fn this_thread_id() -> i32 {
     })
 }
 
+/// The id of the thread that last ran a VCPU, remembered beside it by its
+/// thread pointer: the run loop needs the caller's kernel thread id at
+/// every run, and a thread-local lookup in a shared library is a call
+/// through the PLT (an indirect branch, which the host's branch-predictor
+/// barrier at VM exits makes mispredict).
+#[derive(Debug, Default)]
+pub(crate) struct ThreadMemo {
+    thread_pointer: usize,
+    tid: i32,
+    exits: u64,
+}
+
+impl ThreadMemo {
+    /// The calling thread's kernel id.
+    #[inline(always)]
+    pub(crate) fn tid(&mut self) -> i32 {
+        let exits = THREAD_EXITS.load(Ordering::SeqCst);
+        match thread_pointer() {
+            Some(tp) if tp == self.thread_pointer && exits == self.exits && self.tid != 0 => self.tid,
+            tp => self.remember(tp.unwrap_or(0), exits),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn remember(&mut self, thread_pointer: usize, exits: u64) -> i32 {
+        let tid = this_thread_id();
+        *self = ThreadMemo { thread_pointer, tid, exits };
+        tid
+    }
+}
+
+/// The calling thread's thread pointer, the address x86-64's TLS ABI keeps
+/// at `%fs:0` (unique among live threads).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn thread_pointer() -> Option<usize> {
+    let tp: usize;
+    // SAFETY: a load from the thread's own TCB, whose first word the TLS
+    // ABI defines as its own address; no memory is written, the stack and
+    // flags are untouched.
+    unsafe { std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags)) };
+    Some(tp)
+}
+
+/// No thread pointer read elsewhere: every call looks the id up.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn thread_pointer() -> Option<usize> {
+    None
+}
+
 /// Sends `signal` to thread `tid` of this process. Async-signal-safe.
 pub(crate) fn kick_thread(tid: i32, signal: i32) {
     // SAFETY: tgkill only sends a signal; a stale tid at worst signals
     // nothing (ESRCH) or a thread of ours whose handler does nothing.
     unsafe {
         libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ThreadMemo, thread_pointer};
+
+    fn gettid() -> i32 {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() }
+    }
+
+    /// The memo gives the kernel's id of whichever thread asks (the
+    /// kernel is the oracle), including a thread created after the one it
+    /// remembered exited, which usually takes over its thread pointer.
+    #[test]
+    fn the_remembered_id_is_the_callers() {
+        let mut memo = ThreadMemo::default();
+        assert_eq!(memo.tid(), gettid());
+        assert_eq!(memo.tid(), gettid(), "remembered");
+        let (memo, first_tp) = std::thread::spawn(move || {
+            assert_eq!(memo.tid(), gettid(), "another thread");
+            (memo, thread_pointer())
+        })
+        .join()
+        .unwrap();
+        let mut memo = memo;
+        let (tid, next_tp, now) = std::thread::spawn(move || (memo.tid(), thread_pointer(), gettid())).join().unwrap();
+        assert_eq!(tid, now, "a thread created after the remembered one exited");
+        println!("thread pointer reused by the next thread: {}", first_tp == next_tp);
     }
 }

@@ -17,7 +17,7 @@ mod snapshot_file;
 pub(crate) use comm_page::CommBox;
 pub use comm_page::stop_by_flag;
 pub(crate) use host_memory::HostRegion;
-pub(crate) use kick::{install_kick_handler, kick_thread, this_thread_id};
+pub(crate) use kick::{ThreadMemo, install_kick_handler, kick_thread};
 pub(crate) use publish::Publisher;
 pub(crate) use rlimit::raise_fd_limit;
 pub(crate) use signals::{SignalMask, consume_pending};

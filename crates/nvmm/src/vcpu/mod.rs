@@ -191,6 +191,8 @@ pub struct Vcpu {
     in_assist: bool,
     /// Guest debugging.
     debug: debug::DebugState,
+    /// The kernel id of the thread that last ran the VCPU.
+    thread: crate::os::ThreadMemo,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -262,6 +264,7 @@ impl Vcpu {
             last_tpr: 0,
             in_assist: false,
             debug: debug::DebugState::default(),
+            thread: crate::os::ThreadMemo::default(),
         };
         v.xsave.set_xstate_bv(xfeature::X87 | xfeature::SSE);
         if reused {

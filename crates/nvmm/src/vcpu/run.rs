@@ -71,7 +71,7 @@ impl Vcpu {
     }
 
     fn next_exit(&mut self) -> Result<ExitRecord> {
-        let tid = crate::os::this_thread_id();
+        let tid = self.thread.tid();
         self.backend.prepare_thread(tid, self.shared.signal())?;
         self.backend.clear_kick();
         if self.shared.enter(tid) {

@@ -14,7 +14,7 @@
 //! marks the VCPU as lent to its thread for the callback's duration, and a
 //! call on that same VCPU from that thread uses it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +25,7 @@ use nvmm::{Machine, Nvmm, Vcpu};
 
 use crate::abi::NvmmMachine;
 use crate::errno::{CResult, non_null};
+use crate::remembered::{self, Remembered};
 
 /// Hashes the small integer ids the tables are keyed by as themselves (the
 /// default hasher costs more than the rest of a lookup).
@@ -359,20 +360,6 @@ pub(crate) fn remove_machine(id: u32) -> Option<Arc<MachineCtx>> {
 /// remembered lookup holds only while it is unchanged.
 static REMOVALS: AtomicU64 = AtomicU64::new(0);
 
-/// The VCPU a thread looked up last, found again without the tables' locks
-/// (a VCPU thread calls `nvmm_vcpu_run` and an assist on the same VCPU at
-/// every exit). Plain data: a thread-local without a destructor is read
-/// without lazy-initialisation checks; `KEPT` holds the reference that
-/// keeps `vcpu` alive.
-#[derive(Clone, Copy)]
-struct Remembered {
-    machid: u32,
-    pages: *mut *mut CommPage,
-    cpuid: u32,
-    removals: u64,
-    vcpu: *const VcpuCtx,
-}
-
 /// Keeps the remembered VCPU's context alive, and forgets it when dropped
 /// (a thread's exit). A strong reference, where a weak one would cost two
 /// locked instructions per call to upgrade and drop: a destroyed VCPU is
@@ -384,12 +371,11 @@ struct Kept {
 
 impl Drop for Kept {
     fn drop(&mut self) {
-        let _ = REMEMBERED.try_with(|r| r.set(None));
+        remembered::set(Remembered::NONE);
     }
 }
 
 thread_local! {
-    static REMEMBERED: Cell<Option<Remembered>> = const { Cell::new(None) };
     static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
 }
 
@@ -407,9 +393,16 @@ pub(crate) fn with_vcpu_of<R>(
     // SAFETY: non-null; the caller passes a `struct nvmm_machine`.
     let (machid, pages) = unsafe { ((*m).machid, (*m).pages) };
     let removals = REMOVALS.load(Ordering::SeqCst);
-    let known = REMEMBERED
-        .get()
-        .filter(|r| r.machid == machid && r.pages == pages && r.cpuid == cpuid && r.removals == removals);
+    // The VCPU this thread looked up last, found again without the tables'
+    // locks (a VCPU thread calls `nvmm_vcpu_run` and an assist on the same
+    // VCPU at every exit); `KEPT` holds the reference that keeps it alive.
+    let last = remembered::get();
+    let known = (!last.vcpu.is_null()
+        && last.machid == machid
+        && last.pages == pages
+        && last.cpuid == cpuid
+        && last.removals == removals)
+        .then_some(last);
     let v: &VcpuCtx = match known {
         // SAFETY: `KEPT` holds a strong reference to the remembered context
         // (they are set together, and dropping it forgets it). A call made
@@ -424,7 +417,7 @@ pub(crate) fn with_vcpu_of<R>(
             let vcpu = Arc::as_ptr(&v);
             let old = KEPT.replace(Some(Kept { _ctx: v }));
             drop(old);
-            REMEMBERED.set(Some(Remembered { machid, pages, cpuid, removals, vcpu }));
+            remembered::set(Remembered { vcpu, pages, removals, machid, cpuid });
             // SAFETY: `KEPT` now holds it; as above.
             unsafe { &*vcpu }
         }

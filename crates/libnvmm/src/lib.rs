@@ -26,3 +26,4 @@ mod api_system;
 mod api_vcpu;
 mod errno;
 mod handles;
+mod remembered;

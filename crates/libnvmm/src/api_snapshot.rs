@@ -4,8 +4,8 @@
 //! `nvmm_keep_vms_ready` (VMs made ahead of time for faster forks).
 //! A snapshot is an opaque `struct nvmm_snapshot *` the library allocates.
 
+use crate::vcpu_lock::VcpuGuard;
 use std::ffi::{CStr, c_char, c_int, c_void};
-use std::sync::MutexGuard;
 
 use nvmm::{MachineSnapshot, Vcpu};
 
@@ -36,7 +36,7 @@ fn give(snap: MachineSnapshot, out: *mut *mut NvmmSnapshot) -> CResult<()> {
 
 /// Every VCPU of the machine, locked without waiting (`EBUSY` when one
 /// runs on another thread; each guard holds a VCPU).
-fn lock_vcpus(all: &[(u32, std::sync::Arc<VcpuCtx>)]) -> CResult<Vec<MutexGuard<'_, Option<Vcpu>>>> {
+fn lock_vcpus(all: &[(u32, std::sync::Arc<VcpuCtx>)]) -> CResult<Vec<VcpuGuard<'_>>> {
     all.iter().map(|(_, v)| v.try_lock()).collect()
 }
 
@@ -63,7 +63,7 @@ pub extern "C" fn nvmm_machine_reset(mach: *mut NvmmMachine, snap: *const NvmmSn
         let ctx = handles::machine(mach)?;
         let s = snapshot(snap)?;
         let all = ctx.lock_all()?;
-        let mut slots: Vec<Option<MutexGuard<'_, Option<Vcpu>>>> = lock_vcpus(&all)?.into_iter().map(Some).collect();
+        let mut slots: Vec<Option<VcpuGuard<'_>>> = lock_vcpus(&all)?.into_iter().map(Some).collect();
         // The VCPUs in the snapshot's order, each once.
         let mut guards = Vec::with_capacity(s.vcpus().len());
         for v in s.vcpus() {

@@ -26,6 +26,7 @@ use nvmm::{Machine, Nvmm, Vcpu};
 use crate::abi::NvmmMachine;
 use crate::errno::{CResult, non_null};
 use crate::remembered::{self, Remembered};
+use crate::vcpu_lock::{VcpuGuard, VcpuLock};
 
 /// Hashes the small integer ids the tables are keyed by as themselves (the
 /// default hasher costs more than the rest of a lookup).
@@ -95,7 +96,7 @@ pub(crate) fn is_root() -> bool {
 /// else worth freeing early.
 pub(crate) struct VcpuCtx {
     /// The VCPU, `None` once destroyed.
-    vcpu: Mutex<Option<Vcpu>>,
+    vcpu: VcpuLock,
     /// Its comm page, valid while `live` holds the handle.
     comm: *mut CommPage,
     /// Being destroyed: runs that have not started are refused.
@@ -126,7 +127,7 @@ impl VcpuCtx {
         let comm = vcpu.comm_page();
         let handle = vcpu.handle();
         VcpuCtx {
-            vcpu: Mutex::new(Some(vcpu)),
+            vcpu: VcpuLock::new(Some(vcpu)),
             comm,
             dying: AtomicBool::new(false),
             live: Mutex::new(Some(handle)),
@@ -156,12 +157,8 @@ impl VcpuCtx {
 
     /// The VCPU, locked without waiting: `EBUSY` when it runs on another
     /// thread, `ENOENT` once destroyed.
-    pub(crate) fn try_lock(&self) -> CResult<MutexGuard<'_, Option<Vcpu>>> {
-        let g = match self.vcpu.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(p)) => PoisonError::into_inner(p),
-            Err(std::sync::TryLockError::WouldBlock) => return Err(libc::EBUSY),
-        };
+    pub(crate) fn try_lock(&self) -> CResult<VcpuGuard<'_>> {
+        let g = self.vcpu.try_lock().ok_or(libc::EBUSY)?;
         if g.is_none() {
             return Err(libc::ENOENT);
         }
@@ -301,7 +298,7 @@ impl MachineCtx {
         }
         // Wait for a run in progress on another thread to leave, then free
         // the VCPU (the context may live on in a thread's lookup cache).
-        let vcpu = lock(&ctx.vcpu).take();
+        let vcpu = ctx.vcpu.lock().take();
         drop(vcpu);
         drop(handle);
         drop(ctx);
@@ -440,7 +437,7 @@ fn use_vcpu<R>(v: &VcpuCtx, f: impl FnOnce(&mut Vcpu) -> CResult<R>) -> CResult<
 
 /// Runs `f` on a VCPU under its lock; `ENOENT` when it is being destroyed.
 fn run_locked<R>(v: &VcpuCtx, f: impl FnOnce(&mut Vcpu) -> CResult<R>) -> CResult<R> {
-    let mut g = lock(&v.vcpu);
+    let mut g = v.vcpu.lock();
     if v.dying() {
         return Err(libc::ENOENT);
     }

@@ -27,3 +27,4 @@ mod api_vcpu;
 mod errno;
 mod handles;
 mod remembered;
+mod vcpu_lock;

@@ -282,8 +282,9 @@ pub(crate) trait VcpuBackend: Send {
     /// State system calls made so far (everything but runs).
     fn state_ioctls(&self) -> u64;
 
-    /// Readies the VCPU for reuse after its owner is gone (the kernel
-    /// cannot destroy a VCPU); `None` when it cannot be quiesced.
+    /// Keeps the VCPU for reuse after its owner is gone (the kernel cannot
+    /// destroy a VCPU): its descriptor, whose pending work the backend
+    /// finishes when it revives it; `None` when it cannot be kept.
     fn park(&mut self) -> Option<OwnedFd>;
 }
 

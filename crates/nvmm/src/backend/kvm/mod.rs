@@ -336,6 +336,7 @@ impl KvmVm {
         // duplicated by `KvmVcpu::park`); ownership passes to the VcpuFd.
         let fd = unsafe { self.fd.create_vcpu_from_rawfd(raw) }.map_err(|e| Error::kvm_errno("mmap(kvm_run)", e))?;
         let mut v = KvmVcpu::new(fd, self.run_size, self.msr_index_list.clone(), Default::default())?;
+        v.finish_everything_pending()?;
         v.forget_loaded_state();
         Ok(v)
     }

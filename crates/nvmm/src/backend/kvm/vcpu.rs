@@ -507,21 +507,27 @@ impl VcpuBackend for KvmVcpu {
     }
 
     fn park(&mut self) -> Option<OwnedFd> {
-        // Lets KVM finish any instruction it left pending (a later owner
-        // must not see it completed over a fresh state).
+        // What KVM left pending is finished when the VCPU is taken again
+        // (`KvmVm::revive_vcpu`), before its new owner's state goes in: a
+        // machine destroyed first never pays the `KVM_RUN` that costs.
+        // SAFETY: the descriptor is open for as long as `self.fd`, which
+        // outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd.as_raw_fd()) };
+        fd.try_clone_to_owned().ok()
+    }
+}
+
+impl KvmVcpu {
+    /// Lets KVM finish any instruction a parked VCPU's last owner left
+    /// pending (its new owner must not see it completed over a fresh
+    /// state).
+    pub(super) fn finish_everything_pending(&mut self) -> Result<()> {
         for _ in 0..PARK_ATTEMPTS {
-            match self.finish_pending() {
-                Ok(None) => {
-                    // SAFETY: the descriptor is open for as long as
-                    // `self.fd`, which outlives this borrow.
-                    let fd = unsafe { BorrowedFd::borrow_raw(self.fd.as_raw_fd()) };
-                    return fd.try_clone_to_owned().ok();
-                }
-                Ok(Some(_)) => continue,
-                Err(_) => return None,
+            if self.finish_pending()?.is_none() {
+                return Ok(());
             }
         }
-        None
+        Err(Error::Unsettled { what: "reviving a parked VCPU" })
     }
 }
 

@@ -40,7 +40,7 @@ use crate::exit::record::{ExitRecord, InsnBytes};
 use crate::vmem::GuestView;
 use crate::x86::bits::cr0;
 use crate::x86::event::Event;
-use crate::x86::mode::linear_rip;
+use crate::x86::mode::{CodeRegs, linear_rip};
 use crate::x86::state::{Cr, Dr, Gpr, StateMask};
 
 /// `#DB`.
@@ -179,12 +179,19 @@ impl Vcpu {
         Ok(linear_rip(self.comm.state()))
     }
 
-    /// Whether the instruction at RIP is a HLT.
+    /// Whether the instruction at RIP is a HLT. (Asked before every step:
+    /// from the code registers alone, or from the state the program set.)
     fn at_hlt(&mut self) -> Result<bool> {
-        let pc = self.code_pc()?;
+        let code = if self.cache.dirty.intersects(Parts::GPRS | Parts::SEGS | Parts::PAGING) {
+            self.get_parts(Parts::GPRS | Parts::SEGS | Parts::PAGING)?;
+            CodeRegs::of(self.comm.state())
+        } else {
+            self.backend.code_regs()?
+        };
         let mem = self.machine.memory();
         let mut byte = [0u8];
-        Ok(GuestView::new(&mem, self.paging_of(self.comm.state())).read(pc, &mut byte).done == 1 && byte[0] == HLT)
+        let view = GuestView::new(&mem, self.paging_of_code(&code));
+        Ok(view.read(code.linear_rip(), &mut byte).done == 1 && byte[0] == HLT)
     }
 
     /// The exit for a HLT exit while debugging: the end of a debugger's

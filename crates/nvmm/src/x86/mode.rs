@@ -91,6 +91,24 @@ pub(crate) struct CodeRegs {
 }
 
 impl CodeRegs {
+    /// The code registers of `state` (which needs GPRS, SEGS, CRS and
+    /// EFER).
+    pub(crate) fn of(state: &State) -> CodeRegs {
+        let cs = state.segs[Seg::Cs];
+        CodeRegs {
+            rip: state.gprs[Gpr::Rip],
+            rcx: state.gprs[Gpr::Rcx],
+            rdx: state.gprs[Gpr::Rdx],
+            cs_base: cs.base,
+            cs_l: cs.attrib.l(),
+            cs_d: cs.attrib.def(),
+            cr0: state.crs[Cr::Cr0],
+            cr3: state.crs[Cr::Cr3],
+            cr4: state.crs[Cr::Cr4],
+            efer: state.msrs[Msr::Efer],
+        }
+    }
+
     /// The execution mode (as [`CpuMode::of`]).
     pub(crate) fn mode(&self) -> CpuMode {
         CpuMode::select_by(self.efer, self.cr0, self.cs_l, self.cs_d)
@@ -157,18 +175,7 @@ mod tests {
     /// dropped outside 64-bit mode, ignored in it).
     #[test]
     fn code_registers_agree_with_the_state() {
-        let code = |s: &State| CodeRegs {
-            rip: s.gprs[Gpr::Rip],
-            rcx: 0,
-            rdx: 0,
-            cs_base: s.segs[Seg::Cs].base,
-            cs_l: s.segs[Seg::Cs].attrib.l(),
-            cs_d: s.segs[Seg::Cs].attrib.def(),
-            cr0: s.crs[Cr::Cr0],
-            cr3: s.crs[Cr::Cr3],
-            cr4: s.crs[Cr::Cr4],
-            efer: s.msrs[Msr::Efer],
-        };
+        let code = CodeRegs::of;
         let mut states = vec![crate::x86::reset::reset_state()];
         let mut s = crate::x86::reset::reset_state();
         modes::real_mode_entry(&mut s, 0x7c00);

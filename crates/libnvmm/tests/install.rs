@@ -81,5 +81,26 @@ fn install_sh_installs_a_library_pkg_config_can_build_with() {
         let out = run.output().expect("run the program");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "Result: 42\n", "{}", String::from_utf8_lossy(&out.stderr));
     }
+
+    // Loaded with dlopen instead (its initial-exec TLS from the static TLS
+    // reserve): NVMM's RESET values (RIP 0xfff0, CS 0xf000) come back.
+    let loader = prefix.join("dlopen");
+    let st = Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror"])
+        .args(&cflags)
+        .arg(source("dlopen.c"))
+        .arg("-o")
+        .arg(&loader)
+        .arg("-ldl")
+        .status()
+        .expect("cc");
+    assert!(st.success(), "dlopen build failed");
+    let out = Command::new(&loader).arg(prefix.join("lib/libnvmm.so")).output().expect("run the dlopen program");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "rip=0xfff0 cs=0xf000\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_dir_all(&prefix).expect("clean up");
 }

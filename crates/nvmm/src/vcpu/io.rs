@@ -183,6 +183,9 @@ impl Vcpu {
     /// bits of them.)
     #[inline(never)]
     fn io_site_missed(&mut self, key: IoSiteKey, exit: (u16, u8, bool), generation: u64) -> Result<IoSite> {
+        // Dropped first: the window's source is replaced below, and a
+        // decode that fails must not leave the memo beside another source.
+        self.io_memo = None;
         let code = self.backend.code_regs()?;
         let linear = code.linear_rip();
         let regs = self.paging_of_code(&code);

@@ -48,28 +48,24 @@ fn install_sh_installs_a_library_pkg_config_can_build_with() {
 
     // Shared and static builds with nothing but pkg-config's flags.
     let cflags = pkg_config(&prefix, &["--cflags"]);
+    // `cc -Wall -Wextra -Werror FLAGS CFLAGS SOURCE -o OUT LIBS`.
+    let cc = |flags: &[&str], src: &str, out: &Path, libs: &[String]| {
+        let st = Command::new("cc")
+            .args(["-Wall", "-Wextra", "-Werror"])
+            .args(flags)
+            .args(&cflags)
+            .arg(source(src))
+            .arg("-o")
+            .arg(out)
+            .args(libs)
+            .status()
+            .expect("cc");
+        assert!(st.success(), "building {} failed", out.display());
+    };
     let shared = prefix.join("calc-shared");
-    let st = Command::new("cc")
-        .args(["-Wall", "-Wextra", "-Werror"])
-        .args(&cflags)
-        .arg(source("calc_vm.c"))
-        .arg("-o")
-        .arg(&shared)
-        .args(pkg_config(&prefix, &["--libs"]))
-        .status()
-        .expect("cc");
-    assert!(st.success(), "shared build failed");
+    cc(&[], "calc_vm.c", &shared, &pkg_config(&prefix, &["--libs"]));
     let fully_static = prefix.join("calc-static");
-    let st = Command::new("cc")
-        .args(["-Wall", "-Wextra", "-Werror", "-static"])
-        .args(&cflags)
-        .arg(source("calc_vm.c"))
-        .arg("-o")
-        .arg(&fully_static)
-        .args(pkg_config(&prefix, &["--static", "--libs"]))
-        .status()
-        .expect("cc");
-    assert!(st.success(), "static build failed");
+    cc(&["-static"], "calc_vm.c", &fully_static, &pkg_config(&prefix, &["--static", "--libs"]));
 
     nvmm_testkit::kvm_or_skip!();
     for (exe, libs) in [(&shared, Some(prefix.join("lib"))), (&fully_static, None)] {
@@ -85,16 +81,7 @@ fn install_sh_installs_a_library_pkg_config_can_build_with() {
     // Loaded with dlopen instead (its initial-exec TLS from the static TLS
     // reserve): NVMM's RESET values (RIP 0xfff0, CS 0xf000) come back.
     let loader = prefix.join("dlopen");
-    let st = Command::new("cc")
-        .args(["-Wall", "-Wextra", "-Werror"])
-        .args(&cflags)
-        .arg(source("dlopen.c"))
-        .arg("-o")
-        .arg(&loader)
-        .arg("-ldl")
-        .status()
-        .expect("cc");
-    assert!(st.success(), "dlopen build failed");
+    cc(&[], "dlopen.c", &loader, &["-ldl".to_string()]);
     let out = Command::new(&loader).arg(prefix.join("lib/libnvmm.so")).output().expect("run the dlopen program");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

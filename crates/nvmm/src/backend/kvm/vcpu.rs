@@ -20,7 +20,8 @@ use crate::exit::record::{ExitRecord, InsnBytes};
 use crate::os::SignalMask;
 use crate::x86::cpuid::CpuidEntry;
 
-/// How many pending exits [`KvmVcpu::park`] completes before giving up.
+/// How many pending exits reviving a parked VCPU completes before giving
+/// up ([`KvmVcpu::finish_everything_pending`]).
 const PARK_ATTEMPTS: usize = 4096;
 
 /// `kvm_run.msr.error` of an MSR exit the VMM has not answered yet (any
@@ -284,15 +285,12 @@ fn decode_memory(exit: VcpuExit<'_>) -> Decoded {
     }
 }
 
-/// [`decode`] for the exits other than port I/O and MMIO.
+/// [`decode`] for the exits other than port I/O and MMIO ([`decode`] and
+/// [`decode_memory`] take those first).
 #[inline(never)]
 fn decode_other(exit: VcpuExit<'_>) -> Decoded {
     let r = match exit {
-        VcpuExit::IoIn(port, _) => return Decoded::Io { port, is_in: true },
-        VcpuExit::IoOut(port, _) => return Decoded::Io { port, is_in: false },
         VcpuExit::InternalError => return Decoded::InternalError,
-        VcpuExit::MmioRead(gpa, data) => ExitRecord::Memory { gpa, len: data.len() as u8, write: false },
-        VcpuExit::MmioWrite(gpa, data) => ExitRecord::Memory { gpa, len: data.len() as u8, write: true },
         VcpuExit::X86Rdmsr(m) => ExitRecord::Rdmsr { msr: m.index },
         VcpuExit::X86Wrmsr(m) => ExitRecord::Wrmsr { msr: m.index, value: m.data },
         VcpuExit::Debug(d) if d.exception == 1 || d.exception == 3 => {

@@ -31,6 +31,8 @@
 #define CODE		0x1000
 #define CALLS		25
 
+#include "floor_vm.h"
+
 static __attribute__((noinline, aligned(256))) long f0(long x) { return x * 3 + 0; }
 static __attribute__((noinline, aligned(256))) long f1(long x) { return x * 3 + 1; }
 static __attribute__((noinline, aligned(256))) long f2(long x) { return x * 3 + 2; }
@@ -110,41 +112,8 @@ static void
 vm_init(struct vm *v, int kvm)
 {
 	static const uint8_t code[] = { 0xe6, 0x10, 0xeb, 0xfc };
-	struct kvm_userspace_memory_region region;
-	struct kvm_sregs sregs;
-	struct kvm_regs regs;
-	uint8_t *ram;
-	int vm, size;
 
-	if ((vm = ioctl(kvm, KVM_CREATE_VM, 0)) < 0)
-		err(EXIT_FAILURE, "KVM_CREATE_VM");
-	ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE, -1, 0);
-	if (ram == MAP_FAILED)
-		err(EXIT_FAILURE, "mmap");
-	memcpy(ram + CODE, code, sizeof(code));
-	memset(&region, 0, sizeof(region));
-	region.memory_size = RAM_SIZE;
-	region.userspace_addr = (uintptr_t)ram;
-	if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-		err(EXIT_FAILURE, "KVM_SET_USER_MEMORY_REGION");
-	if ((v->vcpu = ioctl(vm, KVM_CREATE_VCPU, 0)) < 0)
-		err(EXIT_FAILURE, "KVM_CREATE_VCPU");
-	if ((size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0)) < 0)
-		err(EXIT_FAILURE, "KVM_GET_VCPU_MMAP_SIZE");
-	v->run = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, v->vcpu, 0);
-	if (v->run == MAP_FAILED)
-		err(EXIT_FAILURE, "mmap kvm_run");
-	if (ioctl(v->vcpu, KVM_GET_SREGS, &sregs) < 0)
-		err(EXIT_FAILURE, "KVM_GET_SREGS");
-	sregs.cs.base = 0;
-	sregs.cs.selector = 0;
-	if (ioctl(v->vcpu, KVM_SET_SREGS, &sregs) < 0)
-		err(EXIT_FAILURE, "KVM_SET_SREGS");
-	memset(&regs, 0, sizeof(regs));
-	regs.rip = CODE;
-	regs.rflags = 2;
-	if (ioctl(v->vcpu, KVM_SET_REGS, &regs) < 0)
-		err(EXIT_FAILURE, "KVM_SET_REGS");
+	floor_vm(kvm, code, sizeof(code), &v->vcpu, &v->run);
 }
 
 /* `n` exits, each followed by `after` (or nothing). */

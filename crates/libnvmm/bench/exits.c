@@ -35,6 +35,8 @@
 #define RAM_SIZE	0x8000	/* RAM at 0; 0x8000 and above is MMIO */
 #define CODE		0x1000
 
+#include "floor_vm.h"
+
 struct guest {
 	const char *name;
 	const char *what;
@@ -65,7 +67,7 @@ now(void)
 /* ---- the floor: KVM alone --------------------------------------------- */
 
 struct raw {
-	int vm, vcpu;
+	int vcpu;
 	struct kvm_run *run;
 	uint32_t reason;
 	uint64_t sync;		/* register sets KVM copies out at every exit */
@@ -74,42 +76,7 @@ struct raw {
 static void
 raw_init(struct raw *r, int kvm, const struct guest *g)
 {
-	struct kvm_userspace_memory_region region;
-	struct kvm_sregs sregs;
-	struct kvm_regs regs;
-	uint8_t *ram;
-	int size;
-
-	r->vm = ioctl(kvm, KVM_CREATE_VM, 0);
-	if (r->vm < 0)
-		err(EXIT_FAILURE, "KVM_CREATE_VM");
-	ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_ANON | MAP_PRIVATE, -1, 0);
-	if (ram == MAP_FAILED)
-		err(EXIT_FAILURE, "mmap");
-	memcpy(ram + CODE, g->code, g->len);
-	memset(&region, 0, sizeof(region));
-	region.memory_size = RAM_SIZE;
-	region.userspace_addr = (uintptr_t)ram;
-	if (ioctl(r->vm, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-		err(EXIT_FAILURE, "KVM_SET_USER_MEMORY_REGION");
-	r->vcpu = ioctl(r->vm, KVM_CREATE_VCPU, 0);
-	if (r->vcpu < 0)
-		err(EXIT_FAILURE, "KVM_CREATE_VCPU");
-	size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
-	r->run = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, r->vcpu, 0);
-	if (r->run == MAP_FAILED)
-		err(EXIT_FAILURE, "mmap kvm_run");
-	if (ioctl(r->vcpu, KVM_GET_SREGS, &sregs) < 0)
-		err(EXIT_FAILURE, "KVM_GET_SREGS");
-	sregs.cs.base = 0;
-	sregs.cs.selector = 0;
-	if (ioctl(r->vcpu, KVM_SET_SREGS, &sregs) < 0)
-		err(EXIT_FAILURE, "KVM_SET_SREGS");
-	memset(&regs, 0, sizeof(regs));
-	regs.rip = CODE;
-	regs.rflags = 2;
-	if (ioctl(r->vcpu, KVM_SET_REGS, &regs) < 0)
-		err(EXIT_FAILURE, "KVM_SET_REGS");
+	floor_vm(kvm, g->code, g->len, &r->vcpu, &r->run);
 	r->reason = g->kvm_reason;
 	r->sync = 0;
 }

@@ -1034,3 +1034,56 @@ fn monitor_and_mwait_are_never_nops() {
         }
     }
 }
+
+/// An interrupt window the guest opens for one instruction only (`sti;
+/// nop; cli`, SeaBIOS's wait for an interrupt from 32-bit code) exits at
+/// that instruction boundary, as VMX's interrupt-window exiting does.
+#[test]
+fn a_one_instruction_interrupt_window_exits() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0xfa, //       cli
+        0xfb, // 1:    sti
+        0x90, //       nop
+        0xfa, //       cli
+        0xeb, 0xfb, // jmp 1b
+    ]);
+    g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_window_exiting(true)).unwrap();
+    assert_eq!(next_reason(&mut g.vcpu), reason::INT_READY);
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    assert_ne!(g.vcpu.state().gprs[Gpr::Rflags] & 0x200, 0, "IF is set when the window opens");
+    assert_eq!(g.vcpu.state().gprs[Gpr::Rip], CODE + 3, "on the CLI");
+}
+
+/// The same window behind an I/O exit at every pass of the loop (SeaBIOS
+/// polls a timer port between its windows): the I/O exits come, answered,
+/// then the window exit.
+#[test]
+fn a_one_instruction_interrupt_window_between_io_exits_exits() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0xfa, //       cli
+        0xe4, 0x80, // 1: in al,0x80
+        0xfb, //       sti
+        0x90, //       nop
+        0xf3, 0x90, // pause
+        0xfa, //       cli
+        0xeb, 0xf7, // jmp 1b
+    ]);
+    g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_window_exiting(true)).unwrap();
+    let mut ios = 0;
+    loop {
+        match g.vcpu.run().unwrap() {
+            Exit::Io(_) => {
+                ios += 1;
+                assert!(ios < 100, "no window exit after {ios} I/O exits");
+                g.vcpu.assist_io(|r| r.data.fill(0)).unwrap();
+            }
+            Exit::IntReady => break,
+            Exit::None | Exit::Stopped => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    assert_eq!(g.vcpu.state().gprs[Gpr::Rip], CODE + 5, "on the PAUSE");
+}

@@ -247,6 +247,12 @@ pub(crate) trait VcpuBackend: Send {
     /// Asks for an exit as soon as the guest can take an interrupt.
     fn set_interrupt_window(&mut self, on: bool);
 
+    /// Whether the kernel exits for an armed interrupt window at the
+    /// instruction boundary where the guest opens it (else only when
+    /// another exit finds it open: the front end then single-steps while
+    /// the window is armed and closed).
+    fn window_exits_are_exact(&self) -> bool;
+
     /// The data of the last I/O exit: `count * size` bytes.
     fn io_data(&mut self) -> &mut [u8];
 

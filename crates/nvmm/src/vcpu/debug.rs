@@ -74,6 +74,9 @@ pub(super) struct DebugState {
     /// `user` or `applied` is not all off (kept with them: the run loop
     /// asks at every run).
     active: bool,
+    /// Steps left for finding an armed interrupt window in this call of
+    /// the run loop (see `window_steps`).
+    pub(super) window_steps_left: u16,
 }
 
 impl DebugState {
@@ -120,7 +123,9 @@ impl Vcpu {
     /// Readies the backend's debug settings for the next run: the
     /// debugger's, plus the library's own steps. Returns a software
     /// breakpoint the VCPU sits on in real mode (reported without
-    /// running). The run calls it only while [`Vcpu::debugging`].
+    /// running). The run calls it only while [`Vcpu::debugging`], or with
+    /// an interrupt window armed on a kernel that may miss it (see
+    /// `window_steps`).
     #[cold]
     #[inline(never)]
     pub(super) fn prepare_debug_run(&mut self) -> Result<Option<ExitRecord>> {
@@ -153,6 +158,10 @@ impl Vcpu {
                 eff.single_step = true;
                 internal = true;
             }
+        }
+        if self.window_needs_steps()? {
+            eff.single_step = true;
+            internal = true;
         }
         // A stepped HLT leaves a halt pending in KVM where it emulates guest
         // kernel code: the next run executes one more instruction and then

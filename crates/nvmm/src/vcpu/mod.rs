@@ -58,6 +58,7 @@ mod snapshot;
 mod state;
 #[cfg(test)]
 mod test_guest;
+mod window_steps;
 
 pub use assist::{AssistOutcome, IoRequest, MemRequest};
 pub use handle::{StopHandle, VcpuHandle};

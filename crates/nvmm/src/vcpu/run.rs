@@ -29,6 +29,7 @@ impl Vcpu {
     pub(crate) fn run_to_exit(&mut self) -> Result<()> {
         self.refuse_in_assist("running the VCPU")?;
         self.take_payload_answer();
+        self.debug.window_steps_left = super::window_steps::WINDOW_STEPS;
         loop {
             self.last = ExitRecord::None;
             let record = self.next_exit()?;
@@ -93,7 +94,7 @@ impl Vcpu {
         if let Settled::Replay(r) = self.settle_inflight()? {
             return Ok(self.replay(r));
         }
-        if self.debugging()
+        if (self.debugging() || self.window_may_need_steps(windows.int))
             && let Some(r) = self.prepare_debug_run()?
         {
             return Ok(r);

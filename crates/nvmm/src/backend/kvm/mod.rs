@@ -11,6 +11,7 @@ mod run_alias;
 mod snapshot;
 mod state;
 mod vcpu;
+mod window_probe;
 
 use std::io;
 use std::os::fd::{IntoRawFd, OwnedFd};

@@ -430,6 +430,10 @@ impl VcpuBackend for KvmVcpu {
         self.run_page().request_interrupt_window = on as u8;
     }
 
+    fn window_exits_are_exact(&self) -> bool {
+        super::window_probe::window_exits_are_exact()
+    }
+
     fn failure_info(&self) -> [u64; 5] {
         self.failure_info
     }

@@ -2,7 +2,8 @@
  * The comm-page contract and the rest of the VCPU API: NVMM's RESET state,
  * getstate only fetching what is not cached (and leaving cached, unset
  * changes alone), setstate committing at the next run, events injected at
- * the next run, window exits, exitstate, MSR exits completed NVMM's way
+ * the next run, window exits (one the guest opens for two instructions
+ * too), exitstate, MSR exits completed NVMM's way
  * (registers and RIP = npc through the state), nvmm_vcpu_dump, machine
  * information, several VCPUs, and the <sys/cdefs.h> helpers NetBSD
  * programs use.
@@ -208,6 +209,61 @@ test_events(struct nvmm_vcpu *vcpu)
 }
 
 static void
+zero_in(struct nvmm_io *io)
+{
+	if (io->in)
+		memset(io->data, 0, io->size);
+}
+
+/*
+ * QEMU's pattern with SeaBIOS's wait for an interrupt: the window is armed
+ * while the guest has interrupts off, and the guest opens it for two
+ * instructions between reads of a timer port. The window exit comes there
+ * (RIP on the PAUSE), before any further I/O exit, and the interrupt
+ * injected then is taken.
+ */
+static void
+test_short_window(struct nvmm_vcpu *vcpu)
+{
+	/* Handler for vector 0x41 at 0:0x340: mov byte [0x821],0x5b ; hlt */
+	static const uint8_t handler[] = { 0xc6, 0x06, 0x21, 0x08, 0x5b, 0xf4 };
+	/* cli ; 1: in al,0x80 ; sti ; nop ; pause ; cli ; jmp 1b */
+	static const uint8_t code[] = { 0xfa, 0xe4, 0x80, 0xfb, 0x90, 0xf3, 0x90, 0xfa, 0xeb, 0xf7 };
+	struct nvmm_assist_callbacks cbs = { .io = zero_in, .mem = NULL };
+	int ios = 0;
+
+	memcpy(ram + 0x340, handler, sizeof(handler));
+	memcpy(ram + 0x500, code, sizeof(code));
+	memcpy(ram + 0x41 * 4, "\x40\x03\x00\x00", 4);	/* IVT[0x41] = 0000:0340 */
+	OK(nvmm_vcpu_configure(&mach, vcpu, NVMM_VCPU_CONF_CALLBACKS, &cbs));
+	start_at(vcpu, 0x500);
+	OK(nvmm_vcpu_getstate(&mach, vcpu, NVMM_X64_STATE_SEGS));
+	vcpu->state->segs[NVMM_X64_SEG_IDT].base = 0;
+	vcpu->state->segs[NVMM_X64_SEG_IDT].limit = 0x3FF;
+	OK(nvmm_vcpu_setstate(&mach, vcpu, NVMM_X64_STATE_SEGS));
+
+	TRUE(run(vcpu) == NVMM_VCPU_EXIT_IO);
+	TRUE(!(vcpu->exit->exitstate.rflags & 0x200));
+	OK(nvmm_assist_io(&mach, vcpu));
+	OK(nvmm_vcpu_getstate(&mach, vcpu, NVMM_X64_STATE_INTR));
+	vcpu->state->intr.int_window_exiting = 1;
+	OK(nvmm_vcpu_setstate(&mach, vcpu, NVMM_X64_STATE_INTR));
+	while (run(vcpu) == NVMM_VCPU_EXIT_IO && ++ios < 100)
+		OK(nvmm_assist_io(&mach, vcpu));
+	TRUE(ios == 0);
+	TRUE(vcpu->exit->reason == NVMM_VCPU_EXIT_INT_READY);
+	TRUE(vcpu->exit->exitstate.rflags & 0x200);
+	TRUE(!vcpu->exit->exitstate.int_window_exiting && !vcpu->exit->exitstate.int_shadow);
+	OK(nvmm_vcpu_getstate(&mach, vcpu, NVMM_X64_STATE_GPRS));
+	TRUE(vcpu->state->gprs[NVMM_X64_GPR_RIP] == 0x505);
+	vcpu->event->type = NVMM_VCPU_EVENT_INTR;
+	vcpu->event->vector = 0x41;
+	OK(nvmm_vcpu_inject(&mach, vcpu));
+	TRUE(run(vcpu) == NVMM_VCPU_EXIT_HALTED);
+	TRUE(ram[0x821] == 0x5b);
+}
+
+static void
 test_dump_and_info(struct nvmm_vcpu *vcpu)
 {
 	struct nvmm_ctl_mach_info info;
@@ -274,6 +330,7 @@ main(void)
 	test_caching(&vcpu0);
 	test_msr_through_state(&vcpu1);
 	test_events(&vcpu0);
+	test_short_window(&vcpu0);
 	test_dump_and_info(&vcpu1);
 	test_cdefs();
 

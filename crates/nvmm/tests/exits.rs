@@ -1087,3 +1087,60 @@ fn a_one_instruction_interrupt_window_between_io_exits_exits() {
     g.vcpu.get_state(StateMask::GPRS).unwrap();
     assert_eq!(g.vcpu.state().gprs[Gpr::Rip], CODE + 5, "on the PAUSE");
 }
+
+/// QEMU's RDMSR answer (RAX, RDX and RIP = npc through the state) while an
+/// interrupt window is armed and closed: the guest goes on past the RDMSR
+/// and the instructions after it (an exception there would triple-fault:
+/// no IDT), whatever steps the library takes to find the window, however
+/// long the guest then keeps interrupts off.
+#[test]
+fn an_msr_answered_through_the_state_with_a_window_armed() {
+    nvmm_testkit::kvm_or_skip!();
+    for nops in [0, 1, 255, 256, 300, 600] {
+        let mut code = vec![
+            0xb9, 0x1b, 0x00, 0x00, 0x00, // mov ecx,0x1b (APIC base: exits)
+            0x0f, 0x32, //                   rdmsr
+        ];
+        code.extend(std::iter::repeat_n(0x90, nops));
+        code.extend([0xe6, 0x80, 0xf4]); // out 0x80,al ; hlt
+        let mut g = protected_mode(&code);
+        g.vcpu
+            .update(StateMask::SEGS | StateMask::INTR, |s| {
+                s.segs[Seg::Idt].limit = 0;
+                s.intr.set_int_window_exiting(true);
+            })
+            .unwrap();
+        let npc = loop {
+            match g.vcpu.run().unwrap() {
+                Exit::Rdmsr(r) => break r.npc(),
+                Exit::None => continue,
+                other => panic!("{nops} NOPs: {other:?} before the RDMSR"),
+            }
+        };
+        g.vcpu
+            .update(StateMask::GPRS, |s| {
+                s.gprs[Gpr::Rax] = 0xfee0_0900;
+                s.gprs[Gpr::Rdx] = 0;
+                s.gprs[Gpr::Rip] = npc;
+            })
+            .unwrap();
+        let mut exits = Vec::new();
+        loop {
+            let e = g.vcpu.run().unwrap();
+            let reason = e.reason();
+            if let Exit::Io(io) = e {
+                assert_eq!(io.port(), 0x80, "{nops} NOPs");
+                g.vcpu.assist_io(|_| {}).unwrap();
+            }
+            exits.push(reason);
+            if reason == reason::HALTED || exits.len() > 10 {
+                break;
+            }
+        }
+        assert_eq!(
+            exits.iter().filter(|&&r| r != reason::NONE).collect::<Vec<_>>(),
+            [&reason::IO, &reason::HALTED],
+            "{nops} NOPs"
+        );
+    }
+}

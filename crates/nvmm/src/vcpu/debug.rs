@@ -203,6 +203,23 @@ impl Vcpu {
         Ok(view.read(code.linear_rip(), &mut byte).done == 1 && byte[0] == HLT)
     }
 
+    /// Lets the backend finish the instruction it has pending without
+    /// entering the guest ([`VcpuBackend::finish_pending`]). When the run
+    /// that stopped at that instruction was one of the library's own
+    /// steps, finishing it ends the step with a single-step trap: that
+    /// trap is dropped (the step did what it was for), where kept for the
+    /// next run it would reach the guest as its own `#DB`. A trap the
+    /// debugger asked for, or one that must be checked for a watchpoint, is
+    /// kept.
+    pub(super) fn finish_pending_instruction(&mut self) -> Result<Option<ExitRecord>> {
+        let next = self.backend.finish_pending()?;
+        let own_step = self.debug.internal_step && self.debug.user.watchpoints().next().is_none();
+        Ok(match next {
+            Some(ExitRecord::Trap { vector: DB_VECTOR, dr6: bits, .. }) if own_step && bits & dr6::BS != 0 => None,
+            other => other,
+        })
+    }
+
     /// The exit for a HLT exit while debugging: the end of a debugger's
     /// step over a HLT run unstepped (past it, without halting, as KVM
     /// steps a HLT), a HLT exit otherwise.

@@ -287,7 +287,7 @@ impl Vcpu {
     /// fragment of a split MMIO access) is reported at the next run.
     pub(super) fn finish_inflight(&mut self, what: &'static str) -> Result<()> {
         self.forget_raw();
-        if let Some(next) = self.backend.finish_pending()? {
+        if let Some(next) = self.finish_pending_instruction()? {
             let next = self.noted(next);
             self.queue_behind(next);
         }
@@ -304,7 +304,7 @@ impl Vcpu {
     fn drain_pending(&mut self, what: &'static str) -> Result<()> {
         self.forget_raw();
         for _ in 0..FINISH_ATTEMPTS {
-            match self.backend.finish_pending()? {
+            match self.finish_pending_instruction()? {
                 None => return Ok(()),
                 Some(ExitRecord::Memory { .. }) | Some(ExitRecord::Io { .. }) => continue,
                 Some(_) => continue,

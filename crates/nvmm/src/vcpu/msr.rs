@@ -34,7 +34,7 @@ impl Vcpu {
         *a.data = 0;
         *a.error = 0;
         self.forget_raw();
-        if let Some(next) = self.backend.finish_pending()? {
+        if let Some(next) = self.finish_pending_instruction()? {
             // Finishing an MSR access produces no exit; should KVM produce
             // one, report it next.
             self.queued = Some(self.noted(next));

@@ -343,7 +343,7 @@ impl Vcpu {
         }
         self.commit()?;
         self.forget_raw();
-        if let Some(next) = self.backend.finish_pending()? {
+        if let Some(next) = self.finish_pending_instruction()? {
             let next = self.noted(next);
             self.queued = Some(next);
             self.inflight = Some(Inflight::new(next));

@@ -74,9 +74,9 @@ pub(super) struct DebugState {
     /// `user` or `applied` is not all off (kept with them: the run loop
     /// asks at every run).
     active: bool,
-    /// Steps left for finding an armed interrupt window in this call of
-    /// the run loop (see `window_steps`).
-    pub(super) window_steps_left: u16,
+    /// The steps taken to find an armed interrupt window (see
+    /// `window_steps`).
+    pub(super) window: super::window_steps::WindowSearch,
 }
 
 impl DebugState {

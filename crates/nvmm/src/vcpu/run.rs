@@ -29,7 +29,17 @@ impl Vcpu {
     pub(crate) fn run_to_exit(&mut self) -> Result<()> {
         self.refuse_in_assist("running the VCPU")?;
         self.take_payload_answer();
-        self.debug.window_steps_left = super::window_steps::WINDOW_STEPS;
+        self.debug.window.start_call();
+        let r = self.run_loop();
+        if self.debug.window.stepped() {
+            self.debug.window.end_call(self.last);
+        }
+        r
+    }
+
+    /// [`Vcpu::run_to_exit`]'s loop.
+    #[inline(always)]
+    fn run_loop(&mut self) -> Result<()> {
         loop {
             self.last = ExitRecord::None;
             let record = self.next_exit()?;

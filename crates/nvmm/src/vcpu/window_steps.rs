@@ -16,9 +16,16 @@
 //! interrupts off (or is in an interrupt shadow), the VCPU runs one step at
 //! a time, with steps the program never sees, and the window exit is
 //! reported before the first instruction that finds it open, as NetBSD
-//! reports it. The guest runs slower meanwhile (one exit per instruction);
-//! nothing changes while no window is armed, or on hosts whose KVM exits
-//! at the boundary. A HLT is not stepped (see the debugging module): a HLT
+//! reports it. A step costs an exit, so the steps are rationed by where the
+//! guest was when the run started (its last exit): from a place where
+//! stepping found the window before, as many steps as that took (twice,
+//! plus a few); from a place where it did not (the guest reached another
+//! exit, or kept interrupts off longer than [`WINDOW_STEPS`]), none, but
+//! for one try in [`RETRY_EVERY`]; from a new place, [`WINDOW_STEPS`].
+//! A guest's polling loop (SeaBIOS reads a timer port, then opens the
+//! window) is learned at once; code that runs long with interrupts off
+//! between exits is stepped rarely. Nothing changes while no window is
+//! armed, or on hosts whose KVM exits at the boundary. A HLT is not stepped (see the debugging module): a HLT
 //! with interrupts on ends the window with the HLT exit, as before.
 //!
 //! While the library steps, a guest's own RFLAGS.TF trap is lost (as for
@@ -27,37 +34,209 @@
 //! after it.
 
 use super::Vcpu;
+use crate::backend::VcpuBackend;
+use crate::error::Result;
+use crate::exit::record::ExitRecord;
 
 /// The most steps one run takes looking for the window. A guest that keeps
 /// interrupts off longer (clearing memory a byte at a time, say) runs on
-/// unstepped, at the speed of the kernel's emulator, until its next exit;
-/// the window is then looked for again with as many steps. Enough for
-/// SeaBIOS's wait loop, whose window follows its timer-port read within a
-/// few dozen instructions, mode switches included.
+/// unstepped, at the speed of the kernel's emulator, until its next exit.
+/// Enough for SeaBIOS's wait loop, whose window follows its timer-port read
+/// within a few dozen instructions, mode switches included.
 pub(super) const WINDOW_STEPS: u16 = 256;
-use crate::backend::VcpuBackend;
-use crate::error::Result;
+
+/// A place where stepping did not find the window is tried again with
+/// [`WINDOW_STEPS`] once in this many runs from it.
+pub(super) const RETRY_EVERY: u8 = 8;
+
+/// How many places are remembered (the oldest is forgotten first).
+const PLACES: usize = 16;
+
+/// A place runs start from, and what stepping from it found.
+#[derive(Clone, Copy, Debug, Default)]
+struct Place {
+    /// The linear address of RIP when the run started (0: unused slot).
+    pc: u64,
+    /// Steps to take from there (0: stepping did not find the window).
+    budget: u16,
+    /// Runs from there without steps since the last try.
+    skipped: u8,
+}
+
+/// What the current call of the run loop does about the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Call {
+    /// No step decided yet.
+    #[default]
+    Undecided,
+    /// Stepping from `pc`: `used` steps taken, `left` allowed.
+    Stepping { pc: u64, used: u16, left: u16 },
+    /// No steps in this call.
+    Unstepped,
+}
+
+/// The rationing of window steps across calls of the run loop.
+#[derive(Debug, Default)]
+pub(super) struct WindowSearch {
+    call: Call,
+    places: [Place; PLACES],
+    /// The slot the next new place takes.
+    next: usize,
+}
+
+impl WindowSearch {
+    /// A call of the run loop starts.
+    pub(super) fn start_call(&mut self) {
+        self.call = Call::Undecided;
+    }
+
+    /// Whether to take one more step; `pc` gives the guest's linear RIP
+    /// when the call's first step is decided.
+    pub(super) fn take_step(&mut self, pc: impl FnOnce() -> Result<u64>) -> Result<bool> {
+        if self.call == Call::Undecided {
+            let pc = pc()?;
+            let left = self.budget_at(pc);
+            self.call = if left == 0 { Call::Unstepped } else { Call::Stepping { pc, used: 0, left } };
+        }
+        match &mut self.call {
+            Call::Stepping { used, left, .. } if *left > 0 => {
+                *left -= 1;
+                *used += 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether this call stepped.
+    pub(super) fn stepped(&self) -> bool {
+        matches!(self.call, Call::Stepping { .. })
+    }
+
+    /// The call ends with `exit`: the window found, or another exit
+    /// before it (a stop says nothing about the place).
+    pub(super) fn end_call(&mut self, exit: ExitRecord) {
+        let Call::Stepping { pc, used, .. } = self.call else { return };
+        self.call = Call::Undecided;
+        let budget = match exit {
+            ExitRecord::IntReady => used.saturating_mul(2).saturating_add(8).min(WINDOW_STEPS),
+            ExitRecord::Stopped | ExitRecord::None => return,
+            _ => 0,
+        };
+        let slot = self.slot_of(pc).unwrap_or_else(|| {
+            let s = self.next;
+            self.next = (s + 1) % PLACES;
+            s
+        });
+        self.places[slot] = Place { pc, budget, skipped: 0 };
+    }
+
+    /// The steps allowed from `pc`.
+    fn budget_at(&mut self, pc: u64) -> u16 {
+        let Some(slot) = self.slot_of(pc) else { return WINDOW_STEPS };
+        let place = &mut self.places[slot];
+        if place.budget > 0 {
+            return place.budget;
+        }
+        place.skipped += 1;
+        if place.skipped < RETRY_EVERY {
+            return 0;
+        }
+        place.skipped = 0;
+        WINDOW_STEPS
+    }
+
+    fn slot_of(&self, pc: u64) -> Option<usize> {
+        self.places.iter().position(|p| p.pc == pc && pc != 0)
+    }
+}
 
 impl Vcpu {
     /// Whether the next run single-steps to find the armed interrupt
     /// window: armed, closed (else the run reports it without entering),
-    /// nothing to deliver first, and a kernel that would miss it.
+    /// nothing to deliver first, a kernel that would miss it, and a step
+    /// left in this call's ration.
     pub(super) fn window_needs_steps(&mut self) -> Result<bool> {
-        if self.debug.window_steps_left == 0
-            || !self.pending_windows().int
+        if !self.pending_windows().int
             || self.event_waiting()
             || self.backend.window_exits_are_exact()
             || self.backend.event_status()?.pending
         {
             return Ok(false);
         }
-        self.debug.window_steps_left -= 1;
-        Ok(true)
+        let backend = &mut self.backend;
+        self.debug.window.take_step(|| Ok(backend.code_regs()?.linear_rip()))
     }
 
     /// Whether the run loop must ready debug settings for a run with the
     /// window armed as `armed` says (cheap: the probe's answer is kept).
     pub(super) fn window_may_need_steps(&self, armed: bool) -> bool {
         armed && !self.backend.window_exits_are_exact()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(s: &mut WindowSearch, pc: u64, steps_to_window: Option<u16>) -> u16 {
+        s.start_call();
+        let mut taken = 0;
+        while s.take_step(|| Ok(pc)).unwrap() {
+            taken += 1;
+            if Some(taken) == steps_to_window {
+                s.end_call(ExitRecord::IntReady);
+                return taken;
+            }
+        }
+        s.end_call(ExitRecord::Halted);
+        taken
+    }
+
+    #[test]
+    fn a_new_place_gets_the_full_ration() {
+        let mut s = WindowSearch::default();
+        assert_eq!(call(&mut s, 0x1000, None), WINDOW_STEPS);
+    }
+
+    #[test]
+    fn a_place_that_found_the_window_gets_twice_its_steps_and_a_few() {
+        let mut s = WindowSearch::default();
+        assert_eq!(call(&mut s, 0x1000, Some(20)), 20);
+        assert_eq!(call(&mut s, 0x1000, None), 48);
+        // Found after 200 steps: the ration stays at most WINDOW_STEPS.
+        let mut s = WindowSearch::default();
+        call(&mut s, 0x1000, Some(200));
+        assert_eq!(call(&mut s, 0x1000, None), WINDOW_STEPS);
+    }
+
+    #[test]
+    fn a_place_that_missed_is_tried_once_in_retry_every() {
+        let mut s = WindowSearch::default();
+        assert_eq!(call(&mut s, 0x1000, None), WINDOW_STEPS);
+        let steps: Vec<u16> = (0..2 * RETRY_EVERY).map(|_| call(&mut s, 0x1000, Some(5))).collect();
+        let tried: Vec<usize> = steps.iter().enumerate().filter(|&(_, &n)| n > 0).map(|(i, _)| i).collect();
+        // The retry finds the window in 5 steps: from then on, 18 steps.
+        assert_eq!(tried[0], usize::from(RETRY_EVERY) - 1);
+        assert!(steps[tried[0] + 1..].iter().all(|&n| n == 5), "{steps:?}");
+    }
+
+    #[test]
+    fn a_stop_says_nothing_about_the_place() {
+        let mut s = WindowSearch::default();
+        s.start_call();
+        assert!(s.take_step(|| Ok(0x1000)).unwrap());
+        s.end_call(ExitRecord::Stopped);
+        assert_eq!(call(&mut s, 0x1000, None), WINDOW_STEPS);
+    }
+
+    #[test]
+    fn places_are_forgotten_oldest_first() {
+        let mut s = WindowSearch::default();
+        for pc in 1..=PLACES as u64 + 1 {
+            call(&mut s, pc * 0x10, Some(3));
+        }
+        assert_eq!(call(&mut s, 0x10, None), WINDOW_STEPS, "the first place was forgotten");
+        assert_eq!(call(&mut s, 0x30, None), 14, "the third is remembered");
     }
 }

@@ -6,6 +6,7 @@
 
 pub(crate) mod convert;
 mod debug;
+mod exit_decode;
 pub(crate) mod msr_filter;
 mod run_alias;
 mod snapshot;

@@ -9,9 +9,10 @@ use kvm_bindings::{
     CpuId, KVM_EXIT_IO_IN, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
     KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, kvm_run,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::VcpuFd;
 
 use super::RunAlias;
+use super::exit_decode::{self, Decoded};
 use super::convert;
 use super::state::SyncPolicy;
 use crate::backend::{MsrAnswer, Parts, RunResult, VcpuBackend};
@@ -125,20 +126,20 @@ impl KvmVcpu {
     fn enter(&mut self) -> Result<RunResult> {
         // A VCPU that ran is no longer as KVM created it.
         self.restored.fresh = None;
-        let result = self.fd.run().map(decode);
+        let result = exit_decode::kvm_run_ioctl(self.raw_fd());
         // KVM writes these at every return from KVM_RUN.
         let run = self.run_page();
         (self.cr8, self.if_flag) = (run.cr8, run.if_flag != 0);
         let record = match result {
-            Ok(d) => d,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+            Ok(()) => exit_decode::decode(self.run_page()),
+            Err(errno) if errno == libc::EINTR || errno == libc::EAGAIN => {
                 self.sync.after_run(true);
                 self.drain_kick();
                 return Ok(RunResult::Interrupted);
             }
-            Err(e) => {
+            Err(errno) => {
                 self.sync.after_run(false);
-                return Err(Error::kvm_errno("KVM_RUN", e));
+                return Err(Error::kvm("KVM_RUN", std::io::Error::from_raw_os_error(errno)));
             }
         };
         self.sync.after_run(true);
@@ -248,88 +249,6 @@ impl KvmVcpu {
             _ => {}
         }
     }
-}
-
-/// What [`decode`] could tell from kvm-ioctls' typed exit alone.
-enum Decoded {
-    Done(ExitRecord),
-    /// Port I/O: the element size comes from `kvm_run`.
-    Io {
-        port: u16,
-        is_in: bool,
-    },
-    /// The payload comes from `kvm_run`.
-    InternalError,
-}
-
-/// The exits of every emulator's loop are told apart two kinds at a time
-/// (I/O here, memory in [`decode_memory`]): one `match` over every kind is
-/// a jump table, an indirect branch the host's branch-predictor barrier at
-/// every VM exit makes mispredict.
-#[inline(always)]
-fn decode(exit: VcpuExit<'_>) -> Decoded {
-    match exit {
-        VcpuExit::IoOut(port, _) => Decoded::Io { port, is_in: false },
-        VcpuExit::IoIn(port, _) => Decoded::Io { port, is_in: true },
-        other => decode_memory(other),
-    }
-}
-
-/// [`decode`] for the exits other than port I/O.
-#[inline(never)]
-fn decode_memory(exit: VcpuExit<'_>) -> Decoded {
-    match exit {
-        VcpuExit::MmioWrite(gpa, data) => Decoded::Done(ExitRecord::Memory { gpa, len: data.len() as u8, write: true }),
-        VcpuExit::MmioRead(gpa, data) => Decoded::Done(ExitRecord::Memory { gpa, len: data.len() as u8, write: false }),
-        other => decode_other(other),
-    }
-}
-
-/// [`decode`] for the exits other than port I/O and MMIO ([`decode`] and
-/// [`decode_memory`] take those first).
-#[inline(never)]
-fn decode_other(exit: VcpuExit<'_>) -> Decoded {
-    let r = match exit {
-        VcpuExit::InternalError => return Decoded::InternalError,
-        VcpuExit::X86Rdmsr(m) => ExitRecord::Rdmsr { msr: m.index },
-        VcpuExit::X86Wrmsr(m) => ExitRecord::Wrmsr { msr: m.index, value: m.data },
-        VcpuExit::Debug(d) if d.exception == 1 || d.exception == 3 => {
-            ExitRecord::Trap { vector: d.exception as u8, pc: d.pc, dr6: d.dr6 }
-        }
-        VcpuExit::Debug(d) => {
-            ExitRecord::Invalid { hwcode: kvm_bindings::KVM_EXIT_DEBUG.into(), detail: d.exception.into() }
-        }
-        VcpuExit::Hlt => ExitRecord::Halted,
-        VcpuExit::Shutdown => ExitRecord::Shutdown,
-        VcpuExit::IrqWindowOpen => ExitRecord::IntReady,
-        VcpuExit::SetTpr => ExitRecord::TprChanged,
-        VcpuExit::Intr => ExitRecord::None,
-        VcpuExit::FailEntry(reason, _) => {
-            ExitRecord::Invalid { hwcode: kvm_bindings::KVM_EXIT_FAIL_ENTRY.into(), detail: reason }
-        }
-        VcpuExit::Unsupported(reason) => ExitRecord::Invalid { hwcode: reason.into(), detail: 0 },
-        other => ExitRecord::Invalid { hwcode: exit_reason_of(&other), detail: 0 },
-    };
-    Decoded::Done(r)
-}
-
-/// KVM's exit reason of a typed exit nvmm does not model.
-fn exit_reason_of(exit: &VcpuExit<'_>) -> u64 {
-    use kvm_bindings as k;
-    let r = match exit {
-        VcpuExit::Unknown => k::KVM_EXIT_UNKNOWN,
-        VcpuExit::Exception => k::KVM_EXIT_EXCEPTION,
-        VcpuExit::Hypercall(_) => k::KVM_EXIT_HYPERCALL,
-        VcpuExit::Debug(_) => k::KVM_EXIT_DEBUG,
-        VcpuExit::TprAccess => k::KVM_EXIT_TPR_ACCESS,
-        VcpuExit::Nmi => k::KVM_EXIT_NMI,
-        VcpuExit::SystemEvent(..) => k::KVM_EXIT_SYSTEM_EVENT,
-        VcpuExit::IoapicEoi(_) => k::KVM_EXIT_IOAPIC_EOI,
-        VcpuExit::Hyperv => k::KVM_EXIT_HYPERV,
-        VcpuExit::MemoryFault { .. } => k::KVM_EXIT_MEMORY_FAULT,
-        _ => k::KVM_EXIT_UNKNOWN,
-    };
-    r.into()
 }
 
 impl VcpuBackend for KvmVcpu {

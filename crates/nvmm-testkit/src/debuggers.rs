@@ -14,6 +14,8 @@ pub fn run_tool(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|e| panic!("{program} cannot run ({e}): install it (.ci/run does)"));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.code() != Some(124), "{program} timed out:\n{text}");
+    // `timeout` itself says 127 when it cannot find the program.
+    assert!(out.status.code() != Some(127), "{program} cannot run: install it (.ci/run does):\n{text}");
     text
 }
 

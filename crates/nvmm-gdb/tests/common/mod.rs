@@ -90,10 +90,25 @@ pub fn with_stub_exits<T: Send>(
         let (tx, rx) = mpsc::channel();
         let stub = s.spawn(move || nvmm_gdb::serve(machine, vcpus, exits, &address, |a| tx.send(a.clone()).unwrap()));
         let bound = rx.recv().expect("the stub listens");
-        let out = client(&bound);
-        let session = stub.join().expect("stub thread").expect("session");
-        (out, session)
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client(&bound)));
+        // A client that never connected (a debugger that cannot run, say)
+        // leaves the stub waiting for one: a connection that closes at once
+        // ends that wait, so that the test fails instead of hanging. After
+        // a real session the stub no longer accepts, and this connection
+        // is refused or never served.
+        hang_up(&bound);
+        let session = stub.join().expect("stub thread");
+        let out = out.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (out, session.expect("the stub's session (did the debugger connect? see its output)"))
     })
+}
+
+/// Connects to the stub at `address` and closes the connection.
+fn hang_up(address: &Address) {
+    match address {
+        Address::Tcp(a) => drop(std::net::TcpStream::connect(a)),
+        Address::Unix(p) => drop(std::os::unix::net::UnixStream::connect(p)),
+    }
 }
 
 /// The `target remote` argument for `address`.

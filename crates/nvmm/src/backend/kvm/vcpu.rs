@@ -12,8 +12,8 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 
 use super::RunAlias;
-use super::exit_decode::{self, Decoded};
 use super::convert;
+use super::exit_decode::{self, Decoded};
 use super::state::SyncPolicy;
 use crate::backend::{MsrAnswer, Parts, RunResult, VcpuBackend};
 use crate::error::{Error, Result};

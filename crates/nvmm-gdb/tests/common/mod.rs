@@ -90,16 +90,20 @@ pub fn with_stub_exits<T: Send>(
         let (tx, rx) = mpsc::channel();
         let stub = s.spawn(move || nvmm_gdb::serve(machine, vcpus, exits, &address, |a| tx.send(a.clone()).unwrap()));
         let bound = rx.recv().expect("the stub listens");
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client(&bound)));
-        // A client that never connected (a debugger that cannot run, say)
-        // leaves the stub waiting for one: a connection that closes at once
-        // ends that wait, so that the test fails instead of hanging. After
-        // a real session the stub no longer accepts, and this connection
-        // is refused or never served.
-        hang_up(&bound);
-        let session = stub.join().expect("stub thread");
-        let out = out.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (out, session.expect("the stub's session (did the debugger connect? see its output)"))
+        let out = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client(&bound))) {
+            Ok(out) => out,
+            Err(panic) => {
+                // The client failed, maybe before connecting (a debugger
+                // that cannot run): a connection that closes at once ends
+                // the stub's wait for one, so that the test fails instead
+                // of hanging.
+                hang_up(&bound);
+                let _ = stub.join();
+                std::panic::resume_unwind(panic);
+            }
+        };
+        let session = stub.join().expect("stub thread").expect("session");
+        (out, session)
     })
 }
 
@@ -127,7 +131,10 @@ pub fn gdb(address: &Address, commands: &[&str]) -> Output {
     for cmd in commands {
         c.args(["-ex", cmd]);
     }
-    c.output().expect("run gdb")
+    let out = c.output().expect("run gdb");
+    // `timeout` itself says 127 when it cannot find gdb.
+    assert!(out.status.code() != Some(127), "gdb cannot run: install it (.ci/run does):\n{}", text(&out));
+    out
 }
 
 /// Output lines after `marker` lines: `echo MARK\n` in the script.

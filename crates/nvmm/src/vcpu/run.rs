@@ -104,7 +104,7 @@ impl Vcpu {
         if let Settled::Replay(r) = self.settle_inflight()? {
             return Ok(self.replay(r));
         }
-        if (self.debugging() || self.window_may_need_steps(windows.int))
+        if (self.debugging() || self.window_may_need_steps(self.pending_windows().int))
             && let Some(r) = self.prepare_debug_run()?
         {
             return Ok(r);

@@ -645,6 +645,18 @@ fn unanswered_msr_access_is_executed_again() {
     assert_eq!(read_u32(&g, 0x2100), 0, "no #GP");
 }
 
+/// NVMM's convention for an RDMSR the VMM emulates: EDX:EAX = `value`
+/// and RIP = `npc`, through the state.
+fn answer_rdmsr_through_the_state(g: &mut Guest, npc: u64, value: u64) {
+    g.vcpu
+        .update(StateMask::GPRS, |s| {
+            s.gprs[Gpr::Rax] = value & 0xffff_ffff;
+            s.gprs[Gpr::Rdx] = value >> 32;
+            s.gprs[Gpr::Rip] = npc;
+        })
+        .unwrap();
+}
+
 #[test]
 fn msr_access_emulated_through_the_state_like_nvmm() {
     nvmm_testkit::kvm_or_skip!();
@@ -653,14 +665,7 @@ fn msr_access_emulated_through_the_state_like_nvmm() {
         Exit::Rdmsr(r) => r.npc(),
         e => panic!("{e:?}"),
     };
-    // NVMM's convention: EDX:EAX and RIP = npc, through the state.
-    g.vcpu
-        .update(StateMask::GPRS, |s| {
-            s.gprs[Gpr::Rax] = 0x5566_7788;
-            s.gprs[Gpr::Rdx] = 0x1122_3344;
-            s.gprs[Gpr::Rip] = npc;
-        })
-        .unwrap();
+    answer_rdmsr_through_the_state(&mut g, npc, 0x1122_3344_5566_7788);
     let npc = match g.vcpu.run().unwrap() {
         Exit::Wrmsr(w) => {
             assert_eq!((w.msr(), w.value()), (0xffff_fffe, 0x2_0000_0001));
@@ -1117,13 +1122,7 @@ fn an_msr_answered_through_the_state_with_a_window_armed() {
                 other => panic!("{nops} NOPs: {other:?} before the RDMSR"),
             }
         };
-        g.vcpu
-            .update(StateMask::GPRS, |s| {
-                s.gprs[Gpr::Rax] = 0xfee0_0900;
-                s.gprs[Gpr::Rdx] = 0;
-                s.gprs[Gpr::Rip] = npc;
-            })
-            .unwrap();
+        answer_rdmsr_through_the_state(&mut g, npc, 0xfee0_0900);
         let mut exits = Vec::new();
         loop {
             let e = g.vcpu.run().unwrap();

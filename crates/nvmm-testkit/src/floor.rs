@@ -192,6 +192,13 @@ impl RawVm {
         self.sync = (valid, load_regs);
     }
 
+    /// Asks KVM for an exit when the guest can take an interrupt
+    /// (`kvm_run.request_interrupt_window`, kept for every later run); that
+    /// exit is [`RawExitKind::Other`].
+    pub fn request_interrupt_window(&mut self) {
+        self.vcpu.get_kvm_run().request_interrupt_window = 1;
+    }
+
     /// One `KVM_RUN`.
     pub fn run(&mut self) -> Result<RawExitKind> {
         let (valid, load) = self.sync;

@@ -126,3 +126,24 @@ pub fn debugs_user_code() -> Result<bool, FloorError> {
     vm.single_step()?;
     Ok(vm.run()? == RawExitKind::Debug)
 }
+
+/// Whether KVM exits for an armed interrupt window at the instruction
+/// where the guest opens it: real-mode `cli; sti; nop; cli; out 0x80,al`
+/// with the window requested exits before the OUT on every try (three:
+/// where KVM checks the window only at other exits, a host interrupt can
+/// still land in it once).
+///
+/// Some nested hosts, whose KVM emulates guest kernel code, check the
+/// window only when the guest exits for something else.
+pub fn exits_at_interrupt_windows() -> Result<bool, FloorError> {
+    let code = [0xfa, 0xfb, 0x90, 0xfa, 0xe6, 0x80, 0xf4];
+    let kvm = RawKvm::open()?;
+    for _ in 0..3 {
+        let mut vm = kvm.vm(&code, 0x1000, 1 << 16)?;
+        vm.request_interrupt_window();
+        if vm.run()? == RawExitKind::Io {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

@@ -152,6 +152,19 @@ impl Nvmm {
         self.sys.kvm.facts()
     }
 
+    /// Whether the host's KVM exits for an armed interrupt window at the
+    /// instruction where the guest opens it (VMX and SVM hosts do). Where
+    /// it does not (hosts whose KVM emulates guest kernel code may check
+    /// the window only at other exits), runs with the window armed and
+    /// closed single-step to find it; see [`StateMask::INTR`]'s window
+    /// bits and `libnvmm(3)`. Probed once per process, on a throwaway VM,
+    /// at the first call (or the first run that needs the answer).
+    ///
+    /// [`StateMask::INTR`]: crate::StateMask::INTR
+    pub fn interrupt_windows_exit_exactly(&self) -> bool {
+        crate::backend::window_exits_are_exact()
+    }
+
     /// Creates a machine.
     pub fn create_machine(&self) -> Result<Machine> {
         Machine::create(self.sys.clone())

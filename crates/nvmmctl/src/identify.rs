@@ -28,6 +28,15 @@ pub fn identify(nvmm: &Nvmm, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "kvm: Max VCPUs {} (max VCPU id {})", k.max_vcpus, k.max_vcpu_id)?;
     writeln!(out, "kvm: Memory slots {}", k.memslots)?;
     writeln!(out, "kvm: Guest physical address bits {}", k.phys_addr_bits)?;
+    writeln!(
+        out,
+        "kvm: Interrupt-window exits {}",
+        if nvmm.interrupt_windows_exit_exactly() {
+            "at the instruction"
+        } else {
+            "at other exits only (the library steps to the window)"
+        }
+    )?;
     for (name, has) in &k.capabilities {
         writeln!(out, "kvm: {name} {}", if *has { "yes" } else { "no" })?;
     }

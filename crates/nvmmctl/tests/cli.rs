@@ -187,6 +187,10 @@ fn identify_prints_nvmms_lines_and_kvm_facts() {
     ] {
         assert!(out.contains(line), "missing {line:?} in\n{out}");
     }
+    // The interrupt-window line says what a bare KVM loop finds.
+    let exact = nvmm_testkit::host::exits_at_interrupt_windows().unwrap();
+    let window = if exact { "at the instruction" } else { "at other exits only" };
+    assert!(out.contains(&format!("kvm: Interrupt-window exits {window}")), "{out}");
 }
 
 #[test]

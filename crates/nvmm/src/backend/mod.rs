@@ -18,6 +18,7 @@ use std::os::fd::OwnedFd;
 pub use kvm::BackendFacts;
 /// The CPUID table in a snapshot's CPUID component.
 pub(crate) use kvm::cpuid_of_component;
+pub(crate) use kvm::window_exits_are_exact;
 
 /// The backend this build uses.
 pub(crate) type VcpuImpl = kvm::KvmVcpu;

@@ -31,6 +31,7 @@ use crate::x86::cpuid::CpuidEntry;
 pub(crate) use run_alias::RunAlias;
 pub(crate) use snapshot::cpuid_of_component;
 pub(crate) use vcpu::{KvmVcpu, MSR_UNANSWERED};
+pub(crate) use window_probe::window_exits_are_exact;
 
 /// A KVM capability: number, name, and what nvmm needs it for.
 struct Requirement {

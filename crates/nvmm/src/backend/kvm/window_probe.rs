@@ -89,3 +89,14 @@ fn run_probe(vm: &kvm_ioctls::VmFd) -> Result<bool> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The probe agrees with the test kit's bare KVM loop.
+    #[test]
+    fn the_probe_agrees_with_a_bare_kvm_loop() {
+        nvmm_testkit::kvm_or_skip!();
+        let bare = nvmm_testkit::host::exits_at_interrupt_windows().unwrap();
+        assert_eq!(super::window_exits_are_exact(), bare);
+    }
+}

@@ -158,7 +158,7 @@ impl Nvmm {
     /// the window only at other exits), runs with the window armed and
     /// closed single-step to find it; see [`StateMask::INTR`]'s window
     /// bits and `libnvmm(3)`. Probed once per process, on a throwaway VM,
-    /// at the first call (or the first run that needs the answer).
+    /// when `/dev/kvm` is first opened.
     ///
     /// [`StateMask::INTR`]: crate::StateMask::INTR
     pub fn interrupt_windows_exit_exactly(&self) -> bool {

@@ -187,6 +187,9 @@ impl KvmSystem {
         let msr_index_list: std::sync::Arc<[u32]> =
             kvm.get_msr_index_list().map_err(|e| Error::kvm_errno("KVM_GET_MSR_INDEX_LIST", e))?.as_slice().into();
         let quirks2 = kvm.check_extension_raw(KVM_CAP_DISABLE_QUIRKS2.into()) as u32;
+        // Probed now, while the program can still open /dev/kvm and create
+        // VMs (a VMM may sandbox itself before its guests run).
+        window_probe::window_exits_are_exact();
         Ok(KvmSystem {
             kvm,
             facts,

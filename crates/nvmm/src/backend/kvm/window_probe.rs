@@ -11,9 +11,11 @@
 //! single-steps while such a window is armed and closed (see
 //! `vcpu::window_steps`).
 //!
-//! Probed once per process, on a throwaway VM: real-mode `cli; sti; nop;
-//! cli; out 0x80, al` with the window armed. A host with boundary exits
-//! reports the window before the second CLI; one without reports the OUT.
+//! Probed once per process, when `/dev/kvm` is first opened (before a VMM
+//! may sandbox itself), on a throwaway VM: real-mode `cli; sti; nop; cli;
+//! out 0x80, al` with the window armed. A host with boundary exits reports
+//! the window before the second CLI; one without reports the OUT. A probe
+//! that cannot run counts as boundary exits (nothing is stepped).
 
 use std::sync::OnceLock;
 

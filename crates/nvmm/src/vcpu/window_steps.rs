@@ -18,15 +18,15 @@
 //! reported before the first instruction that finds it open, as NetBSD
 //! reports it. A step costs an exit, so the steps are rationed by where the
 //! guest was when the run started (its last exit): from a place where
-//! stepping found the window before, as many steps as that took (twice,
-//! plus a few); from a place where it did not (the guest reached another
-//! exit, or kept interrupts off longer than [`WINDOW_STEPS`]), none, but
-//! for one try in [`RETRY_EVERY`]; from a new place, [`WINDOW_STEPS`].
-//! A guest's polling loop (SeaBIOS reads a timer port, then opens the
-//! window) is learned at once; code that runs long with interrupts off
-//! between exits is stepped rarely. Nothing changes while no window is
-//! armed, or on hosts whose KVM exits at the boundary. A HLT is not stepped (see the debugging module): a HLT
-//! with interrupts on ends the window with the HLT exit, as before.
+//! stepping found the window before, twice the steps that took, plus 8;
+//! from a place where it did not (the guest reached another exit, or kept
+//! interrupts off longer than [`WINDOW_STEPS`]), none, but for one try in
+//! [`RETRY_EVERY`]; from a new place, [`WINDOW_STEPS`]. A guest's polling
+//! loop (SeaBIOS reads a timer port, then opens the window) is learned at
+//! once; code that runs long with interrupts off between exits is stepped
+//! rarely. Nothing changes while no window is armed, or on hosts whose KVM
+//! exits at the boundary. A HLT is not stepped (see the debugging module):
+//! a HLT with interrupts on ends the window with the HLT exit, as before.
 //!
 //! While the library steps, a guest's own RFLAGS.TF trap is lost (as for
 //! the debugging module's own steps). No steps are taken while an event

@@ -189,7 +189,7 @@ impl KvmSystem {
         let quirks2 = kvm.check_extension_raw(KVM_CAP_DISABLE_QUIRKS2.into()) as u32;
         // Probed now, while the program can still open /dev/kvm and create
         // VMs (a VMM may sandbox itself before its guests run).
-        window_probe::window_exits_are_exact();
+        window_probe::probe_once(&kvm);
         Ok(KvmSystem {
             kvm,
             facts,

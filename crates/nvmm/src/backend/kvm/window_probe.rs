@@ -42,20 +42,25 @@ const TRIES: usize = 3;
 
 static EXACT: OnceLock<bool> = OnceLock::new();
 
+/// Probes this host's KVM through `kvm`, once per process (`/dev/kvm`'s
+/// first opening calls it).
+pub(crate) fn probe_once(kvm: &Kvm) {
+    EXACT.get_or_init(|| probe(kvm).unwrap_or(true));
+}
+
 /// Whether this host's KVM exits for an armed interrupt window where it
-/// opens (probed at the first call; `true` when the probe cannot run, the
-/// answer that changes nothing).
+/// opens (`true` when the probe could not run, or has not: the answer
+/// that changes nothing).
 pub(crate) fn window_exits_are_exact() -> bool {
-    *EXACT.get_or_init(|| probe().unwrap_or(true))
+    EXACT.get().copied().unwrap_or(true)
 }
 
 /// Runs the probe; `Ok(false)` as soon as one run misses the window.
-fn probe() -> Result<bool> {
+fn probe(kvm: &Kvm) -> Result<bool> {
     // Declared first, dropped last: the VM and its VCPU go before the
     // memory their slot points to.
     let ram = HostRegion::anonymous(4096)?;
     ram.write(0, &PROBE);
-    let kvm = Kvm::new().map_err(|e| Error::kvm_errno("open /dev/kvm", e))?;
     let vm = kvm.create_vm().map_err(|e| Error::kvm_errno("KVM_CREATE_VM", e))?;
     let mem = kvm_userspace_memory_region {
         slot: 0,
@@ -98,6 +103,8 @@ mod tests {
     #[test]
     fn the_probe_agrees_with_a_bare_kvm_loop() {
         nvmm_testkit::kvm_or_skip!();
+        // Opening /dev/kvm runs the probe.
+        crate::Nvmm::open().unwrap();
         let bare = nvmm_testkit::host::exits_at_interrupt_windows().unwrap();
         assert_eq!(super::window_exits_are_exact(), bare);
     }

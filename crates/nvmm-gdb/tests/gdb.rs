@@ -105,7 +105,6 @@ fn a_whole_session() {
             ],
         )
     });
-    let out = text(&out);
     let vals = values(&out);
     let expected = [
         "0x1000".to_string(),
@@ -179,7 +178,6 @@ fn two_vcpus_both_hits_reported() {
             ],
         )
     });
-    let out = text(&out);
     assert!(out.contains("VCPU 0, 64-bit mode, CPL 0") && out.contains("VCPU 1, 64-bit mode, CPL 0"), "{out}");
     let mut threads = values(&out);
     threads.sort();
@@ -196,7 +194,7 @@ fn detach_lets_the_guest_run_on() {
     let (out, mut session) = with_stub(&machine, vcpus, Address::Unix(socket_path("detach")), |a| {
         gdb(a, &["break *0x1012", "hbreak *0x101b", "continue", "p/x $rip", "detach"])
     });
-    assert_eq!(values(&text(&out)), vec!["0x1012"], "{}", text(&out));
+    assert_eq!(values(&out), vec!["0x1012"], "{out}");
     assert_eq!(session.end, End::Detached);
     let mut code = [0u8; 1];
     machine.read_gpa(0x1012, &mut code).unwrap();
@@ -222,6 +220,6 @@ fn kill_over_tcp() {
     let (machine, vcpus) = paged::machine(&PROGRAM, 1);
     let (out, session) =
         with_stub(&machine, vcpus, "127.0.0.1:0".parse().unwrap(), |a| gdb(a, &["stepi", "p/x $rip", "kill"]));
-    assert_eq!(values(&text(&out)), vec!["0x1007"], "{}", text(&out));
+    assert_eq!(values(&out), vec!["0x1007"], "{out}");
     assert_eq!(session.end, End::Killed);
 }

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::sync::mpsc;
 
 use nvmm::x86::modes;
@@ -123,23 +122,12 @@ pub fn remote(address: &Address) -> String {
     }
 }
 
-/// Runs gdb in batch mode with `commands` after connecting (bounded).
-pub fn gdb(address: &Address, commands: &[&str]) -> Output {
-    let mut c = Command::new("timeout");
-    c.args(["120", "gdb", "-nx", "-batch", "-ex", "set confirm off", "-ex", "set pagination off"]);
-    c.args(["-ex", &format!("target remote {}", remote(address))]);
-    for cmd in commands {
-        c.args(["-ex", cmd]);
-    }
-    let out = c.output().expect("run gdb");
-    // `timeout` itself says 127 when it cannot find gdb.
-    assert!(out.status.code() != Some(127), "gdb cannot run: install it (.ci/run does):\n{}", text(&out));
-    out
-}
-
-/// Output lines after `marker` lines: `echo MARK\n` in the script.
-pub fn text(o: &Output) -> String {
-    format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+/// Runs gdb in batch mode with `commands` after connecting (bounded, see
+/// `nvmm_testkit::debuggers::gdb`); its stdout and stderr.
+pub fn gdb(address: &Address, commands: &[&str]) -> String {
+    let mut all = vec![format!("target remote {}", remote(address))];
+    all.extend(commands.iter().map(|c| c.to_string()));
+    nvmm_testkit::debuggers::gdb(&[], &all)
 }
 
 /// Whether the session ended as `end`.

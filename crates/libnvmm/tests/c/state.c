@@ -60,6 +60,36 @@ start_at(struct nvmm_vcpu *vcpu, uint16_t ip)
 	OK(nvmm_vcpu_setstate(&mach, vcpu, NVMM_X64_STATE_SEGS | NVMM_X64_STATE_GPRS));
 }
 
+/* IVT entry `vector` (the IVT at 0) = 0000:`ip`. */
+static void
+set_vector(uint8_t vector, uint16_t ip)
+{
+	ram[vector * 4 + 0] = ip & 0xFF;
+	ram[vector * 4 + 1] = ip >> 8;
+	ram[vector * 4 + 2] = 0x00;
+	ram[vector * 4 + 3] = 0x00;
+}
+
+/* start_at, with the IDT register on the IVT at 0. */
+static void
+start_with_ivt(struct nvmm_vcpu *vcpu, uint16_t ip)
+{
+	start_at(vcpu, ip);
+	OK(nvmm_vcpu_getstate(&mach, vcpu, NVMM_X64_STATE_SEGS));
+	vcpu->state->segs[NVMM_X64_SEG_IDT].base = 0;
+	vcpu->state->segs[NVMM_X64_SEG_IDT].limit = 0x3FF;
+	OK(nvmm_vcpu_setstate(&mach, vcpu, NVMM_X64_STATE_SEGS));
+}
+
+/* Arms the interrupt window, NetBSD-test style: getstate, set, setstate. */
+static void
+arm_int_window(struct nvmm_vcpu *vcpu)
+{
+	OK(nvmm_vcpu_getstate(&mach, vcpu, NVMM_X64_STATE_INTR));
+	vcpu->state->intr.int_window_exiting = 1;
+	OK(nvmm_vcpu_setstate(&mach, vcpu, NVMM_X64_STATE_INTR));
+}
+
 static uint32_t
 ram32(size_t off)
 {
@@ -179,24 +209,15 @@ test_events(struct nvmm_vcpu *vcpu)
 
 	memcpy(ram + 0x300, handler, sizeof(handler));
 	memcpy(ram + 0x400, code, sizeof(code));
-	ram[0x40 * 4 + 0] = 0x00;	/* IVT[0x40] = 0000:0300 */
-	ram[0x40 * 4 + 1] = 0x03;
-	ram[0x40 * 4 + 2] = 0x00;
-	ram[0x40 * 4 + 3] = 0x00;
-	start_at(vcpu, 0x400);
-	OK(nvmm_vcpu_getstate(&mach, vcpu, NVMM_X64_STATE_SEGS));
-	vcpu->state->segs[NVMM_X64_SEG_IDT].base = 0;
-	vcpu->state->segs[NVMM_X64_SEG_IDT].limit = 0x3FF;
-	OK(nvmm_vcpu_setstate(&mach, vcpu, NVMM_X64_STATE_SEGS));
+	set_vector(0x40, 0x300);
+	start_with_ivt(vcpu, 0x400);
 
 	TRUE(run(vcpu) == NVMM_VCPU_EXIT_IO);
 	TRUE(vcpu->exit->exitstate.rflags & 0x200);	/* IF, after the STI */
 	TRUE(!vcpu->exit->exitstate.int_window_exiting && !vcpu->exit->exitstate.evt_pending);
 
 	/* Ask for the interrupt window, then inject when it opens. */
-	OK(nvmm_vcpu_getstate(&mach, vcpu, NVMM_X64_STATE_INTR));
-	vcpu->state->intr.int_window_exiting = 1;
-	OK(nvmm_vcpu_setstate(&mach, vcpu, NVMM_X64_STATE_INTR));
+	arm_int_window(vcpu);
 	TRUE(run(vcpu) == NVMM_VCPU_EXIT_INT_READY);
 	TRUE(!vcpu->exit->exitstate.int_window_exiting);
 	vcpu->event->type = NVMM_VCPU_EVENT_INTR;
@@ -234,20 +255,14 @@ test_short_window(struct nvmm_vcpu *vcpu)
 
 	memcpy(ram + 0x340, handler, sizeof(handler));
 	memcpy(ram + 0x500, code, sizeof(code));
-	memcpy(ram + 0x41 * 4, "\x40\x03\x00\x00", 4);	/* IVT[0x41] = 0000:0340 */
+	set_vector(0x41, 0x340);
 	OK(nvmm_vcpu_configure(&mach, vcpu, NVMM_VCPU_CONF_CALLBACKS, &cbs));
-	start_at(vcpu, 0x500);
-	OK(nvmm_vcpu_getstate(&mach, vcpu, NVMM_X64_STATE_SEGS));
-	vcpu->state->segs[NVMM_X64_SEG_IDT].base = 0;
-	vcpu->state->segs[NVMM_X64_SEG_IDT].limit = 0x3FF;
-	OK(nvmm_vcpu_setstate(&mach, vcpu, NVMM_X64_STATE_SEGS));
+	start_with_ivt(vcpu, 0x500);
 
 	TRUE(run(vcpu) == NVMM_VCPU_EXIT_IO);
 	TRUE(!(vcpu->exit->exitstate.rflags & 0x200));
 	OK(nvmm_assist_io(&mach, vcpu));
-	OK(nvmm_vcpu_getstate(&mach, vcpu, NVMM_X64_STATE_INTR));
-	vcpu->state->intr.int_window_exiting = 1;
-	OK(nvmm_vcpu_setstate(&mach, vcpu, NVMM_X64_STATE_INTR));
+	arm_int_window(vcpu);
 	while (run(vcpu) == NVMM_VCPU_EXIT_IO && ++ios < 100)
 		OK(nvmm_assist_io(&mach, vcpu));
 	TRUE(ios == 0);

@@ -143,16 +143,25 @@ impl Vcpu {
 
     /// Where the I/O instruction of the last (or queued) I/O exit is;
     /// decoded once per exit.
+    #[inline]
     pub(super) fn io_site(&mut self) -> Result<IoSite> {
-        // (Not `ok_or`: its error would be built, and dropped, at every call.)
-        let Some(f) = self.inflight.as_ref() else {
-            return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
-        };
-        if f.site_known
+        if let Some(f) = self.inflight.as_ref()
+            && f.site_known
             && let Some(site) = self.inflight_site
         {
             return Ok(site);
         }
+        self.io_site_of_exit()
+    }
+
+    /// [`Vcpu::io_site`] the first time for an exit: the memo's, or
+    /// decoded.
+    #[inline(never)]
+    fn io_site_of_exit(&mut self) -> Result<IoSite> {
+        // (Not `ok_or`: its error would be built, and dropped, at every call.)
+        let Some(f) = self.inflight.as_ref() else {
+            return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
+        };
         let ExitRecord::Io { port, size, is_in, .. } = f.exit else {
             return Err(Error::WrongExit { what: "io_instruction", expected: "an I/O exit" });
         };

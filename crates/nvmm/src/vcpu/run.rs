@@ -48,7 +48,7 @@ impl Vcpu {
                 record,
                 ExitRecord::Trap { .. } | ExitRecord::EmulationFailure { insn: InsnBytes { len: 1.., .. } }
             ) {
-                if record == ExitRecord::Halted && self.debugging() {
+                if matches!(record, ExitRecord::Halted) && self.debugging() {
                     self.last = self.halt_while_debugging()?;
                 }
                 return Ok(());
@@ -138,7 +138,7 @@ impl Vcpu {
         let tpr = self.backend.tpr();
         let tpr_changed = tpr != self.last_tpr;
         self.last_tpr = tpr;
-        let tpr_report = self.conf.tpr_exit && (tpr_changed || record == ExitRecord::TprChanged);
+        let tpr_report = self.conf.tpr_exit && (tpr_changed || matches!(record, ExitRecord::TprChanged));
         if tpr_report || self.windows.nmi {
             return self.report_before(record, tpr_report);
         }

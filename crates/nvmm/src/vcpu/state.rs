@@ -118,21 +118,7 @@ impl Vcpu {
         // What the library already read this exit comes from there.
         let from_raw = need.and(self.raw_parts).and(RAW_PARTS);
         if !from_raw.is_empty() {
-            let (raw, state) = (&self.raw, self.comm.state_mut());
-            if from_raw.intersects(Parts::GPRS) {
-                state.gprs = raw.gprs;
-            }
-            if from_raw.intersects(Parts::SEGS) {
-                state.segs = raw.segs;
-            }
-            if from_raw.intersects(Parts::CR) {
-                let xcr0 = state.crs[Cr::Xcr0];
-                state.crs = raw.crs;
-                state.crs[Cr::Xcr0] = xcr0;
-            }
-            if from_raw.intersects(Parts::EFER) {
-                state.msrs[crate::x86::state::Msr::Efer] = raw.msrs[crate::x86::state::Msr::Efer];
-            }
+            self.fetch_from_raw(from_raw);
         }
         let rest = need.minus(from_raw);
         if !rest.is_empty() {
@@ -142,6 +128,39 @@ impl Vcpu {
         if need.intersects(Parts::GPRS) {
             self.present_gprs()?;
         }
+        if need.intersects(Parts::FPU | Parts::INTR) {
+            self.fetched_fpu_or_intr(need);
+        }
+        self.cache.have |= need;
+        Ok(())
+    }
+
+    /// Copies `parts` from what the library read of the backend's state
+    /// this exit (out of line, as the next: the code of the common reads
+    /// stays together).
+    #[inline(never)]
+    fn fetch_from_raw(&mut self, parts: Parts) {
+        let (raw, state) = (&self.raw, self.comm.state_mut());
+        if parts.intersects(Parts::GPRS) {
+            state.gprs = raw.gprs;
+        }
+        if parts.intersects(Parts::SEGS) {
+            state.segs = raw.segs;
+        }
+        if parts.intersects(Parts::CR) {
+            let xcr0 = state.crs[Cr::Xcr0];
+            state.crs = raw.crs;
+            state.crs[Cr::Xcr0] = xcr0;
+        }
+        if parts.intersects(Parts::EFER) {
+            state.msrs[crate::x86::state::Msr::Efer] = raw.msrs[crate::x86::state::Msr::Efer];
+        }
+    }
+
+    /// What a fetch of `need` notes besides the values: the XSAVE area is
+    /// KVM's, the window bits are the library's.
+    #[inline(never)]
+    fn fetched_fpu_or_intr(&mut self, need: Parts) {
         if need.intersects(Parts::FPU) {
             self.cache.xsave_current = true;
         }
@@ -151,8 +170,6 @@ impl Vcpu {
             intr.set_int_window_exiting(w.int);
             intr.set_nmi_window_exiting(w.nmi);
         }
-        self.cache.have |= need;
-        Ok(())
     }
 
     /// RFLAGS as NVMM shows it now: the cache's when it holds GPRS (they
@@ -185,9 +202,24 @@ impl Vcpu {
     /// A part that fails is forgotten (a get fetches the kernel's value
     /// again); the others stay marked for the next run.
     pub(super) fn store_dirty(&mut self) -> Result<()> {
-        if self.cache.dirty.is_empty() && !self.cache.reset_events && !self.event_waiting() {
-            return Ok(());
+        if !self.cache.reset_events && !self.event_waiting() {
+            if self.cache.dirty.is_empty() {
+                return Ok(());
+            }
+            // The common store after an exit: the registers alone, into
+            // `kvm_run`, which cannot fail.
+            if self.cache.dirty == Parts::GPRS {
+                self.cache.dirty = Parts::NONE;
+                return self.backend.store(Parts::GPRS, self.comm.state(), &self.xsave);
+            }
         }
+        self.store_dirty_generally()
+    }
+
+    /// [`Vcpu::store_dirty`] in every case (out of line: the code of the
+    /// common stores stays together).
+    #[inline(never)]
+    fn store_dirty_generally(&mut self) -> Result<()> {
         let mut pending = std::mem::take(&mut self.cache.dirty);
         let intr = pending.intersects(Parts::INTR);
         pending = pending.minus(Parts::INTR);

@@ -151,14 +151,24 @@ impl SegsMemo {
     pub(crate) fn segs_from_kvm(&mut self, k: &kvm_sregs, s: &mut Segs) {
         let key = segs_bytes(k);
         if !self.key.as_ref().is_some_and(|kept| same_bytes(kept, key)) {
-            segs_from_kvm(k, &mut self.segs);
-            self.key = Some(*key);
+            self.convert(k);
         }
         for seg in [Seg::Es, Seg::Cs, Seg::Ss, Seg::Ds, Seg::Fs, Seg::Gs, Seg::Ldt, Seg::Tr] {
             s[seg] = self.segs[seg];
         }
         dtable_into(&k.gdt, &mut s[Seg::Gdt]);
         dtable_into(&k.idt, &mut s[Seg::Idt]);
+    }
+}
+
+impl SegsMemo {
+    /// Converts `k` and keeps it (out of line: the segments rarely change,
+    /// and the conversion is most of the code of a state read).
+    #[cold]
+    #[inline(never)]
+    fn convert(&mut self, k: &kvm_sregs) {
+        segs_from_kvm(k, &mut self.segs);
+        self.key = Some(*segs_bytes(k));
     }
 }
 

@@ -243,7 +243,7 @@ fn compare_with_sync_floor(
     for round in 0..cfg.rounds {
         let mut ns = [0.0; 3];
         for k in 0..3 {
-            let side = (round as usize + k) % 3;
+            let side = (round + k) % 3;
             ns[side] = per_op(cfg.iterations, &mut *sides[side])?;
         }
         let [a, s, b] = ns;

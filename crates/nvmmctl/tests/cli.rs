@@ -222,6 +222,11 @@ fn bench_prints_json_lines_with_a_ratio() {
         let line = out.lines().next().unwrap();
         assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
         assert!(line.contains(&format!("\"bench\":\"{name}\"")) && line.contains("\"ratio\":"), "{line}");
+        if name == "exit-state" {
+            for field in ["kernel_sync_ratio", "library_share", "library_target", "library_pass"] {
+                assert!(line.contains(&format!("\"{field}\":")), "{line}");
+            }
+        }
     }
 }
 

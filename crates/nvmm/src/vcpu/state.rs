@@ -206,11 +206,14 @@ impl Vcpu {
             if self.cache.dirty.is_empty() {
                 return Ok(());
             }
-            // The common store after an exit: the registers alone, into
-            // `kvm_run`, which cannot fail.
+            // The common store after an exit: the registers alone (into
+            // `kvm_run`), forgotten if that fails, as below.
             if self.cache.dirty == Parts::GPRS {
                 self.cache.dirty = Parts::NONE;
-                return self.backend.store(Parts::GPRS, self.comm.state(), &self.xsave);
+                return self
+                    .backend
+                    .store(Parts::GPRS, self.comm.state(), &self.xsave)
+                    .inspect_err(|_| self.cache.have = self.cache.have.minus(Parts::GPRS));
             }
         }
         self.store_dirty_generally()

@@ -26,10 +26,11 @@
 //! [`FIRST_LOOK_STEPS`] (a miss there is tried again later with
 //! [`WINDOW_STEPS`]). [`PLACES`] places are remembered. A guest's polling
 //! loop (SeaBIOS reads a timer port, then opens the window) is learned at
-//! once; code that runs long with interrupts off between exits (SeaBIOS
-//! printing to its debug port with the timer's interrupt pending) is
-//! stepped rarely. Nothing changes while no window is armed, or on hosts whose KVM
-//! exits at the boundary. A HLT is not stepped (see the debugging module):
+//! once when its window is within the first look, within [`RETRY_EVERY`]
+//! runs otherwise; code that runs long with interrupts off between exits
+//! (SeaBIOS printing to its debug port with the timer's interrupt pending)
+//! is stepped rarely. Nothing changes while no window is armed, or on
+//! hosts whose KVM exits at the boundary. A HLT is not stepped (see the debugging module):
 //! a HLT with interrupts on ends the window with the HLT exit, as before.
 //!
 //! While the library steps, a guest's own RFLAGS.TF trap is lost (as for

@@ -159,9 +159,7 @@ impl SegsMemo {
         dtable_into(&k.gdt, &mut s[Seg::Gdt]);
         dtable_into(&k.idt, &mut s[Seg::Idt]);
     }
-}
 
-impl SegsMemo {
     /// Converts `k` and keeps it (out of line: the segments rarely change,
     /// and the conversion is most of the code of a state read).
     #[cold]

@@ -7,13 +7,12 @@
  *   mem-read   nvmm_vcpu_run + nvmm_assist_mem on `mov al,[0x8000] ; jmp`
  *
  * (0x8000 is not guest RAM: every iteration is one MMIO exit.) Each round
- * times a batch of the bare loop and a batch of libnvmm back to back,
- * alternating which goes first, and yields one ratio; the reported ratio
- * is the median of the rounds'. The kernel's share is measured the same
- * way: the bare loop with KVM copying the registers out at every exit
- * (what libnvmm asks for to fill NetBSD's exit structure), against the bare
- * loop; library_share is ratio / kernel_sync_ratio. One JSON object per
- * line on stdout.
+ * times a batch of three loops back to back, in a rotating order: the bare
+ * loop, the bare loop with KVM copying the registers out at every exit
+ * (what libnvmm asks for to fill NetBSD's exit structure) and libnvmm's.
+ * Reported are the medians of the rounds' libnvmm / bare (ratio), sync /
+ * bare (kernel_sync_ratio, the kernel's share) and libnvmm / sync
+ * (library_share, the library's own). One JSON object per line on stdout.
  *
  *   exits [NAME...] [--iterations N] [--rounds N]
  */
@@ -188,6 +187,22 @@ median(double *v, int n)
 	return v[n / 2];
 }
 
+/* One batch of side `side` (0: the bare loop, 1: the bare loop with KVM's
+ * register copies, 2: libnvmm), in nanoseconds per iteration. */
+static double
+batch(int side, struct raw *raw, struct raw *synced, struct ours *ours, long iterations)
+{
+	double t0 = now();
+
+	if (side == 0)
+		raw_batch(raw, iterations);
+	else if (side == 1)
+		raw_batch(synced, iterations);
+	else
+		ours_batch(ours, iterations);
+	return (now() - t0) / iterations * 1e9;
+}
+
 static void
 bench(int kvm, const struct guest *g, long iterations, int rounds)
 {
@@ -195,10 +210,12 @@ bench(int kvm, const struct guest *g, long iterations, int rounds)
 	double *nvmm_ns = calloc(rounds, sizeof(double));
 	double *ratio = calloc(rounds, sizeof(double));
 	double *sync_ratio = calloc(rounds, sizeof(double));
+	double *library = calloc(rounds, sizeof(double));
 	struct raw raw, synced;
 	struct ours ours;
 
-	if (floor_ns == NULL || nvmm_ns == NULL || ratio == NULL || sync_ratio == NULL)
+	if (floor_ns == NULL || nvmm_ns == NULL || ratio == NULL || sync_ratio == NULL ||
+	    library == NULL)
 		err(EXIT_FAILURE, "calloc");
 	raw_init(&raw, kvm, g);
 	raw_init(&synced, kvm, g);
@@ -207,45 +224,23 @@ bench(int kvm, const struct guest *g, long iterations, int rounds)
 	 * does for libnvmm's exits. */
 	synced.sync = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
 	ours_init(&ours, g);
-	/* Warm up both. */
-	raw_batch(&raw, iterations / 10 + 1);
-	ours_batch(&ours, iterations / 10 + 1);
+	/* Warm up all three. */
+	for (int side = 0; side < 3; side++)
+		batch(side, &raw, &synced, &ours, iterations / 10 + 1);
+	/* Each round times a batch of each, in a rotating order. */
 	for (int r = 0; r < rounds; r++) {
-		double t0, t1, t2;
+		double ns[3];
 
-		if (r % 2 == 0) {
-			t0 = now();
-			raw_batch(&raw, iterations);
-			t1 = now();
-			ours_batch(&ours, iterations);
-			t2 = now();
-			floor_ns[r] = (t1 - t0) / iterations * 1e9;
-			nvmm_ns[r] = (t2 - t1) / iterations * 1e9;
-		} else {
-			t0 = now();
-			ours_batch(&ours, iterations);
-			t1 = now();
-			raw_batch(&raw, iterations);
-			t2 = now();
-			nvmm_ns[r] = (t1 - t0) / iterations * 1e9;
-			floor_ns[r] = (t2 - t1) / iterations * 1e9;
+		for (int k = 0; k < 3; k++) {
+			int side = (r + k) % 3;
+
+			ns[side] = batch(side, &raw, &synced, &ours, iterations);
 		}
-		ratio[r] = nvmm_ns[r] / floor_ns[r];
-		if (r % 2 == 0) {
-			t0 = now();
-			raw_batch(&raw, iterations);
-			t1 = now();
-			raw_batch(&synced, iterations);
-			t2 = now();
-			sync_ratio[r] = (t2 - t1) / (t1 - t0);
-		} else {
-			t0 = now();
-			raw_batch(&synced, iterations);
-			t1 = now();
-			raw_batch(&raw, iterations);
-			t2 = now();
-			sync_ratio[r] = (t1 - t0) / (t2 - t1);
-		}
+		floor_ns[r] = ns[0];
+		nvmm_ns[r] = ns[2];
+		ratio[r] = ns[2] / ns[0];
+		sync_ratio[r] = ns[1] / ns[0];
+		library[r] = ns[2] / ns[1];
 	}
 	printf("{\"bench\":\"c-%s\",\"what\":\"%s, against a bare KVM_RUN loop\","
 	    "\"iterations\":%ld,\"rounds\":%d,\"floor_ns\":%.1f,\"nvmm_ns\":%.1f,"
@@ -253,12 +248,13 @@ bench(int kvm, const struct guest *g, long iterations, int rounds)
 	    "\"library_share\":%.4f}\n",
 	    g->name, g->what, iterations, rounds, median(floor_ns, rounds),
 	    median(nvmm_ns, rounds), median(ratio, rounds), median(sync_ratio, rounds),
-	    median(ratio, rounds) / median(sync_ratio, rounds));
+	    median(library, rounds));
 	fflush(stdout);
 	free(floor_ns);
 	free(nvmm_ns);
 	free(ratio);
 	free(sync_ratio);
+	free(library);
 }
 
 int

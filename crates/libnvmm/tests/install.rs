@@ -67,7 +67,31 @@ fn install_sh_installs_a_library_pkg_config_can_build_with() {
     let fully_static = prefix.join("calc-static");
     cc(&["-static"], "calc_vm.c", &fully_static, &pkg_config(&prefix, &["--static", "--libs"]));
 
+    // The exit-loop benchmark, built as `bench/run.sh` builds it.
+    let bench = prefix.join("exits");
+    let st = Command::new("cc")
+        .args(["-O2", "-Wall", "-Wextra", "-Werror"])
+        .args(&cflags)
+        .arg(crate_dir().join("bench/exits.c"))
+        .arg("-o")
+        .arg(&bench)
+        .args(pkg_config(&prefix, &["--libs"]))
+        .status()
+        .expect("cc");
+    assert!(st.success(), "building bench/exits.c failed");
+
     nvmm_testkit::kvm_or_skip!();
+    let out = Command::new(&bench)
+        .args(["io", "--iterations", "20", "--rounds", "3"])
+        .env("LD_LIBRARY_PATH", prefix.join("lib"))
+        .output()
+        .expect("run the benchmark");
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{line}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(line.starts_with("{\"bench\":\"c-io\"") && line.trim_end().ends_with('}'), "{line}");
+    for field in ["ratio", "kernel_sync_ratio", "library_share"] {
+        assert!(line.contains(&format!("\"{field}\":")), "{line}");
+    }
     for (exe, libs) in [(&shared, Some(prefix.join("lib"))), (&fully_static, None)] {
         let mut run = Command::new(exe);
         run.args(["20", "22"]);

@@ -1075,13 +1075,20 @@ fn a_one_instruction_interrupt_window_between_io_exits_exits() {
         0xfa, //       cli
         0xeb, 0xf7, // jmp 1b
     ]);
+    run_to_window_answering_io(&mut g, 100);
+    assert_eq!(g.vcpu.state().gprs[Gpr::Rip], CODE + 5, "on the PAUSE");
+}
+
+/// Arms the interrupt window and runs `g`, answering its I/O exits (fewer
+/// than `max_ios`), to the window exit; the GPRS are then got.
+fn run_to_window_answering_io(g: &mut Guest, max_ios: usize) {
     g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_window_exiting(true)).unwrap();
     let mut ios = 0;
     loop {
         match g.vcpu.run().unwrap() {
             Exit::Io(_) => {
                 ios += 1;
-                assert!(ios < 100, "no window exit after {ios} I/O exits");
+                assert!(ios < max_ios, "no window exit after {ios} I/O exits");
                 g.vcpu.assist_io(|r| r.data.fill(0)).unwrap();
             }
             Exit::IntReady => break,
@@ -1090,7 +1097,6 @@ fn a_one_instruction_interrupt_window_between_io_exits_exits() {
         }
     }
     g.vcpu.get_state(StateMask::GPRS).unwrap();
-    assert_eq!(g.vcpu.state().gprs[Gpr::Rip], CODE + 5, "on the PAUSE");
 }
 
 /// A short window further from the last exit than the library's first
@@ -1115,21 +1121,7 @@ fn a_short_window_far_from_the_last_exit_exits() {
     let back = -(i8::try_from(code.len() + 2 - 1).unwrap());
     code.extend([0xeb, back as u8]); // jmp 1b
     let mut g = real_mode(&code);
-    g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_window_exiting(true)).unwrap();
-    let mut ios = 0;
-    loop {
-        match g.vcpu.run().unwrap() {
-            Exit::Io(_) => {
-                ios += 1;
-                assert!(ios < 20, "no window exit after {ios} I/O exits");
-                g.vcpu.assist_io(|r| r.data.fill(0)).unwrap();
-            }
-            Exit::IntReady => break,
-            Exit::None | Exit::Stopped => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    run_to_window_answering_io(&mut g, 20);
     assert_eq!(g.vcpu.state().gprs[Gpr::Rip], CODE + sti as u64 + 2, "on the PAUSE");
 }
 

@@ -72,9 +72,9 @@ pub(super) const RETRY_EVERY_MAX: u8 = 128;
 pub(super) const PLACES: usize = 128;
 
 /// A place runs start from, and what stepping from it found.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct Place {
-    /// The linear address of RIP when the run started (0: unused slot).
+    /// The linear address of RIP when the run started.
     pc: u64,
     /// Steps to take from there (0: stepping did not find the window).
     budget: u16,
@@ -97,18 +97,14 @@ enum Call {
 }
 
 /// The rationing of window steps across calls of the run loop.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct WindowSearch {
     call: Call,
-    places: Box<[Place; PLACES]>,
-    /// The slot the next new place takes.
+    /// The places remembered, at most [`PLACES`] (empty, and unallocated,
+    /// on hosts whose KVM exits at the window).
+    places: Vec<Place>,
+    /// The slot the next new place takes once all are used.
     next: usize,
-}
-
-impl Default for WindowSearch {
-    fn default() -> WindowSearch {
-        WindowSearch { call: Call::default(), places: Box::new([Place::default(); PLACES]), next: 0 }
-    }
 }
 
 impl WindowSearch {
@@ -156,6 +152,10 @@ impl WindowSearch {
                 (slot, self.places[slot].interval.saturating_mul(2).min(RETRY_EVERY_MAX))
             }
             Some(slot) => (slot, RETRY_EVERY),
+            None if self.places.len() < PLACES => {
+                self.places.push(Place { pc, budget, skipped: 0, interval: RETRY_EVERY });
+                return;
+            }
             None => {
                 let s = self.next;
                 self.next = (s + 1) % PLACES;
@@ -181,7 +181,7 @@ impl WindowSearch {
     }
 
     fn slot_of(&self, pc: u64) -> Option<usize> {
-        self.places.iter().position(|p| p.pc == pc && pc != 0)
+        self.places.iter().position(|p| p.pc == pc)
     }
 }
 

@@ -120,22 +120,35 @@ pub(crate) fn compare_batches(
     mut raw: impl FnMut(u64) -> Res<f64>,
     mut ours: impl FnMut(u64) -> Res<f64>,
 ) -> Res<Comparison> {
-    raw(cfg.iterations / 10 + 1)?;
-    ours(cfg.iterations / 10 + 1)?;
-    let (mut r, mut o, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..cfg.rounds {
-        let (a, b) = if round % 2 == 0 {
-            let a = raw(cfg.iterations)?;
-            (a, ours(cfg.iterations)?)
-        } else {
-            let b = ours(cfg.iterations)?;
-            (raw(cfg.iterations)?, b)
-        };
-        r.push(a);
-        o.push(b);
-        ratios.push(b / a);
+    let rounds = time_rounds(cfg, [&mut raw, &mut ours])?;
+    Ok(Comparison {
+        raw: median(rounds.iter().map(|[a, _]| *a).collect()),
+        ours: median(rounds.iter().map(|[_, b]| *b).collect()),
+        ratio: median(rounds.iter().map(|[a, b]| b / a).collect()),
+    })
+}
+
+/// Warms each side up, then runs `rounds` rounds of a batch of
+/// `iterations` of each side (`batch(n)` gives nanoseconds per operation),
+/// the order rotating from round to round (with two sides: alternating
+/// which goes first). Each round's nanoseconds per operation, by side.
+pub(crate) fn time_rounds<const N: usize>(
+    cfg: BenchConfig,
+    mut sides: [&mut dyn FnMut(u64) -> Res<f64>; N],
+) -> Res<Vec<[f64; N]>> {
+    for side in sides.iter_mut() {
+        side(cfg.iterations / 10 + 1)?;
     }
-    Ok(Comparison { raw: median(r), ours: median(o), ratio: median(ratios) })
+    let mut rounds = Vec::with_capacity(cfg.rounds);
+    for round in 0..cfg.rounds {
+        let mut ns = [0.0; N];
+        for k in 0..N {
+            let side = (round + k) % N;
+            ns[side] = sides[side](cfg.iterations)?;
+        }
+        rounds.push(ns);
+    }
+    Ok(rounds)
 }
 
 fn report(out: &mut dyn Write, name: &str, cfg: BenchConfig, c: Comparison, target: f64, what: &str) -> Res<()> {
@@ -234,27 +247,11 @@ fn compare_with_sync_floor(
     mut sync: impl FnMut() -> Res<()>,
     mut ours: impl FnMut() -> Res<()>,
 ) -> Res<(Comparison, f64, f64)> {
-    let mut sides: [&mut dyn FnMut() -> Res<()>; 3] = [&mut raw, &mut sync, &mut ours];
-    for side in sides.iter_mut() {
-        per_op(cfg.iterations / 10 + 1, &mut **side)?;
-    }
-    let (mut r, mut o, mut ratios, mut kernel, mut library) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 0..cfg.rounds {
-        let mut ns = [0.0; 3];
-        for k in 0..3 {
-            let side = (round + k) % 3;
-            ns[side] = per_op(cfg.iterations, &mut *sides[side])?;
-        }
-        let [a, s, b] = ns;
-        r.push(a);
-        o.push(b);
-        ratios.push(b / a);
-        kernel.push(s / a);
-        library.push(b / s);
-    }
-    let c = Comparison { raw: median(r), ours: median(o), ratio: median(ratios) };
-    Ok((c, median(kernel), median(library)))
+    let rounds =
+        time_rounds(cfg, [&mut |n| per_op(n, &mut raw), &mut |n| per_op(n, &mut sync), &mut |n| per_op(n, &mut ours)])?;
+    let of = |f: fn(&[f64; 3]) -> f64| median(rounds.iter().map(f).collect());
+    let c = Comparison { raw: of(|[a, _, _]| *a), ours: of(|[_, _, b]| *b), ratio: of(|[a, _, b]| b / a) };
+    Ok((c, of(|[a, s, _]| s / a), of(|[_, s, b]| b / s)))
 }
 
 fn lifecycle(nvmm: &Nvmm, cfg: BenchConfig, out: &mut dyn Write) -> Res<()> {

@@ -176,7 +176,10 @@ impl Vcpu {
             .filter(|m| m.key == key && self.code_source.as_ref().is_some_and(|s| s.holds(generation, &m.window)));
         let site = match memo {
             Some(m) => m.site,
-            None => self.io_site_missed(key, (port, size, is_in), generation)?,
+            None => {
+                std::hint::cold_path();
+                self.io_site_missed(key, (port, size, is_in), generation)?
+            }
         };
         if let Some(f) = self.inflight.as_mut() {
             f.site_known = true;

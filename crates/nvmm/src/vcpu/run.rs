@@ -12,6 +12,7 @@ use crate::exit::Exit;
 use crate::exit::record::{ExitRecord, InsnBytes};
 use crate::vmem::GuestView;
 use crate::x86::mode::linear_rip;
+use std::hint::cold_path;
 
 impl Vcpu {
     /// Runs the VCPU until an exit the VMM must see (`nvmm_vcpu_run`).
@@ -32,6 +33,7 @@ impl Vcpu {
         self.debug.window.start_call();
         let r = self.run_loop();
         if self.debug.window.stepped() {
+            cold_path();
             self.debug.window.end_call(self.last);
         }
         r
@@ -49,10 +51,12 @@ impl Vcpu {
                 ExitRecord::Trap { .. } | ExitRecord::EmulationFailure { insn: InsnBytes { len: 1.., .. } }
             ) {
                 if matches!(record, ExitRecord::Halted) && self.debugging() {
+                    cold_path();
                     self.last = self.halt_while_debugging()?;
                 }
                 return Ok(());
             }
+            cold_path();
             if let Some(r) = self.follow_up(record)? {
                 self.last = r;
                 return Ok(());
@@ -86,6 +90,7 @@ impl Vcpu {
         self.backend.prepare_thread(tid, self.shared.signal())?;
         self.backend.clear_kick();
         if self.shared.enter(tid) {
+            cold_path();
             return Ok(ExitRecord::Stopped);
         }
         let r = self.enter_guest();
@@ -114,6 +119,7 @@ impl Vcpu {
         // consumes a kick: a stop requested meanwhile is honoured here
         // (one requested from now on finds the kick armed).
         if self.shared.take() {
+            cold_path();
             return Ok(ExitRecord::Stopped);
         }
         let result = self.backend.run();
@@ -123,11 +129,8 @@ impl Vcpu {
         self.cache.xsave_current = false;
         let record = match result? {
             RunResult::Interrupted => {
-                if self.shared.take() {
-                    ExitRecord::Stopped
-                } else {
-                    ExitRecord::None
-                }
+                cold_path();
+                if self.shared.take() { ExitRecord::Stopped } else { ExitRecord::None }
             }
             RunResult::Exit(r) => {
                 let r = self.noted(r);
@@ -140,6 +143,7 @@ impl Vcpu {
         self.last_tpr = tpr;
         let tpr_report = self.conf.tpr_exit && (tpr_changed || matches!(record, ExitRecord::TprChanged));
         if tpr_report || self.windows.nmi {
+            cold_path();
             return self.report_before(record, tpr_report);
         }
         Ok(record)
@@ -239,6 +243,7 @@ impl Vcpu {
     /// run.
     fn commit(&mut self) -> Result<()> {
         if !self.conf.has_run && self.conf.cpuid_nvcpus != self.machine.nvcpus() {
+            cold_path();
             self.apply_cpuid()?;
         }
         self.store_dirty()?;
@@ -262,8 +267,20 @@ impl Vcpu {
         self.failure_info
     }
 
-    /// NVMM's exit for what the backend reported.
+    /// NVMM's exit for what the backend reported. (I/O and memory exits,
+    /// the common ones, are tested before the others, which are matched
+    /// out of line: see `assist::view`.)
+    #[inline(always)]
     fn classify(&mut self, r: ExitRecord) -> ExitRecord {
+        if matches!(r, ExitRecord::Io { .. } | ExitRecord::Memory { .. }) {
+            return r;
+        }
+        self.classify_other(r)
+    }
+
+    /// [`Vcpu::classify`] of the exits other than I/O and memory.
+    #[inline(never)]
+    fn classify_other(&mut self, r: ExitRecord) -> ExitRecord {
         match r {
             ExitRecord::Halted => {
                 if self.windows.int && self.backend.interrupts_enabled() {
@@ -324,7 +341,9 @@ impl Vcpu {
     /// Whether a memory read at `gpa` is the instruction fetch at RIP
     /// (KVM's emulator fetches through its MMIO path when the code is not
     /// in RAM).
-    /// (From the code registers alone: this runs at every MMIO read.)
+    /// (From the code registers alone: this runs at every MMIO read. Out
+    /// of line: the code of the other exits skips a call, not its body.)
+    #[inline(never)]
     fn is_fetch(&mut self, gpa: u64) -> bool {
         let Ok(code) = self.backend.code_regs() else { return false };
         let mem = self.machine.memory();

@@ -52,6 +52,9 @@ pub(crate) struct SyncPolicy {
     ttl: [u8; 3],
     /// Sets requested for the current run.
     valid: u64,
+    /// Each set in `valid` has its full TTL, the others none: a run that
+    /// used exactly `valid` again changes nothing.
+    ttl_full: bool,
     /// XCR0 known to be loaded in KVM.
     xcr0: Option<u64>,
     /// The TSC value last loaded: storing it back does not reset the
@@ -62,7 +65,15 @@ pub(crate) struct SyncPolicy {
 impl Default for SyncPolicy {
     fn default() -> SyncPolicy {
         // KVM's RESET has XCR0 = x87 and TSC 0.
-        SyncPolicy { synced: 0, used: 0, ttl: [0; 3], valid: 0, xcr0: Some(xfeature::X87), tsc_loaded: Some(0) }
+        SyncPolicy {
+            synced: 0,
+            used: 0,
+            ttl: [0; 3],
+            valid: 0,
+            ttl_full: true,
+            xcr0: Some(xfeature::X87),
+            tsc_loaded: Some(0),
+        }
     }
 }
 
@@ -87,11 +98,19 @@ impl SyncPolicy {
 
     /// Chooses the sets KVM copies out at the next exit: those used during
     /// the last `SYNC_TTL` runs.
+    #[inline(always)]
     pub(super) fn before_run(&mut self, run: &mut kvm_run) {
         let used = std::mem::take(&mut self.used);
-        if used == 0 && self.valid == 0 {
+        // (`kvm_run` still asks for `valid`: KVM does not change it.)
+        if used == self.valid && self.ttl_full {
             return;
         }
+        self.age(used, run);
+    }
+
+    /// [`SyncPolicy::before_run`] when a set's TTL changes.
+    #[inline(never)]
+    fn age(&mut self, used: u64, run: &mut kvm_run) {
         let mut valid = 0;
         for (i, ttl) in self.ttl.iter_mut().enumerate() {
             let bit = 1u64 << i;
@@ -105,6 +124,7 @@ impl SyncPolicy {
             }
         }
         self.valid = valid;
+        self.ttl_full = used == valid;
         run.kvm_valid_regs = valid;
     }
 
@@ -231,6 +251,7 @@ impl KvmVcpu {
             if parts.intersects(Parts::SEGS) {
                 self.segs_memo.segs_from_kvm(s, &mut state.segs);
             } else if parts.intersects(Parts::CS) {
+                std::hint::cold_path();
                 convert::cs_from_kvm(s, &mut state.segs);
             }
             if parts.intersects(Parts::CR) {

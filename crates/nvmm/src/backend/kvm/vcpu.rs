@@ -133,11 +133,13 @@ impl KvmVcpu {
         let record = match result {
             Ok(()) => exit_decode::decode(self.run_page()),
             Err(errno) if errno == libc::EINTR || errno == libc::EAGAIN => {
+                std::hint::cold_path();
                 self.sync.after_run(true);
                 self.drain_kick();
                 return Ok(RunResult::Interrupted);
             }
             Err(errno) => {
+                std::hint::cold_path();
                 self.sync.after_run(false);
                 return Err(Error::kvm("KVM_RUN", std::io::Error::from_raw_os_error(errno)));
             }
@@ -148,7 +150,9 @@ impl KvmVcpu {
             Decoded::Io { port, is_in } => self.io_record(port, is_in),
             Decoded::InternalError => self.internal_error(),
         };
-        self.prepare(&record);
+        if needs_preparing(&record) {
+            self.prepare(&record);
+        }
         Ok(RunResult::Exit(record))
     }
 
@@ -229,6 +233,7 @@ impl KvmVcpu {
     /// variable length is a call to the C library's `memset` through the
     /// GOT, an indirect branch at every exit, which the host's
     /// branch-predictor barrier at VM exits makes mispredict.)
+    #[inline(never)]
     fn prepare(&mut self, record: &ExitRecord) {
         match record {
             ExitRecord::Memory { write: false, .. } => {
@@ -485,4 +490,16 @@ pub(super) mod sync_sets {
     pub(crate) const REGS: u64 = KVM_SYNC_X86_REGS as u64;
     pub(crate) const SREGS: u64 = KVM_SYNC_X86_SREGS as u64;
     pub(crate) const EVENTS: u64 = KVM_SYNC_X86_EVENTS as u64;
+}
+
+/// Whether [`KvmVcpu::prepare`] has something to do for `record` (tested
+/// inline: the other exits skip a call, not its body).
+fn needs_preparing(record: &ExitRecord) -> bool {
+    matches!(
+        record,
+        ExitRecord::Memory { write: false, .. }
+            | ExitRecord::Io { is_in: true, .. }
+            | ExitRecord::Rdmsr { .. }
+            | ExitRecord::Wrmsr { .. }
+    )
 }

@@ -250,3 +250,24 @@ fn dump_prints_the_state() {
     assert!(d.contains("| -> RIP=0xfff0"), "{d}");
     assert!(d.contains("| -> CS: sel=0xf000 base=0xffff0000, limit=0xffff"), "{d}");
 }
+
+/// INTR read alone after a run shows the guest's state then, not the
+/// values the program set before it (oracle: the CPU, whose interrupt
+/// shadow covers only the one instruction after it is set: two NOPs later,
+/// at the OUT, it is gone).
+#[test]
+fn intr_read_alone_after_a_run_is_current() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0x90, 0x90, // nop; nop
+        0xe6, 0x10, // out 0x10, al
+        0xf4, // hlt
+    ]);
+    g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_shadow(true)).unwrap();
+    match g.vcpu.run().unwrap() {
+        nvmm::Exit::Io(io) => assert_eq!(io.port(), 0x10),
+        other => panic!("expected the OUT, got {other:?}"),
+    }
+    g.vcpu.get_state(StateMask::INTR).unwrap();
+    assert!(!g.vcpu.state().intr.int_shadow(), "the shadow set before the run is gone at the OUT");
+}

@@ -168,14 +168,8 @@ impl Vcpu {
         let code = self.backend.code_regs()?;
         let key = IoSiteKey::of(&code, port, size, is_in, self.conf.phys_bits, self.conf.gib_pages);
         let generation = self.machine.memory_generation();
-        // The key equal, the source describes the same address under the
-        // same paging registers (see `IoSiteMemo`).
-        let memo = self
-            .io_memo
-            .as_ref()
-            .filter(|m| m.key == key && self.code_source.as_ref().is_some_and(|s| s.holds(generation, &m.window)));
-        let site = match memo {
-            Some(m) => m.site,
+        let site = match self.memo_site(key, generation) {
+            Some(site) => site,
             None => {
                 std::hint::cold_path();
                 self.io_site_missed(key, (port, size, is_in), generation)?
@@ -186,6 +180,20 @@ impl Vcpu {
             self.inflight_site = Some(site);
         }
         Ok(site)
+    }
+
+    /// The memo's site, if it was decoded under `key` from bytes that the
+    /// guest still has there (memory map at `generation`). (Tested with one
+    /// branch: see `assist::view` on branches after an exit.)
+    #[inline(always)]
+    fn memo_site(&self, key: IoSiteKey, generation: u64) -> Option<IoSite> {
+        let (Some(m), Some(s)) = (self.io_memo.as_ref(), self.code_source.as_ref()) else {
+            std::hint::cold_path();
+            return None;
+        };
+        // The key equal, the source describes the same address under the
+        // same paging registers (see `IoSiteMemo`).
+        ((m.key == key) & s.holds(generation, &m.window)).then_some(m.site)
     }
 
     /// Decodes the I/O site of `exit` (memo key `key`) when the memo did

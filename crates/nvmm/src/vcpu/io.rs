@@ -183,8 +183,7 @@ impl Vcpu {
     }
 
     /// The memo's site, if it was decoded under `key` from bytes that the
-    /// guest still has there (memory map at `generation`). (Tested with one
-    /// branch: see `assist::view` on branches after an exit.)
+    /// guest still has there (memory map at `generation`).
     #[inline(always)]
     fn memo_site(&self, key: IoSiteKey, generation: u64) -> Option<IoSite> {
         let (Some(m), Some(s)) = (self.io_memo.as_ref(), self.code_source.as_ref()) else {
@@ -193,7 +192,7 @@ impl Vcpu {
         };
         // The key equal, the source describes the same address under the
         // same paging registers (see `IoSiteMemo`).
-        ((m.key == key) & s.holds(generation, &m.window)).then_some(m.site)
+        (m.key == key && s.holds(generation, &m.window)).then_some(m.site)
     }
 
     /// Decodes the I/O site of `exit` (memo key `key`) when the memo did

@@ -145,19 +145,16 @@ impl WindowSource {
     /// a window). The caller knows the address and paging registers are
     /// the recorded ones (they are part of what it keyed the window by).
     #[inline(always)]
-    /// (Every test is evaluated, without a branch between them: see
-    /// `Vcpu::memo_site`.)
     pub(crate) fn holds(&self, generation: u64, window: &Window) -> bool {
+        if generation != self.generation || window.lengths() != (self.back, 15) || !self.entries_hold() {
+            return false;
+        }
         let now = self.bytes_now();
         // Both zero beyond the window's `back + 15` bytes: one compare of
         // fixed length, as two overlapping 16-byte words.
         let w = window.padded();
         let word = |b: &[u8; 30], at: usize| u128::from_le_bytes(b[at..at + 16].try_into().unwrap_or_default());
-        (generation == self.generation)
-            & (window.lengths() == (self.back, 15))
-            & (word(&now, 0) == word(w, 0))
-            & (word(&now, 14) == word(w, 14))
-            & self.entries_hold()
+        word(&now, 0) == word(w, 0) && word(&now, 14) == word(w, 14)
     }
 
     /// The window's bytes as the pieces hold them now, then zeros (one

@@ -271,3 +271,36 @@ fn intr_read_alone_after_a_run_is_current() {
     g.vcpu.get_state(StateMask::INTR).unwrap();
     assert!(!g.vcpu.state().intr.int_shadow(), "the shadow set before the run is gone at the OUT");
 }
+
+/// Each component read alone after a run holds what the guest wrote
+/// before the exit (oracle: the guest's own instructions): RAX, DS, CR3,
+/// DR0 and SYSENTER_CS, each fetched by a get of its component only.
+#[test]
+fn each_component_read_alone_after_a_run_is_the_guests() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[
+        0x66, 0xb8, 0x00, 0x50, 0x34, 0x12, // mov eax, 0x12345000
+        0x8e, 0xd8, // mov ds, ax
+        0x0f, 0x22, 0xd8, // mov cr3, eax
+        0x0f, 0x23, 0xc0, // mov dr0, eax
+        0x66, 0xb9, 0x74, 0x01, 0x00, 0x00, // mov ecx, 0x174 (SYSENTER_CS)
+        0x66, 0x31, 0xd2, // xor edx, edx
+        0x0f, 0x30, // wrmsr
+        0xe6, 0x10, // out 0x10, al
+        0xf4, // hlt
+    ]);
+    match g.vcpu.run().unwrap() {
+        nvmm::Exit::Io(io) => assert_eq!(io.port(), 0x10),
+        other => panic!("expected the OUT, got {other:?}"),
+    }
+    g.vcpu.get_state(StateMask::SEGS).unwrap();
+    assert_eq!(g.vcpu.state().segs[Seg::Ds].selector, 0x5000);
+    g.vcpu.get_state(StateMask::CRS).unwrap();
+    assert_eq!(g.vcpu.state().crs[Cr::Cr3], 0x1234_5000);
+    g.vcpu.get_state(StateMask::DRS).unwrap();
+    assert_eq!(g.vcpu.state().drs[Dr::Dr0], 0x1234_5000);
+    g.vcpu.get_state(StateMask::MSRS).unwrap();
+    assert_eq!(g.vcpu.state().msrs[Msr::SysenterCs], 0x1234_5000);
+    g.vcpu.get_state(StateMask::GPRS).unwrap();
+    assert_eq!(g.vcpu.state().gprs[Gpr::Rax], 0x1234_5000);
+}

@@ -304,3 +304,74 @@ fn each_component_read_alone_after_a_run_is_the_guests() {
     g.vcpu.get_state(StateMask::GPRS).unwrap();
     assert_eq!(g.vcpu.state().gprs[Gpr::Rax], 0x1234_5000);
 }
+
+/// Each component set alone before a run reaches KVM, and read alone
+/// after it comes back from KVM (the cache is dropped at the run): RBX,
+/// FS's base, CR2, DR1, SYSENTER_ESP and the x87 control word, one run
+/// each, none of which the guest (`out 0x10, al; jmp $-2`) touches.
+#[test]
+fn each_component_set_alone_round_trips_through_a_run() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xe6, 0x10, 0xeb, 0xfc]);
+    type Change = fn(&mut nvmm::x86::state::State) -> u64;
+    type Read = fn(&nvmm::x86::state::State) -> u64;
+    let cases: [(StateMask, Change, Read); 6] = [
+        (
+            StateMask::GPRS,
+            |s| {
+                s.gprs[Gpr::Rbx] = 0x1234_5678_9abc_def0;
+                0x1234_5678_9abc_def0
+            },
+            |s| s.gprs[Gpr::Rbx],
+        ),
+        (
+            StateMask::SEGS,
+            |s| {
+                s.segs[Seg::Fs].base = 0x4_5600;
+                0x4_5600
+            },
+            |s| s.segs[Seg::Fs].base,
+        ),
+        (
+            StateMask::CRS,
+            |s| {
+                s.crs[Cr::Cr2] = 0xdead_b000;
+                0xdead_b000
+            },
+            |s| s.crs[Cr::Cr2],
+        ),
+        (
+            StateMask::DRS,
+            |s| {
+                s.drs[Dr::Dr1] = 0x9000;
+                0x9000
+            },
+            |s| s.drs[Dr::Dr1],
+        ),
+        (
+            StateMask::MSRS,
+            |s| {
+                s.msrs[Msr::SysenterEsp] = 0xffff_c900_0000_0000;
+                0xffff_c900_0000_0000
+            },
+            |s| s.msrs[Msr::SysenterEsp],
+        ),
+        (
+            StateMask::FPU,
+            |s| {
+                s.fpu.fx_cw = 0x27f;
+                0x27f
+            },
+            |s| u64::from(s.fpu.fx_cw),
+        ),
+    ];
+    for (mask, change, read) in cases {
+        let want = g.vcpu.update(mask, change).unwrap();
+        match g.vcpu.run().unwrap() {
+            nvmm::Exit::Io(io) => assert_eq!(io.port(), 0x10),
+            other => panic!("expected the OUT, got {other:?}"),
+        }
+        g.vcpu.get_state(mask).unwrap();
+        assert_eq!(read(g.vcpu.state()), want, "{mask:?}");
+    }
+}

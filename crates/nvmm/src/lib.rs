@@ -56,6 +56,7 @@ mod breakpoints;
 pub mod debug;
 pub mod error;
 pub mod exit;
+mod hint;
 mod machine;
 pub mod memory;
 pub mod netbsd;

@@ -171,7 +171,7 @@ impl Vcpu {
         let site = match self.memo_site(key, generation) {
             Some(site) => site,
             None => {
-                std::hint::cold_path();
+                crate::hint::cold_path();
                 self.io_site_missed(key, (port, size, is_in), generation)?
             }
         };
@@ -187,7 +187,7 @@ impl Vcpu {
     #[inline(always)]
     fn memo_site(&self, key: IoSiteKey, generation: u64) -> Option<IoSite> {
         let (Some(m), Some(s)) = (self.io_memo.as_ref(), self.code_source.as_ref()) else {
-            std::hint::cold_path();
+            crate::hint::cold_path();
             return None;
         };
         // The key equal, the source describes the same address under the

@@ -380,7 +380,7 @@ impl Vcpu {
 
     fn refuse_in_assist(&self, what: &'static str) -> Result<()> {
         if self.in_assist {
-            std::hint::cold_path();
+            crate::hint::cold_path();
             return Err(Error::Busy { what });
         }
         Ok(())

@@ -10,9 +10,9 @@ use crate::backend::{Parts, RunResult, VcpuBackend};
 use crate::error::Result;
 use crate::exit::Exit;
 use crate::exit::record::{ExitRecord, InsnBytes};
+use crate::hint::cold_path;
 use crate::vmem::GuestView;
 use crate::x86::mode::linear_rip;
-use std::hint::cold_path;
 
 impl Vcpu {
     /// Runs the VCPU until an exit the VMM must see (`nvmm_vcpu_run`).

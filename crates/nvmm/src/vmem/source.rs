@@ -164,7 +164,7 @@ impl WindowSource {
         match self.pieces.as_slice() {
             [p] if p.len == 30 => p.region.read_array::<30>(p.offset),
             pieces => {
-                std::hint::cold_path();
+                crate::hint::cold_path();
                 let mut now = [0u8; 30];
                 let mut at = 0;
                 for p in pieces {

@@ -256,7 +256,7 @@ impl KvmVcpu {
         if parts.intersects(
             Parts::CS | Parts::CR | Parts::EFER | Parts::XCR0 | Parts::MSRS | Parts::DRS | Parts::INTR | Parts::FPU,
         ) {
-            std::hint::cold_path();
+            crate::hint::cold_path();
             self.load_others(parts, state, xsave)?;
         }
         Ok(())

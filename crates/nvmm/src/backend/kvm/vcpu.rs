@@ -133,13 +133,13 @@ impl KvmVcpu {
         let record = match result {
             Ok(()) => exit_decode::decode(self.run_page()),
             Err(errno) if errno == libc::EINTR || errno == libc::EAGAIN => {
-                std::hint::cold_path();
+                crate::hint::cold_path();
                 self.sync.after_run(true);
                 self.drain_kick();
                 return Ok(RunResult::Interrupted);
             }
             Err(errno) => {
-                std::hint::cold_path();
+                crate::hint::cold_path();
                 self.sync.after_run(false);
                 return Err(Error::kvm("KVM_RUN", std::io::Error::from_raw_os_error(errno)));
             }

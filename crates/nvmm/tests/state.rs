@@ -264,10 +264,7 @@ fn intr_read_alone_after_a_run_is_current() {
         0xf4, // hlt
     ]);
     g.vcpu.update(StateMask::INTR, |s| s.intr.set_int_shadow(true)).unwrap();
-    match g.vcpu.run().unwrap() {
-        nvmm::Exit::Io(io) => assert_eq!(io.port(), 0x10),
-        other => panic!("expected the OUT, got {other:?}"),
-    }
+    run_to_out(&mut g, 0x10);
     g.vcpu.get_state(StateMask::INTR).unwrap();
     assert!(!g.vcpu.state().intr.int_shadow(), "the shadow set before the run is gone at the OUT");
 }
@@ -289,10 +286,7 @@ fn each_component_read_alone_after_a_run_is_the_guests() {
         0xe6, 0x10, // out 0x10, al
         0xf4, // hlt
     ]);
-    match g.vcpu.run().unwrap() {
-        nvmm::Exit::Io(io) => assert_eq!(io.port(), 0x10),
-        other => panic!("expected the OUT, got {other:?}"),
-    }
+    run_to_out(&mut g, 0x10);
     g.vcpu.get_state(StateMask::SEGS).unwrap();
     assert_eq!(g.vcpu.state().segs[Seg::Ds].selector, 0x5000);
     g.vcpu.get_state(StateMask::CRS).unwrap();
@@ -313,65 +307,30 @@ fn each_component_read_alone_after_a_run_is_the_guests() {
 fn each_component_set_alone_round_trips_through_a_run() {
     nvmm_testkit::kvm_or_skip!();
     let mut g = real_mode(&[0xe6, 0x10, 0xeb, 0xfc]);
-    type Change = fn(&mut nvmm::x86::state::State) -> u64;
-    type Read = fn(&nvmm::x86::state::State) -> u64;
-    let cases: [(StateMask, Change, Read); 6] = [
-        (
-            StateMask::GPRS,
-            |s| {
-                s.gprs[Gpr::Rbx] = 0x1234_5678_9abc_def0;
-                0x1234_5678_9abc_def0
-            },
-            |s| s.gprs[Gpr::Rbx],
-        ),
-        (
-            StateMask::SEGS,
-            |s| {
-                s.segs[Seg::Fs].base = 0x4_5600;
-                0x4_5600
-            },
-            |s| s.segs[Seg::Fs].base,
-        ),
-        (
-            StateMask::CRS,
-            |s| {
-                s.crs[Cr::Cr2] = 0xdead_b000;
-                0xdead_b000
-            },
-            |s| s.crs[Cr::Cr2],
-        ),
-        (
-            StateMask::DRS,
-            |s| {
-                s.drs[Dr::Dr1] = 0x9000;
-                0x9000
-            },
-            |s| s.drs[Dr::Dr1],
-        ),
-        (
-            StateMask::MSRS,
-            |s| {
-                s.msrs[Msr::SysenterEsp] = 0xffff_c900_0000_0000;
-                0xffff_c900_0000_0000
-            },
-            |s| s.msrs[Msr::SysenterEsp],
-        ),
-        (
-            StateMask::FPU,
-            |s| {
-                s.fpu.fx_cw = 0x27f;
-                0x27f
-            },
-            |s| u64::from(s.fpu.fx_cw),
-        ),
+    type Field = fn(&mut nvmm::x86::state::State) -> &mut u64;
+    let cases: [(StateMask, Field, u64); 5] = [
+        (StateMask::GPRS, |s| &mut s.gprs[Gpr::Rbx], 0x1234_5678_9abc_def0),
+        (StateMask::SEGS, |s| &mut s.segs[Seg::Fs].base, 0x4_5600),
+        (StateMask::CRS, |s| &mut s.crs[Cr::Cr2], 0xdead_b000),
+        (StateMask::DRS, |s| &mut s.drs[Dr::Dr1], 0x9000),
+        (StateMask::MSRS, |s| &mut s.msrs[Msr::SysenterEsp], 0xffff_c900_0000_0000),
     ];
-    for (mask, change, read) in cases {
-        let want = g.vcpu.update(mask, change).unwrap();
-        match g.vcpu.run().unwrap() {
-            nvmm::Exit::Io(io) => assert_eq!(io.port(), 0x10),
-            other => panic!("expected the OUT, got {other:?}"),
-        }
+    for (mask, field, value) in cases {
+        g.vcpu.update(mask, |s| *field(s) = value).unwrap();
+        run_to_out(&mut g, 0x10);
         g.vcpu.get_state(mask).unwrap();
-        assert_eq!(read(g.vcpu.state()), want, "{mask:?}");
+        assert_eq!(*field(g.vcpu.state_mut()), value, "{mask:?}");
+    }
+    g.vcpu.update(StateMask::FPU, |s| s.fpu.fx_cw = 0x27f).unwrap();
+    run_to_out(&mut g, 0x10);
+    g.vcpu.get_state(StateMask::FPU).unwrap();
+    assert_eq!(g.vcpu.state().fpu.fx_cw, 0x27f);
+}
+
+/// Runs `g` to its next exit, which must be an OUT to `port`.
+fn run_to_out(g: &mut Guest, port: u16) {
+    match g.vcpu.run().unwrap() {
+        nvmm::Exit::Io(io) => assert_eq!(io.port(), port),
+        other => panic!("expected the OUT to port {port:#x}, got {other:?}"),
     }
 }

@@ -250,9 +250,8 @@ impl KvmVcpu {
             let s = &self.fd.sync_regs_mut().sregs;
             self.segs_memo.segs_from_kvm(s, &mut state.segs);
         }
-        // (The rest out of line, tested with one branch: the common read
-        // after an exit is GPRS and SEGS, and every branch taken after an
-        // exit is a misprediction, the host leaving the predictor cold.)
+        // (The rest out of line, behind one branch: the common read after
+        // an exit is GPRS and SEGS, whose code then stays together.)
         if parts.intersects(
             Parts::CS | Parts::CR | Parts::EFER | Parts::XCR0 | Parts::MSRS | Parts::DRS | Parts::INTR | Parts::FPU,
         ) {

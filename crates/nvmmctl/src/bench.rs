@@ -11,7 +11,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use nvmm::{Exit, Gpr, Nvmm, Prot, StateMask, Vcpu};
-use nvmm_testkit::floor::{RawExitKind, RawKvm};
+use nvmm_testkit::floor::{RawExitKind, RawKvm, RawVm};
 
 use crate::format::{json_f64, json_line, json_str};
 
@@ -193,10 +193,7 @@ fn exits(nvmm: &Nvmm, cfg: BenchConfig, with_state: bool, out: &mut dyn Write) -
     let floor = RawKvm::open().map_err(err)?;
     let mut raw_vm = floor.vm(&EXIT_GUEST, CODE, RAM as usize).map_err(err)?;
     let (_m, mut vcpu) = real_mode_vcpu(nvmm, &EXIT_GUEST)?;
-    let raw = || match raw_vm.run().map_err(err)? {
-        RawExitKind::Io => Ok(()),
-        other => Err(format!("floor guest: unexpected exit {other:?}")),
-    };
+    let raw = || floor_exit(&mut raw_vm, RawExitKind::Io);
     let ours = || {
         match vcpu.run().map_err(err)? {
             // A VMM reads the OUT's data: that answers the exit.
@@ -222,10 +219,7 @@ fn exits(nvmm: &Nvmm, cfg: BenchConfig, with_state: bool, out: &mut dyn Write) -
     // share is the loop against that floor, timed in the same rounds.
     let mut sync_vm = floor.vm(&EXIT_GUEST, CODE, RAM as usize).map_err(err)?;
     sync_vm.sync_registers(true, true);
-    let sync = || match sync_vm.run().map_err(err)? {
-        RawExitKind::Io => Ok(()),
-        other => Err(format!("floor guest: unexpected exit {other:?}")),
-    };
+    let sync = || floor_exit(&mut sync_vm, RawExitKind::Io);
     let (c, kernel, library) = compare_with_sync_floor(cfg, raw, sync, ours)?;
     let extra = [
         ("kernel_sync_ratio", json_f64(kernel)),
@@ -254,15 +248,20 @@ fn compare_with_sync_floor(
     Ok((c, of(|[a, s, _]| s / a), of(|[_, s, b]| b / s)))
 }
 
+/// Runs a floor VM once; an error unless it exits with `want`.
+pub(crate) fn floor_exit(vm: &mut RawVm, want: RawExitKind) -> Res<()> {
+    match vm.run().map_err(err)? {
+        got if got == want => Ok(()),
+        other => Err(format!("floor guest: unexpected exit {other:?}")),
+    }
+}
+
 fn lifecycle(nvmm: &Nvmm, cfg: BenchConfig, out: &mut dyn Write) -> Res<()> {
     let floor = RawKvm::open().map_err(err)?;
     let cfg = BenchConfig { iterations: (cfg.iterations / 50).max(5), ..cfg };
     let raw = || {
         let mut vm = floor.vm(&HALT_GUEST, CODE, RAM as usize).map_err(err)?;
-        match vm.run().map_err(err)? {
-            RawExitKind::Hlt => Ok(()),
-            other => Err(format!("floor guest: unexpected exit {other:?}")),
-        }
+        floor_exit(&mut vm, RawExitKind::Hlt)
     };
     let ours = || {
         let (_m, mut v) = real_mode_vcpu(nvmm, &HALT_GUEST)?;

@@ -10,7 +10,7 @@ use nvmm::{Exit, GuestDebug, Nvmm, Vcpu};
 use nvmm_gdb::{Address, Next, VcpuExits};
 use nvmm_testkit::floor::{RawExitKind, RawKvm};
 
-use crate::bench::{BenchConfig, CODE, RAM, compare, real_mode_vcpu, report_with};
+use crate::bench::{BenchConfig, CODE, RAM, compare, floor_exit, real_mode_vcpu, report_with};
 use crate::format::{json_f64, json_str};
 
 /// The guest: `jmp $` (every step lands on itself).
@@ -25,10 +25,7 @@ pub fn debug_step(nvmm: &Nvmm, cfg: BenchConfig, out: &mut dyn Write) -> Result<
     raw_vm.single_step().map_err(|e| e.to_string())?;
     let (_m, mut vcpu) = real_mode_vcpu(nvmm, &SPIN)?;
     vcpu.set_guest_debug(&GuestDebug { single_step: true, ..GuestDebug::default() }).map_err(|e| e.to_string())?;
-    let raw = || match raw_vm.run().map_err(|e| e.to_string())? {
-        RawExitKind::Debug => Ok(()),
-        other => Err(format!("floor guest: unexpected exit {other:?}")),
-    };
+    let raw = || floor_exit(&mut raw_vm, RawExitKind::Debug);
     let ours = || match vcpu.run().map_err(|e| e.to_string())? {
         Exit::Debug(d) => {
             std::hint::black_box(d.pc());

@@ -30,8 +30,9 @@
 //! runs otherwise; code that runs long with interrupts off between exits
 //! (SeaBIOS printing to its debug port with the timer's interrupt pending)
 //! is stepped rarely. Nothing changes while no window is armed, or on
-//! hosts whose KVM exits at the boundary. A HLT is not stepped (see the debugging module):
-//! a HLT with interrupts on ends the window with the HLT exit, as before.
+//! hosts whose KVM exits at the boundary. A HLT is not stepped (see the
+//! debugging module): a HLT with interrupts on ends the window with the
+//! HLT exit, as before.
 //!
 //! While the library steps, a guest's own RFLAGS.TF trap is lost (as for
 //! the debugging module's own steps). No steps are taken while an event

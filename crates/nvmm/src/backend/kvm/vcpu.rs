@@ -150,9 +150,7 @@ impl KvmVcpu {
             Decoded::Io { port, is_in } => self.io_record(port, is_in),
             Decoded::InternalError => self.internal_error(),
         };
-        if needs_preparing(&record) {
-            self.prepare(&record);
-        }
+        self.prepare(&record);
         Ok(RunResult::Exit(record))
     }
 
@@ -233,7 +231,6 @@ impl KvmVcpu {
     /// variable length is a call to the C library's `memset` through the
     /// GOT, an indirect branch at every exit, which the host's
     /// branch-predictor barrier at VM exits makes mispredict.)
-    #[inline(never)]
     fn prepare(&mut self, record: &ExitRecord) {
         match record {
             ExitRecord::Memory { write: false, .. } => {
@@ -490,16 +487,4 @@ pub(super) mod sync_sets {
     pub(crate) const REGS: u64 = KVM_SYNC_X86_REGS as u64;
     pub(crate) const SREGS: u64 = KVM_SYNC_X86_SREGS as u64;
     pub(crate) const EVENTS: u64 = KVM_SYNC_X86_EVENTS as u64;
-}
-
-/// Whether [`KvmVcpu::prepare`] has something to do for `record` (tested
-/// inline: the other exits skip a call, not its body).
-fn needs_preparing(record: &ExitRecord) -> bool {
-    matches!(
-        record,
-        ExitRecord::Memory { write: false, .. }
-            | ExitRecord::Io { is_in: true, .. }
-            | ExitRecord::Rdmsr { .. }
-            | ExitRecord::Wrmsr { .. }
-    )
 }

@@ -94,16 +94,10 @@ pub fn honours_cpuid_table() -> Result<bool, FloorError> {
     Ok(regs.rdx as u32 == expected)
 }
 
-/// Whether `KVM_SET_GUEST_DEBUG` single-steps guest user code: a 64-bit
-/// guest at CPL 3 (IOPL 3, identity-mapped with one 2 MiB user page) runs
-/// `nop; nop; out 0x10, al` with `KVM_GUESTDBG_SINGLESTEP`; the answer is
-/// whether the first exit is `KVM_EXIT_DEBUG`.
-///
-/// Some nested hosts run guest user code natively without the kernel's
-/// exception intercepts: no single step, no `#BP`/`#DB` exit, no debug
-/// register reaches it there.
-pub fn debugs_user_code() -> Result<bool, FloorError> {
-    let vm = RawKvm::open()?.vm(&[0x90, 0x90, 0xe6, 0x10], 0x1000, 1 << 21)?;
+/// A 64-bit guest at CPL 3 (IOPL 3, EFER.SCE set, identity-mapped with one
+/// 2 MiB user page) executing `code` at 0x1000.
+fn user_mode_vm(code: &[u8]) -> Result<crate::floor::RawVm, FloorError> {
+    let vm = RawKvm::open()?.vm(code, 0x1000, 1 << 21)?;
     // PML4 -> PDPT -> PD with one 2 MiB page: present, writable, user.
     vm.write(TABLES, &((TABLES + 0x1000) | 7).to_le_bytes());
     vm.write(TABLES + 0x1000, &((TABLES + 0x2000) | 7).to_le_bytes());
@@ -116,15 +110,61 @@ pub fn debugs_user_code() -> Result<bool, FloorError> {
     s.cr0 = 0x8000_0011; // PG, ET, PE
     s.cr3 = TABLES;
     s.cr4 = 1 << 5; // PAE
-    s.efer = (1 << 8) | (1 << 10); // LME, LMA
+    s.efer = 1 | (1 << 8) | (1 << 10); // SCE, LME, LMA
     vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
     let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
     regs.rflags = 2 | (3 << 12);
     regs.rsp = 0x8000;
     vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
-    let mut vm = vm;
+    Ok(vm)
+}
+
+/// Whether `KVM_SET_GUEST_DEBUG` single-steps guest user code: a 64-bit
+/// guest at CPL 3 runs `nop; nop; out 0x10, al` with
+/// `KVM_GUESTDBG_SINGLESTEP`; the answer is whether the first exit is
+/// `KVM_EXIT_DEBUG`.
+///
+/// Some nested hosts run guest user code natively without the kernel's
+/// exception intercepts: no single step, no `#BP`/`#DB` exit, no debug
+/// register reaches it there.
+pub fn debugs_user_code() -> Result<bool, FloorError> {
+    let mut vm = user_mode_vm(&[0x90, 0x90, 0xe6, 0x10])?;
     vm.single_step()?;
     Ok(vm.run()? == RawExitKind::Debug)
+}
+
+/// The kernel code selector a SYSCALL loads in [`syscall_code_selector`]
+/// (`STAR[47:32]`).
+pub const SYSCALL_KERNEL_CS: u16 = 0x10;
+
+/// The code selector a guest's SYSCALL from CPL 3 leaves in CS, as the
+/// guest itself reads it: a 64-bit guest at CPL 3 executes `syscall` with
+/// STAR's kernel selector [`SYSCALL_KERNEL_CS`] and LSTAR at
+/// `mov eax, cs; out 0x10, al`; the answer is AX at the OUT's exit
+/// (`None` when the guest does not get there).
+///
+/// The CPU loads the kernel selector (and CPL 0). Some nested hosts, which
+/// run guest user code natively and emulate guest kernel code, jump to
+/// LSTAR and leave CS (and CPL) as they were: a guest kernel's system call
+/// entry then faults on its own first instruction.
+pub fn syscall_code_selector() -> Result<Option<u16>, FloorError> {
+    let mut vm = user_mode_vm(&[0x0f, 0x05])?; // syscall
+    vm.write(0x1100, &[0x8c, 0xc8, 0xe6, 0x10]); // mov eax, cs; out 0x10, al
+    let msrs = kvm_bindings::Msrs::from_entries(&[
+        kvm_bindings::kvm_msr_entry {
+            index: 0xc000_0081,
+            data: u64::from(SYSCALL_KERNEL_CS) << 32,
+            ..Default::default()
+        },
+        kvm_bindings::kvm_msr_entry { index: 0xc000_0082, data: 0x1100, ..Default::default() },
+    ])
+    .map_err(|_| FloorError { what: "kvm_msrs", source: std::io::ErrorKind::InvalidInput.into() })?;
+    let set = vm.vcpu().set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+    if set != 2 || vm.run()? != RawExitKind::Io {
+        return Ok(None);
+    }
+    let regs = vm.vcpu().get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+    Ok(Some(regs.rax as u16))
 }
 
 /// Whether KVM exits for an armed interrupt window at the instruction

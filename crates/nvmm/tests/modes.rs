@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use nvmm::{Cr, Gpr, Msr, Seg, StateMask};
+use nvmm::x86::modes::{CODE64_SELECTOR, USER_CODE64_SELECTOR};
+use nvmm::{Cr, Exit, Gpr, Msr, Seg, StateMask};
+use nvmm_testkit::host::{SYSCALL_KERNEL_CS, syscall_code_selector};
 
 fn read_u64(g: &Guest, gpa: u64) -> u64 {
     let mut b = [0u8; 8];
@@ -52,4 +54,41 @@ fn long_mode_guest_writes_memory() {
     g.vcpu.get_state(StateMask::SEGS | StateMask::MSRS).unwrap();
     assert!(g.vcpu.state().segs[Seg::Cs].attrib.l());
     assert_ne!(g.vcpu.state().msrs[Msr::Efer] & (1 << 10), 0, "EFER.LMA");
+}
+
+/// A SYSCALL from CPL 3 (STAR, LSTAR and SFMASK set through the state):
+/// the state read at the handler's exit shows the code segment the guest
+/// itself reads (the handler OUTs it), RIP past the answered OUT and RCX
+/// at the return address. Where the host's SYSCALL loads STAR's selector (the raw
+/// KVM probe says so), that is the kernel's code segment at DPL 0; on hosts
+/// whose SYSCALL jumps to LSTAR and leaves CS as it was, the user's, as
+/// under KVM alone.
+#[test]
+fn a_system_call_from_user_mode_reads_back_as_the_guest_has_it() {
+    nvmm_testkit::kvm_or_skip!();
+    let host_switches = syscall_code_selector().expect("probe KVM") == Some(SYSCALL_KERNEL_CS);
+    let mut g = user_mode64(&[0x0f, 0x05]); // syscall
+    let handler = CODE + 0x100;
+    g.machine.write_gpa(handler, &[0x8c, 0xc8, 0xe6, 0x10]).unwrap(); // mov eax, cs ; out 0x10, al
+    g.vcpu
+        .update(StateMask::MSRS, |s| {
+            s.msrs[Msr::Star] = u64::from(CODE64_SELECTOR) << 32;
+            s.msrs[Msr::Lstar] = handler;
+            s.msrs[Msr::Sfmask] = 0x200;
+        })
+        .unwrap();
+    let guest_cs = match g.vcpu.run().unwrap() {
+        Exit::Io(io) if io.port() == 0x10 => io.data()[0],
+        other => panic!("expected the handler's OUT, got {other:?}"),
+    };
+    g.vcpu.get_state(StateMask::GPRS | StateMask::SEGS).unwrap();
+    let s = g.vcpu.state();
+    assert_eq!(s.segs[Seg::Cs].selector & 0xff, u16::from(guest_cs), "CS as the guest reads it");
+    // (Reading the OUT's data answered it: RIP is past it.)
+    assert_eq!((s.gprs[Gpr::Rip], s.gprs[Gpr::Rcx]), (handler + 4, CODE + 2), "RIP past the OUT, RCX past the SYSCALL");
+    if host_switches {
+        assert_eq!((s.segs[Seg::Cs].selector, s.segs[Seg::Cs].attrib.dpl()), (CODE64_SELECTOR, 0));
+    } else {
+        assert_eq!(s.segs[Seg::Cs].selector, USER_CODE64_SELECTOR, "this host's SYSCALL keeps CS");
+    }
 }

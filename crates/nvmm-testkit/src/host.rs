@@ -151,6 +151,7 @@ pub fn syscall_code_selector() -> Result<Option<u16>, FloorError> {
     let mut vm = user_mode_vm(&[0x0f, 0x05])?; // syscall
     vm.write(0x1100, &[0x8c, 0xc8, 0xe6, 0x10]); // mov eax, cs; out 0x10, al
     let msrs = kvm_bindings::Msrs::from_entries(&[
+        // STAR, then LSTAR.
         kvm_bindings::kvm_msr_entry {
             index: 0xc000_0081,
             data: u64::from(SYSCALL_KERNEL_CS) << 32,
@@ -165,6 +166,62 @@ pub fn syscall_code_selector() -> Result<Option<u16>, FloorError> {
     }
     let regs = vm.vcpu().get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
     Ok(Some(regs.rax as u16))
+}
+
+/// A present 64-bit interrupt gate to `selector:handler` that code at
+/// privilege `dpl` or better may use with `int`: an IDT entry.
+pub fn interrupt_gate64(handler: u64, selector: u16, dpl: u8) -> [u8; 16] {
+    let low = (handler & 0xffff)
+        | u64::from(selector) << 16
+        | u64::from(0x8e | dpl << 5) << 40
+        | (handler >> 16 & 0xffff) << 48;
+    let mut gate = [0; 16];
+    gate[..8].copy_from_slice(&low.to_le_bytes());
+    gate[8..].copy_from_slice(&(handler >> 32).to_le_bytes());
+    gate
+}
+
+/// The vector a guest's `int 0x80` from CPL 3 is delivered as: a 64-bit
+/// guest at CPL 3 executes `int 0x80` with an IDT whose gate 0x80 has
+/// DPL 3 and whose gates 6 (`#UD`) and 13 (`#GP`) exist too, each gate's
+/// handler `mov al, vector; out 0x10, al`; the answer is AL at the OUT's
+/// exit (`None` when the guest does not get there).
+///
+/// The CPU delivers vector 0x80. Some nested hosts, which run guest user
+/// code natively and emulate guest kernel code, raise `#UD` instead: a
+/// guest's user space there cannot enter its kernel through `int 0x80`
+/// either.
+pub fn int80_vector() -> Result<Option<u8>, FloorError> {
+    const GDT: u64 = 0x5000;
+    const IDT: u64 = 0x6000;
+    const TSS: u64 = 0x7000;
+    const HANDLERS: u64 = 0x1100;
+    let mut vm = user_mode_vm(&[0xcd, 0x80])?; // int 0x80
+    // Null, then a 64-bit kernel code segment (selector 8).
+    vm.write(GDT + 8, &0x00af_9b00_0000_ffffu64.to_le_bytes());
+    for (i, (vector, dpl)) in [(6u8, 0u8), (13, 0), (0x80, 3)].into_iter().enumerate() {
+        let handler = HANDLERS + 8 * i as u64;
+        vm.write(handler, &[0xb0, vector, 0xe6, 0x10]); // mov al, vector; out 0x10, al
+        vm.write(IDT + 16 * u64::from(vector), &interrupt_gate64(handler, 8, dpl));
+    }
+    vm.write(TSS + 4, &0x9000u64.to_le_bytes()); // RSP0
+    let vcpu = vm.vcpu();
+    let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    s.gdt.base = GDT;
+    s.gdt.limit = 15;
+    s.idt.base = IDT;
+    s.idt.limit = 0xfff;
+    s.tr.base = TSS;
+    s.tr.limit = 0x67;
+    s.tr.type_ = 11;
+    s.tr.present = 1;
+    s.tr.s = 0;
+    vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
+    if vm.run()? != RawExitKind::Io {
+        return Ok(None);
+    }
+    let regs = vm.vcpu().get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+    Ok(Some(regs.rax as u8))
 }
 
 /// Whether KVM exits for an armed interrupt window at the instruction

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use nvmm::x86::modes::{CODE64_SELECTOR, USER_CODE64_SELECTOR};
 use nvmm::{Cr, Exit, Gpr, Msr, Seg, StateMask};
-use nvmm_testkit::host::{SYSCALL_KERNEL_CS, syscall_code_selector};
+use nvmm_testkit::host::{SYSCALL_KERNEL_CS, int80_vector, interrupt_gate64, syscall_code_selector};
 
 fn read_u64(g: &Guest, gpa: u64) -> u64 {
     let mut b = [0u8; 8];
@@ -91,4 +91,39 @@ fn a_system_call_from_user_mode_reads_back_as_the_guest_has_it() {
     } else {
         assert_eq!(s.segs[Seg::Cs].selector, USER_CODE64_SELECTOR, "this host's SYSCALL keeps CS");
     }
+}
+
+/// An `int 0x80` from CPL 3 through a DPL-3 gate is delivered as the raw
+/// KVM probe's guest sees it (vector 0x80 from the CPU; `#UD` on hosts
+/// that raise it there): the handler that runs OUTs its vector, and the
+/// state read at that exit shows the kernel's code segment at DPL 0 and
+/// RSP within the TSS's kernel stack.
+#[test]
+fn int_0x80_from_user_mode_is_delivered_as_under_kvm_alone() {
+    nvmm_testkit::kvm_or_skip!();
+    const IDT: u64 = 0x3000;
+    const RSP0: u64 = 0x9000;
+    let expected = int80_vector().expect("probe KVM").expect("the probe's guest reaches a handler");
+    let mut g = user_mode64(&[0xcd, 0x80]); // int 0x80
+    for (i, (vector, dpl)) in [(6u8, 0u8), (13, 0), (0x80, 3)].into_iter().enumerate() {
+        let handler = CODE + 0x100 + 8 * i as u64;
+        g.machine.write_gpa(handler, &[0xb0, vector, 0xe6, 0x10]).unwrap(); // mov al, vector ; out 0x10, al
+        g.machine.write_gpa(IDT + 16 * u64::from(vector), &interrupt_gate64(handler, CODE64_SELECTOR, dpl)).unwrap();
+    }
+    g.machine.write_gpa(4, &RSP0.to_le_bytes()).unwrap(); // the TSS (at 0) RSP0
+    g.vcpu
+        .update(StateMask::SEGS, |s| {
+            s.segs[Seg::Idt].base = IDT;
+            s.segs[Seg::Idt].limit = 0xfff;
+        })
+        .unwrap();
+    let vector = match g.vcpu.run().unwrap() {
+        Exit::Io(io) if io.port() == 0x10 => io.data()[0],
+        other => panic!("expected a handler's OUT, got {other:?}"),
+    };
+    assert_eq!(vector, expected, "the vector the handler reports, as under KVM alone");
+    g.vcpu.get_state(StateMask::GPRS | StateMask::SEGS).unwrap();
+    let s = g.vcpu.state();
+    assert_eq!((s.segs[Seg::Cs].selector, s.segs[Seg::Cs].attrib.dpl()), (CODE64_SELECTOR, 0));
+    assert!((RSP0 - 64..RSP0).contains(&s.gprs[Gpr::Rsp]), "RSP {:#x} on the kernel stack", s.gprs[Gpr::Rsp]);
 }

@@ -1,4 +1,5 @@
-//! Guests in real, protected and long mode run and write memory.
+//! Guests in real, protected and long mode run and write memory, and
+//! enter their kernel from user mode.
 
 mod common;
 
@@ -59,10 +60,10 @@ fn long_mode_guest_writes_memory() {
 /// A SYSCALL from CPL 3 (STAR, LSTAR and SFMASK set through the state):
 /// the state read at the handler's exit shows the code segment the guest
 /// itself reads (the handler OUTs it), RIP past the answered OUT and RCX
-/// at the return address. Where the host's SYSCALL loads STAR's selector (the raw
-/// KVM probe says so), that is the kernel's code segment at DPL 0; on hosts
-/// whose SYSCALL jumps to LSTAR and leaves CS as it was, the user's, as
-/// under KVM alone.
+/// at the return address. Where the host's SYSCALL loads STAR's selector
+/// (the raw KVM probe says so), that is the kernel's code segment at DPL
+/// 0; on hosts whose SYSCALL jumps to LSTAR and leaves CS as it was, the
+/// user's, as under KVM alone.
 #[test]
 fn a_system_call_from_user_mode_reads_back_as_the_guest_has_it() {
     nvmm_testkit::kvm_or_skip!();

@@ -236,6 +236,10 @@ const CASES: &[(&str, &[u8], bool)] = &[
     ("popcnt rax, [rbx]", &[0xf3, 0x48, 0x0f, 0xb8, 0x03], true),
     ("rdtscp", &[0x0f, 0x01, 0xf9], false),
     ("crc32 eax, bl", &[0xf2, 0x0f, 0x38, 0xf0, 0xc3], false),
+    // Vector arithmetic (a Linux kernel's SIMD BLAKE2s runs these).
+    ("paddd xmm0, xmm1", &[0x66, 0x0f, 0xfe, 0xc1], false),
+    ("pshufb xmm3, xmm13", &[0x66, 0x41, 0x0f, 0x38, 0x00, 0xdd], false),
+    ("vpaddq xmm4, xmm4, xmm5", &[0xc5, 0xd9, 0xd4, 0xe5], false),
 ];
 
 /// XGETBV 0 returns XCR0, the guest's (`run` sets it). A host that runs

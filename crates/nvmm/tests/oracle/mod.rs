@@ -418,7 +418,7 @@ fn claimed_control(i: &iced_x86::Instruction) -> bool {
         | Vmovdqu => !has_mem,
         Movd | Movq | Vmovd | Vmovq => !has_mem,
         Pxor | Xorps | Xorpd | Vpxor | Vxorps | Vxorpd => true,
-        Clac | Stac | Popcnt | Verr | Verw => true,
+        Clac | Stac | Popcnt | Verr | Verw | Lsl | Lar => true,
         _ => false,
     }
 }
@@ -459,6 +459,8 @@ fn control_mnemonics(c: &ControlInsn) -> Vec<Mnemonic> {
         ControlOp::Popcnt => vec![M::Popcnt],
         ControlOp::Verr => vec![M::Verr],
         ControlOp::Verw => vec![M::Verw],
+        ControlOp::Lsl => vec![M::Lsl],
+        ControlOp::Lar => vec![M::Lar],
     }
 }
 
@@ -527,6 +529,12 @@ pub fn compare_control(bytes: &[u8], mode: CpuMode) -> bool {
             }
         }
         ControlOp::Verr | ControlOp::Verw if c.mem.is_none() => assert_eq!(num(&regs[0]), c.src, "{ctx}: selector"),
+        ControlOp::Lsl | ControlOp::Lar => {
+            assert_eq!((num(&regs[0]), regs[0].size()), (c.dst, usize::from(c.opsize)), "{ctx}: destination");
+            if c.mem.is_none() {
+                assert_eq!(num(&regs[1]), c.src, "{ctx}: selector");
+            }
+        }
         ControlOp::Fnstenv | ControlOp::Fldenv | ControlOp::Fnsave | ControlOp::Frstor => {
             let image = theirs.memory_size().size();
             assert_eq!(usize::from(c.opsize), if image == 14 || image == 94 { 2 } else { 4 }, "{ctx}: format");

@@ -5,7 +5,9 @@
 //! LDMXCSR/STMXCSR, SSE and AVX moves between registers and the zeroing
 //! idioms (MOVAPS/MOVUPS/MOVAPD/MOVUPD/MOVDQA/MOVDQU, MOVD/MOVQ with a GPR,
 //! MOVQ between XMM registers, PXOR/XORPS/XORPD, VZEROUPPER, VZEROALL),
-//! XGETBV and the XSAVE family (XSAVE, XSAVEOPT, XSAVEC, XRSTOR).
+//! XGETBV and the XSAVE family (XSAVE, XSAVEOPT, XSAVEC, XRSTOR), and a
+//! few integer instructions such code runs (CLAC, STAC, POPCNT, VERR,
+//! VERW, LSL, LAR).
 //!
 //! Guest kernels and firmware run these at boot; when KVM emulates the
 //! guest's code (nested, CPL 0) its emulator gives up on them. The machine
@@ -80,6 +82,13 @@ pub enum ControlOp {
     Verr,
     /// VERW: ZF says whether it names a writable one.
     Verw,
+    /// LSL: `dst` (GPR, `opsize` bytes) gets the byte-granular limit of
+    /// the segment the selector in the GPR `src` or the memory operand
+    /// names, and ZF is set, when its descriptor is one LSL accepts at the
+    /// current privilege; else ZF is cleared and `dst` kept.
+    Lsl,
+    /// LAR: as LSL, with the descriptor's access rights.
+    Lar,
     /// XSAVE: the components EDX:EAX and XCR0 select, standard format.
     Xsave,
     /// XSAVEOPT (executed as XSAVE, which the CPU may always do).
@@ -94,7 +103,16 @@ impl ControlOp {
     /// Whether it reads or writes the FPU, vector or XSAVE state (the
     /// others work on general registers and flags only).
     pub fn uses_fpu(self) -> bool {
-        !matches!(self, ControlOp::Clac | ControlOp::Stac | ControlOp::Popcnt | ControlOp::Verr | ControlOp::Verw)
+        !matches!(
+            self,
+            ControlOp::Clac
+                | ControlOp::Stac
+                | ControlOp::Popcnt
+                | ControlOp::Verr
+                | ControlOp::Verw
+                | ControlOp::Lsl
+                | ControlOp::Lar
+        )
     }
 }
 
@@ -278,6 +296,14 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
             let (md, reg, rm) = modrm(m);
             let (reg, rm) = (reg | r << 3, rm | b << 3);
             let regs = |op: ControlOp, dst: u8, src: u8| Ok(ControlInsn { dst, src, w, ..insn(op, i + 3) });
+            // The size of a general-purpose register operand.
+            let gpr_opsize = if w {
+                8
+            } else if p.p66 != (mode == CpuMode::Bits16) {
+                2
+            } else {
+                4
+            };
             // The mandatory prefix: none, 66, F3 or F2.
             let mp = match (p.rep, p.p66) {
                 (Some(0xf3), _) => 0xf3,
@@ -294,19 +320,18 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
                     if md == 3 { regs(op, 0, rm) } else { memory(i + 2, 2, op) }
                 }
                 (0xb8, 0xf3, _) => {
-                    let opsize = if w {
-                        8
-                    } else if p.p66 != (mode == CpuMode::Bits16) {
-                        2
-                    } else {
-                        4
-                    };
                     let x = if md == 3 {
                         regs(ControlOp::Popcnt, reg, rm)?
                     } else {
-                        memory(i + 2, opsize, ControlOp::Popcnt)?
+                        memory(i + 2, gpr_opsize, ControlOp::Popcnt)?
                     };
-                    Ok(ControlInsn { dst: reg, opsize, ..x })
+                    Ok(ControlInsn { dst: reg, opsize: gpr_opsize, ..x })
+                }
+                (0x02 | 0x03, _, _) => {
+                    let op = if op2 == 0x03 { ControlOp::Lsl } else { ControlOp::Lar };
+                    // The selector is 16 bits, from a register or memory.
+                    let x = if md == 3 { regs(op, reg, rm)? } else { memory(i + 2, 2, op)? };
+                    Ok(ControlInsn { dst: reg, opsize: gpr_opsize, ..x })
                 }
                 (0xae, 0, false) => match reg & 7 {
                     2 => memory(i + 2, 4, ControlOp::Ldmxcsr),

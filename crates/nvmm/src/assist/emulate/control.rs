@@ -99,7 +99,7 @@ fn run<M: EmuMemory + ?Sized>(
                 return Err(fault(UD));
             }
         }
-        Verr | Verw => {
+        Verr | Verw | Lsl | Lar => {
             if cr0v & cr0::PE == 0 || c.st.gprs[Gpr::Rflags] & rflags::VM != 0 {
                 return Err(fault(UD));
             }
@@ -265,6 +265,19 @@ fn run<M: EmuMemory + ?Sized>(
             let f = &mut c.st.gprs[Gpr::Rflags];
             *f = if ok { *f | rflags::ZF } else { *f & !rflags::ZF };
         }
+        Lsl | Lar => {
+            let selector = match insn.mem {
+                Some(m) => c.read_mem(mem, &m, 2)?,
+                None => c.read_reg(Reg::Gpr { num: insn.src, size: 2, high8: false }),
+            } as u16;
+            let value = segment_limit_or_rights(c, mem, selector, insn.op == Lsl)?;
+            if let Some(v) = value {
+                let v = if insn.opsize == 2 { v & 0xffff } else { v };
+                c.write_reg(Reg::Gpr { num: insn.dst, size: insn.opsize, high8: false }, u64::from(v));
+            }
+            let f = &mut c.st.gprs[Gpr::Rflags];
+            *f = if value.is_some() { *f | rflags::ZF } else { *f & !rflags::ZF };
+        }
         Xsave | Xsaveopt => xsave_area::save(c, insn, mem, fx, xs, false)?,
         Xsavec => xsave_area::save(c, insn, mem, fx, xs, true)?,
         Xrstor => xsave_area::restore(c, insn, mem, fx, xs)?,
@@ -281,20 +294,10 @@ fn segment_accessible<M: EmuMemory + ?Sized>(
     selector: u16,
     write: bool,
 ) -> Result<bool, EmuError> {
-    use crate::x86::state::Seg;
-    let table = if selector & 4 != 0 { c.st.segs[Seg::Ldt] } else { c.st.segs[Seg::Gdt] };
-    let index = u64::from(selector & !7);
-    let usable = if selector & 4 != 0 { table.attrib.p() && table.selector & !3 != 0 } else { true };
-    if (selector & !3 == 0) || !usable || index + 7 > u64::from(table.limit) {
+    let mut d = [0u8; 8];
+    if !read_descriptor(c, mem, selector, &mut d)? {
         return Ok(false);
     }
-    let mut d = [0u8; 8];
-    // Descriptor tables have 64-bit bases in IA-32e mode, compatibility
-    // mode included (a 32-bit program's GDT is its 64-bit kernel's); only
-    // legacy protected mode wraps their addresses at 4 GiB.
-    let lin = table.base.wrapping_add(index);
-    let lin = if c.st.msrs[Msr::Efer] & efer::LMA != 0 { lin } else { lin & 0xffff_ffff };
-    mem.read(lin, &mut d, Access::supervisor(AccessKind::Read))?;
     let typ = d[5] & 0xf;
     let s = d[5] & 0x10 != 0;
     let dpl = (d[5] >> 5) & 3;
@@ -306,6 +309,79 @@ fn segment_accessible<M: EmuMemory + ?Sized>(
     let rpl = (selector & 3) as u8;
     let privileged = conforming || (dpl >= c.cpl && dpl >= rpl);
     Ok(privileged && if write { !code && typ & 2 != 0 } else { !code || typ & 2 != 0 })
+}
+
+/// Reads the descriptor `selector` names into `d` (8 bytes, or 16 for a
+/// system descriptor in IA-32e mode); `false` when there is none: a null
+/// selector, an unusable LDT, or a descriptor past its table's limit.
+fn read_descriptor<M: EmuMemory + ?Sized>(
+    c: &Ctx<'_>,
+    mem: &mut M,
+    selector: u16,
+    d: &mut [u8],
+) -> Result<bool, EmuError> {
+    use crate::x86::state::Seg;
+    let table = if selector & 4 != 0 { c.st.segs[Seg::Ldt] } else { c.st.segs[Seg::Gdt] };
+    let index = u64::from(selector & !7);
+    let usable = if selector & 4 != 0 { table.attrib.p() && table.selector & !3 != 0 } else { true };
+    if (selector & !3 == 0) || !usable || index + d.len() as u64 - 1 > u64::from(table.limit) {
+        return Ok(false);
+    }
+    // Descriptor tables have 64-bit bases in IA-32e mode, compatibility
+    // mode included (a 32-bit program's GDT is its 64-bit kernel's); only
+    // legacy protected mode wraps their addresses at 4 GiB.
+    let lin = table.base.wrapping_add(index);
+    let lin = if c.st.msrs[Msr::Efer] & efer::LMA != 0 { lin } else { lin & 0xffff_ffff };
+    mem.read(lin, d, Access::supervisor(AccessKind::Read))?;
+    Ok(true)
+}
+
+/// LSL (`limit`) and LAR: the byte-granular limit, or the access rights
+/// (bits 23:8 of the descriptor's second dword; the SDM leaves bits 19:16
+/// undefined, the CPU returns the limit's bits there), of the segment
+/// `selector` names, when its descriptor is one the instruction accepts
+/// and the current privilege and the selector's RPL may see it
+/// (conforming code segments always); `None` otherwise. IA-32e mode
+/// accepts only the LDT, 64-bit TSS (and, for LAR, call gate) system
+/// descriptors, whose upper half must have type 0.
+fn segment_limit_or_rights<M: EmuMemory + ?Sized>(
+    c: &Ctx<'_>,
+    mem: &mut M,
+    selector: u16,
+    limit: bool,
+) -> Result<Option<u32>, EmuError> {
+    let ia32e = c.st.msrs[Msr::Efer] & efer::LMA != 0;
+    let mut d = [0u8; 16];
+    if !read_descriptor(c, mem, selector, &mut d[..8])? {
+        return Ok(None);
+    }
+    let (typ, system, dpl) = (d[5] & 0xf, d[5] & 0x10 == 0, (d[5] >> 5) & 3);
+    let conforming = !system && typ & 0xc == 0xc;
+    if system {
+        let accepted = match (ia32e, limit) {
+            (true, true) => matches!(typ, 0x2 | 0x9 | 0xb),
+            (true, false) => matches!(typ, 0x2 | 0x9 | 0xb | 0xc),
+            (false, true) => matches!(typ, 0x1 | 0x2 | 0x3 | 0x9 | 0xb),
+            (false, false) => matches!(typ, 0x1..=0x5 | 0x9 | 0xb | 0xc),
+        };
+        if !accepted {
+            return Ok(None);
+        }
+        if ia32e && (!read_descriptor(c, mem, selector, &mut d)? || d[13] & 0x1f != 0) {
+            return Ok(None);
+        }
+    }
+    let rpl = (selector & 3) as u8;
+    if !conforming && (dpl < c.cpl || dpl < rpl) {
+        return Ok(None);
+    }
+    let high = u32::from_le_bytes([d[4], d[5], d[6], d[7]]);
+    Ok(Some(if limit {
+        let raw = u32::from(d[0]) | u32::from(d[1]) << 8 | u32::from(d[6] & 0xf) << 16;
+        if d[6] & 0x80 != 0 { raw << 12 | 0xfff } else { raw }
+    } else {
+        high & 0x00ff_ff00
+    }))
 }
 
 /// #UD and #NM for SSE (`vex` false) and AVX instructions.

@@ -257,19 +257,13 @@ fn run<M: EmuMemory + ?Sized>(
             c.set_flags(zf);
         }
         Verr | Verw => {
-            let selector = match insn.mem {
-                Some(m) => c.read_mem(mem, &m, 2)?,
-                None => c.read_reg(Reg::Gpr { num: insn.src, size: 2, high8: false }),
-            } as u16;
+            let selector = selector_operand(c, mem, insn)?;
             let ok = segment_accessible(c, mem, selector, insn.op == Verw)?;
             let f = &mut c.st.gprs[Gpr::Rflags];
             *f = if ok { *f | rflags::ZF } else { *f & !rflags::ZF };
         }
         Lsl | Lar => {
-            let selector = match insn.mem {
-                Some(m) => c.read_mem(mem, &m, 2)?,
-                None => c.read_reg(Reg::Gpr { num: insn.src, size: 2, high8: false }),
-            } as u16;
+            let selector = selector_operand(c, mem, insn)?;
             let value = segment_limit_or_rights(c, mem, selector, insn.op == Lsl)?;
             if let Some(v) = value {
                 let v = if insn.opsize == 2 { v & 0xffff } else { v };
@@ -309,6 +303,15 @@ fn segment_accessible<M: EmuMemory + ?Sized>(
     let rpl = (selector & 3) as u8;
     let privileged = conforming || (dpl >= c.cpl && dpl >= rpl);
     Ok(privileged && if write { !code && typ & 2 != 0 } else { !code || typ & 2 != 0 })
+}
+
+/// The 16-bit selector VERR, VERW, LSL and LAR take: from the memory
+/// operand, else from the GPR `src`.
+fn selector_operand<M: EmuMemory + ?Sized>(c: &mut Ctx<'_>, mem: &mut M, insn: &ControlInsn) -> Result<u16, EmuError> {
+    Ok(match insn.mem {
+        Some(m) => c.read_mem(mem, &m, 2)?,
+        None => c.read_reg(Reg::Gpr { num: insn.src, size: 2, high8: false }),
+    } as u16)
 }
 
 /// Reads the descriptor `selector` names into `d` (8 bytes, or 16 for a

@@ -392,6 +392,12 @@ impl<'a> Ctx<'a> {
         *r = flags::merge(*r, f);
     }
 
+    /// Sets or clears ZF alone (the other flags kept).
+    fn set_zf(&mut self, on: bool) {
+        let r = &mut self.st.gprs[Gpr::Rflags];
+        *r = if on { *r | rflags::ZF } else { *r & !rflags::ZF };
+    }
+
     fn flag(&self, f: u64) -> bool {
         self.st.gprs[Gpr::Rflags] & f != 0
     }
@@ -568,8 +574,7 @@ fn cmpxchg_nb(c: &mut Ctx<'_>, insn: &Instruction, mem: &mut dyn EmuMemory) -> R
         c.write_reg(Reg::Gpr { num: 2, size, high8: false }, cur_hi);
     }
     c.store(mem, &m, &out[..2 * half])?;
-    let r = &mut c.st.gprs[Gpr::Rflags];
-    *r = if zf { *r | rflags::ZF } else { *r & !rflags::ZF };
+    c.set_zf(zf);
     Ok(())
 }
 

@@ -259,18 +259,16 @@ fn run<M: EmuMemory + ?Sized>(
         Verr | Verw => {
             let selector = selector_operand(c, mem, insn)?;
             let ok = segment_accessible(c, mem, selector, insn.op == Verw)?;
-            let f = &mut c.st.gprs[Gpr::Rflags];
-            *f = if ok { *f | rflags::ZF } else { *f & !rflags::ZF };
+            c.set_zf(ok);
         }
         Lsl | Lar => {
             let selector = selector_operand(c, mem, insn)?;
             let value = segment_limit_or_rights(c, mem, selector, insn.op == Lsl)?;
+            // (A 16-bit destination takes the low 16 bits.)
             if let Some(v) = value {
-                let v = if insn.opsize == 2 { v & 0xffff } else { v };
                 c.write_reg(Reg::Gpr { num: insn.dst, size: insn.opsize, high8: false }, u64::from(v));
             }
-            let f = &mut c.st.gprs[Gpr::Rflags];
-            *f = if value.is_some() { *f | rflags::ZF } else { *f & !rflags::ZF };
+            c.set_zf(value.is_some());
         }
         Xsave | Xsaveopt => xsave_area::save(c, insn, mem, fx, xs, false)?,
         Xsavec => xsave_area::save(c, insn, mem, fx, xs, true)?,

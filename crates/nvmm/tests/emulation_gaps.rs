@@ -235,7 +235,8 @@ const CASES: &[(&str, &[u8], bool)] = &[
     ("popcnt eax, ebx", &[0xf3, 0x0f, 0xb8, 0xc3], true),
     ("popcnt rax, [rbx]", &[0xf3, 0x48, 0x0f, 0xb8, 0x03], true),
     ("rdtscp", &[0x0f, 0x01, 0xf9], false),
-    ("crc32 eax, bl", &[0xf2, 0x0f, 0x38, 0xf0, 0xc3], false),
+    ("crc32 eax, bl", &[0xf2, 0x0f, 0x38, 0xf0, 0xc3], true),
+    ("crc32 rax, qword [rbx]", &[0xf2, 0x48, 0x0f, 0x38, 0xf1, 0x03], true),
     // LSL and LAR on the test GDT's user data (0x2b) and code (0x33)
     // segments, a kernel segment with RPL 3 (0x13), a selector past the
     // GDT's limit, the null selector and a selector from memory (a Linux

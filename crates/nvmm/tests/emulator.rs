@@ -1856,6 +1856,31 @@ fn popcnt_verr_verw_match_the_cpu() {
     println!("{} cases", b.cases);
 }
 
+#[test]
+fn crc32_matches_the_cpu() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut b = Bench::new();
+    // CRC32 r, r/m8 (F0) and r, r/m16/32/64 (F1), registers and [rbx],
+    // REX.R/B/W, byte registers with and without REX (AH-BH, SPL-DIL).
+    for round in 0..8u8 {
+        let modrm_reg = 0xc0 | (round % 8) << 3 | ((round * 3 + 1) % 8);
+        let modrm_mem = (round % 8) << 3 | 3;
+        for op in [0xf0u8, 0xf1] {
+            for prefix in [&[0xf2][..], &[0x66, 0xf2], &[0xf2, 0x48], &[0xf2, 0x4d], &[0xf2, 0x44], &[0xf2, 0x40]] {
+                for modrm in [modrm_reg, modrm_mem] {
+                    if modrm == modrm_mem && prefix.contains(&0x4d) {
+                        continue; // REX.B would make the base R11
+                    }
+                    let mut i = prefix.to_vec();
+                    i.extend([0x0f, 0x38, op, modrm]);
+                    b.check(&i, rflags::ARITH * u64::from(round % 2), &rbx_at_data);
+                }
+            }
+        }
+    }
+    println!("{} cases", b.cases);
+}
+
 /// VERR and VERW on random descriptors (every type, S, DPL and P, every
 /// RPL, at CPL 0 and 3, in the GDT and in an LDT whose own presence and
 /// selector vary, at and past the tables' limits), against the SDM's

@@ -22,9 +22,11 @@
 //!
 //! [`execute_control`] runs the instructions of
 //! [`decode_control`](super::decode::decode_control): x87 control, MXCSR,
-//! vector register moves and XOR idioms, VZEROUPPER/VZEROALL, XGETBV and
-//! the XSAVE family (standard and compacted formats), each checked against
-//! the CPU in `tests/emulator.rs`.
+//! vector register moves and XOR idioms, VZEROUPPER/VZEROALL, XGETBV, the
+//! XSAVE family (standard and compacted formats) and the integer
+//! instructions CLAC, STAC, POPCNT, CRC32, VERR, VERW, LSL and LAR, each
+//! checked against the CPU in `tests/emulator.rs` (or, where the host runs
+//! guest user code with descriptors of its own, against the SDM).
 #![forbid(unsafe_code)]
 
 use super::decode::{AluOp, CpuMode, Instruction, Mem, Op, Operand, Reg, Rep, Shape, VecMove, X87Op, mask};

@@ -418,7 +418,7 @@ fn claimed_control(i: &iced_x86::Instruction) -> bool {
         | Vmovdqu => !has_mem,
         Movd | Movq | Vmovd | Vmovq => !has_mem,
         Pxor | Xorps | Xorpd | Vpxor | Vxorps | Vxorpd => true,
-        Clac | Stac | Popcnt | Verr | Verw | Lsl | Lar => true,
+        Clac | Stac | Popcnt | Verr | Verw | Lsl | Lar | Crc32 => true,
         _ => false,
     }
 }
@@ -461,6 +461,7 @@ fn control_mnemonics(c: &ControlInsn) -> Vec<Mnemonic> {
         ControlOp::Verw => vec![M::Verw],
         ControlOp::Lsl => vec![M::Lsl],
         ControlOp::Lar => vec![M::Lar],
+        ControlOp::Crc32 => vec![M::Crc32],
     }
 }
 
@@ -526,6 +527,18 @@ pub fn compare_control(bytes: &[u8], mode: CpuMode) -> bool {
             assert_eq!((num(&regs[0]), regs[0].size()), (c.dst, usize::from(c.opsize)), "{ctx}: destination");
             if c.mem.is_none() {
                 assert_eq!((num(&regs[1]), regs[1].size()), (c.src, usize::from(c.opsize)), "{ctx}: source");
+            }
+        }
+        ControlOp::Crc32 => {
+            assert_eq!((num(&regs[0]), regs[0].size()), (c.dst, if c.w { 8 } else { 4 }), "{ctx}: destination");
+            assert_eq!(
+                theirs.memory_size().size().max(regs.get(1).map_or(0, |r| r.size())),
+                usize::from(c.opsize),
+                "{ctx}: source size"
+            );
+            if c.mem.is_none() {
+                let high8 = matches!(regs[1], Register::AH | Register::CH | Register::DH | Register::BH);
+                assert_eq!((num(&regs[1]), high8), (c.src, c.high8), "{ctx}: source");
             }
         }
         ControlOp::Verr | ControlOp::Verw if c.mem.is_none() => assert_eq!(num(&regs[0]), c.src, "{ctx}: selector"),
@@ -613,6 +626,11 @@ pub fn control_templates() -> Vec<Vec<u8>> {
         vec![0x0f, 0xc7],
         vec![0xf3, 0x0f, 0xb8],
         vec![0x66, 0xf3, 0x0f, 0xb8],
+        // CRC32, and MOVBE (the same opcodes without F2: not ours).
+        vec![0xf2, 0x0f, 0x38, 0xf0],
+        vec![0xf2, 0x0f, 0x38, 0xf1],
+        vec![0x66, 0xf2, 0x0f, 0x38, 0xf1],
+        vec![0x0f, 0x38, 0xf1],
     ];
     for p in [&[][..], &[0x66], &[0xf3], &[0xf2]] {
         for op in [0x10u8, 0x11, 0x28, 0x29, 0x57, 0x6e, 0x6f, 0x7e, 0x7f, 0xd6, 0xef] {

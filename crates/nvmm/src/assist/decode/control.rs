@@ -7,7 +7,7 @@
 //! MOVQ between XMM registers, PXOR/XORPS/XORPD, VZEROUPPER, VZEROALL),
 //! XGETBV and the XSAVE family (XSAVE, XSAVEOPT, XSAVEC, XRSTOR), and a
 //! few integer instructions such code runs (CLAC, STAC, POPCNT, VERR,
-//! VERW, LSL, LAR).
+//! VERW, LSL, LAR, CRC32).
 //!
 //! Guest kernels and firmware run these at boot; when KVM emulates the
 //! guest's code (nested, CPL 0) its emulator gives up on them. The machine
@@ -89,6 +89,10 @@ pub enum ControlOp {
     Lsl,
     /// LAR: as LSL, with the descriptor's access rights.
     Lar,
+    /// CRC32: `dst` (GPR, 32 bits, or 64 with [`ControlInsn::w`]) gets the
+    /// CRC-32C of the `opsize` bytes of the GPR `src` or the memory operand,
+    /// continuing from its own low 32 bits; flags unchanged.
+    Crc32,
     /// XSAVE: the components EDX:EAX and XCR0 select, standard format.
     Xsave,
     /// XSAVEOPT (executed as XSAVE, which the CPU may always do).
@@ -112,6 +116,7 @@ impl ControlOp {
                 | ControlOp::Verw
                 | ControlOp::Lsl
                 | ControlOp::Lar
+                | ControlOp::Crc32
         )
     }
 }
@@ -143,9 +148,12 @@ pub struct ControlInsn {
     /// REX.W or VEX.W in 64-bit mode: 64-bit GPR for MOVD/MOVQ, 64-bit
     /// FPU pointers for the XSAVE family.
     pub w: bool,
-    /// Operand size in bytes of the integer operations (POPCNT), and of
-    /// the x87 environment's format (2 or 4).
+    /// Operand size in bytes of the integer operations (POPCNT, CRC32's
+    /// source), and of the x87 environment's format (2 or 4).
     pub opsize: u8,
+    /// The byte register `src` (0-3) is AH, CH, DH or BH: a one-byte
+    /// register operand numbered 4-7 without a REX prefix (CRC32's source).
+    pub high8: bool,
 }
 
 /// Prefixes read in front of the opcode.
@@ -245,7 +253,19 @@ fn mem_at(bytes: &[u8], at: usize, p: &Prefixes, xb: u8, mode: CpuMode, size: u8
 }
 
 fn insn(op: ControlOp, len: usize) -> ControlInsn {
-    ControlInsn { op, len: len as u8, mem: None, dst: 0, src: 0, src1: 0, vex: false, wide: false, w: false, opsize: 0 }
+    ControlInsn {
+        op,
+        len: len as u8,
+        mem: None,
+        dst: 0,
+        src: 0,
+        src1: 0,
+        vex: false,
+        wide: false,
+        w: false,
+        opsize: 0,
+        high8: false,
+    }
 }
 
 fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<ControlInsn, DecodeError> {
@@ -289,6 +309,34 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
                 (0xdf, true, _, 0xe0) => Ok(insn(ControlOp::FnstswAx, i + 2)),
                 _ => unsupported,
             }
+        }
+        0x0f if at(i + 1)? == 0x38 => {
+            // CRC32 is F2 0F 38 F0/F1 (the last of F2 and F3 counts); the
+            // same opcodes without F2 are MOVBE, which KVM emulates.
+            let op3 = at(i + 2)?;
+            if p.rep != Some(0xf2) || !matches!(op3, 0xf0 | 0xf1) {
+                return Err(DecodeError::Unsupported { opcode: op3 });
+            }
+            let m = at(i + 3)?;
+            let (md, reg, rm) = modrm(m);
+            let size = if op3 == 0xf0 {
+                1
+            } else if w {
+                8
+            } else if p.p66 != (mode == CpuMode::Bits16) {
+                2
+            } else {
+                4
+            };
+            let x = if md == 3 {
+                let rm = rm | b << 3;
+                let high8 = size == 1 && p.rex == 0 && rm >= 4;
+                let src = if high8 { rm - 4 } else { rm };
+                ControlInsn { src, high8, w, ..insn(ControlOp::Crc32, i + 4) }
+            } else {
+                memory(i + 3, size, ControlOp::Crc32)?
+            };
+            Ok(ControlInsn { dst: reg | r << 3, opsize: size, ..x })
         }
         0x0f => {
             let op2 = at(i + 1)?;

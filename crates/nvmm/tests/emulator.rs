@@ -1801,34 +1801,44 @@ fn xsave_family_faults_match_the_cpu() {
     println!("{} + {} cases", b.cases, faults.cases);
 }
 
+/// Each `prefix` + `opcode` + ModRM with a register operand and with
+/// `[rbx]`, the ModRM reg and rm fields varied over eight rounds (REX.B
+/// forms only with registers: it would make the base R11); with the round.
+fn reg_and_mem_forms<'a>(prefixes: &'a [&'a [u8]], opcode: &'a [u8]) -> impl Iterator<Item = (u8, Vec<u8>)> + 'a {
+    (0..8u8).flat_map(move |round| {
+        let modrm_reg = 0xc0 | round << 3 | ((round * 3 + 1) % 8);
+        let modrm_mem = round << 3 | 3;
+        prefixes.iter().flat_map(move |prefix| {
+            [modrm_reg, modrm_mem].into_iter().filter(move |&m| m == modrm_reg || !prefix.contains(&0x4d)).map(
+                move |modrm| {
+                    let mut i = prefix.to_vec();
+                    i.extend_from_slice(opcode);
+                    i.push(modrm);
+                    (round, i)
+                },
+            )
+        })
+    })
+}
+
 #[test]
 fn popcnt_verr_verw_match_the_cpu() {
     nvmm_testkit::kvm_or_skip!();
     let mut b = Bench::new();
     // POPCNT r, r/m in three sizes, registers and [rbx], REX.R/B.
-    for round in 0..8u8 {
-        let modrm_reg = 0xc0 | (round % 8) << 3 | ((round * 3 + 1) % 8);
-        let modrm_mem = (round % 8) << 3 | 3;
-        for prefix in [&[0xf3][..], &[0x66, 0xf3], &[0xf3, 0x48], &[0xf3, 0x4d], &[0xf3, 0x44]] {
-            for modrm in [modrm_reg, modrm_mem] {
-                if modrm == modrm_mem && prefix.contains(&0x4d) {
-                    continue; // REX.B would make the base R11
-                }
-                let mut i = prefix.to_vec();
-                i.extend([0x0f, 0xb8, modrm]);
-                b.check(&i, rflags::ARITH * u64::from(round % 2), &move |st: &mut State, rng: &mut Rng| {
-                    rbx_at_data(st, rng);
-                    if round == 3 {
-                        // A zero source: ZF.
-                        for r in 0..16 {
-                            if r != 3 {
-                                st.gprs.0[r] = 0;
-                            }
-                        }
+    let prefixes: [&[u8]; 5] = [&[0xf3], &[0x66, 0xf3], &[0xf3, 0x48], &[0xf3, 0x4d], &[0xf3, 0x44]];
+    for (round, insn) in reg_and_mem_forms(&prefixes, &[0x0f, 0xb8]) {
+        b.check(&insn, rflags::ARITH * u64::from(round % 2), &move |st: &mut State, rng: &mut Rng| {
+            rbx_at_data(st, rng);
+            if round == 3 {
+                // A zero source: ZF.
+                for r in 0..16 {
+                    if r != 3 {
+                        st.gprs.0[r] = 0;
                     }
-                });
+                }
             }
-        }
+        });
     }
     // VERR (/4) and VERW (/5) from a register and from memory: null
     // selectors with every RPL, the user data and 64-bit code descriptors
@@ -1862,20 +1872,10 @@ fn crc32_matches_the_cpu() {
     let mut b = Bench::new();
     // CRC32 r, r/m8 (F0) and r, r/m16/32/64 (F1), registers and [rbx],
     // REX.R/B/W, byte registers with and without REX (AH-BH, SPL-DIL).
-    for round in 0..8u8 {
-        let modrm_reg = 0xc0 | (round % 8) << 3 | ((round * 3 + 1) % 8);
-        let modrm_mem = (round % 8) << 3 | 3;
-        for op in [0xf0u8, 0xf1] {
-            for prefix in [&[0xf2][..], &[0x66, 0xf2], &[0xf2, 0x48], &[0xf2, 0x4d], &[0xf2, 0x44], &[0xf2, 0x40]] {
-                for modrm in [modrm_reg, modrm_mem] {
-                    if modrm == modrm_mem && prefix.contains(&0x4d) {
-                        continue; // REX.B would make the base R11
-                    }
-                    let mut i = prefix.to_vec();
-                    i.extend([0x0f, 0x38, op, modrm]);
-                    b.check(&i, rflags::ARITH * u64::from(round % 2), &rbx_at_data);
-                }
-            }
+    let prefixes: [&[u8]; 6] = [&[0xf2], &[0x66, 0xf2], &[0xf2, 0x48], &[0xf2, 0x4d], &[0xf2, 0x44], &[0xf2, 0x40]];
+    for op in [0xf0u8, 0xf1] {
+        for (round, insn) in reg_and_mem_forms(&prefixes, &[0x0f, 0x38, op]) {
+            b.check(&insn, rflags::ARITH * u64::from(round % 2), &rbx_at_data);
         }
     }
     println!("{} cases", b.cases);

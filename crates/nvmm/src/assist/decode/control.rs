@@ -274,6 +274,14 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
     let unsupported = Err(DecodeError::Unsupported { opcode });
     let (r, x, b) = ((p.rex >> 2) & 1, (p.rex >> 1) & 1, p.rex & 1);
     let w = p.rex & 8 != 0;
+    // The size of a general-purpose register operand.
+    let gpr_opsize = if w {
+        8
+    } else if p.p66 != (mode == CpuMode::Bits16) {
+        2
+    } else {
+        4
+    };
     let memory = |at: usize, size: u8, op: ControlOp| -> Result<ControlInsn, DecodeError> {
         let (m, len) = mem_at(bytes, at, p, x << 1 | b, mode, size)?;
         Ok(ControlInsn { mem: Some(m), w, ..insn(op, usize::from(len)) })
@@ -319,15 +327,7 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
             }
             let m = at(i + 3)?;
             let (md, reg, rm) = modrm(m);
-            let size = if op3 == 0xf0 {
-                1
-            } else if w {
-                8
-            } else if p.p66 != (mode == CpuMode::Bits16) {
-                2
-            } else {
-                4
-            };
+            let size = if op3 == 0xf0 { 1 } else { gpr_opsize };
             let x = if md == 3 {
                 let rm = rm | b << 3;
                 let high8 = size == 1 && p.rex == 0 && rm >= 4;
@@ -344,14 +344,6 @@ fn decode_legacy(bytes: &[u8], i: usize, p: &Prefixes, mode: CpuMode) -> Result<
             let (md, reg, rm) = modrm(m);
             let (reg, rm) = (reg | r << 3, rm | b << 3);
             let regs = |op: ControlOp, dst: u8, src: u8| Ok(ControlInsn { dst, src, w, ..insn(op, i + 3) });
-            // The size of a general-purpose register operand.
-            let gpr_opsize = if w {
-                8
-            } else if p.p66 != (mode == CpuMode::Bits16) {
-                2
-            } else {
-                4
-            };
             // The mandatory prefix: none, 66, F3 or F2.
             let mp = match (p.rep, p.p66) {
                 (Some(0xf3), _) => 0xf3,

@@ -69,11 +69,19 @@ pub struct Options {
     /// the signal must not be blocked in threads that run VCPUs. Default:
     /// `SIGRTMAX - 1`.
     pub kick_signal: i32,
+    /// How long a run may last without an exit before it returns
+    /// [`Exit::None`](crate::Exit::None), as NetBSD's returns when the
+    /// scheduler wants the CPU back: a guest that never exits still hands
+    /// control back to its program at that pace. The library ends such
+    /// runs with the kick signal after one to two slices. `None`: runs
+    /// last until the guest exits or is stopped. Default: 100 ms, NetBSD's
+    /// round-robin interval.
+    pub time_slice: Option<std::time::Duration>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { kick_signal: libc::SIGRTMAX() - 1 }
+        Options { kick_signal: libc::SIGRTMAX() - 1, time_slice: Some(std::time::Duration::from_millis(100)) }
     }
 }
 

@@ -13,7 +13,7 @@ fn open_is_once_per_process() {
     let a = nvmm();
     let b = nvmm();
     assert_eq!(a.capability(), b.capability());
-    let other = Options { kick_signal: a_different_signal() };
+    let other = Options { kick_signal: a_different_signal(), ..Options::default() };
     assert_eq!(Nvmm::open_with(other).unwrap_err().errno(), 16, "EBUSY: already open with other options");
 }
 

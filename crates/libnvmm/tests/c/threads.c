@@ -11,7 +11,11 @@
  *   that ran it last lives on; that thread's next call fails with ENOENT;
  * - a VCPU thread that blocks every signal still stops;
  * - stops landing while a run settles an MSR exit answered QEMU's way
- *   (setstate with RIP = npc) are never lost.
+ *   (setstate with RIP = npc) are never lost;
+ * - a guest that computes without exits hands control back: each
+ *   nvmm_vcpu_run returns NVMM_VCPU_EXIT_NONE after a time slice, as
+ *   NetBSD's returns when the scheduler wants the thread's CPU back, in a
+ *   thread that blocks every signal too.
  *
  * No sleeps as synchronisation: threads wait for the guest's counter or
  * for each other, with bounded waits.
@@ -454,6 +458,91 @@ test_stop_while_a_run_settles_an_msr_exit(void)
 	printf("Test 'stop while a run settles an MSR exit' passed\n");
 }
 
+/*
+ * Time slices: three runs of the counting guest, each ends with
+ * NVMM_VCPU_EXIT_NONE after at least a slice (100 ms) with RIP inside the
+ * loop, the counter having moved. The main thread stops the VCPU should
+ * no slice come within 20 s (the run then ends STOPPED: a failure).
+ */
+struct slice_runner {
+	struct guest *g;
+	int block_signals;
+	atomic_int nones;	/* runs that ended NONE as they should */
+	atomic_int bad;		/* a run that did not */
+	double shortest;	/* the shortest of those runs, in seconds */
+};
+
+static void *
+slice_runner_main(void *arg)
+{
+	struct slice_runner *r = arg;
+	struct nvmm_vcpu *v = &r->g->vcpu;
+
+	if (r->block_signals) {
+		sigset_t all;
+
+		sigfillset(&all);
+		pthread_sigmask(SIG_BLOCK, &all, NULL);
+	}
+	r->shortest = 1e9;
+	for (int i = 0; i < 3; i++) {
+		uint16_t before = counter(r->g);
+		double t0 = now(), took;
+		uint64_t rip;
+
+		if (nvmm_vcpu_run(&r->g->mach, v) == -1 || v->exit->reason != NVMM_VCPU_EXIT_NONE) {
+			printf("FAIL %s: run %d: reason %#llx\n", __func__, i,
+			    (unsigned long long)v->exit->reason);
+			atomic_store(&r->bad, 1);
+			break;
+		}
+		took = now() - t0;
+		if (took < r->shortest)
+			r->shortest = took;
+		if (nvmm_vcpu_getstate(&r->g->mach, v, NVMM_X64_STATE_GPRS) == -1)
+			err(EXIT_FAILURE, "nvmm_vcpu_getstate");
+		rip = v->state->gprs[NVMM_X64_GPR_RIP];
+		if (rip < CODE || rip >= CODE + 6 || counter(r->g) == before) {
+			printf("FAIL %s: run %d: RIP %#llx, counter %u then %u\n", __func__, i,
+			    (unsigned long long)rip, before, counter(r->g));
+			atomic_store(&r->bad, 1);
+			break;
+		}
+		atomic_fetch_add(&r->nones, 1);
+	}
+	return NULL;
+}
+
+static void
+test_time_slices(int block_signals)
+{
+	struct guest g;
+	struct slice_runner r = { .g = &g, .block_signals = block_signals };
+	int f0 = failures;
+	double deadline;
+	pthread_t t;
+
+	guest_create(&g);
+	if (pthread_create(&t, NULL, slice_runner_main, &r) != 0)
+		err(EXIT_FAILURE, "pthread_create");
+	deadline = now() + 20;
+	while (atomic_load(&r.nones) < 3 && !atomic_load(&r.bad) && now() < deadline)
+		sched_yield();
+	if (atomic_load(&r.nones) < 3 && !atomic_load(&r.bad)) {
+		printf("FAIL %s: no time slice ended a run in 20 s\n", __func__);
+		failures++;
+		TRUE(nvmm_vcpu_stop(&g.vcpu) == 0);
+	}
+	pthread_join(t, NULL);
+	TRUE(!atomic_load(&r.bad));
+	TRUE(atomic_load(&r.nones) == 3);
+	TRUE(r.shortest >= 0.1);
+	TRUE(nvmm_machine_destroy(&g.mach) == 0);
+	munmap((void *)g.ram, 4 * PAGE_SIZE);
+	if (failures == f0)
+		printf("Test 'time slices%s' passed\n", block_signals ? " with every signal blocked" : "");
+}
+
 int
 main(void)
 {
@@ -464,6 +553,8 @@ main(void)
 	test_destroy_frees_what_a_live_thread_ran_last();
 	test_stop_with_every_signal_blocked();
 	test_stop_while_a_run_settles_an_msr_exit();
+	test_time_slices(0);
+	test_time_slices(1);
 	printf("%d failures\n", failures);
 	return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -12,9 +12,10 @@
 //! request that interrupts a run makes it return at once. The VCPU reports
 //! each request once, as [`Exit::Stopped`](crate::Exit::Stopped).
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::time_slice::RunWatch;
 use crate::backend::{Kick, KickImpl};
 use crate::error::Result;
 use crate::x86::event::Event;
@@ -22,8 +23,9 @@ use crate::x86::event::Event;
 /// State shared by a VCPU and its handles.
 pub(crate) struct Shared {
     requested: AtomicBool,
-    /// Kernel thread id of the thread inside `run()`, 0 when none.
-    tid: AtomicI32,
+    /// The thread inside `run()` and the runs entered (which the time
+    /// slicer reads too).
+    pub(crate) watch: Arc<RunWatch>,
     kick: KickImpl,
     signal: i32,
     /// An event injected from another thread, for the next run.
@@ -36,7 +38,7 @@ impl Shared {
     pub(crate) fn new(kick: KickImpl, signal: i32) -> Shared {
         Shared {
             requested: AtomicBool::new(false),
-            tid: AtomicI32::new(0),
+            watch: Arc::new(RunWatch::new(signal)),
             kick,
             signal,
             injected: Mutex::new(None),
@@ -47,9 +49,9 @@ impl Shared {
     /// Called by `run()` before entering the guest, after it cleared the
     /// kick: publishes the thread, then consumes a pending request.
     pub(crate) fn enter(&self, tid: i32) -> bool {
-        self.tid.store(tid, Ordering::SeqCst);
+        self.watch.enter(tid);
         if self.take() {
-            self.tid.store(0, Ordering::Release);
+            self.watch.leave();
             return true;
         }
         false
@@ -59,7 +61,7 @@ impl Shared {
     /// reads the old thread id signals a thread that has left the run: the
     /// same as one that read it just before; the flag decides.)
     pub(crate) fn leave(&self) {
-        self.tid.store(0, Ordering::Release);
+        self.watch.leave();
     }
 
     /// Consumes a pending request. A load first: the swap, a locked
@@ -91,7 +93,7 @@ impl Shared {
 
     fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
-        self.kick.kick(self.tid.load(Ordering::SeqCst), self.signal);
+        self.kick.kick(self.watch.thread(), self.signal);
     }
 }
 

@@ -58,6 +58,7 @@ mod snapshot;
 mod state;
 #[cfg(test)]
 mod test_guest;
+mod time_slice;
 mod window_steps;
 
 pub use assist::{AssistOutcome, IoRequest, MemRequest};
@@ -219,6 +220,9 @@ impl Vcpu {
             None => (machine.vm.create_vcpu(id)?, false),
         };
         let shared = Arc::new(handle::Shared::new(backend.kick()?, machine.sys.options.kick_signal));
+        if let Some(slice) = machine.sys.options.time_slice {
+            time_slice::watch(&shared.watch, slice)?;
+        }
         let mut state = reset_state();
         state.fpu.fx_mxcsr_mask = machine.sys.cap.arch.mxcsr_mask;
         let comm = CommBox::new(state, VcpuHandle { shared: shared.clone() });

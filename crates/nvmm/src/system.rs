@@ -64,10 +64,10 @@ pub struct CapabilityArch {
 /// How the process opens nvmm.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Options {
-    /// The signal [`StopHandle`](crate::StopHandle)s send to kick a VCPU
-    /// thread out of the guest. nvmm installs a handler that does nothing;
-    /// the signal must not be blocked in threads that run VCPUs. Default:
-    /// `SIGRTMAX - 1`.
+    /// The signal [`StopHandle`](crate::StopHandle)s and time slices send
+    /// to kick a VCPU thread out of the guest. nvmm installs a handler that
+    /// does nothing; a thread that runs VCPUs may block it (KVM then
+    /// unblocks it while the guest runs). Default: `SIGRTMAX - 1`.
     pub kick_signal: i32,
     /// How long a run may last without an exit before it returns
     /// [`Exit::None`](crate::Exit::None), as NetBSD's returns when the

@@ -48,8 +48,12 @@ pub mod reason {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Exit<'a> {
-    /// Nothing for the VMM to do (a host signal, an exit KVM handled); run
-    /// again. Gives the VMM a chance to stop the VM in its tracks.
+    /// Nothing for the VMM to do (a host signal, an exit KVM handled, a
+    /// time slice); run again. Gives the VMM a chance to stop the VM in its
+    /// tracks. As NetBSD's run returns when the scheduler wants the CPU
+    /// back, a run in which the guest computes without exits ends this way
+    /// once the VCPU thread has used a slice of CPU time in it (see
+    /// [`Options::time_slice`](crate::Options::time_slice)).
     None,
     /// A [`StopHandle`](crate::StopHandle) asked the VCPU to stop. Reported
     /// once per request.

@@ -25,9 +25,8 @@ pub(crate) struct Shared {
     requested: AtomicBool,
     /// The thread inside `run()` and the runs entered (which the time
     /// slicer reads too).
-    pub(crate) watch: Arc<RunWatch>,
+    pub(crate) watch: RunWatch,
     kick: KickImpl,
-    signal: i32,
     /// An event injected from another thread, for the next run.
     injected: Mutex<Option<Event>>,
     /// Whether `injected` holds one (read without the lock on every run).
@@ -38,9 +37,8 @@ impl Shared {
     pub(crate) fn new(kick: KickImpl, signal: i32) -> Shared {
         Shared {
             requested: AtomicBool::new(false),
-            watch: Arc::new(RunWatch::new(signal)),
+            watch: RunWatch::new(signal),
             kick,
-            signal,
             injected: Mutex::new(None),
             has_injected: AtomicBool::new(false),
         }
@@ -88,12 +86,12 @@ impl Shared {
     }
 
     pub(crate) fn signal(&self) -> i32 {
-        self.signal
+        self.watch.signal()
     }
 
     fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
-        self.kick.kick(self.watch.thread(), self.signal);
+        self.kick.kick(self.watch.thread(), self.watch.signal());
     }
 }
 

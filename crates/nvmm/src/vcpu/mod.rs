@@ -221,7 +221,7 @@ impl Vcpu {
         };
         let shared = Arc::new(handle::Shared::new(backend.kick()?, machine.sys.options.kick_signal));
         if let Some(slice) = machine.sys.options.time_slice {
-            time_slice::watch(&shared.watch, slice)?;
+            time_slice::watch(&shared, slice)?;
         }
         let mut state = reset_state();
         state.fpu.fx_mxcsr_mask = machine.sys.cap.arch.mxcsr_mask;

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use super::handle::Shared;
 use crate::error::{Error, Result};
 use crate::os::{kick_thread, thread_cpu_time};
 
@@ -63,6 +64,11 @@ impl RunWatch {
     /// The thread inside a run, 0 when none.
     pub(crate) fn thread(&self) -> i32 {
         self.tid.load(Ordering::SeqCst)
+    }
+
+    /// The kick signal.
+    pub(crate) fn signal(&self) -> i32 {
+        self.signal
     }
 
     /// One look of the slicer, `seen` being what the last one saw of this
@@ -106,7 +112,7 @@ type Seen = (u64, Duration);
 
 /// The VCPUs the slicer looks at, with what its last look saw of each.
 struct Watched {
-    vcpus: Vec<(Weak<RunWatch>, Option<Seen>)>,
+    vcpus: Vec<(Weak<Shared>, Option<Seen>)>,
     /// The process the slicer thread was started in (a child made by
     /// `fork` has none).
     started_in: Option<u32>,
@@ -121,10 +127,10 @@ fn watched() -> MutexGuard<'static, Watched> {
     WATCHED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Watches `watch` with slices of `slice` (the process's
+/// Watches the VCPU of `shared` with slices of `slice` (the process's
 /// [`Options::time_slice`](crate::Options::time_slice)), starting the
 /// slicer thread if this process has none.
-pub(crate) fn watch(watch: &Arc<RunWatch>, slice: Duration) -> Result<()> {
+pub(crate) fn watch(shared: &Arc<Shared>, slice: Duration) -> Result<()> {
     let mut w = watched();
     let pid = std::process::id();
     if w.started_in != Some(pid) {
@@ -135,7 +141,7 @@ pub(crate) fn watch(watch: &Arc<RunWatch>, slice: Duration) -> Result<()> {
         w.started_in = Some(pid);
     }
     w.slice = slice;
-    w.vcpus.push((Arc::downgrade(watch), None));
+    w.vcpus.push((Arc::downgrade(shared), None));
     if w.vcpus.len() == 1 {
         NOT_EMPTY.notify_all();
     }
@@ -155,7 +161,7 @@ fn slicer() {
         let slice = w.slice;
         for (v, seen) in w.vcpus.iter_mut() {
             if let Some(v) = v.upgrade() {
-                v.look(seen, slice);
+                v.watch.look(seen, slice);
             }
         }
         drop(w);

@@ -75,9 +75,12 @@ pub struct Options {
     /// control back to its program at that pace. The library ends such
     /// runs with the kick signal after one to two slices. `None`: runs
     /// last until the guest exits or is stopped. Default: 100 ms, NetBSD's
-    /// round-robin interval.
+    /// round-robin interval; at least 1 ms.
     pub time_slice: Option<std::time::Duration>,
 }
+
+/// The shortest [`Options::time_slice`].
+const MIN_TIME_SLICE: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Default for Options {
     fn default() -> Options {
@@ -119,6 +122,11 @@ impl Nvmm {
     /// Opens KVM with `options`. The first successful open in a process
     /// fixes the options; a later call with different ones fails.
     pub fn open_with(options: Options) -> Result<Nvmm> {
+        if options.time_slice.is_some_and(|s| s < MIN_TIME_SLICE) {
+            return Err(Error::InvalidConfiguration {
+                why: "a time slice is at least 1 ms (None turns time slices off)",
+            });
+        }
         let mut global = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sys) = global.as_ref() {
             if sys.options != options {

@@ -5,11 +5,16 @@ use std::time::{Duration, Instant};
 
 use nvmm::{Exit, Nvmm, Options, Prot, StateMask};
 
-/// Over five default slices pass with the guest computing, and its run
-/// ends only with the stop.
+/// Slices under 1 ms are refused (EINVAL). With none, over five default
+/// slices pass with the guest computing, and its run ends only with the
+/// stop.
 #[test]
 fn with_no_time_slice_a_run_lasts_until_stopped() {
     nvmm_testkit::kvm_or_skip!();
+    for short in [Duration::ZERO, Duration::from_micros(999)] {
+        let e = Nvmm::open_with(Options { time_slice: Some(short), ..Options::default() }).unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL, "{short:?}: {e}");
+    }
     let nvmm = Nvmm::open_with(Options { time_slice: None, ..Options::default() }).unwrap();
     let machine = nvmm.create_machine().unwrap();
     machine.map_anonymous(0, 0x10000, Prot::ALL).unwrap();

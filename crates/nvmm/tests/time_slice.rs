@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nvmm::{Exit, Gpr, Options};
+use nvmm::{Cr, Event, Exit, Gpr, Options, StateMask, VcpuConf};
 
 /// `l: inc word [0x500] ; jmp l`: counts at 0x500, never exits.
 const COUNT: [u8; 6] = [0xff, 0x06, 0x00, 0x05, 0xeb, 0xfa];
@@ -19,17 +19,32 @@ fn counter(machine: &nvmm::Machine) -> u16 {
     u16::from_le_bytes(b)
 }
 
-/// Stops the VCPU of `handle` after 20 s unless the returned sender is
-/// dropped first: a run that no slice ends then reports `Stopped`, which
-/// the test rejects, instead of hanging.
-fn watchdog(handle: nvmm::StopHandle) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+/// Stops the VCPU of `handle` after 20 s unless the watchdog is ended
+/// first, so that a run no slice ends does not hang the test; the test
+/// then fails (a stop ends the run, and reports a pending TPR or NMI window
+/// exit as a slice would: [`Watchdog::end`] says whether it fired).
+struct Watchdog {
+    done: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+impl Watchdog {
+    fn end(self) -> bool {
+        drop(self.done);
+        self.thread.join().unwrap()
+    }
+}
+
+fn watchdog(handle: nvmm::StopHandle) -> Watchdog {
     let (done, wait) = mpsc::channel::<()>();
-    let t = std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(20)) {
+    let thread = std::thread::spawn(move || {
+        let fired = matches!(wait.recv_timeout(Duration::from_secs(20)), Err(mpsc::RecvTimeoutError::Timeout));
+        if fired {
             handle.stop();
         }
+        fired
     });
-    (done, t)
+    Watchdog { done, thread }
 }
 
 /// Each run lasts at least one slice (the default, 100 ms), returns
@@ -40,7 +55,7 @@ fn a_run_without_exits_returns_none_after_a_slice() {
     nvmm_testkit::kvm_or_skip!();
     assert_eq!(Options::default().time_slice, Some(Duration::from_millis(100)));
     let mut g = real_mode(&COUNT);
-    let (done, dog) = watchdog(g.vcpu.stop_handle());
+    let dog = watchdog(g.vcpu.stop_handle());
     let mut last = counter(&g.machine);
     for round in 0..3 {
         let t0 = Instant::now();
@@ -54,8 +69,7 @@ fn a_run_without_exits_returns_none_after_a_slice() {
         assert_ne!(now, last, "round {round}: the guest did not run");
         last = now;
     }
-    drop(done);
-    dog.join().unwrap();
+    assert!(!dog.end(), "no slice ended the run in 20 s: the watchdog stopped it");
 }
 
 /// A slice is not a stop: a stop requested while the guest computes is
@@ -65,11 +79,51 @@ fn slices_and_a_stop_are_reported_apart() {
     nvmm_testkit::kvm_or_skip!();
     let mut g = real_mode(&COUNT);
     let h = g.vcpu.stop_handle();
-    let (done, dog) = watchdog(g.vcpu.stop_handle());
+    let dog = watchdog(g.vcpu.stop_handle());
     assert!(matches!(g.vcpu.run().unwrap(), Exit::None), "a slice first");
     h.stop();
     assert!(matches!(g.vcpu.run().unwrap(), Exit::Stopped), "then the stop, at once");
     assert!(matches!(g.vcpu.run().unwrap(), Exit::None), "then slices again, the stop reported once");
-    drop(done);
-    dog.join().unwrap();
+    assert!(!dog.end(), "no slice ended the run in 20 s: the watchdog stopped it");
+}
+
+/// A TPR the guest raises shows at its next exit (KVM exits on CR8 writes
+/// only when they lower the TPR): for a guest that then computes without
+/// exits, when a slice ends its run. `mov rax,5 ; mov cr8,rax ; jmp $`.
+#[test]
+fn a_tpr_raised_by_a_computing_guest_is_reported_when_a_slice_ends() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = long_mode(&[
+        0x48, 0xc7, 0xc0, 0x05, 0x00, 0x00, 0x00, // mov rax,5
+        0x44, 0x0f, 0x22, 0xc0, //                  mov cr8,rax
+        0xeb, 0xfe, //                              jmp $
+    ]);
+    g.vcpu.configure(VcpuConf::Tpr { exit_changed: true }).unwrap();
+    let dog = watchdog(g.vcpu.stop_handle());
+    let exit = g.vcpu.run().unwrap();
+    assert!(matches!(exit, Exit::TprChanged), "{exit:?} (Stopped: no slice ended the run in 20 s)");
+    g.vcpu.get_state(StateMask::CRS).unwrap();
+    assert_eq!(g.vcpu.state().crs[Cr::Cr8], 5);
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE + 11, "on the spin");
+    assert!(!dog.end(), "no slice ended the run in 20 s: the watchdog stopped it");
+}
+
+/// An NMI window the guest opens (its NMI handler's IRET) and then
+/// computes without exits is reported when a slice ends the run (KVM has
+/// no NMI window exit for user space).
+#[test]
+fn an_nmi_window_a_computing_guest_opens_is_reported_when_a_slice_ends() {
+    nvmm_testkit::kvm_or_skip!();
+    let mut g = real_mode(&[0xeb, 0xfe]); // jmp $
+    g.machine.write_gpa(0x1900, &[0xcf]).unwrap(); // NMI handler: iret
+    ivt(&g, 2, 0x1900);
+    g.vcpu.update(StateMask::INTR, |s| s.intr.set_nmi_window_exiting(true)).unwrap();
+    g.vcpu.inject(Event::nmi()).unwrap();
+    let dog = watchdog(g.vcpu.stop_handle());
+    let t0 = Instant::now();
+    let exit = g.vcpu.run().unwrap();
+    assert!(matches!(exit, Exit::NmiReady), "{exit:?} (Stopped: no slice ended the run in 20 s)");
+    assert!(t0.elapsed() >= Duration::from_millis(100), "reported after {:?}", t0.elapsed());
+    assert_eq!(gpr(&mut g.vcpu, Gpr::Rip), CODE, "on the spin, the handler done");
+    assert!(!dog.end(), "no slice ended the run in 20 s: the watchdog stopped it");
 }

@@ -72,10 +72,11 @@ pub struct Options {
     /// How long a run may last without an exit before it returns
     /// [`Exit::None`](crate::Exit::None), as NetBSD's returns when the
     /// scheduler wants the CPU back: a guest that never exits still hands
-    /// control back to its program at that pace. The library ends such
-    /// runs with the kick signal after one to two slices. `None`: runs
-    /// last until the guest exits or is stopped. Default: 100 ms, NetBSD's
-    /// round-robin interval; at least 1 ms.
+    /// control back to its program at that pace. The library ends a run
+    /// with the kick signal once the VCPU thread has used a slice of CPU
+    /// time in it (it looks every slice: after one to two slices of
+    /// computing). `None`: runs last until the guest exits or is stopped.
+    /// Default: 100 ms, NetBSD's round-robin interval; at least 1 ms.
     pub time_slice: Option<std::time::Duration>,
 }
 

@@ -14,11 +14,15 @@
 //!
 //! So the library ends such runs itself: one thread per process looks at
 //! every VCPU once per slice and sends the kick signal to the thread of
-//! each VCPU that has been inside the same run since its last look. The
-//! run returns `EINTR` (through `KVM_SET_SIGNAL_MASK` when the thread
-//! blocks the signal), which the run loop reports as `Exit::None`. Runs
-//! with exits cost nothing more than a counter written at each entry; the
-//! thread holds no reference that keeps a VCPU or its VM alive.
+//! each VCPU that has been inside the same run since its last look and
+//! has used a whole slice of CPU time meanwhile (the kernel's per-thread
+//! clock, guest time included: a run the host merely keeps waiting is not
+//! ended, as NetBSD's scheduler would not preempt a thread that is not
+//! running). The run returns `EINTR` (through `KVM_SET_SIGNAL_MASK` when
+//! the thread blocks the signal), which the run loop reports as
+//! `Exit::None`. Runs with exits cost nothing more than a counter written
+//! at each entry; the thread keeps no VCPU alive (it holds each VCPU's
+//! shared part weakly, and strongly only while it looks at it).
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};

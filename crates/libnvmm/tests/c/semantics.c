@@ -400,9 +400,11 @@ test_state_fetched_at_getstate(void)
 {
 	/* mov al,0x11 ; out 0x10,al ; hlt */
 	static const uint8_t c[] = { 0xb0, 0x11, 0xe6, 0x10, 0xf4 };
-	struct nvmm_comm_page *comm = mach.pages[0];
+	struct nvmm_comm_page *comm;
 
+	/* start() makes a new VCPU 0: its comm page, read after it. */
 	start(MODE_16, c, sizeof(c), 0);
+	comm = mach.pages[0];
 	TRUE(run() == NVMM_VCPU_EXIT_IO);
 	/* NetBSD's kernel would mark GPRS (SEGS, CRS, MSRS) cached here;
 	 * this library fetches them when asked. */

@@ -101,7 +101,7 @@ fn other_threads_inject_stop_and_destroy_running_vcpus() {
     let exe = compile("threads.c", &[], Link::Shared);
     let out = run_ok(&exe, &[]);
     assert!(out.ends_with("\n0 failures\n"), "{out}");
-    assert_eq!(out.matches("passed").count(), 7, "{out}");
+    assert_eq!(out.matches("passed").count(), 8, "{out}");
 }
 
 #[test]

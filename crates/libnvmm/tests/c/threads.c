@@ -15,7 +15,10 @@
  * - a guest that computes without exits hands control back: each
  *   nvmm_vcpu_run returns NVMM_VCPU_EXIT_NONE after a time slice, as
  *   NetBSD's returns when the scheduler wants the thread's CPU back, in a
- *   thread that blocks every signal too.
+ *   thread that blocks every signal too;
+ * - children made by fork while a VCPU of the parent computes (the
+ *   library's time-slice thread looking at it) create and run VCPUs of
+ *   their own.
  *
  * No sleeps as synchronisation: threads wait for the guest's counter or
  * for each other, with bounded waits.
@@ -33,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #define PAGE_SIZE	4096
@@ -543,6 +547,72 @@ test_time_slices(int block_signals)
 		printf("Test 'time slices%s' passed\n", block_signals ? " with every signal blocked" : "");
 }
 
+/*
+ * 200 children made by fork while a thread of the parent runs the counting
+ * guest: each creates a machine, runs a HLT to its exit and exits 0. The
+ * parent waits for each at most 20 s (a child that hangs is killed and
+ * counted). A child cannot use its parent's VMs (KVM ties a VM to the
+ * process that made it, as NetBSD does), only its own.
+ */
+#define FORKS	200
+
+static int
+child_halts(void)
+{
+	struct guest c;
+
+	guest_create(&c);
+	c.ram[CODE] = 0xf4;
+	return run(&c) == NVMM_VCPU_EXIT_HALTED ? 0 : 1;
+}
+
+static void
+test_fork_while_a_vcpu_computes(void)
+{
+	struct guest g;
+	struct runner r = { .g = &g };
+	int f0 = failures;
+	pthread_t t;
+
+	guest_create(&g);
+	if (pthread_create(&t, NULL, runner_main, &r) != 0)
+		err(EXIT_FAILURE, "pthread_create");
+	TRUE(wait_counting(&g) == 0);
+	for (int i = 0; i < FORKS && failures < f0 + 5; i++) {
+		double deadline = now() + 20;
+		int status = 0;
+		pid_t p;
+
+		/* Nothing buffered for a failing child's exit() to print again. */
+		fflush(stdout);
+		p = fork();
+
+		if (p == -1)
+			err(EXIT_FAILURE, "fork");
+		if (p == 0)
+			_exit(child_halts());
+		while (waitpid(p, &status, WNOHANG) == 0) {
+			if (now() > deadline) {
+				printf("FAIL %s: child %d hung\n", __func__, i);
+				failures++;
+				kill(p, SIGKILL);
+				waitpid(p, &status, 0);
+				break;
+			}
+			sched_yield();
+		}
+		TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	}
+	/* The parent's VCPU computed throughout: stop it, then destroy. */
+	TRUE(nvmm_vcpu_stop(&g.vcpu) == 0);
+	TRUE(nvmm_machine_destroy(&g.mach) == 0);
+	pthread_join(t, NULL);
+	TRUE(r.reasons[0] == NVMM_VCPU_EXIT_STOPPED);
+	munmap((void *)g.ram, 4 * PAGE_SIZE);
+	if (failures == f0)
+		printf("Test 'children made by fork run VCPUs of their own' passed\n");
+}
+
 int
 main(void)
 {
@@ -555,6 +625,7 @@ main(void)
 	test_stop_while_a_run_settles_an_msr_exit();
 	test_time_slices(0);
 	test_time_slices(1);
+	test_fork_while_a_vcpu_computes();
 	printf("%d failures\n", failures);
 	return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }

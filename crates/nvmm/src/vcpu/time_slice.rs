@@ -114,63 +114,77 @@ impl RunWatch {
 /// What a look saw of a run: its count, and the thread's CPU time then.
 type Seen = (u64, Duration);
 
-/// The VCPUs the slicer looks at, with what its last look saw of each.
-struct Watched {
-    vcpus: Vec<(Weak<Shared>, Option<Seen>)>,
-    /// The process the slicer thread was started in (a child made by
-    /// `fork` has none).
-    started_in: Option<u32>,
+/// One process's slicer: the VCPUs it looks at, with what its last look
+/// saw of each, and the signal that the first one arrived.
+struct Registry {
+    watched: Mutex<Vec<(Weak<Shared>, Option<Seen>)>>,
+    not_empty: Condvar,
     slice: Duration,
 }
 
-static WATCHED: Mutex<Watched> = Mutex::new(Watched { vcpus: Vec::new(), started_in: None, slice: Duration::ZERO });
-/// Signalled when the first VCPU is watched.
-static NOT_EMPTY: Condvar = Condvar::new();
+impl Registry {
+    fn watched(&self) -> MutexGuard<'_, Vec<(Weak<Shared>, Option<Seen>)>> {
+        self.watched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
-fn watched() -> MutexGuard<'static, Watched> {
-    WATCHED.lock().unwrap_or_else(|e| e.into_inner())
+/// The registry of this process, with the process it was made in. A child
+/// made by `fork` makes its own, and a slicer thread with it: it never
+/// touches its parent's, whose lock the parent's slicer may have held
+/// when the child was made (only threads creating VCPUs take this one).
+static REGISTRY: Mutex<Option<(u32, &'static Registry)>> = Mutex::new(None);
+
+/// This process's registry, with its slicer thread started.
+fn registry(slice: Duration) -> Result<&'static Registry> {
+    let mut r = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if let Some((made_in, registry)) = *r
+        && made_in == pid
+    {
+        return Ok(registry);
+    }
+    // One per process (and per forked child) for its lifetime.
+    let registry: &'static Registry =
+        Box::leak(Box::new(Registry { watched: Mutex::new(Vec::new()), not_empty: Condvar::new(), slice }));
+    std::thread::Builder::new()
+        .name("nvmm-time-slice".into())
+        .spawn(move || slicer(registry))
+        .map_err(|e| Error::kvm("starting the time-slice thread", e))?;
+    *r = Some((pid, registry));
+    Ok(registry)
 }
 
 /// Watches the VCPU of `shared` with slices of `slice` (the process's
 /// [`Options::time_slice`](crate::Options::time_slice)), starting the
 /// slicer thread if this process has none.
 pub(crate) fn watch(shared: &Arc<Shared>, slice: Duration) -> Result<()> {
-    let mut w = watched();
-    let pid = std::process::id();
-    if w.started_in != Some(pid) {
-        std::thread::Builder::new()
-            .name("nvmm-time-slice".into())
-            .spawn(slicer)
-            .map_err(|e| Error::kvm("starting the time-slice thread", e))?;
-        w.started_in = Some(pid);
-    }
-    w.slice = slice;
-    w.vcpus.push((Arc::downgrade(shared), None));
-    if w.vcpus.len() == 1 {
-        NOT_EMPTY.notify_all();
+    let registry = registry(slice)?;
+    let mut w = registry.watched();
+    w.push((Arc::downgrade(shared), None));
+    if w.len() == 1 {
+        registry.not_empty.notify_all();
     }
     Ok(())
 }
 
 /// The slicer thread: looks at every watched VCPU once per slice; waits,
 /// without waking, while there is none.
-fn slicer() {
-    let mut w = watched();
+fn slicer(registry: &'static Registry) {
+    let mut w = registry.watched();
     loop {
-        w.vcpus.retain(|(v, _)| v.strong_count() > 0);
-        if w.vcpus.is_empty() {
-            w = NOT_EMPTY.wait(w).unwrap_or_else(|e| e.into_inner());
+        w.retain(|(v, _)| v.strong_count() > 0);
+        if w.is_empty() {
+            w = registry.not_empty.wait(w).unwrap_or_else(|e| e.into_inner());
             continue;
         }
-        let slice = w.slice;
-        for (v, seen) in w.vcpus.iter_mut() {
+        for (v, seen) in w.iter_mut() {
             if let Some(v) = v.upgrade() {
-                v.watch.look(seen, slice);
+                v.watch.look(seen, registry.slice);
             }
         }
         drop(w);
-        std::thread::sleep(slice);
-        w = watched();
+        std::thread::sleep(registry.slice);
+        w = registry.watched();
     }
 }
 

@@ -161,6 +161,9 @@ impl std::ops::BitOrAssign for Parts {
     }
 }
 
+/// What the system call entering the guest returned: `Ok`, or its errno.
+pub(crate) type RunCall = std::result::Result<(), i32>;
+
 /// What one entry into the guest ended with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RunResult {
@@ -202,9 +205,18 @@ pub(crate) trait VcpuBackend: Send {
     /// cheap when the thread did not change).
     fn prepare_thread(&mut self, thread: i32, signal: i32) -> Result<()>;
 
-    /// Enters the guest until the next exit. Loads the state stored since
-    /// the last run and finishes the instruction behind the last exit first.
-    fn run(&mut self) -> Result<RunResult>;
+    /// Readies the next [`VcpuBackend::enter`], which loads the state stored
+    /// since the last run and finishes the instruction behind the last exit
+    /// first.
+    fn begin_run(&mut self);
+
+    /// Enters the guest until the next exit: the system call alone, inlined
+    /// into the run loop's caller so that no stack frame of the library is
+    /// live across it (see [`Vcpu::run`](crate::Vcpu::run)).
+    fn enter(&mut self) -> RunCall;
+
+    /// The outcome of the [`VcpuBackend::enter`] that returned `call`.
+    fn end_run(&mut self, call: RunCall) -> Result<RunResult>;
 
     /// Finishes the instruction behind the last exit (with the data its
     /// exit buffer holds now) and loads stored state, without running the

@@ -61,8 +61,9 @@ impl Vcpu {
     /// Runs the VCPU like [`Vcpu::run`] and returns NetBSD's exit structure
     /// for the exit it stopped at, as `nvmm_vcpu_run` fills it (see
     /// [`Vcpu::netbsd_exit`]), without building the Rust view of the exit.
+    #[inline(always)]
     pub fn run_netbsd(&mut self) -> Result<NbExit> {
-        self.run_to_exit()?;
+        self.run_to_exit_inlined()?;
         Ok(self.netbsd_exit())
     }
 

@@ -6,7 +6,7 @@
 
 use super::inflight::{Inflight, Settled};
 use super::{Vcpu, assist};
-use crate::backend::{Parts, RunResult, VcpuBackend};
+use crate::backend::{Parts, RunCall, RunResult, VcpuBackend};
 use crate::error::Result;
 use crate::exit::Exit;
 use crate::exit::record::{ExitRecord, InsnBytes};
@@ -19,6 +19,16 @@ impl Vcpu {
     ///
     /// Stores set state and the injected event first; an invalid one fails
     /// the run with `EINVAL`.
+    ///
+    /// Inlined into the caller with the system call that enters the guest
+    /// (the rest is out of line), so that no stack frame of the library is
+    /// live across it: the host refills the return-stack predictor at
+    /// every VM exit, and a return to a frame made before the call
+    /// mispredicts. Timed by `rdtsc` on the development hosts, that one
+    /// return cost 70 – 140 cycles per exit, the most where the library was
+    /// loaded at some addresses (bits 12 – 14), which made the cost of an
+    /// exit depend on where the program was loaded.
+    #[inline(always)]
     pub fn run(&mut self) -> Result<Exit<'_>> {
         self.run_to_exit()?;
         Ok(self.exit_view(self.last))
@@ -26,12 +36,69 @@ impl Vcpu {
 
     /// Runs until an exit for the VMM and records it as the last exit
     /// (`self.last`: returning the record by value copied it through one
-    /// more stack slot at every exit).
+    /// more stack slot at every exit). The first pass of the run loop is
+    /// split at the system call, which is inlined here (see [`Vcpu::run`]);
+    /// the passes after a trap or an instruction completed in user space,
+    /// rare, are made by [`Vcpu::run_on`].
+    #[inline(always)]
     pub(crate) fn run_to_exit(&mut self) -> Result<()> {
+        let first = match self.start_run()? {
+            Entry::Ready => {
+                let call = self.backend.enter();
+                self.after_entry(call)
+            }
+            Entry::Decided(r) => r,
+        };
+        self.finish_run(first)
+    }
+
+    /// [`Vcpu::run_to_exit`] with every part inlined, for a caller that is
+    /// itself the library's (`nvmm_vcpu_run`, one function of the C
+    /// library): calls after the system call cost more there than the
+    /// code they would save.
+    #[inline(always)]
+    pub(crate) fn run_to_exit_inlined(&mut self) -> Result<()> {
+        let first = match self.start_run_inlined()? {
+            Entry::Ready => {
+                let call = self.backend.enter();
+                self.after_entry_inlined(call)
+            }
+            Entry::Decided(r) => r,
+        };
+        self.finish_run_inlined(first)
+    }
+
+    /// [`Vcpu::run_to_exit`] up to the system call: whether the guest is to
+    /// be entered, or the exit of this pass found before. `Err` only when
+    /// the call is refused outright.
+    #[inline(never)]
+    fn start_run(&mut self) -> Result<Entry> {
+        self.start_run_inlined()
+    }
+
+    /// [`Vcpu::start_run`], inlined.
+    #[inline(always)]
+    fn start_run_inlined(&mut self) -> Result<Entry> {
         self.refuse_in_assist("running the VCPU")?;
         self.take_payload_answer();
         self.debug.window.start_call();
-        let r = self.run_loop();
+        Ok(self.before_entry())
+    }
+
+    /// The record of the first pass, `first`, handled as the run loop
+    /// handles each (see [`Vcpu::run_on`]), and the call's end.
+    #[inline(never)]
+    fn finish_run(&mut self, first: Result<ExitRecord>) -> Result<()> {
+        self.finish_run_inlined(first)
+    }
+
+    /// [`Vcpu::finish_run`], inlined.
+    #[inline(always)]
+    fn finish_run_inlined(&mut self, first: Result<ExitRecord>) -> Result<()> {
+        let r = match first {
+            Ok(record) => self.run_on(record),
+            Err(e) => Err(e),
+        };
         if self.debug.window.stepped() {
             cold_path();
             self.debug.window.end_call(self.last);
@@ -39,12 +106,13 @@ impl Vcpu {
         r
     }
 
-    /// [`Vcpu::run_to_exit`]'s loop.
+    /// The run loop from the exit `record` of a pass on: records it as the
+    /// last exit, and returns unless it is a debug trap or an instruction
+    /// KVM's emulator gave up on, which the library follows up itself
+    /// (and then may run the guest on).
     #[inline(always)]
-    fn run_loop(&mut self) -> Result<()> {
+    fn run_on(&mut self, mut record: ExitRecord) -> Result<()> {
         loop {
-            self.last = ExitRecord::None;
-            let record = self.next_exit()?;
             self.last = record;
             if !matches!(
                 record,
@@ -61,6 +129,7 @@ impl Vcpu {
                 self.last = r;
                 return Ok(());
             }
+            record = self.next_exit()?;
         }
     }
 
@@ -85,34 +154,73 @@ impl Vcpu {
         Ok(Some(record))
     }
 
+    /// One pass of the run loop, whole: the exit it ends with.
+    #[cold]
+    #[inline(never)]
     fn next_exit(&mut self) -> Result<ExitRecord> {
+        match self.before_entry() {
+            Entry::Ready => {
+                let call = self.backend.enter();
+                self.after_entry(call)
+            }
+            Entry::Decided(r) => r,
+        }
+    }
+
+    /// A pass of the run loop up to the system call: [`Entry::Ready`] once
+    /// the guest is to be entered (the run counted as started: see
+    /// [`Vcpu::after_entry`]), or the exit found before entering.
+    fn before_entry(&mut self) -> Entry {
+        self.last = ExitRecord::None;
         let tid = self.thread.tid();
-        self.backend.prepare_thread(tid, self.shared.signal())?;
+        if let Err(e) = self.backend.prepare_thread(tid, self.shared.signal()) {
+            return Entry::Decided(Err(e));
+        }
         self.backend.clear_kick();
         if self.shared.enter(tid) {
             cold_path();
-            return Ok(ExitRecord::Stopped);
+            return Entry::Decided(Ok(ExitRecord::Stopped));
         }
-        let r = self.enter_guest();
-        self.shared.leave();
+        let r = self.before_guest();
+        if !matches!(r, Entry::Ready) {
+            self.shared.leave();
+        }
         r
     }
 
-    fn enter_guest(&mut self) -> Result<ExitRecord> {
+    /// [`Vcpu::before_entry`] once the run is counted: the exits found
+    /// before entering (window exits due at entry, kept exits, debugger
+    /// work, a stop), and the state stored.
+    #[inline(always)]
+    fn before_guest(&mut self) -> Entry {
+        match self.prepare_guest() {
+            Ok(None) => {
+                self.backend.begin_run();
+                Entry::Ready
+            }
+            Ok(Some(r)) => Entry::Decided(Ok(r)),
+            Err(e) => Entry::Decided(Err(e)),
+        }
+    }
+
+    /// [`Vcpu::before_guest`]'s checks: an exit found before entering, or
+    /// `None` with the state stored.
+    #[inline(always)]
+    fn prepare_guest(&mut self) -> Result<Option<ExitRecord>> {
         let windows = self.pending_windows();
         if (windows.nmi || windows.int)
             && self.queued.is_none()
             && let Some(r) = self.window_at_entry(windows)?
         {
-            return Ok(r);
+            return Ok(Some(r));
         }
         if let Settled::Replay(r) = self.settle_inflight()? {
-            return Ok(self.replay(r));
+            return Ok(Some(self.replay(r)));
         }
         if (self.debugging() || self.window_may_need_steps(self.pending_windows().int))
             && let Some(r) = self.prepare_debug_run()?
         {
-            return Ok(r);
+            return Ok(Some(r));
         }
         self.commit()?;
         // Settling may have run KVM to finish the last instruction, which
@@ -120,9 +228,30 @@ impl Vcpu {
         // (one requested from now on finds the kick armed).
         if self.shared.take() {
             cold_path();
-            return Ok(ExitRecord::Stopped);
+            return Ok(Some(ExitRecord::Stopped));
         }
-        let result = self.backend.run();
+        Ok(None)
+    }
+
+    /// The exit of the entry into the guest that returned `call`; ends the
+    /// run [`Vcpu::before_entry`] counted.
+    #[inline(never)]
+    fn after_entry(&mut self, call: RunCall) -> Result<ExitRecord> {
+        self.after_entry_inlined(call)
+    }
+
+    /// [`Vcpu::after_entry`], inlined.
+    #[inline(always)]
+    fn after_entry_inlined(&mut self, call: RunCall) -> Result<ExitRecord> {
+        let r = self.after_guest(call);
+        self.shared.leave();
+        r
+    }
+
+    /// [`Vcpu::after_entry`]'s decoding and bookkeeping.
+    #[inline(always)]
+    fn after_guest(&mut self, call: RunCall) -> Result<ExitRecord> {
+        let result = self.backend.end_run(call);
         self.forget_raw();
         self.conf.has_run = true;
         self.cache.have = Parts::NONE;
@@ -394,6 +523,14 @@ impl Vcpu {
     fn exit_view(&mut self, record: ExitRecord) -> Exit<'_> {
         assist::view(self, record)
     }
+}
+
+/// A pass of the run loop before the system call that enters the guest.
+enum Entry {
+    /// Enter the guest.
+    Ready,
+    /// The pass's exit (or error), found without entering.
+    Decided(Result<ExitRecord>),
 }
 
 /// Whether KVM keeps something of the exit's instruction to finish at the

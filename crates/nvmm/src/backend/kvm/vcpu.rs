@@ -15,7 +15,7 @@ use super::RunAlias;
 use super::convert;
 use super::exit_decode::{self, Decoded};
 use super::state::SyncPolicy;
-use crate::backend::{MsrAnswer, Parts, RunResult, VcpuBackend};
+use crate::backend::{MsrAnswer, Parts, RunCall, RunResult, VcpuBackend};
 use crate::error::{Error, Result};
 use crate::exit::record::{ExitRecord, InsnBytes};
 use crate::os::SignalMask;
@@ -118,15 +118,19 @@ impl KvmVcpu {
         byte.store(on as u8, order);
     }
 
-    /// One `KVM_RUN`, decoded. Inlined into the run loop: the kernel
-    /// refills the return-stack predictor at VM exits, so every return
-    /// between `KVM_RUN` and the loop mispredicts; one call level fewer is
-    /// one misprediction fewer per exit.
+    /// One `KVM_RUN`, decoded.
     #[inline(always)]
-    fn enter(&mut self) -> Result<RunResult> {
+    fn enter_and_decode(&mut self) -> Result<RunResult> {
+        let call = VcpuBackend::enter(self);
+        self.decode_run(call)
+    }
+
+    /// The exit of the `KVM_RUN` that returned `result`, read from
+    /// `kvm_run`.
+    #[inline(always)]
+    fn decode_run(&mut self, result: RunCall) -> Result<RunResult> {
         // A VCPU that ran is no longer as KVM created it.
         self.restored.fresh = None;
-        let result = exit_decode::kvm_run_ioctl(self.raw_fd());
         // KVM writes these at every return from KVM_RUN.
         let run = self.run_page();
         (self.cr8, self.if_flag) = (run.cr8, run.if_flag != 0);
@@ -279,15 +283,24 @@ impl VcpuBackend for KvmVcpu {
         self.prepare_new_thread(tid, signal)
     }
 
-    fn run(&mut self) -> Result<RunResult> {
+    fn begin_run(&mut self) {
         self.sync.before_run(self.fd.get_kvm_run());
-        self.enter()
+    }
+
+    #[inline(always)]
+    fn enter(&mut self) -> RunCall {
+        exit_decode::kvm_run_ioctl(self.raw_fd())
+    }
+
+    #[inline(always)]
+    fn end_run(&mut self, call: RunCall) -> Result<RunResult> {
+        self.decode_run(call)
     }
 
     fn finish_pending(&mut self) -> Result<Option<ExitRecord>> {
-        self.sync.before_run(self.fd.get_kvm_run());
+        self.begin_run();
         self.set_immediate_exit(true, Ordering::SeqCst);
-        let r = self.enter();
+        let r = self.enter_and_decode();
         self.set_immediate_exit(false, Ordering::SeqCst);
         match r? {
             RunResult::Interrupted => Ok(None),

@@ -42,13 +42,8 @@ impl Vcpu {
     /// rare, are made by [`Vcpu::run_on`].
     #[inline(always)]
     pub(crate) fn run_to_exit(&mut self) -> Result<()> {
-        let first = match self.start_run()? {
-            Entry::Ready => {
-                let call = self.backend.enter();
-                self.after_entry(call)
-            }
-            Entry::Decided(r) => r,
-        };
+        let entry = self.start_run()?;
+        let first = self.pass(entry, Self::after_entry);
         self.finish_run(first)
     }
 
@@ -58,14 +53,27 @@ impl Vcpu {
     /// code they would save.
     #[inline(always)]
     pub(crate) fn run_to_exit_inlined(&mut self) -> Result<()> {
-        let first = match self.start_run_inlined()? {
+        let entry = self.start_run_inlined()?;
+        let first = self.pass(entry, Self::after_entry_inlined);
+        self.finish_run_inlined(first)
+    }
+
+    /// A pass of the run loop from `entry` on: the guest entered, and the
+    /// exit handed to `after` ([`Vcpu::after_entry`], or its inlined
+    /// body), when it is ready; else the exit found before.
+    #[inline(always)]
+    fn pass(
+        &mut self,
+        entry: Entry,
+        after: impl FnOnce(&mut Self, RunCall) -> Result<ExitRecord>,
+    ) -> Result<ExitRecord> {
+        match entry {
             Entry::Ready => {
                 let call = self.backend.enter();
-                self.after_entry_inlined(call)
+                after(self, call)
             }
             Entry::Decided(r) => r,
-        };
-        self.finish_run_inlined(first)
+        }
     }
 
     /// [`Vcpu::run_to_exit`] up to the system call: whether the guest is to
@@ -158,13 +166,8 @@ impl Vcpu {
     #[cold]
     #[inline(never)]
     fn next_exit(&mut self) -> Result<ExitRecord> {
-        match self.before_entry() {
-            Entry::Ready => {
-                let call = self.backend.enter();
-                self.after_entry(call)
-            }
-            Entry::Decided(r) => r,
-        }
+        let entry = self.before_entry();
+        self.pass(entry, Self::after_entry)
     }
 
     /// A pass of the run loop up to the system call: [`Entry::Ready`] once
